@@ -1,0 +1,126 @@
+"""The catalog of R1 builds: ``models.toml``, loaded into typed records and validated strictly.
+
+The built-in catalog ships with the package; a ``models.toml`` in the user's config directory adds
+entries or replaces built-in ones by name.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from localr1.errors import CatalogError
+from localr1.paths import config_dir
+
+_REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "title": str,
+    "family": str,
+    "architecture": str,
+    "params_b": (int, float),
+    "source_repo": str,
+    "gguf_repo": str,
+    "default_quant": str,
+    "license": str,
+    "files": dict,
+}
+_OPTIONAL: dict[str, type | tuple[type, ...]] = {"aime2024": (int, float), "math500": (int, float)}
+_FAMILIES = ("distill", "moe")
+
+
+@dataclass(frozen=True)
+class CatalogModel:
+    name: str
+    title: str
+    family: str
+    architecture: str
+    params_b: float
+    source_repo: str
+    gguf_repo: str
+    default_quant: str
+    license: str
+    files: dict[str, str] = field(default_factory=dict)
+    aime2024: float | None = None
+    math500: float | None = None
+    source: str = "built-in"
+
+    @property
+    def quants(self) -> list[str]:
+        return list(self.files)
+
+    def file_for(self, quant: str | None = None) -> str:
+        quant = quant or self.default_quant
+        if quant not in self.files:
+            raise CatalogError(
+                f"{self.name} has no {quant} build in the catalog",
+                hint=f"Available: {', '.join(self.files)}.",
+            )
+        return self.files[quant]
+
+
+def _entry(name: str, raw: Any, origin: str) -> CatalogModel:
+    where = f"{origin}: model {name!r}"
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{where} must be a table")
+    unknown = set(raw) - set(_REQUIRED) - set(_OPTIONAL)
+    if unknown:
+        raise CatalogError(f"{where} has unknown field {sorted(unknown)[0]!r}", hint="Check the spelling.")
+    for key in _REQUIRED:
+        if key not in raw:
+            raise CatalogError(f"{where} is missing the field {key!r}")
+    for key, typ in {**_REQUIRED, **_OPTIONAL}.items():
+        if key in raw and (not isinstance(raw[key], typ) or isinstance(raw[key], bool)):
+            raise CatalogError(f"{where}: {key} has the wrong type ({type(raw[key]).__name__})")
+    if raw["family"] not in _FAMILIES:
+        raise CatalogError(f"{where}: family must be one of {', '.join(_FAMILIES)}")
+    files = raw["files"]
+    if not files or not all(
+        isinstance(k, str) and isinstance(v, str) and v.endswith(".gguf") for k, v in files.items()
+    ):
+        raise CatalogError(f"{where}: files must map quant names to .gguf file names")
+    for file in files.values():
+        if file.startswith("/") or ".." in Path(file).parts:
+            raise CatalogError(f"{where}: file {file!r} must be a relative path inside the repo")
+    if raw["default_quant"] not in files:
+        raise CatalogError(f"{where}: default_quant {raw['default_quant']!r} is not among its files")
+    if "/" not in raw["gguf_repo"]:
+        raise CatalogError(f"{where}: gguf_repo must be 'owner/name'")
+    return CatalogModel(name=name, source=origin, **{**raw, "params_b": float(raw["params_b"])})
+
+
+def parse_catalog(text: str, origin: str) -> dict[str, CatalogModel]:
+    import tomllib
+
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise CatalogError(f"{origin} is not valid TOML: {exc}") from exc
+    models = data.get("models")
+    if set(data) - {"models"} or not isinstance(models, dict):
+        raise CatalogError(f'{origin} must contain only [models."NAME"] tables')
+    return {name: _entry(name, raw, origin) for name, raw in models.items()}
+
+
+@functools.lru_cache(maxsize=4)
+def _load(user_file: Path | None) -> dict[str, CatalogModel]:
+    text = resources.files("localr1").joinpath("models.toml").read_text(encoding="utf-8")
+    catalog = parse_catalog(text, "built-in models.toml")
+    if user_file is not None and user_file.exists():
+        catalog.update(parse_catalog(user_file.read_text(encoding="utf-8"), str(user_file)))
+    return catalog
+
+
+def load_catalog(*, user_file: Path | None = None, include_user: bool = True) -> dict[str, CatalogModel]:
+    if include_user and user_file is None:
+        user_file = config_dir() / "models.toml"
+    return dict(_load(user_file if include_user else None))
+
+
+def split_name(spec: str) -> tuple[str, str | None]:
+    """``r1:14b:Q5_K_M`` -> (``r1:14b``, ``Q5_K_M``); ``r1:14b`` -> (``r1:14b``, None)."""
+    parts = spec.split(":")
+    if len(parts) == 3:
+        return f"{parts[0]}:{parts[1]}", parts[2]
+    return spec, None

@@ -1,0 +1,118 @@
+"""The ``localr1`` command line.
+
+Commands live in their own modules and are registered here; heavy libraries (llama_cpp, textual,
+huggingface_hub) are imported only inside the commands that need them, so ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+from localr1 import __version__
+from localr1.errors import LocalR1Error
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class State:
+    debug: bool = bool(os.environ.get("LOCALR1_DEBUG"))
+
+
+state = State()
+
+app = typer.Typer(
+    name="localr1",
+    help=(
+        "Run DeepSeek-R1 reasoning models on your own machine, with the thinking kept apart.\n\n"
+        "Examples:\n\n"
+        '  localr1 ask "prove that sqrt(2) is irrational" --show-thinking\n\n'
+        '  echo "what is 17 * 23?" | localr1 ask --math --model ./DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.gguf\n\n'
+        '  localr1 ask "..." --json | jq .content'
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"localr1 {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True, help="Show the version."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks and llama.cpp's log."),
+) -> None:
+    if debug:
+        state.debug = True
+
+
+def print_error(exc: LocalR1Error) -> None:
+    color = sys.stderr.isatty() and not os.environ.get("NO_COLOR")
+    red, dim, reset = ("\x1b[31m", "\x1b[2m", "\x1b[0m") if color else ("", "", "")
+    sys.stderr.write(f"{red}Error:{reset} {exc.message}\n")
+    if exc.hint:
+        sys.stderr.write(f"{dim}Hint: {exc.hint}{reset}\n")
+    sys.stderr.flush()
+
+
+def handle_errors(func: F) -> F:
+    """Known errors become one line (and a hint), Ctrl-C exits 130; --debug shows the traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except LocalR1Error as exc:
+            if state.debug:
+                traceback.print_exc()
+            print_error(exc)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            if state.debug:
+                traceback.print_exc()
+            sys.stderr.write("\nInterrupted.\n")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _register() -> None:
+    from localr1.cli import ask
+
+    ask.register(app)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point. ``--debug`` is accepted anywhere on the command line."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in args:
+        state.debug = True
+        args = [a for a in args if a != "--debug"]
+        args.insert(0, "--debug")
+    try:
+        app(args=args, prog_name="localr1")
+    except KeyboardInterrupt:  # Ctrl-C outside a command (during start-up)
+        sys.stderr.write("\nInterrupted.\n")
+        sys.exit(130)
+    except Exception as exc:  # a bug: say so in one line, trace with --debug
+        if state.debug:
+            raise
+        sys.stderr.write(f"Error: internal error: {type(exc).__name__}: {exc}\n")
+        sys.stderr.write("Hint: run again with --debug for the traceback, and report it.\n")
+        sys.exit(1)

@@ -1,0 +1,154 @@
+"""``localr1 ask``: one question, answered on stdout, the thinking kept apart."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+
+from localr1.errors import UsageError
+from localr1.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Sampling
+
+HELP = """Ask an R1 model one question; the answer streams to stdout.
+
+The model's thinking is hidden (a spinner shows while it thinks) unless --show-thinking streams it,
+dimmed, to stderr. Pipes get only the answer.
+
+Examples:
+
+  localr1 ask "prove that sqrt(2) is irrational" --show-thinking
+
+  localr1 ask "what is 3^5 mod 7?" --math --model r1:7b
+
+  cat question.txt | localr1 ask - --json > result.json
+"""
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    n_ctx: int | None = None
+    n_threads: int | None = None
+    n_gpu_layers: int | None = None
+    debug: bool = False
+
+
+def load_engine(path: Path, header, options: EngineOptions, cancel: threading.Event | None = None):
+    """Open the real engine (imported here: llama.cpp loads only when a model is used)."""
+    from localr1.engine.llama_cpp import LlamaCppEngine
+
+    return LlamaCppEngine(
+        path,
+        n_ctx=options.n_ctx,
+        n_threads=options.n_threads,
+        n_gpu_layers=options.n_gpu_layers,
+        debug=options.debug,
+        gguf=header,
+        cancel=cancel,
+    )
+
+
+def read_question(question: str | None) -> str:
+    if question is None or question == "-":
+        if question is None and sys.stdin.isatty():
+            raise UsageError("no question given", hint='Pass it as an argument: localr1 ask "your question"')
+        question = sys.stdin.read()
+    if not question.strip():
+        raise UsageError("the question is empty", hint='Pass it as an argument: localr1 ask "your question"')
+    return question
+
+
+@contextlib.contextmanager
+def cancel_on_sigint(cancel: threading.Event) -> Iterator[None]:
+    """First Ctrl-C stops generation cleanly (what was printed stays); a second one aborts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):  # noqa: ARG001
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def register(app: typer.Typer) -> None:
+    from localr1.cli.app import handle_errors, state
+
+    @app.command(help=HELP, no_args_is_help=False)
+    @handle_errors
+    def ask(
+        question: str | None = typer.Argument(None, help='The question; "-" or a pipe reads it from stdin.'),
+        model: str | None = typer.Option(
+            None, "--model", "-m", help="A .gguf file or a catalog name (r1:7b, r1:14b:Q5_K_M, ...)."
+        ),
+        show_thinking: bool = typer.Option(False, "--show-thinking", "-t", help="Stream the thinking to stderr."),
+        json_out: bool = typer.Option(False, "--json", help="Print one JSON object with reasoning and answer."),
+        system: str | None = typer.Option(None, "--system", help="Instructions, folded into the question."),
+        math: bool = typer.Option(False, "--math", help="Ask for step-by-step reasoning and a \\boxed{} answer."),
+        temperature: float = typer.Option(DEFAULT_TEMPERATURE, "--temperature", help="Sampling temperature."),
+        top_p: float = typer.Option(DEFAULT_TOP_P, "--top-p", help="Nucleus sampling threshold."),
+        seed: int | None = typer.Option(None, "--seed", help="Random seed, for repeatable answers."),
+        max_tokens: int | None = typer.Option(None, "--max-tokens", help="Stop after this many tokens."),
+        ctx: int | None = typer.Option(None, "--ctx", help="Context size in tokens (default: 8192)."),
+        threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: physical cores)."),
+        gpu_layers: int | None = typer.Option(
+            None,
+            "--gpu-layers",
+            help="Layers to offload to the GPU (-1: all; default: all if a GPU is usable).",
+        ),
+    ) -> None:
+        from localr1.cli.render import TerminalRenderer, collect, dump_json, result_object
+        from localr1.config import load_config
+        from localr1.gguf_info import inspect_model
+        from localr1.prompt import render, user_turn
+        from localr1.resolve import resolve_model
+
+        text = read_question(question)
+        sampling = Sampling(temperature=temperature, top_p=top_p, seed=seed, max_tokens=max_tokens).validate()
+        for name, value in (("--ctx", ctx), ("--threads", threads)):
+            if value is not None and value <= 0:
+                raise UsageError(f"{name} must be positive, not {value}")
+        config = load_config()
+        local = resolve_model(model, config)
+        header = inspect_model(local.path)
+        options = EngineOptions(
+            n_ctx=ctx or config.ctx,
+            n_threads=threads or config.threads,
+            n_gpu_layers=gpu_layers if gpu_layers is not None else config.gpu_layers,
+            debug=state.debug,
+        )
+        cancel = threading.Event()
+        with cancel_on_sigint(cancel):
+            engine = load_engine(local.path, header, options, cancel)
+            try:
+                prompt = render(user_turn(text, system=system, math=math), engine.info.chat_format)
+                events = engine.stream(prompt, sampling, cancel=cancel)
+                if json_out:
+                    reasoning, answer, done = collect(events)
+                    if done is not None:
+                        info = engine.info
+                        meta = {
+                            "name": local.name,
+                            "path": str(local.path),
+                            "quant": info.quant,
+                            "n_ctx": info.n_ctx,
+                        }
+                        dump_json(result_object(meta, reasoning, answer, done))
+                else:
+                    done = TerminalRenderer(show_thinking=show_thinking).render(events)
+            finally:
+                engine.close()
+        if done is not None and done.finish_reason == "cancelled":
+            sys.stderr.write("Stopped.\n")
+            raise typer.Exit(130)

@@ -1,0 +1,214 @@
+"""Rendering a stream of events on a terminal, or into one JSON object.
+
+The answer goes to stdout, so pipes get only the answer. The thinking goes to stderr: streamed and dimmed
+with ``--show-thinking``, otherwise replaced by a spinner and a one-line summary (on a terminal only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable
+from typing import IO, Any
+
+from localr1.events import Answer, Done, Event, Reasoning
+
+DIM = "\x1b[2m"
+BOLD_DIM = "\x1b[1;2m"
+RESET = "\x1b[0m"
+YELLOW = "\x1b[33m"
+
+
+def _use_color(stream: IO[str]) -> bool:
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    return hasattr(stream, "isatty") and stream.isatty()
+
+
+class _Spinner:
+    """A 'Thinking… 3.2 s' line on stderr, redrawn by rich in its own thread."""
+
+    def __init__(self, err: IO[str]) -> None:
+        from rich.console import Console
+
+        self._console = Console(file=err, stderr=True)
+        self._status = self._console.status("Thinking…", spinner="dots")
+        self._start = time.perf_counter()
+        self._running = False
+
+    def start(self) -> None:
+        self._status.start()
+        self._running = True
+
+    def tick(self, tokens: int) -> None:
+        if self._running:
+            elapsed = time.perf_counter() - self._start
+            self._status.update(f"Thinking… {elapsed:.1f} s · {tokens} tokens")
+
+    def stop(self) -> None:
+        if self._running:
+            self._status.stop()
+            self._running = False
+
+
+class TerminalRenderer:
+    def __init__(
+        self,
+        *,
+        show_thinking: bool = False,
+        out: IO[str] | None = None,
+        err: IO[str] | None = None,
+        spinner: bool | None = None,
+    ) -> None:
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.show_thinking = show_thinking
+        self.color = _use_color(self.err)
+        interactive = hasattr(self.err, "isatty") and self.err.isatty()
+        self._spinner_wanted = interactive if spinner is None else spinner
+        self._spinner: _Spinner | None = None
+        self._state = "start"  # start | thinking | answer
+        self._thinking_tokens = 0
+        self._thinking_started: float | None = None
+        self._answer_ends_with_newline = True
+        self.answer_parts: list[str] = []
+        self.reasoning_parts: list[str] = []
+        self.done: Done | None = None
+
+    # --- events ---------------------------------------------------------------------------------------
+    def begin(self) -> None:
+        """Before the first token (the model is reading the prompt)."""
+        if self._spinner_wanted and not self.show_thinking:
+            self._spinner = _Spinner(self.err)
+            self._spinner.start()
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, Reasoning):
+            self._on_reasoning(event.text)
+        elif isinstance(event, Answer):
+            self._on_answer(event.text)
+        elif isinstance(event, Done):
+            self._on_done(event)
+
+    def render(self, events: Iterable[Event]) -> Done | None:
+        self.begin()
+        try:
+            for event in events:
+                self.handle(event)
+        finally:
+            self.close()
+        return self.done
+
+    def close(self) -> None:
+        if self._spinner:
+            self._spinner.stop()
+            self._spinner = None
+        if self._state == "thinking" and self.show_thinking:
+            self._err(RESET if self.color else "")
+            self._err("\n")
+            self._state = "closed"
+        if self.answer_parts and not self._answer_ends_with_newline:
+            self.out.write("\n")
+            self._answer_ends_with_newline = True
+        self.out.flush()
+        self.err.flush()
+
+    # --- internals ------------------------------------------------------------------------------------
+    def _err(self, text: str) -> None:
+        self.err.write(text)
+        self.err.flush()
+
+    def _on_reasoning(self, text: str) -> None:
+        self.reasoning_parts.append(text)
+        self._thinking_tokens += 1
+        if self._thinking_started is None:
+            self._thinking_started = time.perf_counter()
+        if self.show_thinking:
+            if self._state == "start":
+                self._err((BOLD_DIM + "Thinking" + RESET + DIM + "\n") if self.color else "Thinking\n")
+                self._state = "thinking"
+            self._err(text)
+        else:
+            self._state = "thinking"
+            if self._spinner:
+                self._spinner.tick(self._thinking_tokens)
+
+    def _end_thinking(self) -> None:
+        if self._spinner:
+            self._spinner.stop()
+            self._spinner = None
+        if self._state != "thinking":
+            return
+        if self.show_thinking:
+            self._err((RESET + "\n\n") if self.color else "\n\n")
+        elif self._spinner_wanted and self._thinking_started is not None:
+            elapsed = time.perf_counter() - self._thinking_started
+            line = f"Thought for {elapsed:.1f} s ({self._thinking_tokens} tokens)"
+            self._err((DIM + line + RESET + "\n") if self.color else line + "\n")
+        self._state = "answer"
+
+    def _on_answer(self, text: str) -> None:
+        if self._state != "answer":
+            self._end_thinking()
+            self._state = "answer"
+        self.answer_parts.append(text)
+        self.out.write(text)
+        self.out.flush()
+        self._answer_ends_with_newline = text.endswith("\n")
+
+    def _on_done(self, done: Done) -> None:
+        self.done = done
+        if self._state == "thinking":
+            self._end_thinking()
+        if done.reasoning_unfinished and done.finish_reason == "length":
+            self._warn(
+                f"The model was still thinking when it reached the token limit "
+                f"({done.usage.completion_tokens} tokens): raise --max-tokens or --ctx."
+            )
+        elif done.finish_reason == "length":
+            self._warn("The answer was cut off at the token limit: raise --max-tokens or --ctx.")
+
+    def _warn(self, text: str) -> None:
+        if self.answer_parts and not self._answer_ends_with_newline:
+            self.out.write("\n")
+            self.out.flush()
+            self._answer_ends_with_newline = True
+        self._err((YELLOW + text + RESET + "\n") if self.color else text + "\n")
+
+
+def result_object(model: dict[str, Any], reasoning: str, answer: str, done: Done) -> dict[str, Any]:
+    """The ``--json`` result: one object with the reasoning apart from the content."""
+    d = done.to_dict()
+    return {
+        "model": model,
+        "reasoning_content": reasoning,
+        "content": answer,
+        "finish_reason": d["finish_reason"],
+        "reasoning_unfinished": d["reasoning_unfinished"],
+        "usage": d["usage"],
+        "timings": d["timings"],
+    }
+
+
+def collect(events: Iterable[Event]) -> tuple[str, str, Done | None]:
+    reasoning: list[str] = []
+    answer: list[str] = []
+    done: Done | None = None
+    for event in events:
+        if isinstance(event, Reasoning):
+            reasoning.append(event.text)
+        elif isinstance(event, Answer):
+            answer.append(event.text)
+        elif isinstance(event, Done):
+            done = event
+    return "".join(reasoning), "".join(answer), done
+
+
+def dump_json(obj: dict[str, Any], out: IO[str] | None = None) -> None:
+    out = out or sys.stdout
+    out.write(json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
+    out.flush()

@@ -1,0 +1,53 @@
+"""The user's config file (TOML, in the platformdirs config dir), validated strictly.
+
+Example ``config.toml``::
+
+    default_model = "r1:7b"   # a catalog name or a path to a .gguf file
+    ctx = 8192                # context size for ask/chat
+    threads = 8               # CPU threads (default: physical cores)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from localr1.errors import ConfigError
+from localr1.paths import config_file
+
+_FIELDS: dict[str, type] = {"default_model": str, "ctx": int, "threads": int, "gpu_layers": int}
+
+
+@dataclass(frozen=True)
+class Config:
+    default_model: str | None = None
+    ctx: int | None = None
+    threads: int | None = None
+    gpu_layers: int | None = None
+    path: Path | None = None
+
+
+def load_config(path: Path | None = None) -> Config:
+    import tomllib
+
+    path = path or config_file()
+    values: dict = {}
+    if path.exists():
+        try:
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}", hint="Fix or delete the file.") from exc
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+        for key, value in values.items():
+            if key not in _FIELDS:
+                known = ", ".join(_FIELDS)
+                raise ConfigError(f"{path}: unknown setting {key!r}", hint=f"Known settings: {known}.")
+            expected = _FIELDS[key]
+            if not isinstance(value, expected) or isinstance(value, bool):
+                raise ConfigError(f"{path}: {key} must be a {expected.__name__}, not {value!r}")
+    env_model = os.environ.get("LOCALR1_MODEL")
+    if env_model:
+        values["default_model"] = env_model
+    return Config(path=path, **values)

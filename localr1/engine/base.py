@@ -1,0 +1,97 @@
+"""The engine interface, and the token-to-event assembly every engine shares."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from localr1.events import Answer, Done, Event, FinishReason, Reasoning, Timings, Usage
+from localr1.prompt import ChatFormat, Prompt
+from localr1.reasoning import ReasoningSplitter, Utf8Stream
+from localr1.sampling import Sampling
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    path: Path | None
+    architecture: str
+    quant: str
+    n_ctx: int  # the context this engine was created with
+    n_ctx_train: int
+    chat_format: ChatFormat
+    n_gpu_layers: int = 0
+    n_threads: int = 0
+    load_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    info: ModelInfo
+
+    def stream(self, prompt: Prompt, sampling: Sampling, *, cancel: threading.Event | None = None) -> Iterator[Event]:
+        """Generate a continuation of ``prompt``; the last event is always ``Done``."""
+        ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class EventAssembler:
+    """Token bytes in, typed events out: UTF-8 reassembly, the reasoning split and the counting.
+
+    The real engine and the fake one both feed it, so the fake exercises the same path.
+    """
+
+    def __init__(self, *, opened: bool, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._utf8 = Utf8Stream()
+        self.splitter = ReasoningSplitter(opened=opened)
+        self._clock = clock
+        self.completion_tokens = 0
+        self.reasoning_tokens = 0
+        self._first_token_at: float | None = None
+        self._thinking_ended_at: float | None = None
+
+    def feed(self, piece: bytes) -> list[Event]:
+        now = self._clock()
+        if self._first_token_at is None:
+            self._first_token_at = now
+        self.completion_tokens += 1
+        was_answer = self.splitter.state == "answer"
+        events = self._convert(self.splitter.feed(self._utf8.feed(piece)))
+        if not was_answer and self.splitter.saw_reasoning:
+            self.reasoning_tokens += 1
+        if self.splitter.closed_reasoning and self._thinking_ended_at is None:
+            self._thinking_ended_at = now
+        return events
+
+    def finish(self) -> list[Event]:
+        tail = self._utf8.flush()
+        pieces = self.splitter.feed(tail) if tail else []
+        pieces += self.splitter.finish()
+        return self._convert(pieces)
+
+    @property
+    def thinking_s(self) -> float:
+        if self._first_token_at is None or not self.splitter.saw_reasoning:
+            return 0.0
+        end = self._thinking_ended_at if self._thinking_ended_at is not None else self._clock()
+        return end - self._first_token_at
+
+    def done(self, finish_reason: FinishReason, *, prompt_tokens: int, timings: Timings) -> Done:
+        unfinished = self.splitter.saw_reasoning and not self.splitter.closed_reasoning
+        return Done(
+            finish_reason=finish_reason,
+            usage=Usage(prompt_tokens, self.completion_tokens, self.reasoning_tokens),
+            timings=timings,
+            reasoning_unfinished=unfinished,
+        )
+
+    @staticmethod
+    def _convert(pieces: list[tuple[str, str]]) -> list[Event]:
+        return [Reasoning(text) if channel == "reasoning" else Answer(text) for channel, text in pieces]

@@ -1,0 +1,107 @@
+"""A scripted engine for fast, exact tests of everything above the engine (CLI, TUI).
+
+Its "tokens" are the pieces of a script; they go through the same UTF-8 and reasoning assembly as the
+real engine's, so the front ends see exactly what a real model stream would give them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+
+from localr1.engine.base import EventAssembler, ModelInfo
+from localr1.events import Event, FinishReason, Timings
+from localr1.prompt import Prompt, chat_format_for
+from localr1.sampling import Sampling
+
+
+def fake_model_info(name: str = "fake-r1", *, reasoning: bool = True, n_ctx: int = 4096) -> ModelInfo:
+    template = (
+        "{% for m in messages %}<｜User｜>{{ m['content'] }}{% endfor %}<｜Assistant｜>"
+        if reasoning
+        else "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "<|im_start|>assistant\n"
+    )
+    return ModelInfo(
+        name=name,
+        path=None,
+        architecture="qwen2",
+        quant="Q4_K_M",
+        n_ctx=n_ctx,
+        n_ctx_train=n_ctx,
+        chat_format=chat_format_for(template, name=name),
+    )
+
+
+class FakeEngine:
+    """Replays scripted replies. Each call to :meth:`stream` takes the next script.
+
+    A script is a sequence of pieces: ``str`` (encoded to UTF-8) or ``bytes`` (to split characters).
+    ``delay`` sleeps between pieces (to test spinners and cancellation); ``interrupt_after`` raises
+    ``KeyboardInterrupt`` after that many pieces, as a Ctrl-C would.
+    """
+
+    def __init__(
+        self,
+        scripts: Sequence[Sequence[str | bytes]] = (),
+        *,
+        info: ModelInfo | None = None,
+        delay: float = 0.0,
+        interrupt_after: int | None = None,
+        finish_reason: FinishReason = "stop",
+    ) -> None:
+        self._scripts = [list(s) for s in scripts]
+        self.info = info or fake_model_info()
+        self.delay = delay
+        self.interrupt_after = interrupt_after
+        self.finish_reason = finish_reason
+        self.prompts: list[Prompt] = []
+        self.samplings: list[Sampling] = []
+        self.closed = False
+
+    def add_script(self, pieces: Sequence[str | bytes]) -> None:
+        self._scripts.append(list(pieces))
+
+    def count_tokens(self, text: str) -> int:
+        return max(1, len(text.split()))
+
+    def with_ctx(self, n_ctx: int) -> FakeEngine:
+        self.info = replace(self.info, n_ctx=n_ctx)
+        return self
+
+    def stream(self, prompt: Prompt, sampling: Sampling, *, cancel: threading.Event | None = None) -> Iterator[Event]:
+        self.prompts.append(prompt)
+        self.samplings.append(sampling)
+        script = self._scripts.pop(0) if self._scripts else ["<think>\n", "Hmm.", "</think>", "\n\nOK."]
+        assembler = EventAssembler(opened=prompt.opens_thinking)
+        start = time.perf_counter()
+        finish: FinishReason = self.finish_reason
+        limit = sampling.max_tokens
+        for i, piece in enumerate(script):
+            if cancel is not None and cancel.is_set():
+                finish = "cancelled"
+                break
+            if limit is not None and i >= limit:
+                finish = "length"
+                break
+            if self.interrupt_after is not None and i >= self.interrupt_after:
+                raise KeyboardInterrupt
+            if self.delay:
+                time.sleep(self.delay)
+            yield from assembler.feed(piece.encode() if isinstance(piece, str) else piece)
+        yield from assembler.finish()
+        elapsed = time.perf_counter() - start
+        n_prompt = self.count_tokens(prompt.text)
+        timings = Timings(
+            prefill_s=0.0,
+            decode_s=elapsed,
+            thinking_s=assembler.thinking_s,
+            prompt_tokens=n_prompt,
+            decode_tokens=assembler.completion_tokens,
+        )
+        yield assembler.done(finish, prompt_tokens=n_prompt, timings=timings)
+
+    def close(self) -> None:
+        self.closed = True

@@ -1,0 +1,420 @@
+"""The real engine: llama.cpp through llama-cpp-python's low-level bindings.
+
+The decode loop is written against llama.cpp's C API directly rather than ``llama_cpp.Llama``: sampling
+runs in llama.cpp's native sampler chain (``llama_sampler_sample``), so the logits never cross into
+Python, and each token costs a handful of ctypes calls. ``benchmarks/decode_overhead.py`` holds it to
+llama.cpp's own eval time.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from localr1.engine.base import EventAssembler, ModelInfo
+from localr1.errors import BackendMissingError, ContextOverflowError, EngineError, ModelLoadError, UsageError
+from localr1.events import Event, FinishReason, Timings
+from localr1.gguf_info import GGUFInfo, inspect_model
+from localr1.prompt import Prompt, chat_format_for
+from localr1.reasoning import THINK_CLOSE, THINK_OPEN
+from localr1.sampling import Sampling
+
+DEFAULT_BATCH = 512
+_LOG_LINES = 200
+
+
+def _lib() -> Any:
+    try:
+        import llama_cpp.llama_cpp as lib
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise BackendMissingError(
+            f"llama-cpp-python is not installed or failed to load ({exc})",
+            hint="Reinstall localr1: pipx reinstall localr1 (or pip install llama-cpp-python).",
+        ) from exc
+    return lib
+
+
+class _NativeLog:
+    """llama.cpp's log, captured: shown with --debug, otherwise kept for error messages."""
+
+    def __init__(self) -> None:
+        self.lines: collections.deque[str] = collections.deque(maxlen=_LOG_LINES)
+        self.echo = False
+        self._partial = ""
+        self._callback: Any = None
+
+    def install(self, lib: Any) -> None:
+        if self._callback is not None:
+            return
+
+        @ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+        def callback(level: int, text: bytes, _user: Any) -> None:
+            msg = text.decode("utf-8", errors="replace") if text else ""
+            if self.echo:
+                sys.stderr.write(msg)
+            self._partial += msg
+            *done, self._partial = self._partial.split("\n")
+            self.lines.extend(line for line in done if line.strip())
+
+        self._callback = callback  # keep it alive as long as llama.cpp may call it
+        lib.llama_log_set(callback, None)
+
+    def tail(self, n: int = 5) -> str:
+        interesting = [ln.strip() for ln in self.lines if any(w in ln.lower() for w in ("error", "fail", "unable"))]
+        return "; ".join((interesting or [ln.strip() for ln in self.lines])[-n:])
+
+
+_LOG = _NativeLog()
+_BACKEND_READY = False
+
+
+def init_backend(*, debug: bool = False) -> Any:
+    """Load the native library once, with its log captured."""
+    global _BACKEND_READY
+    lib = _lib()
+    _LOG.echo = debug
+    if not _BACKEND_READY:
+        _LOG.install(lib)
+        lib.llama_backend_init()
+        _BACKEND_READY = True
+    return lib
+
+
+def supports_gpu_offload() -> bool:
+    return bool(_lib().llama_supports_gpu_offload())
+
+
+def system_info() -> str:
+    return _lib().llama_print_system_info().decode("utf-8", errors="replace")
+
+
+class LlamaCppEngine:
+    """One loaded model and one context; generations run one at a time."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        n_ctx: int | None = None,
+        n_gpu_layers: int | None = None,
+        n_threads: int | None = None,
+        n_batch: int = DEFAULT_BATCH,
+        use_mmap: bool = True,
+        debug: bool = False,
+        gguf: GGUFInfo | None = None,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        self._lib = lib = init_backend(debug=debug)
+        self.path = Path(path)
+        header = gguf or inspect_model(self.path)  # validated in Python before llama.cpp sees it
+        self._model = None
+        self._ctx = None
+        self._lock = threading.Lock()
+        started = time.perf_counter()
+
+        if n_gpu_layers is None:
+            n_gpu_layers = -1 if lib.llama_supports_gpu_offload() else 0
+        if n_threads is None:
+            from localr1.hardware import physical_cores
+
+            n_threads = physical_cores()
+        mparams = lib.llama_model_default_params()
+        mparams.n_gpu_layers = n_gpu_layers
+        mparams.use_mmap = use_mmap
+        # Loading a large model takes a while: Ctrl-C (the cancel event) aborts it through this callback.
+        progress = lib.llama_progress_callback(lambda _p, _d: not (cancel is not None and cancel.is_set()))
+        mparams.progress_callback = progress
+        first = header.split_paths[0] if header.split_paths else self.path
+        self._model = lib.llama_model_load_from_file(str(first).encode(), mparams)
+        if not self._model and cancel is not None and cancel.is_set():
+            raise KeyboardInterrupt
+        if not self._model:
+            raise ModelLoadError(
+                f"llama.cpp could not load {self.path.name}: {_LOG.tail() or 'no reason given'}",
+                hint="Run with --debug for llama.cpp's log; a smaller quant or fewer --gpu-layers may fit.",
+            )
+        self._vocab = lib.llama_model_get_vocab(self._model)
+        self.n_vocab = lib.llama_vocab_n_tokens(self._vocab)
+        n_ctx_train = lib.llama_model_n_ctx_train(self._model)
+        if n_ctx is None or n_ctx <= 0:
+            n_ctx = min(n_ctx_train, 8192) if n_ctx_train > 0 else 4096
+        n_batch = max(1, min(n_batch, n_ctx))
+
+        cparams = lib.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = n_batch
+        cparams.n_ubatch = n_batch
+        cparams.n_seq_max = 1
+        cparams.n_threads = n_threads
+        cparams.n_threads_batch = n_threads
+        cparams.no_perf = False
+        self._ctx = lib.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            self.close()
+            raise ModelLoadError(
+                f"llama.cpp could not create a {n_ctx}-token context for {self.path.name}: "
+                f"{_LOG.tail() or 'out of memory?'}",
+                hint="Try a smaller --ctx.",
+            )
+        self.n_ctx = lib.llama_n_ctx(self._ctx)
+        self.n_batch = n_batch
+        self._mem = lib.llama_get_memory(self._ctx)
+        self._cached: list[int] = []  # tokens whose KV entries are in the context, for prefix reuse
+        self._cancel: threading.Event | None = None
+        self._abort_cb = lib.ggml_abort_callback(self._should_abort)
+        self._no_abort = ctypes.cast(None, lib.ggml_abort_callback)
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self._token_buf = (lib.llama_token * 1)()
+
+        template = self._meta("tokenizer.chat_template") or header.chat_template
+        bos = lib.llama_vocab_bos(self._vocab)
+        eos = lib.llama_vocab_eos(self._vocab)
+        self._think_ids = {t for t in (self._single_token(THINK_OPEN), self._single_token(THINK_CLOSE)) if t >= 0}
+        fmt = chat_format_for(
+            template,
+            bos_token=self._token_text(bos) if bos >= 0 else "",
+            eos_token=self._token_text(eos) if eos >= 0 else "",
+            add_bos=bool(lib.llama_vocab_get_add_bos(self._vocab)),
+            has_token=lambda text: self._single_token(text) >= 0,
+            name=header.name,
+        )
+        self.info = ModelInfo(
+            name=header.name,
+            path=self.path,
+            architecture=header.architecture,
+            quant=header.quant_name,
+            n_ctx=self.n_ctx,
+            n_ctx_train=n_ctx_train,
+            chat_format=fmt,
+            n_gpu_layers=n_gpu_layers,
+            n_threads=n_threads,
+            load_s=time.perf_counter() - started,
+            extra={"n_vocab": self.n_vocab, "n_batch": n_batch, "file_size": header.file_size},
+        )
+
+    # --- vocabulary helpers --------------------------------------------------------------------------
+    def _meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(1 << 16)
+        n = self._lib.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        if n < 0:
+            return None
+        if n >= len(buf):
+            buf = ctypes.create_string_buffer(n + 1)
+            n = self._lib.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.raw[:n].decode("utf-8", errors="replace")
+
+    def _token_text(self, token: int) -> str:
+        text = self._lib.llama_vocab_get_text(self._vocab, token)
+        return text.decode("utf-8", errors="replace") if text else ""
+
+    def _single_token(self, text: str) -> int:
+        toks = self.tokenize(text, add_bos=False)
+        return toks[0] if len(toks) == 1 else -1
+
+    def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
+        raw = text.encode("utf-8")
+        cap = len(raw) + 8
+        arr = (self._lib.llama_token * cap)()
+        n = self._lib.llama_tokenize(self._vocab, raw, len(raw), arr, cap, add_bos, True)
+        if n < 0:
+            cap = -n
+            arr = (self._lib.llama_token * cap)()
+            n = self._lib.llama_tokenize(self._vocab, raw, len(raw), arr, cap, add_bos, True)
+        if n < 0:
+            raise EngineError("llama.cpp failed to tokenize the prompt")
+        return list(arr[:n])
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text, add_bos=False))
+
+    def token_piece(self, token: int) -> bytes:
+        buf = self._piece_buf
+        n = self._lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, token in self._think_ids)
+        if n < 0:
+            self._piece_buf = buf = ctypes.create_string_buffer(-n)
+            n = self._lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, token in self._think_ids)
+        return buf.raw[:n]
+
+    # --- generation ----------------------------------------------------------------------------------
+    def _should_abort(self, _data: Any) -> bool:
+        cancel = self._cancel
+        return bool(cancel is not None and cancel.is_set())
+
+    def _sampler(self, sampling: Sampling) -> Any:
+        lib = self._lib
+        params = lib.llama_sampler_chain_default_params()
+        params.no_perf = False  # llama.cpp times its own sampling: the benchmarks compare against it
+        chain = lib.llama_sampler_chain_init(params)
+        add = lib.llama_sampler_chain_add
+        if sampling.logit_bias:
+            items = list(sampling.logit_bias.items())
+            arr = (lib.llama_logit_bias * len(items))(*[lib.llama_logit_bias(t, b) for t, b in items])
+            add(chain, lib.llama_sampler_init_logit_bias(self.n_vocab, len(items), arr))
+        if sampling.grammar:
+            grammar = lib.llama_sampler_init_grammar(self._vocab, sampling.grammar.encode(), b"root")
+            if not grammar:
+                lib.llama_sampler_free(chain)
+                raise UsageError("the grammar does not parse", hint=_LOG.tail(2) or None)
+            add(chain, grammar)
+        if sampling.temperature <= 0:
+            add(chain, lib.llama_sampler_init_greedy())
+            return chain
+        if sampling.top_k > 0:
+            add(chain, lib.llama_sampler_init_top_k(sampling.top_k))
+        # Temperature first, then nucleus: the order of DeepSeek's reference (transformers/vLLM) setup.
+        add(chain, lib.llama_sampler_init_temp(sampling.temperature))
+        if sampling.top_p < 1.0:
+            add(chain, lib.llama_sampler_init_top_p(sampling.top_p, 1))
+        if sampling.min_p > 0:
+            add(chain, lib.llama_sampler_init_min_p(sampling.min_p, 1))
+        seed = sampling.seed if sampling.seed is not None else lib.LLAMA_DEFAULT_SEED
+        add(chain, lib.llama_sampler_init_dist(seed))
+        return chain
+
+    def _prefill(self, tokens: list[int]) -> int:
+        """Decode ``tokens`` after the longest prefix already in the KV cache. Returns tokens decoded."""
+        lib = self._lib
+        keep = 0
+        for a, b in zip(self._cached, tokens):
+            if a != b:
+                break
+            keep += 1
+        keep = min(keep, len(tokens) - 1)  # the last prompt token is always decoded, for its logits
+        if not lib.llama_memory_seq_rm(self._mem, 0, keep, -1):
+            lib.llama_memory_clear(self._mem, True)  # this model's cache cannot be cut: start over
+            keep = 0
+        self._cached = tokens[:keep]
+        todo = tokens[keep:]
+        arr = (lib.llama_token * len(todo))(*todo)
+        lib.llama_set_abort_callback(self._ctx, self._abort_cb, None)
+        try:
+            for start in range(0, len(todo), self.n_batch):
+                n = min(self.n_batch, len(todo) - start)
+                ptr = ctypes.cast(
+                    ctypes.byref(arr, start * ctypes.sizeof(lib.llama_token)), ctypes.POINTER(lib.llama_token)
+                )
+                rc = lib.llama_decode(self._ctx, lib.llama_batch_get_one(ptr, n))
+                if rc == 2:  # aborted by the callback: the user cancelled
+                    lib.llama_memory_seq_rm(self._mem, 0, keep + start, -1)
+                    self._cached = tokens[: keep + start]
+                    return -1
+                if rc != 0:
+                    raise EngineError(f"llama.cpp failed to process the prompt (code {rc}): {_LOG.tail(2)}")
+                self._cached = tokens[: keep + start + n]
+        finally:
+            lib.llama_set_abort_callback(self._ctx, self._no_abort, None)
+        return len(todo)
+
+    def stream(self, prompt: Prompt, sampling: Sampling, *, cancel: threading.Event | None = None) -> Iterator[Event]:
+        sampling.validate()
+        if not self._lock.acquire(blocking=False):
+            raise EngineError("this model is already generating", hint="Wait for the current reply to finish.")
+        try:
+            yield from self._stream(prompt, sampling, cancel)
+        finally:
+            self._cancel = None
+            self._lock.release()
+
+    def _stream(self, prompt: Prompt, sampling: Sampling, cancel: threading.Event | None) -> Iterator[Event]:
+        lib = self._lib
+        ctx, vocab = self._ctx, self._vocab
+        tokens = self.tokenize(prompt.text, add_bos=prompt.add_bos)
+        if len(tokens) >= self.n_ctx:
+            raise ContextOverflowError(
+                f"the prompt is {len(tokens):,} tokens but the context holds {self.n_ctx:,}",
+                hint="Shorten the question or raise --ctx.",
+            )
+        self._cancel = cancel
+        assembler = EventAssembler(opened=prompt.opens_thinking)
+        chain = self._sampler(sampling)
+        try:
+            lib.llama_perf_context_reset(ctx)
+            t0 = time.perf_counter()
+            decoded = self._prefill(tokens)
+            t1 = time.perf_counter()
+            finish: FinishReason = "stop"
+            budget = self.n_ctx - len(tokens)
+            if sampling.max_tokens is not None:
+                budget = min(budget, sampling.max_tokens)
+            generated = 0
+            t_last = t1
+            if decoded < 0:
+                finish = "cancelled"
+            token_buf = self._token_buf
+            sample, is_eog, decode, batch_one = (
+                lib.llama_sampler_sample,
+                lib.llama_vocab_is_eog,
+                lib.llama_decode,
+                lib.llama_batch_get_one,
+            )
+            while decoded >= 0:
+                if cancel is not None and cancel.is_set():
+                    finish = "cancelled"
+                    break
+                if generated >= budget:
+                    finish = "length"
+                    break
+                token = sample(chain, ctx, -1)
+                if is_eog(vocab, token):
+                    break
+                generated += 1
+                t_last = time.perf_counter()
+                events = assembler.feed(self.token_piece(token))
+                if events:
+                    yield from events
+                if generated >= budget:
+                    finish = "length"
+                    break
+                token_buf[0] = token
+                rc = decode(ctx, batch_one(token_buf, 1))
+                if rc != 0:
+                    if rc == 1:  # no room left in the KV cache
+                        finish = "length"
+                        break
+                    raise EngineError(f"llama.cpp failed while generating (code {rc}): {_LOG.tail(2)}")
+                self._cached.append(token)
+            yield from assembler.finish()
+            perf = lib.llama_perf_context(ctx)
+            sampler_perf = lib.llama_perf_sampler(chain)
+            timings = Timings(
+                load_s=self.info.load_s,
+                prefill_s=t1 - t0,
+                decode_s=t_last - t1,
+                thinking_s=assembler.thinking_s,
+                prompt_tokens=len(tokens),
+                decode_tokens=generated,
+                llama_prefill_ms=perf.t_p_eval_ms,
+                llama_decode_ms=perf.t_eval_ms,
+                llama_decode_calls=perf.n_eval,
+                llama_sample_ms=sampler_perf.t_sample_ms,
+            )
+            yield assembler.done(finish, prompt_tokens=len(tokens), timings=timings)
+        finally:
+            lib.llama_sampler_free(chain)
+
+    def close(self) -> None:
+        lib = self._lib
+        if self._ctx:
+            lib.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            lib.llama_model_free(self._model)
+            self._model = None
+
+    def __enter__(self) -> LlamaCppEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
+        with contextlib.suppress(Exception):
+            self.close()

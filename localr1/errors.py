@@ -1,0 +1,63 @@
+"""The errors localr1 reports to users.
+
+Every error carries a one-line ``message`` (what happened) and an optional ``hint`` (what to do about
+it). The CLI prints them as one line each, without a traceback unless ``--debug`` is given.
+"""
+
+from __future__ import annotations
+
+
+class LocalR1Error(Exception):
+    """Base class: an error a user can act on."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(LocalR1Error):
+    """The command line asked for something that cannot be done (empty question, bad option value)."""
+
+    exit_code = 2
+
+
+class ModelNotFoundError(LocalR1Error):
+    """No model by that path or name, or no model at all."""
+
+
+class InvalidModelFileError(LocalR1Error):
+    """The file exists but is not a usable GGUF model (wrong magic, truncated, corrupt header)."""
+
+
+class CatalogError(LocalR1Error):
+    """models.toml (built-in or the user's) is malformed."""
+
+
+class ConfigError(LocalR1Error):
+    """The user's config file is malformed."""
+
+
+class TemplateError(LocalR1Error):
+    """The model's chat template failed to render or tried to leave the sandbox."""
+
+
+class EngineError(LocalR1Error):
+    """llama.cpp failed while loading or running a model."""
+
+
+class ModelLoadError(EngineError):
+    """llama.cpp could not load the model (out of memory, unsupported architecture, ...)."""
+
+
+class ContextOverflowError(EngineError):
+    """The prompt does not fit in the context window."""
+
+
+class BackendMissingError(EngineError):
+    """The llama.cpp Python binding is not installed or cannot be imported."""

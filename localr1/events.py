@@ -1,0 +1,93 @@
+"""The typed events every front end consumes.
+
+An engine turns a prompt into an iterator of these; the CLI, the TUI and the benchmarks only render or
+count them. ``Reasoning`` and ``Answer`` carry text deltas; ``Done`` closes every stream, also a stopped
+one, with the numbers of the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+@dataclass(frozen=True)
+class Reasoning:
+    """A piece of the model's thinking."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A piece of the answer."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Wall-clock figures of one generation, as the user experiences them."""
+
+    load_s: float = 0.0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    thinking_s: float = 0.0
+    prompt_tokens: int = 0
+    decode_tokens: int = 0
+    # llama.cpp's own counters for the same run (time spent inside llama_decode), for overhead checks.
+    llama_prefill_ms: float = 0.0
+    llama_decode_ms: float = 0.0
+    llama_decode_calls: int = 0
+    llama_sample_ms: float = 0.0  # time inside llama.cpp's sampler chain
+
+    @property
+    def prefill_tps(self) -> float:
+        return self.prompt_tokens / self.prefill_s if self.prefill_s > 0 else 0.0
+
+    @property
+    def decode_tps(self) -> float:
+        # The first generated token comes out of the prefill; the decode phase produces the rest.
+        n = max(self.decode_tokens - 1, 0)
+        return n / self.decode_s if self.decode_s > 0 and n else 0.0
+
+
+@dataclass(frozen=True)
+class Done:
+    """The end of a generation."""
+
+    finish_reason: FinishReason
+    usage: Usage = field(default_factory=Usage)
+    timings: Timings = field(default_factory=Timings)
+    reasoning_unfinished: bool = False  # the model was still thinking when it stopped
+
+    def to_dict(self) -> dict:
+        return {
+            "finish_reason": self.finish_reason,
+            "reasoning_unfinished": self.reasoning_unfinished,
+            "usage": {**asdict(self.usage), "total_tokens": self.usage.total_tokens},
+            "timings": {
+                "load_s": round(self.timings.load_s, 4),
+                "prefill_s": round(self.timings.prefill_s, 4),
+                "decode_s": round(self.timings.decode_s, 4),
+                "thinking_s": round(self.timings.thinking_s, 4),
+                "prefill_tokens_per_s": round(self.timings.prefill_tps, 2),
+                "decode_tokens_per_s": round(self.timings.decode_tps, 2),
+            },
+        }
+
+
+Event = Reasoning | Answer | Done

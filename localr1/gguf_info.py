@@ -1,0 +1,459 @@
+"""Bounded, validated reading of GGUF headers.
+
+GGUF files come from the internet, so nothing in a header is trusted: every count, length and offset is
+checked against the size of the file before it is used, and the tensor data the header describes must lie
+inside the file. Only then does native code (llama.cpp) get to see the file.
+
+The reader is pure Python over ``mmap``: opening the header of a 400 GB model reads only the header pages.
+Large string arrays (the vocabulary) are skipped unless asked for, so a header is read in milliseconds.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from localr1.errors import InvalidModelFileError
+
+GGUF_MAGIC = b"GGUF"
+SUPPORTED_VERSIONS = (2, 3)
+DEFAULT_ALIGNMENT = 32
+MAX_DIMS = 4
+# Far above any real model (the full DeepSeek-R1 has ~1,100 tensors and ~60 metadata keys) but small
+# enough that a hostile count is refused before anything is allocated for it.
+MAX_TENSORS = 1 << 20
+MAX_KV = 1 << 16
+MAX_STRING = 64 << 20
+MAX_KEY = 1 << 16
+
+# GGUF metadata value types
+(
+    _UINT8,
+    _INT8,
+    _UINT16,
+    _INT16,
+    _UINT32,
+    _INT32,
+    _FLOAT32,
+    _BOOL,
+    _STRING,
+    _ARRAY,
+    _UINT64,
+    _INT64,
+    _FLOAT64,
+) = range(13)
+_SCALAR_FORMATS: dict[int, str] = {
+    _UINT8: "<B",
+    _INT8: "<b",
+    _UINT16: "<H",
+    _INT16: "<h",
+    _UINT32: "<I",
+    _INT32: "<i",
+    _FLOAT32: "<f",
+    _BOOL: "<?",
+    _UINT64: "<Q",
+    _INT64: "<q",
+    _FLOAT64: "<d",
+}
+_SCALAR_SIZES = {t: struct.calcsize(f) for t, f in _SCALAR_FORMATS.items()}
+
+_SPLIT_RE = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+
+@dataclass(frozen=True)
+class ArraySummary:
+    """An array value that was not loaded into memory (its element type and length only)."""
+
+    element_type: int
+    length: int
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]
+    ggml_type: int
+    offset: int  # relative to the start of the data section
+    nbytes: int
+
+    @property
+    def n_elements(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def type_name(self) -> str:
+        return ggml_type_name(self.ggml_type)
+
+
+@dataclass
+class GGUFInfo:
+    path: Path
+    version: int
+    metadata: dict[str, Any]
+    tensors: list[TensorInfo]
+    data_offset: int
+    file_size: int
+    split_paths: list[Path] = field(default_factory=list)
+
+    # --- convenient views of the metadata -------------------------------------------------------------
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.metadata.get(key, default)
+
+    @property
+    def architecture(self) -> str:
+        return str(self.metadata.get("general.architecture", "unknown"))
+
+    @property
+    def name(self) -> str:
+        name = self.metadata.get("general.name")
+        return str(name) if name else self.path.stem
+
+    @property
+    def chat_template(self) -> str | None:
+        tmpl = self.metadata.get("tokenizer.chat_template")
+        return tmpl if isinstance(tmpl, str) and tmpl.strip() else None
+
+    def arch_value(self, suffix: str, default: Any = None) -> Any:
+        return self.metadata.get(f"{self.architecture}.{suffix}", default)
+
+    @property
+    def context_length(self) -> int | None:
+        value = self.arch_value("context_length")
+        return int(value) if isinstance(value, int) else None
+
+    @property
+    def block_count(self) -> int | None:
+        value = self.arch_value("block_count")
+        return int(value) if isinstance(value, int) else None
+
+    @property
+    def tensor_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    @property
+    def n_params(self) -> int:
+        return sum(t.n_elements for t in self.tensors)
+
+    @property
+    def quant_name(self) -> str:
+        """The dominant weight type, as llama.cpp names file types (``Q4_K_M`` style where known)."""
+        ftype = self.metadata.get("general.file_type")
+        if isinstance(ftype, int) and ftype in _FILE_TYPE_NAMES:
+            return _FILE_TYPE_NAMES[ftype]
+        weights = [t for t in self.tensors if len(t.shape) >= 2]
+        if not weights:
+            return "unknown"
+        by_type: dict[int, int] = {}
+        for t in weights:
+            by_type[t.ggml_type] = by_type.get(t.ggml_type, 0) + t.nbytes
+        return ggml_type_name(max(by_type, key=by_type.__getitem__))
+
+    def token_strings(self) -> list[str]:
+        tokens = self.metadata.get("tokenizer.ggml.tokens")
+        return tokens if isinstance(tokens, list) else []
+
+
+# llama.cpp's enum llama_ftype, for the names users know (Q4_K_M, ...).
+_FILE_TYPE_NAMES = {
+    0: "F32",
+    1: "F16",
+    2: "Q4_0",
+    3: "Q4_1",
+    7: "Q8_0",
+    8: "Q5_0",
+    9: "Q5_1",
+    10: "Q2_K",
+    11: "Q3_K_S",
+    12: "Q3_K_M",
+    13: "Q3_K_L",
+    14: "Q4_K_S",
+    15: "Q4_K_M",
+    16: "Q5_K_S",
+    17: "Q5_K_M",
+    18: "Q6_K",
+    19: "IQ2_XXS",
+    20: "IQ2_XS",
+    21: "Q2_K_S",
+    22: "IQ3_XS",
+    23: "IQ3_XXS",
+    24: "IQ1_S",
+    25: "IQ4_NL",
+    26: "IQ3_S",
+    27: "IQ3_M",
+    28: "IQ2_S",
+    29: "IQ2_M",
+    30: "IQ4_XS",
+    31: "IQ1_M",
+    32: "BF16",
+    36: "TQ1_0",
+    37: "TQ2_0",
+    38: "MXFP4_MOE",
+}
+
+
+def _quant_sizes() -> dict[int, tuple[int, int]]:
+    # The gguf package keeps ggml's (block size, bytes per block) table current; import it lazily since it
+    # pulls in numpy.
+    from gguf.constants import GGML_QUANT_SIZES
+
+    return {int(k): v for k, v in GGML_QUANT_SIZES.items()}
+
+
+def ggml_type_name(ggml_type: int) -> str:
+    from gguf.constants import GGMLQuantizationType
+
+    try:
+        return GGMLQuantizationType(ggml_type).name
+    except ValueError:
+        return f"type{ggml_type}"
+
+
+def tensor_nbytes(ggml_type: int, shape: tuple[int, ...]) -> int:
+    sizes = _quant_sizes()
+    if ggml_type not in sizes:
+        raise ValueError(f"unknown tensor type {ggml_type}")
+    block, type_size = sizes[ggml_type]
+    if not shape or shape[0] % block:
+        raise ValueError(f"row of {shape[0] if shape else 0} elements is not a multiple of block size {block}")
+    n = 1
+    for d in shape:
+        n *= d
+    return n // block * type_size
+
+
+class _Reader:
+    """Cursor over a buffer; every read is bounds-checked against the end of the file."""
+
+    def __init__(self, buf: Any, size: int, path: Path) -> None:
+        self.buf = buf
+        self.size = size
+        self.pos = 0
+        self.path = path
+
+    def fail(self, what: str) -> InvalidModelFileError:
+        return InvalidModelFileError(
+            f"{self.path.name} has a corrupt GGUF header: {what} (at byte {self.pos:,})",
+            hint="The file is damaged or was cut short; download or convert it again.",
+        )
+
+    def need(self, n: int, what: str) -> None:
+        if n < 0 or self.pos + n > self.size:
+            raise InvalidModelFileError(
+                f"{self.path.name} is truncated: the header ends before its {what} "
+                f"(needs byte {self.pos + max(n, 0):,}, the file has {self.size:,})",
+                hint="The download was probably interrupted; download the file again.",
+            )
+
+    def scalar(self, vtype: int, what: str) -> Any:
+        size = _SCALAR_SIZES[vtype]
+        self.need(size, what)
+        (value,) = struct.unpack_from(_SCALAR_FORMATS[vtype], self.buf, self.pos)
+        self.pos += size
+        return value
+
+    def u32(self, what: str) -> int:
+        return self.scalar(_UINT32, what)
+
+    def u64(self, what: str) -> int:
+        return self.scalar(_UINT64, what)
+
+    def string(self, what: str, limit: int = MAX_STRING) -> str:
+        length = self.u64(f"{what} length")
+        if length > limit:
+            raise self.fail(f"{what} claims {length:,} bytes")
+        self.need(length, what)
+        raw = bytes(self.buf[self.pos : self.pos + length])
+        self.pos += length
+        return raw.decode("utf-8", errors="replace")
+
+    def skip_string(self, what: str) -> None:
+        length = self.u64(f"{what} length")
+        if length > MAX_STRING:
+            raise self.fail(f"{what} claims {length:,} bytes")
+        self.need(length, what)
+        self.pos += length
+
+
+def _read_value(r: _Reader, vtype: int, key: str, keep_arrays: bool) -> Any:
+    if vtype in _SCALAR_FORMATS:
+        return r.scalar(vtype, f"value of {key}")
+    if vtype == _STRING:
+        return r.string(f"value of {key}")
+    if vtype != _ARRAY:
+        raise r.fail(f"{key} has unknown value type {vtype}")
+    etype = r.u32(f"array type of {key}")
+    count = r.u64(f"array length of {key}")
+    if etype == _ARRAY:
+        raise r.fail(f"{key} is an array of arrays, which GGUF models do not use")
+    if etype in _SCALAR_SIZES:
+        total = count * _SCALAR_SIZES[etype]
+        r.need(total, f"array {key}")
+        if not keep_arrays or count > MAX_STRING:
+            r.pos += total
+            return ArraySummary(etype, count)
+        fmt = "<" + _SCALAR_FORMATS[etype][1] * count
+        values = list(struct.unpack_from(fmt, r.buf, r.pos))
+        r.pos += total
+        return values
+    if etype == _STRING:
+        # Each string takes at least its 8-byte length: refuse counts the file cannot hold.
+        r.need(count * 8, f"array {key}")
+        if not keep_arrays:
+            for _ in range(count):
+                r.skip_string(f"element of {key}")
+            return ArraySummary(etype, count)
+        return [r.string(f"element of {key}") for _ in range(count)]
+    raise r.fail(f"array {key} has unknown element type {etype}")
+
+
+def read_gguf(
+    path: str | os.PathLike[str],
+    *,
+    keep_arrays: Iterable[str] = ("tokenizer.ggml.eos_token_ids",),
+    check_data: bool = True,
+) -> GGUFInfo:
+    """Read and validate the header of a GGUF file.
+
+    ``keep_arrays`` names the array-valued keys to load (others are summarised); pass
+    ``("tokenizer.ggml.tokens",)`` to get the vocabulary. With ``check_data`` every tensor must lie inside
+    the file, which is what catches a download that was cut short.
+    """
+    path = Path(path)
+    keep = set(keep_arrays)
+    try:
+        size = path.stat().st_size
+        fh = path.open("rb")
+    except FileNotFoundError:
+        raise InvalidModelFileError(f"{path} does not exist") from None
+    except IsADirectoryError:
+        raise InvalidModelFileError(f"{path} is a directory, not a GGUF file") from None
+    except PermissionError:
+        raise InvalidModelFileError(f"cannot read {path}: permission denied") from None
+    with fh:
+        if size < 4 or fh.read(4) != GGUF_MAGIC:
+            raise InvalidModelFileError(
+                f"{path.name} is not a GGUF file",
+                hint="localr1 runs GGUF models (.gguf): download a GGUF build of the model.",
+            )
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            info = _parse(mm, size, path, keep)
+    if check_data:
+        _check_tensor_data(info)
+    return info
+
+
+def _parse(buf: Any, size: int, path: Path, keep: set[str]) -> GGUFInfo:
+    r = _Reader(buf, size, path)
+    r.pos = 4
+    version = r.u32("version")
+    if version not in SUPPORTED_VERSIONS:
+        raise InvalidModelFileError(
+            f"{path.name} is GGUF version {version}, which is not supported (only 2 and 3)",
+            hint="Convert the model again with a current converter.",
+        )
+    n_tensors = r.u64("tensor count")
+    n_kv = r.u64("metadata count")
+    if n_tensors > MAX_TENSORS:
+        raise r.fail(f"it claims {n_tensors:,} tensors")
+    if n_kv > MAX_KV:
+        raise r.fail(f"it claims {n_kv:,} metadata entries")
+
+    metadata: dict[str, Any] = {}
+    for i in range(n_kv):
+        key = r.string(f"metadata key #{i}", limit=MAX_KEY)
+        if key in metadata:
+            raise r.fail(f"metadata key {key!r} appears twice")
+        vtype = r.u32(f"type of {key}")
+        metadata[key] = _read_value(r, vtype, key, key in keep)
+
+    alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+        raise r.fail(f"general.alignment {alignment!r} is not a power of two")
+
+    sizes = _quant_sizes()
+    tensors: list[TensorInfo] = []
+    seen: set[str] = set()
+    for i in range(n_tensors):
+        name = r.string(f"name of tensor #{i}", limit=MAX_KEY)
+        if name in seen:
+            raise r.fail(f"tensor {name!r} appears twice")
+        seen.add(name)
+        n_dims = r.u32(f"dimension count of {name}")
+        if not 1 <= n_dims <= MAX_DIMS:
+            raise r.fail(f"tensor {name} has {n_dims} dimensions")
+        shape = tuple(r.u64(f"shape of {name}") for _ in range(n_dims))
+        ggml_type = r.u32(f"type of {name}")
+        offset = r.u64(f"offset of {name}")
+        if ggml_type not in sizes:
+            raise r.fail(f"tensor {name} has unknown type {ggml_type}")
+        n_elements = 1
+        for d in shape:
+            n_elements *= d
+        if n_elements >= 1 << 62:
+            raise r.fail(f"tensor {name} claims {n_elements:,} elements")
+        block, _ = sizes[ggml_type]
+        if shape[0] % block:
+            raise r.fail(f"tensor {name} has rows of {shape[0]} elements, not a multiple of {block}")
+        if offset % alignment:
+            raise r.fail(f"tensor {name} starts at an unaligned offset")
+        tensors.append(TensorInfo(name, shape, ggml_type, offset, tensor_nbytes(ggml_type, shape)))
+
+    data_offset = (r.pos + alignment - 1) // alignment * alignment
+    return GGUFInfo(path, version, metadata, tensors, data_offset, size)
+
+
+def _check_tensor_data(info: GGUFInfo) -> None:
+    data_size = info.file_size - info.data_offset
+    end = 0
+    for t in info.tensors:
+        end = max(end, t.offset + t.nbytes)
+    if end > data_size:
+        raise InvalidModelFileError(
+            f"{info.path.name} is truncated: its tensors need {info.data_offset + end:,} bytes "
+            f"but the file has {info.file_size:,}",
+            hint="The download was probably interrupted; download the file again.",
+        )
+    spans = sorted((t.offset, t.offset + t.nbytes, t.name) for t in info.tensors)
+    for (_, a_end, a_name), (b_start, _, b_name) in zip(spans, spans[1:]):
+        if b_start < a_end:
+            raise InvalidModelFileError(
+                f"{info.path.name} has a corrupt GGUF header: tensors {a_name} and {b_name} overlap",
+                hint="The file is damaged; download or convert it again.",
+            )
+
+
+def split_siblings(path: Path) -> list[Path]:
+    """All files of a split model (``name-00001-of-00004.gguf``), in order; ``[path]`` if not split."""
+    m = _SPLIT_RE.match(path.name)
+    if not m:
+        return [path]
+    count = int(m.group("count"))
+    prefix = m.group("prefix")
+    return [path.with_name(f"{prefix}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+
+
+def inspect_model(path: str | os.PathLike[str], *, keep_arrays: Iterable[str] = ()) -> GGUFInfo:
+    """Validate a model file (and all shards of a split model) and return the first shard's header."""
+    path = Path(path)
+    shards = split_siblings(path)
+    missing = [p for p in shards if not p.exists()]
+    if missing:
+        raise InvalidModelFileError(
+            f"{path.name} is one part of a split model, but {missing[0].name} is missing",
+            hint="Download all parts of the model into the same folder.",
+        )
+    first = read_gguf(shards[0], keep_arrays=("tokenizer.ggml.eos_token_ids", *keep_arrays))
+    for shard in shards[1:]:
+        part = read_gguf(shard)
+        first.tensors.extend(part.tensors)
+    first.split_paths = shards
+    return first

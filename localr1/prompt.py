@@ -1,0 +1,211 @@
+"""Prompt building: the model's own chat template, rendered safely, with R1's conventions.
+
+DeepSeek's advice for R1, applied here:
+
+* no system prompt: system text is folded into the first user turn;
+* the assistant turn starts with ``<think>\\n`` so the model always reasons (added exactly once: newer
+  templates already end with it);
+* earlier answers stay in the history, their thinking does not;
+* for math, ask to "reason step by step, and put your final answer within \\boxed{}".
+
+Chat templates come from downloaded files, so they are rendered in Jinja2's immutable sandbox
+(CVE-2024-34359 was a template in a GGUF file running code through an unsandboxed environment).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from localr1.errors import TemplateError
+from localr1.reasoning import THINK_CLOSE, THINK_OPEN, strip_reasoning
+
+Role = Literal["system", "user", "assistant"]
+
+MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+@dataclass(frozen=True)
+class Message:
+    role: Role
+    content: str
+    reasoning: str | None = None  # kept for display; never sent back to the model
+
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str
+    opens_thinking: bool  # the text ends inside an opened <think> block
+    add_bos: bool = False  # the tokenizer must add BOS (the text does not start with it)
+
+
+# Fallback templates, for GGUF files that carry none. Picked by the special tokens the vocabulary has.
+FALLBACK_TEMPLATES: dict[str, str] = {
+    "deepseek-r1": (
+        "{{ bos_token }}{% for m in messages %}"
+        "{% if m['role'] == 'system' %}{{ m['content'] }}"
+        "{% elif m['role'] == 'user' %}{{ '<｜User｜>' + m['content'] }}"
+        "{% elif m['role'] == 'assistant' %}{{ '<｜Assistant｜>' + m['content'] + '<｜end▁of▁sentence｜>' }}"
+        "{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<｜Assistant｜>' }}{% endif %}"
+    ),
+    "chatml": (
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
+    "llama3": (
+        "{{ bos_token }}{% for m in messages %}"
+        "{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + m['content'] + '<|eot_id|>' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+        "{% endif %}"
+    ),
+    "plain": (
+        "{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n\n{% endfor %}"
+        "{% if add_generation_prompt %}Assistant: {% endif %}"
+    ),
+}
+_FALLBACK_MARKERS = (
+    ("deepseek-r1", "<｜User｜>"),
+    ("chatml", "<|im_start|>"),
+    ("llama3", "<|start_header_id|>"),
+)
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """How to turn messages into text for one model."""
+
+    template: str
+    source: str  # "gguf" or "fallback:<name>"
+    bos_token: str = ""
+    eos_token: str = ""
+    reasoning: bool = False  # an R1-style model that thinks inside <think> ... </think>
+    add_bos: bool = False  # the tokenizer adds BOS itself
+
+
+def chat_format_for(
+    template: str | None,
+    *,
+    bos_token: str = "",
+    eos_token: str = "",
+    add_bos: bool = False,
+    has_token: Callable[[str], bool] = lambda _: False,
+    name: str = "",
+) -> ChatFormat:
+    """The chat format of a model, from its GGUF template or a fallback chosen by its special tokens."""
+    if template:
+        source = "gguf"
+    else:
+        choice = next((n for n, marker in _FALLBACK_MARKERS if has_token(marker)), "plain")
+        template, source = FALLBACK_TEMPLATES[choice], f"fallback:{choice}"
+    reasoning = (
+        THINK_CLOSE in template
+        or has_token(THINK_OPEN)
+        or "r1" in name.lower().replace("-", " ").split()
+        or "<｜Assistant｜>" in template
+    )
+    return ChatFormat(template, source, bos_token, eos_token, reasoning, add_bos)
+
+
+def user_turn(question: str, *, system: str | None = None, math: bool = False) -> list[Message]:
+    """The messages for a one-shot question, as ``ask`` sends them."""
+    content = question.strip()
+    if math:
+        content = f"{content}\n{MATH_INSTRUCTION}"
+    messages: list[Message] = []
+    if system and system.strip():
+        messages.append(Message("system", system.strip()))
+    messages.append(Message("user", content))
+    return messages
+
+
+def _history_for_model(messages: Sequence[Message], fold_system: bool) -> list[dict[str, str]]:
+    system_parts = [m.content for m in messages if m.role == "system" and m.content.strip()]
+    out: list[dict[str, str]] = []
+    for m in messages:
+        if m.role == "system":
+            if not fold_system:
+                out.append({"role": "system", "content": m.content})
+            continue
+        content = m.content
+        if m.role == "assistant":
+            # Earlier thinking is not sent back (DeepSeek's advice): only the answer stays.
+            content = strip_reasoning(content) if THINK_CLOSE in content else content
+        out.append({"role": m.role, "content": content})
+    if fold_system and system_parts:
+        system_text = "\n\n".join(system_parts)
+        for entry in out:
+            if entry["role"] == "user":
+                entry["content"] = f"{system_text}\n\n{entry['content']}"
+                break
+        else:
+            out.insert(0, {"role": "user", "content": system_text})
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _compile(template: str) -> Any:
+    from jinja2.exceptions import TemplateError as JinjaTemplateError
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise TemplateError(f"the chat template refused the conversation: {message}")
+
+    def strftime_now(fmt: str) -> str:
+        return datetime.now().strftime(fmt)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = strftime_now
+    try:
+        return env.from_string(template)
+    except JinjaTemplateError as exc:
+        raise TemplateError(
+            f"the model's chat template does not parse: {exc}",
+            hint="Use a GGUF with a valid template, or report the file to its publisher.",
+        ) from exc
+
+
+def render(messages: Sequence[Message], fmt: ChatFormat, *, force_thinking: bool = True) -> Prompt:
+    """Render the conversation into the text the model continues."""
+    from jinja2.exceptions import SecurityError
+    from jinja2.exceptions import TemplateError as JinjaTemplateError
+
+    history = _history_for_model(messages, fold_system=fmt.reasoning)
+    if not history or history[-1]["role"] != "user":
+        raise TemplateError("a prompt must end with a user message")
+    compiled = _compile(fmt.template)
+    try:
+        text = compiled.render(
+            messages=history,
+            add_generation_prompt=True,
+            bos_token=fmt.bos_token,
+            eos_token=fmt.eos_token,
+        )
+    except SecurityError as exc:
+        raise TemplateError(
+            f"the model's chat template tried to leave its sandbox ({exc})",
+            hint="This GGUF file may be malicious: do not use it.",
+        ) from exc
+    except TemplateError:
+        raise
+    except (JinjaTemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+        raise TemplateError(f"the model's chat template failed to render: {exc}") from exc
+
+    add_bos = fmt.add_bos
+    if add_bos and fmt.bos_token and text.startswith(fmt.bos_token):
+        # The template writes BOS and the tokenizer would add it again: keep one.
+        text = text[len(fmt.bos_token) :]
+    opens = False
+    if fmt.reasoning:
+        tail = text.rstrip()
+        if tail.endswith(THINK_OPEN):
+            opens = True
+        elif force_thinking:
+            text += THINK_OPEN + "\n"
+            opens = True
+    return Prompt(text=text, opens_thinking=opens, add_bos=add_bos)

