@@ -98,7 +98,11 @@ class ReasoningSplitter:
             if self.state == "reasoning":
                 if self._strip_reasoning_lead:
                     buf = buf.lstrip("\n")
-                    if not buf:
+                    if buf.startswith(THINK_OPEN):  # re-emitted although the prompt opened it: drop it
+                        buf = buf[len(THINK_OPEN) :]
+                        continue
+                    if not buf or THINK_OPEN.startswith(buf):
+                        self._pending = buf
                         break
                     self._strip_reasoning_lead = False
                 idx = buf.find(THINK_CLOSE)

@@ -17,7 +17,8 @@ from localr1.prompt import Prompt, chat_format_for
 from localr1.sampling import Sampling
 
 
-def fake_model_info(name: str = "fake-r1", *, reasoning: bool = True, n_ctx: int = 4096) -> ModelInfo:
+def fake_model_info(name: str | None = None, *, reasoning: bool = True, n_ctx: int = 4096) -> ModelInfo:
+    name = name or ("fake-r1" if reasoning else "fake-chat")
     template = (
         "{% for m in messages %}<｜User｜>{{ m['content'] }}{% endfor %}<｜Assistant｜>"
         if reasoning

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import model_factory  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def isolated_dirs(tmp_path_factory, monkeypatch):
+    """No test reads or writes the user's real config, models or Hugging Face cache."""
+    root = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("LOCALR1_CONFIG_DIR", str(root / "config"))
+    monkeypatch.setenv("LOCALR1_DATA_DIR", str(root / "data"))
+    monkeypatch.setenv("LOCALR1_MODELS_DIR", str(root / "models"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(root / "hf"))
+    monkeypatch.delenv("LOCALR1_MODEL", raising=False)
+    monkeypatch.delenv("LOCALR1_DEBUG", raising=False)
+    monkeypatch.setenv("NO_COLOR", "1")
+    return root
+
+
+def _model(getter):
+    try:
+        return getter()
+    except model_factory.ModelUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    return _model(model_factory.smollm2_path)
+
+
+@pytest.fixture(scope="session")
+def r1_header() -> Path:
+    return _model(model_factory.r1_7b_header_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_r1() -> Path:
+    return _model(model_factory.tiny_r1_path)
+
+
+@pytest.fixture(scope="session")
+def r1_template(r1_header) -> str:
+    from localr1.gguf_info import read_gguf
+
+    return read_gguf(r1_header, check_data=False).chat_template
+
+
+def write_gguf(path: Path, *, arch: str = "llama", template: str | None = None, n_tensors: int = 2) -> Path:
+    """A small valid GGUF file (a header and a few f32 tensors)."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_name("test model")
+    writer.add_context_length(2048)
+    writer.add_block_count(1)
+    if template:
+        writer.add_chat_template(template)
+    for i in range(n_tensors):
+        writer.add_tensor(f"blk.0.t{i}.weight", np.arange(64 * (i + 1), dtype=np.float32).reshape(i + 1, 64))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.fixture
+def small_gguf(tmp_path) -> Path:
+    return write_gguf(tmp_path / "small.gguf")

@@ -1,0 +1,180 @@
+"""Real models through llama.cpp: SmolLM2-135M and a tiny random model with the real R1 tokenizer."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from localr1.cli.app import app, state
+from localr1.events import Answer, Done, Reasoning
+from localr1.prompt import render, user_turn
+from localr1.reasoning import split_text
+from localr1.sampling import Sampling
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def smol(smollm2):
+    from localr1.engine.llama_cpp import LlamaCppEngine
+
+    with LlamaCppEngine(smollm2, n_ctx=1024) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_r1):
+    from localr1.engine.llama_cpp import LlamaCppEngine
+
+    with LlamaCppEngine(tiny_r1, n_ctx=2048) as engine:
+        yield engine
+
+
+def _texts(events):
+    reasoning = "".join(e.text for e in events if isinstance(e, Reasoning))
+    answer = "".join(e.text for e in events if isinstance(e, Answer))
+    return reasoning, answer, events[-1]
+
+
+def test_smollm2_generates_a_plain_answer(smol):
+    assert not smol.info.chat_format.reasoning
+    assert smol.info.architecture == "llama" and smol.info.quant == "Q4_1"
+    prompt = render(user_turn("What is 2+2?"), smol.info.chat_format)
+    events = list(smol.stream(prompt, Sampling(temperature=0, max_tokens=24)))
+    reasoning, answer, done = _texts(events)
+    assert reasoning == "" and answer.strip()
+    assert isinstance(done, Done) and done.finish_reason in ("stop", "length")
+    assert done.usage.prompt_tokens == len(smol.tokenize(prompt.text, add_bos=prompt.add_bos))
+    assert 0 < done.usage.completion_tokens <= 24 and done.usage.reasoning_tokens == 0
+    assert done.timings.decode_tps > 0 and done.timings.prefill_tps > 0
+    # llama.cpp's own counters are read back for the same run
+    assert done.timings.llama_decode_calls >= done.usage.completion_tokens - 1
+
+
+def test_greedy_is_repeatable_and_the_prefix_cache_changes_nothing(smol):
+    prompt = render(user_turn("Name three colours."), smol.info.chat_format)
+    first = _texts(list(smol.stream(prompt, Sampling(temperature=0, max_tokens=20))))[1]
+    second_events = list(smol.stream(prompt, Sampling(temperature=0, max_tokens=20)))
+    assert _texts(second_events)[1] == first
+    # the second run reused the cached prompt: only the last prompt token was decoded again
+    assert second_events[-1].timings.llama_prefill_ms < 1 or second_events[-1].timings.prefill_s < 0.05
+
+
+def test_seeded_sampling_is_repeatable(smol):
+    prompt = render(user_turn("Tell me a story."), smol.info.chat_format)
+    runs = [_texts(list(smol.stream(prompt, Sampling(seed=7, max_tokens=16))))[1] for _ in range(2)]
+    assert runs[0] == runs[1]
+
+
+def test_max_tokens_and_cancel(smol):
+    prompt = render(user_turn("Count to one hundred."), smol.info.chat_format)
+    done = list(smol.stream(prompt, Sampling(temperature=0, max_tokens=5)))[-1]
+    assert done.finish_reason == "length" and done.usage.completion_tokens == 5
+    cancel = threading.Event()
+    for seen, event in enumerate(smol.stream(prompt, Sampling(temperature=0, max_tokens=200), cancel=cancel), 1):
+        if isinstance(event, Done):
+            done = event
+            break
+        if seen == 3:
+            cancel.set()
+    assert done.finish_reason == "cancelled"
+    assert done.usage.completion_tokens <= 4
+
+
+def test_context_overflow_is_a_clear_error(smol):
+    from localr1.errors import ContextOverflowError
+
+    prompt = render(user_turn("word " * 2000), smol.info.chat_format)
+    with pytest.raises(ContextOverflowError, match="context holds 1,024"):
+        list(smol.stream(prompt, Sampling()))
+
+
+def test_tiny_r1_speaks_the_r1_tokenizer(tiny):
+    fmt = tiny.info.chat_format
+    assert fmt.reasoning and fmt.source == "gguf" and fmt.bos_token == "<｜begin▁of▁sentence｜>" and fmt.add_bos
+    assert tiny.n_vocab == 152064
+    prompt = render(user_turn("Prove that sqrt(2) is irrational."), fmt)
+    tokens = tiny.tokenize(prompt.text, add_bos=True)
+    assert tokens[0] == 151646 and tokens[1] == 151644  # BOS once, then <｜User｜>
+    assert tokens[-2:] == [151648, 198]  # "<think>" as one token, then "\n"
+
+
+def test_real_think_tokens_split_reasoning_from_answer(tiny):
+    """A grammar makes the model emit real R1 tokens: multi-byte text, the </think> token, then an answer."""
+    grammar = 'root ::= "Let me think. ü 你好 😀" <[151649]> "\\n\\nThe answer is $\\\\boxed{42}$."'
+    prompt = render(user_turn("What is 6*7?"), tiny.info.chat_format)
+    events = list(tiny.stream(prompt, Sampling(seed=1, max_tokens=60, grammar=grammar)))
+    reasoning, answer, done = _texts(events)
+    assert reasoning == "Let me think. ü 你好 😀"
+    assert answer == "The answer is $\\boxed{42}$."
+    assert done.finish_reason == "stop" and not done.reasoning_unfinished
+    assert 0 < done.usage.reasoning_tokens < done.usage.completion_tokens
+    assert done.timings.thinking_s > 0
+    assert all("\ufffd" not in e.text for e in events[:-1])
+
+
+def test_random_r1_streams_match_the_whole_text(tiny, monkeypatch):
+    """Whatever tokens come out, streaming gives what decoding the whole byte string at once gives."""
+    pieces: list[bytes] = []
+    original = tiny.token_piece
+
+    def recording(token):
+        piece = original(token)
+        pieces.append(piece)
+        return piece
+
+    monkeypatch.setattr(tiny, "token_piece", recording)
+    prompt = render(user_turn("Say something."), tiny.info.chat_format)
+    for seed in (1, 2, 3):
+        pieces.clear()
+        events = list(tiny.stream(prompt, Sampling(seed=seed, max_tokens=120)))
+        reasoning, answer, done = _texts(events)
+        whole = b"".join(pieces).decode("utf-8", errors="replace")
+        assert (reasoning, answer) == split_text([whole], opened=True)
+        assert done.usage.completion_tokens == len(pieces)
+        assert done.reasoning_unfinished == (done.finish_reason == "length" and "</think>" not in whole)
+
+
+def test_ask_end_to_end_json(tiny_r1):
+    state.debug = False
+    result = CliRunner().invoke(
+        app, ["ask", "hello", "--model", str(tiny_r1), "--max-tokens", "12", "--json", "--seed", "5"]
+    )
+    assert result.exit_code == 0, result.output
+    obj = json.loads(result.stdout)
+    assert obj["usage"]["completion_tokens"] == 12
+    assert obj["finish_reason"] == "length"
+    assert obj["model"]["quant"] == "F16"
+
+
+def test_ask_end_to_end_plain(smollm2):
+    state.debug = False
+    result = CliRunner().invoke(
+        app, ["ask", "What is 2+2?", "-m", str(smollm2), "--temperature", "0", "--max-tokens", "20"]
+    )
+    assert result.exit_code == 0
+    assert result.stdout.strip()
+    assert result.stdout.endswith("\n")
+
+
+def test_sigint_stops_generation_cleanly(tiny_r1):
+    env = {**os.environ, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "localr1", "ask", "go", "-m", str(tiny_r1), "--ctx", "4096", "--show-thinking"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    started = time.perf_counter()
+    assert proc.stderr.readline() == "Thinking\n"  # generation is under way
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "Stopped." in err
+    # the full 4,096-token context would take several seconds more: the stop came from Ctrl-C
+    assert time.perf_counter() - started < 30
