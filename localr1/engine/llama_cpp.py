@@ -108,6 +108,7 @@ class LlamaCppEngine:
         n_threads: int | None = None,
         n_batch: int = DEFAULT_BATCH,
         use_mmap: bool = True,
+        flash_attn: bool | None = None,
         debug: bool = False,
         gguf: GGUFInfo | None = None,
         cancel: threading.Event | None = None,
@@ -156,6 +157,8 @@ class LlamaCppEngine:
         cparams.n_threads = n_threads
         cparams.n_threads_batch = n_threads
         cparams.no_perf = False
+        if flash_attn is not None:  # None: llama.cpp decides per backend (auto)
+            cparams.flash_attn_type = 1 if flash_attn else 0
         self._ctx = lib.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             self.close()
