@@ -138,9 +138,13 @@ class LlamaCppEngine:
         if not self._model and cancel is not None and cancel.is_set():
             raise KeyboardInterrupt
         if not self._model:
+            reason = _LOG.tail() or "no reason given"
+            unsupported = any(w in reason for w in ("unknown model architecture", "key not found", "wrong number"))
             raise ModelLoadError(
-                f"llama.cpp could not load {self.path.name}: {_LOG.tail() or 'no reason given'}",
-                hint="Run with --debug for llama.cpp's log; a smaller quant or fewer --gpu-layers may fit.",
+                f"llama.cpp could not load {self.path.name}: {reason}",
+                hint="This llama.cpp does not support the file (or it is incomplete): try another GGUF build."
+                if unsupported
+                else "Run with --debug for llama.cpp's log; a smaller quant or fewer --gpu-layers may fit.",
             )
         self._vocab = lib.llama_model_get_vocab(self._model)
         self.n_vocab = lib.llama_vocab_n_tokens(self._vocab)

@@ -89,6 +89,31 @@ def test_max_tokens_and_cancel(smol):
     assert done.usage.completion_tokens <= 4
 
 
+def test_cancel_during_prompt_processing(smol):
+    """A cancel that arrives while llama.cpp reads the prompt aborts the batch (abort callback)."""
+    prompt = render(user_turn("Summarise: " + "the quick brown fox " * 150), smol.info.chat_format)
+    cancel = threading.Event()
+    cancel.set()
+    done = list(smol.stream(prompt, Sampling(temperature=0, max_tokens=5), cancel=cancel))[-1]
+    assert done.finish_reason == "cancelled" and done.usage.completion_tokens == 0
+    n_prompt = len(smol.tokenize(prompt.text, add_bos=prompt.add_bos))
+    assert len(smol._cached) < n_prompt  # llama_decode was aborted before the prompt was read
+    # the engine's cache bookkeeping survived the abort: the same prompt now runs normally
+    again = list(smol.stream(prompt, Sampling(temperature=0, max_tokens=5)))[-1]
+    assert again.finish_reason == "length" and again.usage.completion_tokens == 5
+
+
+def test_unloadable_model_is_a_clear_error(tmp_path):
+    from conftest import write_gguf
+
+    from localr1.engine.llama_cpp import LlamaCppEngine
+    from localr1.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="could not load bogus.gguf: .*embedding_length") as exc:
+        LlamaCppEngine(write_gguf(tmp_path / "bogus.gguf"))
+    assert "does not support" in exc.value.hint
+
+
 def test_context_overflow_is_a_clear_error(smol):
     from localr1.errors import ContextOverflowError
 
