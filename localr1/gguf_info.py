@@ -245,13 +245,16 @@ class _Reader:
             hint="The file is damaged or was cut short; download or convert it again.",
         )
 
+    def truncated(self, what: str, needed: int) -> InvalidModelFileError:
+        return InvalidModelFileError(
+            f"{self.path.name} is truncated: the header ends before its {what} "
+            f"(needs byte {needed:,}, the file has {self.size:,})",
+            hint="The download was probably interrupted; download the file again.",
+        )
+
     def need(self, n: int, what: str) -> None:
         if n < 0 or self.pos + n > self.size:
-            raise InvalidModelFileError(
-                f"{self.path.name} is truncated: the header ends before its {what} "
-                f"(needs byte {self.pos + max(n, 0):,}, the file has {self.size:,})",
-                hint="The download was probably interrupted; download the file again.",
-            )
+            raise self.truncated(what, self.pos + max(n, 0))
 
     def scalar(self, vtype: int, what: str) -> Any:
         size = _SCALAR_SIZES[vtype]
@@ -275,12 +278,25 @@ class _Reader:
         self.pos += length
         return raw.decode("utf-8", errors="replace")
 
-    def skip_string(self, what: str) -> None:
-        length = self.u64(f"{what} length")
+
+_U64 = struct.Struct("<Q")
+
+
+def _skip_strings(r: _Reader, count: int, key: str) -> None:
+    """Skip ``count`` strings (the vocabulary, the merges): a tight loop, since R1's header has 300k of them."""
+    unpack, buf, size, pos = _U64.unpack_from, r.buf, r.size, r.pos
+    remaining = count
+    while remaining and pos + 8 <= size:
+        (length,) = unpack(buf, pos)
         if length > MAX_STRING:
-            raise self.fail(f"{what} claims {length:,} bytes")
-        self.need(length, what)
-        self.pos += length
+            r.pos = pos
+            raise r.fail(f"an element of {key} claims {length:,} bytes")
+        pos += 8 + length
+        remaining -= 1
+    if remaining or pos > size:
+        r.pos = min(pos, size)
+        raise r.truncated(f"array {key}", size + 1)
+    r.pos = pos
 
 
 def _read_value(r: _Reader, vtype: int, key: str, keep_arrays: bool) -> Any:
@@ -308,8 +324,7 @@ def _read_value(r: _Reader, vtype: int, key: str, keep_arrays: bool) -> Any:
         # Each string takes at least its 8-byte length: refuse counts the file cannot hold.
         r.need(count * 8, f"array {key}")
         if not keep_arrays:
-            for _ in range(count):
-                r.skip_string(f"element of {key}")
+            _skip_strings(r, count, key)
             return ArraySummary(etype, count)
         return [r.string(f"element of {key}") for _ in range(count)]
     raise r.fail(f"array {key} has unknown element type {etype}")
@@ -416,7 +431,7 @@ def _check_tensor_data(info: GGUFInfo) -> None:
     end = 0
     for t in info.tensors:
         end = max(end, t.offset + t.nbytes)
-    if end > data_size:
+    if info.tensors and end > data_size:  # (a header-only file need not be padded to the alignment)
         raise InvalidModelFileError(
             f"{info.path.name} is truncated: its tensors need {info.data_offset + end:,} bytes "
             f"but the file has {info.file_size:,}",

@@ -126,3 +126,41 @@ def test_split_models(tmp_path):
     assert len(info.tensors) == 3
     assert info.split_paths[1].name == "m-00002-of-00002.gguf"
     assert split_siblings(tmp_path / "plain.gguf") == [tmp_path / "plain.gguf"]
+
+
+def _string_array_file(tmp_path, items, cut=0):
+    import gguf
+
+    path = tmp_path / "arr.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_array("test.strings", items or ["a"])
+    writer.add_string("test.after", "still read")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    if not items:  # the gguf writer refuses empty arrays, other writers do not: make one by hand
+        data = bytearray(path.read_bytes())
+        count_at = data.index(b"test.strings") + len(b"test.strings") + 8  # after value and element types
+        struct.pack_into("<Q", data, count_at, 0)
+        del data[count_at + 8 : count_at + 8 + 9]  # the one element: length 1 + "a"
+        path.write_bytes(bytes(data))
+    if cut:
+        path.write_bytes(path.read_bytes()[:-cut])
+    return path
+
+
+def test_skipped_string_arrays(tmp_path):
+    info = read_gguf(_string_array_file(tmp_path, []))
+    assert info.get("test.strings").length == 0 and info.get("test.after") == "still read"
+    info = read_gguf(_string_array_file(tmp_path, ["a", "ü", "<think>"]))
+    assert info.get("test.strings").length == 3 and info.get("test.after") == "still read"
+    kept = read_gguf(_string_array_file(tmp_path, ["a", "ü", "<think>"]), keep_arrays=["test.strings"])
+    assert kept.get("test.strings") == ["a", "ü", "<think>"]
+    path = _string_array_file(tmp_path, ["x" * 100] * 5)
+    data = path.read_bytes()
+    start = data.index(b"test.strings")
+    for n in range(start, start + 5 * 108 + 24, 7):  # cut inside the array
+        path.write_bytes(data[:n])
+        with pytest.raises(InvalidModelFileError):
+            read_gguf(path)
