@@ -89,10 +89,6 @@ class TensorInfo:
             n *= d
         return n
 
-    @property
-    def type_name(self) -> str:
-        return ggml_type_name(self.ggml_type)
-
 
 @dataclass
 class GGUFInfo:
@@ -156,10 +152,6 @@ class GGUFInfo:
         for t in weights:
             by_type[t.ggml_type] = by_type.get(t.ggml_type, 0) + t.nbytes
         return ggml_type_name(max(by_type, key=by_type.__getitem__))
-
-    def token_strings(self) -> list[str]:
-        tokens = self.metadata.get("tokenizer.ggml.tokens")
-        return tokens if isinstance(tokens, list) else []
 
 
 # llama.cpp's enum llama_ftype, for the names users know (Q4_K_M, ...).

@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 
 from localr1.engine.base import EventAssembler, ModelInfo
 from localr1.events import Event, FinishReason, Timings
@@ -62,15 +61,8 @@ class FakeEngine:
         self.samplings: list[Sampling] = []
         self.closed = False
 
-    def add_script(self, pieces: Sequence[str | bytes]) -> None:
-        self._scripts.append(list(pieces))
-
     def count_tokens(self, text: str) -> int:
         return max(1, len(text.split()))
-
-    def with_ctx(self, n_ctx: int) -> FakeEngine:
-        self.info = replace(self.info, n_ctx=n_ctx)
-        return self
 
     def stream(self, prompt: Prompt, sampling: Sampling, *, cancel: threading.Event | None = None) -> Iterator[Event]:
         self.prompts.append(prompt)

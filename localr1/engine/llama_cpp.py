@@ -88,14 +88,6 @@ def init_backend(*, debug: bool = False) -> Any:
     return lib
 
 
-def supports_gpu_offload() -> bool:
-    return bool(_lib().llama_supports_gpu_offload())
-
-
-def system_info() -> str:
-    return _lib().llama_print_system_info().decode("utf-8", errors="replace")
-
-
 class LlamaCppEngine:
     """One loaded model and one context; generations run one at a time."""
 
