@@ -42,6 +42,23 @@ def _lib() -> Any:
     return lib
 
 
+def set_fields(struct: Any, **values: Any) -> Any:
+    """Assign fields of a ctypes struct, refusing names it does not have.
+
+    A plain attribute assignment to a missing field is silently kept as a Python attribute and never
+    reaches C: llama.cpp renames fields between versions (``use_mmap`` became ``load_mode``).
+    """
+    names = {name for name, *_ in type(struct)._fields_}
+    for key, value in values.items():
+        if key not in names:
+            raise EngineError(f"this llama-cpp-python has no {type(struct).__name__}.{key}", hint="Reinstall localr1.")
+        setattr(struct, key, value)
+    return struct
+
+
+LOAD_MODE_NONE, LOAD_MODE_MMAP, LOAD_MODE_MMAP_MLOCK = 0, 1, 3
+
+
 class _NativeLog:
     """llama.cpp's log, captured: shown with --debug, otherwise kept for error messages."""
 
@@ -119,12 +136,14 @@ class LlamaCppEngine:
             from localr1.hardware import physical_cores
 
             n_threads = physical_cores()
-        mparams = lib.llama_model_default_params()
-        mparams.n_gpu_layers = n_gpu_layers
-        mparams.use_mmap = use_mmap
         # Loading a large model takes a while: Ctrl-C (the cancel event) aborts it through this callback.
         progress = lib.llama_progress_callback(lambda _p, _d: not (cancel is not None and cancel.is_set()))
-        mparams.progress_callback = progress
+        mparams = set_fields(
+            lib.llama_model_default_params(),
+            n_gpu_layers=n_gpu_layers,
+            load_mode=LOAD_MODE_MMAP if use_mmap else LOAD_MODE_NONE,
+            progress_callback=progress,
+        )
         first = header.split_paths[0] if header.split_paths else self.path
         self._model = lib.llama_model_load_from_file(str(first).encode(), mparams)
         if not self._model and cancel is not None and cancel.is_set():
@@ -145,16 +164,18 @@ class LlamaCppEngine:
             n_ctx = min(n_ctx_train, 8192) if n_ctx_train > 0 else 4096
         n_batch = max(1, min(n_batch, n_ctx))
 
-        cparams = lib.llama_context_default_params()
-        cparams.n_ctx = n_ctx
-        cparams.n_batch = n_batch
-        cparams.n_ubatch = n_batch
-        cparams.n_seq_max = 1
-        cparams.n_threads = n_threads
-        cparams.n_threads_batch = n_threads
-        cparams.no_perf = False
+        cparams = set_fields(
+            lib.llama_context_default_params(),
+            n_ctx=n_ctx,
+            n_batch=n_batch,
+            n_ubatch=n_batch,
+            n_seq_max=1,
+            n_threads=n_threads,
+            n_threads_batch=n_threads,
+            no_perf=False,
+        )
         if flash_attn is not None:  # None: llama.cpp decides per backend (auto)
-            cparams.flash_attn_type = 1 if flash_attn else 0
+            set_fields(cparams, flash_attn_type=1 if flash_attn else 0)
         self._ctx = lib.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             self.close()
@@ -249,9 +270,8 @@ class LlamaCppEngine:
 
     def _sampler(self, sampling: Sampling) -> Any:
         lib = self._lib
-        params = lib.llama_sampler_chain_default_params()
-        params.no_perf = False  # llama.cpp times its own sampling: the benchmarks compare against it
-        chain = lib.llama_sampler_chain_init(params)
+        # no_perf off: llama.cpp times its own sampling, which the benchmarks compare against
+        chain = lib.llama_sampler_chain_init(set_fields(lib.llama_sampler_chain_default_params(), no_perf=False))
         add = lib.llama_sampler_chain_add
         if sampling.logit_bias:
             items = list(sampling.logit_bias.items())

@@ -203,3 +203,15 @@ def test_sigint_stops_generation_cleanly(tiny_r1):
     assert "Stopped." in err
     # the full 4,096-token context would take several seconds more: the stop came from Ctrl-C
     assert time.perf_counter() - started < 30
+
+
+def test_native_struct_fields_are_checked():
+    import llama_cpp.llama_cpp as lib
+
+    from localr1.engine.llama_cpp import set_fields
+    from localr1.errors import EngineError
+
+    params = set_fields(lib.llama_model_default_params(), n_gpu_layers=3, load_mode=0)
+    assert (params.n_gpu_layers, params.load_mode) == (3, 0)
+    with pytest.raises(EngineError, match="no llama_model_params.use_mmap"):
+        set_fields(lib.llama_model_default_params(), use_mmap=False)
