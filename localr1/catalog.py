@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from localr1.arch import Architecture
 from localr1.errors import CatalogError
 from localr1.paths import config_dir
 
@@ -25,6 +26,7 @@ _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "default_quant": str,
     "license": str,
     "files": dict,
+    "arch": dict,
 }
 _OPTIONAL: dict[str, type | tuple[type, ...]] = {"aime2024": (int, float), "math500": (int, float)}
 _FAMILIES = ("distill", "moe")
@@ -45,6 +47,7 @@ class CatalogModel:
     aime2024: float | None = None
     math500: float | None = None
     source: str = "built-in"
+    arch: Architecture | None = None
 
     @property
     def quants(self) -> list[str]:
@@ -87,7 +90,10 @@ def _entry(name: str, raw: Any, origin: str) -> CatalogModel:
         raise CatalogError(f"{where}: default_quant {raw['default_quant']!r} is not among its files")
     if "/" not in raw["gguf_repo"]:
         raise CatalogError(f"{where}: gguf_repo must be 'owner/name'")
-    return CatalogModel(name=name, source=origin, **{**raw, "params_b": float(raw["params_b"])})
+    arch = Architecture.from_dict(raw["arch"], where)
+    if arch.arch != raw["architecture"]:
+        raise CatalogError(f"{where}: architecture {raw['architecture']!r} differs from arch.arch {arch.arch!r}")
+    return CatalogModel(name=name, source=origin, **{**raw, "params_b": float(raw["params_b"]), "arch": arch})
 
 
 def parse_catalog(text: str, origin: str) -> dict[str, CatalogModel]:

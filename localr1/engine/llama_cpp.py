@@ -12,6 +12,7 @@ import collections
 import contextlib
 import ctypes
 import os
+import re
 import sys
 import threading
 import time
@@ -67,6 +68,7 @@ class _NativeLog:
         self.echo = False
         self._partial = ""
         self._callback: Any = None
+        self._captures: list[list[str]] = []
 
     def install(self, lib: Any) -> None:
         if self._callback is not None:
@@ -80,9 +82,21 @@ class _NativeLog:
             self._partial += msg
             *done, self._partial = self._partial.split("\n")
             self.lines.extend(line for line in done if line.strip())
+            for sink in self._captures:
+                sink.extend(done)
 
         self._callback = callback  # keep it alive as long as llama.cpp may call it
         lib.llama_log_set(callback, None)
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[list[str]]:
+        """Collect every complete log line written while the block runs."""
+        sink: list[str] = []
+        self._captures.append(sink)
+        try:
+            yield sink
+        finally:
+            self._captures.remove(sink)
 
     def tail(self, n: int = 5) -> str:
         interesting = [ln.strip() for ln in self.lines if any(w in ln.lower() for w in ("error", "fail", "unable"))]
@@ -103,6 +117,54 @@ def init_backend(*, debug: bool = False) -> Any:
         lib.llama_backend_init()
         _BACKEND_READY = True
     return lib
+
+
+_KV_LINE = re.compile(r"llama_kv_cache: size =\s*(?P<mib>[\d.]+) MiB")
+_DEV_LINE = re.compile(r"(?P<dev>[\w-]+)\s+(?P<what>compute|output|model|KV) buffer size =\s*(?P<mib>[\d.]+) MiB")
+
+
+def measure_allocation(
+    path: str | os.PathLike[str],
+    *,
+    n_ctx: int,
+    n_ubatch: int = DEFAULT_BATCH,
+    n_gpu_layers: int = 0,
+    flash_attn: bool | None = None,
+) -> dict[str, float]:
+    """What llama.cpp would allocate for this model and context, in MiB, without reading any weights.
+
+    The model is opened with ``no_alloc`` (a sparse file with only a real header works) and a context is
+    reserved; llama.cpp's own accounting is read from its log. Keys: ``kv``, ``compute:<device>``,
+    ``output:<device>``, ``model:<device>``.
+    """
+    lib = init_backend()
+    mparams = set_fields(
+        lib.llama_model_default_params(), no_alloc=True, load_mode=LOAD_MODE_NONE, n_gpu_layers=n_gpu_layers
+    )
+    with _LOG.capture() as lines:
+        model = lib.llama_model_load_from_file(str(path).encode(), mparams)
+        if not model:
+            raise ModelLoadError(f"llama.cpp could not open {Path(path).name}: {_LOG.tail()}")
+        try:
+            cparams = set_fields(
+                lib.llama_context_default_params(), n_ctx=n_ctx, n_batch=n_ubatch, n_ubatch=n_ubatch, n_seq_max=1
+            )
+            if flash_attn is not None:
+                set_fields(cparams, flash_attn_type=1 if flash_attn else 0)
+            ctx = lib.llama_init_from_model(model, cparams)
+            if not ctx:
+                raise ModelLoadError(f"llama.cpp could not reserve a {n_ctx}-token context: {_LOG.tail()}")
+            lib.llama_free(ctx)
+        finally:
+            lib.llama_model_free(model)
+    out: dict[str, float] = {}
+    for line in lines:
+        if m := _KV_LINE.search(line):
+            out["kv"] = float(m["mib"])
+        elif m := _DEV_LINE.search(line):
+            key = f"{m['what'].lower()}:{m['dev']}"
+            out[key] = out.get(key, 0.0) + float(m["mib"])
+    return out
 
 
 class LlamaCppEngine:

@@ -20,6 +20,16 @@ source_repo = "me/mine"
 gguf_repo = "me/mine-GGUF"
 default_quant = "Q4_K_M"
 license = "MIT"
+[models."mine:1b".arch]
+arch = "qwen2"
+n_layer = 2
+n_embd = 64
+n_ff = 128
+n_head = 4
+n_head_kv = 2
+head_dim = 16
+n_vocab = 1000
+ctx_train = 4096
 [models."mine:1b".files]
 Q4_K_M = "mine-Q4_K_M.gguf"
 """
@@ -55,6 +65,11 @@ def test_user_catalog_extends_the_builtin(isolated_dirs):
         (lambda s: s.replace('"mine-Q4_K_M.gguf"', '"../../etc/x.gguf"'), "relative path"),
         (lambda s: s.replace('family = "distill"', 'family = "dense"'), "family must be"),
         (lambda s: s + "\n[oops]\n", "only"),
+        (lambda s: s.replace("n_layer = 2\n", ""), "architecture is missing 'n_layer'"),
+        (lambda s: s.replace("n_ff = 128", "n_ff = -1"), "n_ff must be a non-negative int"),
+        (lambda s: s.replace("n_ff = 128", "n_fff = 128"), "unknown architecture field 'n_fff'"),
+        (lambda s: s.replace('arch = "qwen2"', 'arch = "gpt2"'), "'gpt2' is not one of"),
+        (lambda s: s.replace('arch = "qwen2"', 'arch = "llama"'), "differs from arch.arch"),
         (lambda s: s + "\n[[[", "not valid TOML"),
     ],
 )

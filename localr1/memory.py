@@ -1,0 +1,208 @@
+"""How much memory a (model, quant, context, GPU layers) choice takes, per device, as llama.cpp allocates it.
+
+Weights come from the GGUF header's tensor sizes when the file is on disk, otherwise from the
+architecture's tensor shapes and the quant's bits per weight. The KV cache, output and compute buffers
+follow llama.cpp's own allocation (checked against llama.cpp's ``no_alloc`` accounting in the tests):
+
+* KV cache: per layer and token, K and V rows in f16; MLA (deepseek2) keeps only the compressed latent
+  plus the rope part (``kv_lora_rank + rope_dim``), V being a view of K.
+* output: one row of logits (``n_vocab`` floats).
+* compute: the larger of the logits of a micro-batch and the attention working set. Without flash
+  attention the attention scores (``n_ctx x n_ubatch x n_head`` floats) dominate at long contexts.
+
+Placement mirrors llama.cpp with ``n_gpu_layers = k``: the last ``k`` repeating layers and their KV go to
+the GPU, the output layer too when ``k > n_layer``; token embeddings stay on the CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from localr1.arch import Architecture
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+# Bits per weight of llama.cpp's quant mixes, from llama-quantize's own size figures (Llama-3-8B) and,
+# for the dynamic MoE quants, the published file sizes of DeepSeek-R1 (671B).
+BITS_PER_WEIGHT: dict[str, float] = {
+    "F32": 32.0,
+    "F16": 16.0,
+    "BF16": 16.0,
+    "Q8_0": 8.50,
+    "Q6_K": 6.57,
+    "Q5_K_M": 5.70,
+    "Q5_K_S": 5.57,
+    "Q5_0": 5.50,
+    "Q4_K_M": 4.89,
+    "Q4_K_S": 4.67,
+    "Q4_0": 4.55,
+    "Q4_1": 5.00,
+    "IQ4_XS": 4.42,
+    "Q3_K_L": 4.30,
+    "Q3_K_M": 4.00,
+    "Q3_K_S": 3.64,
+    "Q2_K": 3.17,
+    "UD-Q2_K_XL": 2.53,
+    "UD-IQ2_XXS": 2.18,
+    "UD-IQ1_M": 1.88,
+    "UD-IQ1_S": 1.56,
+}
+
+
+MLA_FLOATS_PER_HEAD = 1632
+
+
+@dataclass(frozen=True)
+class WeightLayout:
+    """Bytes of weights: per repeating layer, plus embeddings and output."""
+
+    layers: tuple[int, ...]
+    embd: int
+    output: int  # output.weight + output_norm (0 when tied to the embeddings ... then embd is duplicated)
+    expert_layers: tuple[int, ...] = ()  # per layer, the routed-expert part of ``layers`` (MoE)
+
+    @property
+    def total(self) -> int:
+        return sum(self.layers) + self.embd + self.output
+
+    @classmethod
+    def from_arch(cls, arch: Architecture, quant: str) -> WeightLayout:
+        bpw = BITS_PER_WEIGHT.get(quant.upper())
+        if bpw is None:
+            raise ValueError(f"unknown quant {quant}")
+        layers = [0] * arch.n_layer
+        experts = [0] * arch.n_layer
+        embd = output = 0
+        for t in arch.tensors():
+            nbytes = t.n_elements * 4 if len(t.shape) == 1 else int(t.n_elements * bpw / 8)
+            if t.layer is not None:
+                layers[t.layer] += nbytes
+                if t.role == "exps":
+                    experts[t.layer] += nbytes
+            elif t.role == "embd":
+                embd += nbytes
+            else:
+                output += nbytes
+        if arch.tied_embeddings:
+            output += embd  # llama.cpp duplicates the embeddings as the output matrix on the GPU
+        return cls(tuple(layers), embd, output, tuple(experts))
+
+    @classmethod
+    def from_gguf(cls, tensors, n_layer: int) -> WeightLayout:
+        """Exact sizes from a GGUF header's tensor table (``gguf_info.TensorInfo`` items)."""
+        layers = [0] * n_layer
+        experts = [0] * n_layer
+        embd = output = 0
+        tied = True
+        for t in tensors:
+            name = t.name
+            if name.startswith("blk."):
+                idx = int(name.split(".")[1])
+                if idx < n_layer:  # (extra blocks, e.g. multi-token prediction, are not loaded)
+                    layers[idx] += t.nbytes
+                    if "_exps." in name:
+                        experts[idx] += t.nbytes
+            elif name.startswith("token_embd."):
+                embd += t.nbytes
+            else:
+                output += t.nbytes
+                tied = tied and name != "output.weight"
+        if tied:
+            output += embd
+        return cls(tuple(layers), embd, output, tuple(experts))
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    gpu_weights: int = 0
+    gpu_kv: int = 0
+    gpu_compute: int = 0
+    cpu_weights: int = 0
+    cpu_kv: int = 0
+    cpu_compute: int = 0
+    output: int = 0
+    kv_total: int = 0
+    compute_total: int = 0
+    details: dict = field(default_factory=dict)
+
+    @property
+    def gpu_total(self) -> int:
+        return self.gpu_weights + self.gpu_kv + self.gpu_compute
+
+    @property
+    def cpu_total(self) -> int:
+        return self.cpu_weights + self.cpu_kv + self.cpu_compute + self.output
+
+
+def kv_bytes_per_layer_token(arch: Architecture, kv_type_bytes: float = 2.0) -> float:
+    if arch.is_mla:
+        return (arch.kv_lora_rank + arch.rope_dim) * kv_type_bytes
+    return 2 * arch.n_head_kv * arch.head_dim * kv_type_bytes
+
+
+def kv_cache_bytes(arch: Architecture, n_ctx: int, n_layers: int | None = None) -> int:
+    layers = arch.n_layer if n_layers is None else n_layers
+    return int(layers * n_ctx * kv_bytes_per_layer_token(arch))
+
+
+def compute_bytes(arch: Architecture, n_ctx: int, *, n_ubatch: int = 512, flash_attn: bool = True) -> int:
+    """The compute buffer llama.cpp reserves for a full micro-batch (the largest graph it will run)."""
+    u = n_ubatch
+    logits = 4 * u * (arch.n_vocab + 2 * arch.n_embd)
+    if arch.is_mla:
+        # Two peaks, as for dense models: the micro-batch's logits beside the MoE intermediates, or the
+        # attention (mask or scores) beside MLA's per-head working set. That working set, 1632 floats per
+        # head and token, is fitted to llama.cpp's figures for DeepSeek-R1's shape.
+        moe = 4 * u * (arch.n_vocab + 2 * arch.n_embd + 2 * arch.n_expert_used * arch.expert_ff)
+        mla = 4 * u * arch.n_head * MLA_FLOATS_PER_HEAD
+        attn = mla + (2 * u * n_ctx if flash_attn else 4 * u * n_ctx * (arch.n_head + 1))
+        return int(max(moe, attn))
+    kv_dim = arch.n_head_kv * arch.head_dim
+    rest = 4 * u * (5 * arch.n_embd + 2 * kv_dim)
+    if flash_attn:
+        attn = 2 * u * n_ctx + rest  # the f16 mask; the attention itself is tiled
+    else:
+        attn = 4 * u * n_ctx * (arch.n_head + 1) + rest  # scores, softmax in place, f32 mask
+    return int(max(logits, attn))
+
+
+def estimate(
+    arch: Architecture,
+    weights: WeightLayout,
+    n_ctx: int,
+    n_gpu_layers: int,
+    *,
+    n_ubatch: int = 512,
+    flash_attn: bool = True,
+    unified: bool = False,
+) -> MemoryEstimate:
+    """Memory per device for ``n_gpu_layers`` offloaded (-1 or > n_layer: everything)."""
+    n_layer = arch.n_layer
+    k = n_layer + 1 if n_gpu_layers < 0 else min(n_gpu_layers, n_layer + 1)
+    gpu_layers = min(k, n_layer)
+    first_gpu = n_layer - gpu_layers
+    gpu_w = sum(weights.layers[first_gpu:]) + (weights.output if k > n_layer else 0)
+    cpu_w = weights.total - gpu_w
+    kv_total = kv_cache_bytes(arch, n_ctx)
+    kv_gpu = kv_cache_bytes(arch, n_ctx, gpu_layers)
+    compute = compute_bytes(arch, n_ctx, n_ubatch=n_ubatch, flash_attn=flash_attn)
+    output = 4 * arch.n_vocab
+    if k == 0:
+        gpu_compute, cpu_compute = 0, compute
+    else:
+        # the graph runs on the GPU; the CPU keeps a host buffer for the inputs and the embeddings
+        gpu_compute, cpu_compute = compute, 4 * n_ubatch * arch.n_embd * 2
+    est = MemoryEstimate(
+        gpu_weights=gpu_w,
+        gpu_kv=kv_gpu,
+        gpu_compute=gpu_compute,
+        cpu_weights=cpu_w,
+        cpu_kv=kv_total - kv_gpu,
+        cpu_compute=cpu_compute,
+        output=output,
+        kv_total=kv_total,
+        compute_total=compute,
+        details={"n_gpu_layers": k, "unified": unified},
+    )
+    return est
