@@ -28,7 +28,11 @@ _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "files": dict,
     "arch": dict,
 }
-_OPTIONAL: dict[str, type | tuple[type, ...]] = {"aime2024": (int, float), "math500": (int, float)}
+_OPTIONAL: dict[str, type | tuple[type, ...]] = {
+    "aime2024": (int, float),
+    "math500": (int, float),
+    "gpqa": (int, float),
+}
 _FAMILIES = ("distill", "moe")
 
 
@@ -46,12 +50,19 @@ class CatalogModel:
     files: dict[str, str] = field(default_factory=dict)
     aime2024: float | None = None
     math500: float | None = None
+    gpqa: float | None = None
     source: str = "built-in"
     arch: Architecture | None = None
 
     @property
     def quants(self) -> list[str]:
         return list(self.files)
+
+    @property
+    def score(self) -> float:
+        """Published quality used for ranking: the mean of AIME 2024 and GPQA Diamond pass@1 (what is known)."""
+        known = [v for v in (self.aime2024, self.gpqa) if v is not None]
+        return sum(known) / len(known) if known else 0.0
 
     def file_for(self, quant: str | None = None) -> str:
         quant = quant or self.default_quant

@@ -39,6 +39,10 @@ class CatalogError(LocalR1Error):
     """models.toml (built-in or the user's) is malformed."""
 
 
+class ModelTooBigError(LocalR1Error):
+    """No plan fits the model (or any model) into this machine's memory."""
+
+
 class ConfigError(LocalR1Error):
     """The user's config file is malformed."""
 

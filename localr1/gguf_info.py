@@ -449,8 +449,30 @@ def split_siblings(path: Path) -> list[Path]:
 
 
 def inspect_model(path: str | os.PathLike[str], *, keep_arrays: Iterable[str] = ()) -> GGUFInfo:
-    """Validate a model file (and all shards of a split model) and return the first shard's header."""
+    """Validate a model file (and all shards of a split model) and return the first shard's header.
+
+    Results are cached by path, size and modification time, so planning and loading read a header once.
+    """
     path = Path(path)
+    try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns, tuple(keep_arrays))
+    except OSError:
+        key = None
+    if key is not None and key in _INSPECTED:
+        return _INSPECTED[key]
+    info = _inspect(path, keep_arrays)
+    if key is not None:
+        if len(_INSPECTED) >= 32:
+            _INSPECTED.pop(next(iter(_INSPECTED)))
+        _INSPECTED[key] = info
+    return info
+
+
+_INSPECTED: dict[tuple, GGUFInfo] = {}
+
+
+def _inspect(path: Path, keep_arrays: Iterable[str]) -> GGUFInfo:
     shards = split_siblings(path)
     missing = [p for p in shards if not p.exists()]
     if missing:

@@ -1,9 +1,110 @@
-"""What the machine has. (The full probe of GPUs and memory lives with the planner.)"""
+"""What the machine has: GPUs and their memory, RAM, CPU, disk, and which llama.cpp backends are built.
+
+Every probe degrades to "unknown" with a reason instead of failing, and every figure can be overridden to
+simulate another machine (``--vram 12GiB --ram 32GiB --gpus 2``, or ``LOCALR1_HW="vram=12GiB,ram=32GiB"``).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import platform
+import re
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+
+from localr1.errors import UsageError
+
+GiB = 1 << 30
+
+# Memory bandwidth (GB/s) of common GPUs, for the decode-speed estimate; matched by substring of the name.
+GPU_BANDWIDTH_GBS: tuple[tuple[str, float], ...] = (
+    ("H200", 4800),
+    ("H100", 3350),
+    ("A100", 1935),
+    ("RTX 5090", 1792),
+    ("RTX 4090", 1008),
+    ("RTX 3090", 936),
+    ("RTX 5080", 960),
+    ("RTX 4080", 717),
+    ("RTX 3080", 760),
+    ("RTX 4070", 504),
+    ("RTX 3070", 448),
+    ("RTX 4060", 272),
+    ("RTX 3060", 360),
+    ("L40", 864),
+    ("A6000", 768),
+    ("RX 7900", 960),
+    ("M4 Max", 546),
+    ("M3 Max", 400),
+    ("M2 Max", 400),
+    ("M1 Max", 400),
+    ("Ultra", 800),
+    ("M4 Pro", 273),
+    ("Pro", 200),
+)
+DEFAULT_GPU_BANDWIDTH = {"nvidia": 400.0, "amd": 400.0, "apple": 100.0}
+DEFAULT_RAM_BANDWIDTH = 40.0  # GB/s: dual-channel DDR4/DDR5 as measured by memory-bound decoding
+
+
+@dataclass(frozen=True)
+class GPU:
+    name: str
+    vendor: str  # nvidia | amd | apple
+    total: int  # bytes the GPU may use
+    free: int
+    compute_capability: str | None = None
+    unified: bool = False  # memory shared with the CPU (Apple Silicon)
+    bandwidth_gbs: float = 0.0
+
+    def with_bandwidth(self) -> GPU:
+        if self.bandwidth_gbs:
+            return self
+        for key, bw in GPU_BANDWIDTH_GBS:
+            if key.lower() in self.name.lower():
+                return replace(self, bandwidth_gbs=bw)
+        return replace(self, bandwidth_gbs=DEFAULT_GPU_BANDWIDTH.get(self.vendor, 300.0))
+
+
+@dataclass(frozen=True)
+class Hardware:
+    os: str
+    cpu: str
+    physical_cores: int
+    simd: tuple[str, ...]
+    ram_total: int
+    ram_available: int
+    gpus: tuple[GPU, ...]
+    disk_free: int | None
+    disk_path: str
+    backends: tuple[str, ...]  # llama.cpp devices: "CPU", "CUDA0", "Metal", ...
+    ram_bandwidth_gbs: float = DEFAULT_RAM_BANDWIDTH
+    notes: tuple[str, ...] = ()  # probes that failed, and why
+    simulated: bool = False
+
+    @property
+    def vram_total(self) -> int:
+        return sum(g.total for g in self.gpus if not g.unified)
+
+    @property
+    def vram_free(self) -> int:
+        return sum(g.free for g in self.gpus)
+
+    @property
+    def unified(self) -> bool:
+        return any(g.unified for g in self.gpus)
+
+    @property
+    def gpu_offload_built(self) -> bool:
+        return any(b != "CPU" and not b.startswith("BLAS") for b in self.backends)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --- probes ------------------------------------------------------------------------------------------------
 
 
 def physical_cores() -> int:
@@ -20,3 +121,326 @@ def physical_cores() -> int:
         except OSError:
             return max(1, len(allowed))
     return max(1, len(cores))
+
+
+def _run(cmd: list[str], timeout: float = 5.0) -> str:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True).stdout
+
+
+def _meminfo() -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts:
+            out[key] = int(parts[0]) * 1024
+    return out
+
+
+def _cgroup_limit() -> int | None:
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:
+            return int(text)
+    return None
+
+
+def probe_ram(notes: list[str]) -> tuple[int, int]:
+    system = platform.system()
+    try:
+        if system == "Linux":
+            info = _meminfo()
+            total, available = info["MemTotal"], info.get("MemAvailable", info.get("MemFree", 0))
+            limit = _cgroup_limit()
+            if limit is not None and limit < total:
+                notes.append(f"memory limited by cgroup to {limit / GiB:.1f} GiB")
+                total, available = limit, min(available, limit)
+            return total, available
+        if system == "Darwin":
+            total = int(_run(["sysctl", "-n", "hw.memsize"]))
+            vm = _run(["vm_stat"])
+            page = int(re.search(r"page size of (\d+)", vm).group(1)) if "page size of" in vm else 16384
+            free_pages = sum(
+                int(m.group(1))
+                for key in ("Pages free", "Pages inactive", "Pages purgeable")
+                if (m := re.search(rf"{key}:\s+(\d+)", vm))
+            )
+            return total, free_pages * page
+        if system == "Windows":
+            import ctypes
+
+            class MemoryStatus(ctypes.Structure):
+                _fields_ = [("length", ctypes.c_ulong), ("load", ctypes.c_ulong)] + [
+                    (n, ctypes.c_ulonglong) for n in ("total", "avail", "tpf", "apf", "tv", "av", "aev")
+                ]
+
+            status = MemoryStatus()
+            status.length = ctypes.sizeof(status)
+            ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status))  # type: ignore[attr-defined]
+            return int(status.total), int(status.avail)
+    except (OSError, KeyError, ValueError, subprocess.SubprocessError, AttributeError) as exc:
+        notes.append(f"RAM: unknown ({exc})")
+        return 0, 0
+    notes.append(f"RAM: unknown (no probe for {system})")
+    return 0, 0
+
+
+def probe_cpu() -> tuple[str, tuple[str, ...]]:
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        if m := re.search(r"^model name\s*:\s*(.+)$", text, re.M):
+            name = m.group(1).strip()
+        if m := re.search(r"^(flags|Features)\s*:\s*(.+)$", text, re.M):
+            flags = set(m.group(2).split())
+    except OSError:
+        if platform.system() == "Darwin":
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                name = _run(["sysctl", "-n", "machdep.cpu.brand_string"]).strip()
+            if platform.machine() == "arm64":
+                flags = {"neon", "dotprod"}
+    wanted = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512_bf16", "amx_tile", "asimd", "neon", "sve", "dotprod")
+    return name, tuple(f for f in wanted if f in flags)
+
+
+def probe_nvidia(notes: list[str]) -> list[GPU]:
+    try:
+        import pynvml  # nvidia-ml-py: optional
+
+        pynvml.nvmlInit()
+        try:
+            gpus = []
+            for i in range(pynvml.nvmlDeviceGetCount()):
+                h = pynvml.nvmlDeviceGetHandleByIndex(i)
+                mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+                name = pynvml.nvmlDeviceGetName(h)
+                name = name.decode() if isinstance(name, bytes) else name
+                major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(h)
+                gpus.append(GPU(name, "nvidia", int(mem.total), int(mem.free), f"{major}.{minor}"))
+            return gpus
+        finally:
+            pynvml.nvmlShutdown()
+    except ImportError:
+        pass
+    except Exception as exc:  # NVML raises its own error types for missing drivers
+        notes.append(f"NVML: {exc}")
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = _run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,memory.free,compute_cap", "--format=csv,noheader,nounits"]
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        notes.append(f"nvidia-smi failed: {exc}")
+        return []
+    gpus = []
+    for line in out.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) >= 3:
+            cc = parts[3] if len(parts) > 3 and parts[3] not in ("", "[N/A]") else None
+            gpus.append(GPU(parts[0], "nvidia", int(float(parts[1])) << 20, int(float(parts[2])) << 20, cc))
+    return gpus
+
+
+def probe_amd(notes: list[str]) -> list[GPU]:
+    gpus = []
+    for card in sorted(Path("/sys/class/drm").glob("card[0-9]*")):
+        dev = card / "device"
+        try:
+            if (dev / "vendor").read_text().strip() != "0x1002":
+                continue
+            total = int((dev / "mem_info_vram_total").read_text())
+            used = int((dev / "mem_info_vram_used").read_text())
+        except (OSError, ValueError):
+            continue
+        try:
+            name = (dev / "product_name").read_text().strip() or "AMD GPU"
+        except OSError:
+            name = "AMD GPU"
+        gpus.append(GPU(name, "amd", total, total - used))
+    return gpus
+
+
+def apple_gpu_share(ram_total: int) -> int:
+    """What Metal lets the GPU use of unified memory (recommendedMaxWorkingSetSize): ~2/3 up to 36 GiB, ~3/4 above."""
+    return int(ram_total * (2 / 3 if ram_total <= 36 * GiB else 3 / 4))
+
+
+def probe_apple(ram_total: int, ram_available: int, notes: list[str]) -> list[GPU]:
+    if platform.system() != "Darwin" or platform.machine() != "arm64":
+        return []
+    share = apple_gpu_share(ram_total)
+    try:
+        wired = int(_run(["sysctl", "-n", "iogpu.wired_limit_mb"]).strip() or 0) << 20
+        if wired > 0:
+            share = wired
+            notes.append(f"GPU memory limit set by iogpu.wired_limit_mb: {wired / GiB:.1f} GiB")
+    except (OSError, subprocess.SubprocessError, ValueError):
+        pass
+    name = "Apple GPU"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        name = _run(["sysctl", "-n", "machdep.cpu.brand_string"]).strip() or name
+    return [GPU(name, "apple", share, min(share, ram_available), unified=True)]
+
+
+def probe_backends(notes: list[str]) -> tuple[str, ...]:
+    try:
+        from localr1.engine.devices import list_devices
+
+        return tuple(d.name for d in list_devices())
+    except Exception as exc:  # a broken install must not stop `localr1 hw`
+        notes.append(f"llama.cpp backends: unknown ({exc})")
+        return ()
+
+
+def probe_disk(path: Path, notes: list[str]) -> int | None:
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError as exc:
+        notes.append(f"disk: unknown ({exc})")
+        return None
+
+
+def probe(*, disk_path: Path | None = None, backends: bool = True) -> Hardware:
+    from localr1.paths import models_dir
+
+    notes: list[str] = []
+    ram_total, ram_available = probe_ram(notes)
+    cpu, simd = probe_cpu()
+    gpus = probe_nvidia(notes) + probe_amd(notes) + probe_apple(ram_total, ram_available, notes)
+    path = disk_path or models_dir()
+    hw = Hardware(
+        os=f"{platform.system()} {platform.machine()}",
+        cpu=cpu,
+        physical_cores=physical_cores(),
+        simd=simd,
+        ram_total=ram_total,
+        ram_available=ram_available,
+        gpus=tuple(g.with_bandwidth() for g in gpus),
+        disk_free=probe_disk(path, notes),
+        disk_path=str(path),
+        backends=probe_backends(notes) if backends else (),
+        notes=tuple(notes),
+    )
+    return hw
+
+
+# --- simulation ------------------------------------------------------------------------------------------
+
+_SIZE = re.compile(r"^\s*([\d.]+)\s*([KMGT]i?B?|B)?\s*$", re.I)
+_UNITS = {"": GiB, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": GiB, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``12GiB``, ``12G``, ``500MB``, ``12`` (GiB) -> bytes. Decimal and binary prefixes are both read as binary."""
+    m = _SIZE.match(str(text))
+    if not m:
+        raise UsageError(f"cannot read the size {text!r}", hint="Write it like 12GiB, 512MiB or 1.5TiB.")
+    unit = (m.group(2) or "").upper()[:1]
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+@dataclass(frozen=True)
+class Simulation:
+    vram: int | None = None  # per GPU
+    gpus: int | None = None
+    gpu: str | None = None  # nvidia | amd | apple | none
+    ram: int | None = None
+    disk: int | None = None
+    cores: int | None = None
+    gpu_bandwidth: float | None = None
+    ram_bandwidth: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for k, v in asdict(self).items() if k != "extra")
+
+    @classmethod
+    def from_env(cls, text: str | None = None) -> Simulation:
+        text = os.environ.get("LOCALR1_HW", "") if text is None else text
+        values: dict = {}
+        for item in filter(None, (p.strip() for p in text.split(","))):
+            key, _, value = item.partition("=")
+            key = key.strip().replace("-", "_")
+            if key in ("vram", "ram", "disk"):
+                values[key] = parse_size(value)
+            elif key in ("gpus", "cores"):
+                values[key] = int(value)
+            elif key in ("gpu_bandwidth", "ram_bandwidth"):
+                values[key] = float(value)
+            elif key == "gpu":
+                values[key] = value.strip().lower()
+            else:
+                raise UsageError(f"LOCALR1_HW: unknown setting {key!r}", hint="Use vram, ram, gpus, gpu, disk, cores.")
+        return cls(**values)
+
+    def merged(self, other: Simulation) -> Simulation:
+        out = Simulation(**{k: (v if v is not None else getattr(self, k)) for k, v in asdict(other).items()})
+        if other.gpu is None and (other.vram or other.gpus) and self.gpu == "none":
+            out = replace(out, gpu=None)  # asking for VRAM or GPUs brings a GPU back
+        return out
+
+    def apply(self, hw: Hardware) -> Hardware:
+        if not self.active:
+            return hw
+        ram_total = self.ram if self.ram is not None else hw.ram_total
+        ram_available = self.ram if self.ram is not None else hw.ram_available
+        kind = self.gpu or (hw.gpus[0].vendor if hw.gpus else ("nvidia" if self.vram or self.gpus else "none"))
+        gpus = list(hw.gpus)
+        if kind == "none" or self.gpus == 0:
+            gpus = []
+        elif kind == "apple":
+            share = self.vram if self.vram is not None else apple_gpu_share(ram_total)
+            gpus = [GPU("Apple GPU (simulated)", "apple", share, share, unified=True).with_bandwidth()]
+        elif self.vram is not None or self.gpus is not None or self.gpu is not None:
+            count = self.gpus if self.gpus is not None else max(1, len(gpus))
+            vram = self.vram if self.vram is not None else (gpus[0].total if gpus else 8 * GiB)
+            gpus = [GPU(f"{kind.upper()} GPU (simulated)", kind, vram, vram) for _ in range(count)]
+        if self.gpu_bandwidth:
+            gpus = [replace(g, bandwidth_gbs=self.gpu_bandwidth) for g in gpus]
+        gpus = [g.with_bandwidth() for g in gpus]
+        backends = ("CPU",) + tuple(f"{'Metal' if g.vendor == 'apple' else 'CUDA'}{i}" for i, g in enumerate(gpus))
+        return replace(
+            hw,
+            ram_total=ram_total,
+            ram_available=ram_available,
+            gpus=tuple(gpus),
+            disk_free=self.disk if self.disk is not None else hw.disk_free,
+            physical_cores=self.cores or hw.physical_cores,
+            ram_bandwidth_gbs=self.ram_bandwidth or hw.ram_bandwidth_gbs,
+            backends=backends if gpus or self.gpu == "none" else hw.backends,
+            simulated=True,
+        )
+
+
+def machine(simulation: Simulation | None = None, *, backends: bool = True) -> Hardware:
+    """The hardware localr1 plans for: probed, then overridden by LOCALR1_HW and the command line."""
+    sim = Simulation.from_env()
+    if simulation is not None:
+        sim = sim.merged(simulation)
+    if sim.active:
+        # a simulated machine needs no slow probes of the real GPUs
+        base = Hardware(
+            os=f"{platform.system()} {platform.machine()}",
+            cpu="simulated",
+            physical_cores=physical_cores(),
+            simd=(),
+            ram_total=0,
+            ram_available=0,
+            gpus=(),
+            disk_free=None,
+            disk_path="",
+            backends=("CPU",),
+        )
+        if sim.ram is None or sim.disk is None:
+            real = probe(backends=False)
+            base = replace(base, ram_total=real.ram_total, ram_available=real.ram_available, disk_free=real.disk_free)
+        return sim.apply(base)
+    return probe(backends=backends)

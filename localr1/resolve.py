@@ -52,7 +52,7 @@ def _first_shards(folder: Path) -> list[Path]:
     return [p for p in files if split_siblings(p)[0] == p]
 
 
-def _find_catalog_file(model: CatalogModel, quant: str) -> Path | None:
+def find_catalog_file(model: CatalogModel, quant: str) -> Path | None:
     rel = model.file_for(quant)
     candidates = [models_dir() / rel, models_dir() / Path(rel).name]
     repo_dir = hf_hub_cache() / ("models--" + model.gguf_repo.replace("/", "--")) / "snapshots"
@@ -70,7 +70,7 @@ def local_models(catalog: dict[str, CatalogModel] | None = None) -> list[LocalMo
     found: dict[Path, LocalModel] = {}
     for model in catalog.values():
         for quant in model.quants:
-            path = _find_catalog_file(model, quant)
+            path = find_catalog_file(model, quant)
             if path is not None:
                 found.setdefault(path.resolve(), LocalModel(path, f"{model.name}:{quant}", model, quant))
     for path in _first_shards(models_dir()):
@@ -117,7 +117,7 @@ def _resolve_spec(spec: str, catalog: dict[str, CatalogModel] | None) -> LocalMo
         known = ", ".join(sorted(catalog)[:8])
         raise ModelNotFoundError(f"unknown model {spec!r}", hint=f"Give a path to a .gguf file, or one of: {known}.")
     quant = quant or model.default_quant
-    path = _find_catalog_file(model, quant)
+    path = find_catalog_file(model, quant)
     if path is None:
         raise ModelNotFoundError(
             f"{name} ({quant}) is not downloaded yet",

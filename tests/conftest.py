@@ -21,6 +21,8 @@ def isolated_dirs(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("LOCALR1_MODEL", raising=False)
     monkeypatch.delenv("LOCALR1_DEBUG", raising=False)
     monkeypatch.setenv("NO_COLOR", "1")
+    # plans must not depend on the machine the tests run on
+    monkeypatch.setenv("LOCALR1_HW", "gpu=none,ram=16GiB,disk=1TiB")
     return root
 
 

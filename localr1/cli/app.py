@@ -90,9 +90,10 @@ def handle_errors(func: F) -> F:
 
 
 def _register() -> None:
-    from localr1.cli import ask
+    from localr1.cli import ask, machine
 
     ask.register(app)
+    machine.register(app)
 
 
 _register()

@@ -53,6 +53,37 @@ def load_engine(path: Path, header, options: EngineOptions, cancel: threading.Ev
     )
 
 
+OOM_WORDS = ("out of memory", "failed to allocate", "unable to allocate", "cudamalloc", "not enough memory")
+
+
+def load_with_fallback(path: Path, header, options: EngineOptions, plan, cancel: threading.Event):
+    """Load as planned; if memory runs out after all, retry with fewer GPU layers or a smaller context."""
+    from dataclasses import replace
+
+    from localr1.errors import ModelLoadError
+    from localr1.planner import Fallbacks
+
+    fallbacks = Fallbacks(plan) if plan is not None else None
+    while True:
+        try:
+            return load_engine(path, header, options, cancel)
+        except ModelLoadError as exc:
+            smaller = fallbacks.next() if fallbacks and any(w in str(exc).lower() for w in OOM_WORDS) else None
+            if smaller is None:
+                raise
+            n_ctx, layers = smaller
+            sys.stderr.write(
+                f"Out of memory with {_describe(options.n_ctx, options.n_gpu_layers)}; "
+                f"retrying with {_describe(n_ctx, layers)}.\n"
+            )
+            options = replace(options, n_ctx=n_ctx, n_gpu_layers=layers)
+
+
+def _describe(n_ctx: int | None, layers: int | None) -> str:
+    where = "all layers on the GPU" if layers is not None and layers < 0 else f"{layers or 0} GPU layers"
+    return f"a {n_ctx or 0:,}-token context and {where}"
+
+
 def read_question(question: str | None) -> str:
     if question is None or question == "-":
         if question is None and sys.stdin.isatty():
@@ -114,23 +145,31 @@ def register(app: typer.Typer) -> None:
         from localr1.prompt import render, user_turn
         from localr1.resolve import resolve_model
 
-        text = read_question(question)
+        text = read_question(question)  # before anything slow: an empty question fails at once
         sampling = Sampling(temperature=temperature, top_p=top_p, seed=seed, max_tokens=max_tokens).validate()
         for name, value in (("--ctx", ctx), ("--threads", threads)):
             if value is not None and value <= 0:
                 raise UsageError(f"{name} must be positive, not {value}")
         config = load_config()
-        local = resolve_model(model, config)
-        header = inspect_model(local.path)
+        n_ctx = ctx or config.ctx
+        layers = gpu_layers if gpu_layers is not None else config.gpu_layers
+        if n_ctx and layers is not None:  # both given: load exactly that, no planning
+            local = resolve_model(model, config)
+            path, name, plan = local.path, local.name, None
+        else:
+            from localr1.cli.machine import plan_for_spec
+            from localr1.hardware import machine
+
+            plan = plan_for_spec(model, machine(), config, want_ctx=n_ctx, gpu_layers=layers, local_only=True)
+            path, name = plan.candidate.path, plan.candidate.label
+            n_ctx, layers = plan.n_ctx, plan.n_gpu_layers
+        header = inspect_model(path)
         options = EngineOptions(
-            n_ctx=ctx or config.ctx,
-            n_threads=threads or config.threads,
-            n_gpu_layers=gpu_layers if gpu_layers is not None else config.gpu_layers,
-            debug=state.debug,
+            n_ctx=n_ctx, n_threads=threads or config.threads, n_gpu_layers=layers, debug=state.debug
         )
         cancel = threading.Event()
         with cancel_on_sigint(cancel):
-            engine = load_engine(local.path, header, options, cancel)
+            engine = load_with_fallback(path, header, options, plan, cancel)
             try:
                 prompt = render(user_turn(text, system=system, math=math), engine.info.chat_format)
                 events = engine.stream(prompt, sampling, cancel=cancel)
@@ -139,10 +178,11 @@ def register(app: typer.Typer) -> None:
                     if done is not None:
                         info = engine.info
                         meta = {
-                            "name": local.name,
-                            "path": str(local.path),
+                            "name": name,
+                            "path": str(path),
                             "quant": info.quant,
                             "n_ctx": info.n_ctx,
+                            "n_gpu_layers": info.n_gpu_layers,
                         }
                         dump_json(result_object(meta, reasoning, answer, done))
                 else:

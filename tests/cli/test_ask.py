@@ -133,7 +133,7 @@ def test_cancelled_generation_exits_130(runner, engine, small_gguf):
         (["ask", "q", "-m", "/no/such/model.gguf"], 1, "no such file"),
         (["ask", "q", "-m", "r1:99b"], 1, "unknown model 'r1:99b'"),
         (["ask", "q", "-m", "r1:7b"], 1, "not downloaded yet"),
-        (["ask", "q"], 1, "no model given and none found"),
+        (["ask", "q"], 1, "no model is downloaded yet; the best R1 for this machine is r1-0528:8b:Q3_K_M"),
         (["ask", "q", "--temperature", "-1"], 2, "temperature -1.0 is out of range"),
         (["ask", "q", "--ctx", "0"], 2, "--ctx must be positive"),
     ],

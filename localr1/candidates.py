@@ -1,0 +1,52 @@
+"""What the planner chooses from: catalog builds (downloaded or not) and GGUF files on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from localr1.arch import SUPPORTED, Architecture
+from localr1.catalog import CatalogModel
+from localr1.errors import InvalidModelFileError
+from localr1.gguf_info import GGUFInfo, inspect_model
+from localr1.memory import BITS_PER_WEIGHT, WeightLayout
+from localr1.planner import QUANT_QUALITY, Candidate
+from localr1.resolve import LocalModel, find_catalog_file
+
+
+def quality(model: CatalogModel | None, quant: str) -> float:
+    if model is None:
+        return 0.0
+    return model.score * QUANT_QUALITY.get(quant.upper(), 0.9)
+
+
+def from_file(path: Path, header: GGUFInfo | None = None, local: LocalModel | None = None) -> Candidate:
+    """A candidate with exact weights from the file's header."""
+    header = header or inspect_model(path)
+    arch = Architecture.from_gguf(header.metadata)
+    if arch.arch not in SUPPORTED and not (arch.n_layer and arch.n_head):
+        raise InvalidModelFileError(f"{path.name}: cannot plan for architecture {arch.arch!r}")
+    model = local.catalog if local else None
+    quant = (local.quant if local and local.quant else None) or header.quant_name
+    name = model.name if model else path.name
+    weights = WeightLayout.from_gguf(header.tensors, arch.n_layer)
+    return Candidate(name, quant, arch, weights, quality(model, quant), path, exact=True)
+
+
+def from_catalog(catalog: dict[str, CatalogModel], *, include_local: bool = True) -> list[Candidate]:
+    out = []
+    for model in catalog.values():
+        if model.arch is None:
+            continue
+        for quant in model.quants:
+            path = find_catalog_file(model, quant) if include_local else None
+            if path is not None:
+                try:
+                    out.append(from_file(path, local=LocalModel(path, f"{model.name}:{quant}", model, quant)))
+                    continue
+                except InvalidModelFileError:
+                    pass  # a broken download: plan as if it were not there
+            if quant.upper() not in BITS_PER_WEIGHT:
+                continue
+            weights = WeightLayout.from_arch(model.arch, quant)
+            out.append(Candidate(model.name, quant, model.arch, weights, quality(model, quant)))
+    return out

@@ -1,0 +1,317 @@
+"""``localr1 hw``, ``localr1 models`` and ``localr1 plan``: the machine, the catalog, and the choice."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+
+import typer
+
+from localr1.errors import ModelNotFoundError, ModelTooBigError, UsageError
+
+GiB = 1 << 30
+
+# The simulation flags, shared by every command that plans.
+VRAM = typer.Option(None, "--vram", help="Simulate GPU memory per GPU (e.g. 12GiB).", rich_help_panel="Simulate")
+RAM = typer.Option(None, "--ram", help="Simulate RAM (e.g. 32GiB).", rich_help_panel="Simulate")
+GPUS = typer.Option(None, "--gpus", help="Simulate this many GPUs (0: none).", rich_help_panel="Simulate")
+GPU_KIND = typer.Option(None, "--gpu", help="Simulate nvidia, amd, apple or none.", rich_help_panel="Simulate")
+DISK = typer.Option(None, "--disk", help="Simulate free disk (e.g. 2TiB).", rich_help_panel="Simulate")
+
+
+def simulation(vram: str | None, ram: str | None, gpus: int | None, gpu: str | None, disk: str | None):
+    from localr1.hardware import Simulation, parse_size
+
+    if gpu is not None and gpu.lower() not in ("nvidia", "amd", "apple", "none"):
+        raise UsageError(f"--gpu {gpu!r} is not one of nvidia, amd, apple, none")
+    if gpus is not None and gpus < 0:
+        raise UsageError("--gpus cannot be negative")
+    return Simulation(
+        vram=parse_size(vram) if vram else None,
+        ram=parse_size(ram) if ram else None,
+        gpus=gpus,
+        gpu=gpu.lower() if gpu else None,
+        disk=parse_size(disk) if disk else None,
+    )
+
+
+def gib(n: int | float | None) -> str:
+    return "unknown" if n is None else f"{n / GiB:.1f} GiB"
+
+
+def hardware_lines(hw) -> list[str]:
+    lines = [
+        f"{'Machine':12} {hw.os} · {hw.cpu} ({hw.physical_cores} cores{', ' + ' '.join(hw.simd) if hw.simd else ''})"
+    ]
+    lines.append(f"{'RAM':12} {gib(hw.ram_total)} total, {gib(hw.ram_available)} available")
+    if not hw.gpus:
+        lines.append(f"{'GPU':12} none")
+    for i, g in enumerate(hw.gpus):
+        kind = "unified memory, GPU share" if g.unified else "VRAM"
+        cc = f", compute {g.compute_capability}" if g.compute_capability else ""
+        lines.append(
+            f"{'GPU ' + str(i):12} {g.name}: {gib(g.total)} {kind}, {gib(g.free)} free{cc} (~{g.bandwidth_gbs:.0f} GB/s)"
+        )
+    lines.append(f"{'llama.cpp':12} {', '.join(hw.backends) or 'unknown'}")
+    lines.append(f"{'Disk':12} {gib(hw.disk_free)} free{' at ' + hw.disk_path if hw.disk_path else ''}")
+    if hw.simulated:
+        lines.append(f"{'':12} (simulated)")
+    for note in hw.notes:
+        lines.append(f"{'Note':12} {note}")
+    fix = backend_fix(hw)
+    if fix:
+        lines.append(f"{'Warning':12} {fix}")
+    return lines
+
+
+def backend_fix(hw) -> str | None:
+    """A GPU that this llama.cpp build cannot use, and the command that fixes it."""
+    if hw.simulated or not hw.gpus or hw.gpu_offload_built or not hw.backends:
+        return None
+    vendor = hw.gpus[0].vendor
+    flag = {"nvidia": "cuda", "amd": "vulkan", "apple": "metal"}[vendor]
+    return (
+        f"this llama.cpp is built for the CPU only, so the {vendor.upper()} GPU is not used. "
+        f'Fix: packaging/reinstall-backend.sh {flag}  (or: CMAKE_ARGS="-DGGML_{flag.upper()}=on" '
+        "pip install --force-reinstall --no-cache-dir llama-cpp-python)"
+    )
+
+
+def fit_mark(plan) -> str:
+    if plan is None:
+        return "too big"
+    return {
+        "gpu": "fits on GPU",
+        "unified": "fits (unified memory)",
+        "partial": "partial offload",
+        "cpu": "CPU only",
+        "offload": "offload (experts on disk)",
+    }[plan.mode]
+
+
+def plan_lines(plan, *, explain: bool) -> list[str]:
+    c, m, b = plan.candidate, plan.memory, plan.budget
+    n_layer = c.arch.n_layer
+    layers = (
+        f"all {n_layer} layers on the GPU"
+        if plan.n_gpu_layers < 0 and plan.mode != "cpu"
+        else f"{plan.n_gpu_layers} of {n_layer} layers on the GPU"
+        if plan.n_gpu_layers
+        else "on the CPU"
+    )
+    lines = [f"{c.label}: {plan.n_ctx:,}-token context, {layers} ({fit_mark(plan)})"]
+    if b.unified:
+        lines.append(f"  memory   {gib(m.gpu_total + m.cpu_total)} of {gib(b.gpu)} usable unified memory")
+    else:
+        if m.gpu_total:
+            lines.append(f"  GPU      {gib(m.gpu_total)} of {gib(b.gpu)} usable")
+        lines.append(f"  RAM      {gib(m.cpu_total)} of {gib(b.ram)} usable")
+    lines.append(
+        f"  parts    weights {gib(c.weights.total)}{'' if c.exact else ' (estimated)'}, "
+        f"KV cache {gib(m.kv_total)}, compute buffers {gib(m.compute_total)}"
+    )
+    lines.append(f"  speed    about {plan.decode_tps:.0f} tokens/s decode (estimate from memory bandwidth)")
+    lines.append(f"  file     {c.path}" if c.path else "  file     not downloaded yet")
+    lines += [f"  note     {n}" for n in plan.notes]
+    if explain:
+        lines.append("")
+        lines.append("What was tried, best expected quality first:")
+        for a in plan.attempts:
+            layers = "all" if a.n_gpu_layers > n_layer or a.n_gpu_layers < 0 else str(a.n_gpu_layers)
+            where = f"ctx {a.n_ctx:>6,} · GPU layers {layers:>3}" if a.n_ctx else " " * 27
+            lines.append(f"  {'✓' if a.ok else '✗'} {a.label:28} {where}  {a.reason}")
+    return lines
+
+
+def plan_for_spec(spec: str | None, hw, config, *, want_ctx: int | None, gpu_layers: int | None, local_only: bool):
+    """The plan for a model the user named (or, with no name, the best model for this machine)."""
+    from localr1 import candidates as cands
+    from localr1.catalog import load_catalog, split_name
+    from localr1.planner import DEFAULT_CTX, NoPlanError, choose, plan_candidate
+    from localr1.resolve import download_hint, resolve_model
+
+    want = want_ctx or config.ctx or DEFAULT_CTX
+    catalog = load_catalog()
+    spec = spec or config.default_model
+    if spec:
+        name, quant = split_name(spec)
+        if name in catalog and not local_only and quant is None:
+            # a catalog model: choose its best quant for this machine
+            pool = cands.from_catalog({name: catalog[name]})
+            try:
+                return choose(pool, hw, want_ctx=want, gpu_layers=gpu_layers)
+            except NoPlanError as exc:
+                # the user chose this model: rather than refuse it for speed, take its fastest build that fits
+                for c in sorted(pool, key=lambda c: c.weights.total):
+                    plan = plan_candidate(c, hw, want_ctx=want, gpu_layers=gpu_layers, min_tps=0.0)
+                    if plan is not None:
+                        slow = f"slower than usual: expect about {plan.decode_tps:.1f} tokens/s"
+                        return replace(plan, notes=(*plan.notes, slow))
+                raise _too_big(name, exc) from None
+        local = resolve_model(spec, config, catalog) if (local_only or name not in catalog or quant) else None
+        if local is None:
+            raise UsageError(f"cannot plan {spec}")
+        candidate = cands.from_file(local.path, local=local)
+        attempts: list = []
+        plan = plan_candidate(candidate, hw, want_ctx=want, gpu_layers=gpu_layers, min_tps=0.0, attempts=attempts)
+        if plan is None:
+            reason = next((a.reason for a in reversed(attempts) if not a.ok), "it does not fit")
+            raise ModelTooBigError(
+                f"{candidate.label} does not fit this machine: {reason}",
+                hint="Try a smaller --ctx or quant, or give both --ctx and --gpu-layers to load it anyway.",
+            )
+        return plan
+    pool = cands.from_catalog(catalog)
+    loose = [cands.from_file(m.path, local=m) for m in _loose_local_models(catalog)]
+    if local_only:
+        local_pool = [c for c in pool if c.path is not None] + loose
+        if local_pool:
+            try:
+                return choose(local_pool, hw, want_ctx=want, gpu_layers=gpu_layers)
+            except NoPlanError:
+                pass
+        try:
+            best = choose(pool, hw, want_ctx=want, gpu_layers=gpu_layers)
+        except NoPlanError as exc:
+            raise _too_big("any R1 model", exc) from None
+        model = catalog[best.candidate.name]
+        status = "none of the downloaded models fits this machine" if local_pool else "no model is downloaded yet"
+        raise ModelNotFoundError(
+            f"{status}; the best R1 for this machine is {best.label} ({gib(best.candidate.weights.total)})",
+            hint="Download it with: " + download_hint(model, best.candidate.quant),
+        )
+    try:
+        return choose(pool + loose, hw, want_ctx=want, gpu_layers=gpu_layers)
+    except NoPlanError as exc:
+        raise _too_big("any R1 model", exc) from None
+
+
+def _loose_local_models(catalog):
+    from localr1.resolve import local_models
+
+    return [m for m in local_models(catalog) if m.catalog is None]
+
+
+def _too_big(what: str, exc) -> ModelTooBigError:
+    reason = next((a.reason for a in reversed(exc.attempts) if not a.ok), "not enough memory")
+    return ModelTooBigError(
+        f"{what} does not fit this machine: {reason}",
+        hint=f"Usable: GPU {gib(exc.budget.gpu)}, RAM {gib(exc.budget.ram)}. See: localr1 plan --explain",
+    )
+
+
+def register(app: typer.Typer) -> None:
+    from localr1.cli.app import handle_errors
+
+    @app.command(
+        help="Show the machine as localr1 sees it: GPUs, memory, llama.cpp backends, disk.\n\n"
+        "Examples:\n\n  localr1 hw\n\n  localr1 hw --json\n\n  localr1 hw --vram 12GiB --ram 32GiB   (simulate)"
+    )
+    @handle_errors
+    def hw(
+        json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+        vram: str | None = VRAM,
+        ram: str | None = RAM,
+        gpus: int | None = GPUS,
+        gpu: str | None = GPU_KIND,
+        disk: str | None = DISK,
+    ) -> None:
+        from localr1.hardware import machine
+
+        machine_info = machine(simulation(vram, ram, gpus, gpu, disk))
+        if json_out:
+            sys.stdout.write(json.dumps(machine_info.to_dict(), indent=2) + "\n")
+        else:
+            sys.stdout.write("\n".join(hardware_lines(machine_info)) + "\n")
+
+    @app.command(
+        help="List the R1 models localr1 knows, with what fits this machine and what is downloaded.\n\n"
+        "Examples:\n\n  localr1 models\n\n  localr1 models --json\n\n  localr1 models --vram 24GiB --ram 64GiB"
+    )
+    @handle_errors
+    def models(
+        json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+        vram: str | None = VRAM,
+        ram: str | None = RAM,
+        gpus: int | None = GPUS,
+        gpu: str | None = GPU_KIND,
+        disk: str | None = DISK,
+    ) -> None:
+        from localr1 import candidates as cands
+        from localr1.catalog import load_catalog
+        from localr1.hardware import machine
+        from localr1.planner import NoPlanError, choose
+
+        machine_info = machine(simulation(vram, ram, gpus, gpu, disk))
+        catalog = load_catalog()
+        rows = []
+        for name, model in catalog.items():
+            pool = cands.from_catalog({name: model})
+            mark = None
+            try:
+                plan = choose(pool, machine_info)
+            except NoPlanError as exc:
+                plan = None
+                speeds = [
+                    float(a.reason.split("about ")[1].split()[0])
+                    for a in exc.attempts
+                    if a.reason.startswith("fits, but")
+                ]
+                mark = f"too slow (~{max(speeds):.1f} tok/s at best)" if speeds else "too big"
+            downloaded = [c.quant for c in pool if c.path is not None]
+            rows.append((model, plan, downloaded, mark))
+        if json_out:
+            out = [
+                {
+                    "name": m.name,
+                    "title": m.title,
+                    "params_b": m.params_b,
+                    "aime2024": m.aime2024,
+                    "gpqa": m.gpqa,
+                    "license": m.license,
+                    "quants": m.quants,
+                    "downloaded": d,
+                    "fit": mark or fit_mark(p),
+                    "plan": p.to_dict() if p else None,
+                }
+                for m, p, d, mark in rows
+            ]
+            sys.stdout.write(json.dumps(out, indent=2) + "\n")
+            return
+        header = f"{'NAME':14} {'MODEL':40} {'AIME':>5} {'GPQA':>5}  {'THIS MACHINE':34} DOWNLOADED"
+        sys.stdout.write(header + "\n")
+        for m, p, d, mark in rows:
+            fit = mark or f"{fit_mark(p)} ({p.candidate.quant}, ~{p.decode_tps:.0f} tok/s)"
+            aime = f"{m.aime2024:.1f}" if m.aime2024 else "-"
+            gpqa = f"{m.gpqa:.1f}" if m.gpqa else "-"
+            sys.stdout.write(f"{m.name:14} {m.title[:40]:40} {aime:>5} {gpqa:>5}  {fit:34} {', '.join(d) or '-'}\n")
+
+    @app.command(
+        help="Choose the model, quant, context and GPU layers for this machine, and say why.\n\n"
+        "Examples:\n\n  localr1 plan\n\n  localr1 plan r1:70b --ctx 32768 --explain\n\n"
+        "  localr1 plan --vram 8GiB --ram 16GiB --json"
+    )
+    @handle_errors
+    def plan(
+        model: str | None = typer.Argument(None, help="A catalog name or .gguf file (default: the best that fits)."),
+        ctx: int | None = typer.Option(None, "--ctx", help="The context you want (default 16384)."),
+        explain: bool = typer.Option(False, "--explain", help="Show every option tried and why it was rejected."),
+        json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+        vram: str | None = VRAM,
+        ram: str | None = RAM,
+        gpus: int | None = GPUS,
+        gpu: str | None = GPU_KIND,
+        disk: str | None = DISK,
+    ) -> None:
+        from localr1.config import load_config
+        from localr1.hardware import machine
+
+        if ctx is not None and ctx <= 0:
+            raise UsageError(f"--ctx must be positive, not {ctx}")
+        machine_info = machine(simulation(vram, ram, gpus, gpu, disk))
+        chosen = plan_for_spec(model, machine_info, load_config(), want_ctx=ctx, gpu_layers=None, local_only=False)
+        if json_out:
+            sys.stdout.write(json.dumps({**chosen.to_dict(), "hardware": machine_info.to_dict()}, indent=2) + "\n")
+            return
+        sys.stdout.write("\n".join(plan_lines(chosen, explain=explain)) + "\n")

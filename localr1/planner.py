@@ -1,0 +1,320 @@
+"""Choosing the model, quant, context and GPU layers that fit this machine, and saying why.
+
+Pure logic: hardware and candidates in, a :class:`Plan` out. Candidates are tried best expected quality
+first (the mean of the published AIME 2024 and GPQA scores, discounted for the quant); for each, the largest context up to the
+one asked for, with every layer on the GPU if that fits, otherwise as many layers as fit (partial
+offload) when RAM holds the rest and the estimated decode speed stays usable. Every budget keeps a
+safety margin. Each try is recorded, so ``--explain`` can say what did not fit and by how much.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from localr1.arch import Architecture
+from localr1.hardware import GiB, Hardware
+from localr1.memory import MemoryEstimate, MiB, WeightLayout, estimate
+
+MIN_CTX = 8192  # R1 often thinks past 4k tokens; an explicit --ctx may still go lower
+DEFAULT_CTX = 16384  # R1 thinks for thousands of tokens before it answers
+DEFAULT_MIN_TPS = 5.0
+GPU_RESERVE = 600 * MiB  # per GPU: the CUDA/Metal context and allocator slack
+GPU_MARGIN = 0.95
+RAM_RESERVE = int(1.5 * GiB)  # the OS, localr1 itself, the page cache it needs to breathe
+RAM_MARGIN = 0.90
+GPU_EFFICIENCY = 0.70  # share of memory bandwidth decoding reaches in practice
+CPU_EFFICIENCY = 0.60
+DISK_BANDWIDTH_GBS = 2.0  # NVMe, for experts streamed from disk (offload mode)
+
+# Expected quality kept by a quant, relative to the original weights (llama.cpp's perplexity figures; the
+# "UD" dynamic quants keep the sensitive layers at higher precision).
+QUANT_QUALITY = {
+    "F16": 1.0,
+    "BF16": 1.0,
+    "Q8_0": 1.0,
+    "Q6_K": 0.995,
+    "Q5_K_M": 0.99,
+    "Q4_K_M": 0.975,
+    "Q3_K_M": 0.93,
+    "Q2_K": 0.85,
+    "UD-Q2_K_XL": 0.97,
+    "UD-IQ2_XXS": 0.95,
+    "UD-IQ1_M": 0.93,
+    "UD-IQ1_S": 0.91,
+}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str  # catalog name, or the file name of a loose GGUF
+    quant: str
+    arch: Architecture
+    weights: WeightLayout
+    quality: float  # expected benchmark score (catalog score x quant factor), 0 when unknown
+    path: Path | None = None  # on disk already
+    exact: bool = False  # weights from the file's header, not estimated
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}:{self.quant}" if ":" in self.name else self.name
+
+
+@dataclass(frozen=True)
+class Attempt:
+    label: str
+    n_ctx: int
+    n_gpu_layers: int
+    ok: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class Budget:
+    gpu: int  # bytes all GPUs together may take
+    ram: int
+    disk: int | None
+    n_gpus: int
+    unified: bool
+
+    @classmethod
+    def of(cls, hw: Hardware) -> Budget:
+        gpu = 0
+        for g in hw.gpus:
+            gpu += max(0, int(g.free * GPU_MARGIN) - GPU_RESERVE)
+        ram = max(0, int(hw.ram_available * RAM_MARGIN) - RAM_RESERVE)
+        if hw.unified:
+            gpu = min(gpu, ram)  # one pool of memory
+        return cls(gpu=gpu, ram=ram, disk=hw.disk_free, n_gpus=len(hw.gpus), unified=hw.unified)
+
+
+@dataclass(frozen=True)
+class Plan:
+    candidate: Candidate
+    n_ctx: int
+    n_gpu_layers: int  # llama.cpp's meaning: -1 all
+    memory: MemoryEstimate
+    decode_tps: float
+    mode: str  # gpu | partial | cpu | unified | offload
+    budget: Budget
+    attempts: tuple[Attempt, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return self.candidate.label
+
+    def to_dict(self) -> dict:
+        m = self.memory
+        return {
+            "model": self.candidate.name,
+            "quant": self.candidate.quant,
+            "path": str(self.candidate.path) if self.candidate.path else None,
+            "downloaded": self.candidate.path is not None,
+            "n_ctx": self.n_ctx,
+            "n_gpu_layers": self.n_gpu_layers,
+            "mode": self.mode,
+            "expected_score": round(self.candidate.quality, 1) or None,
+            "decode_tokens_per_s": round(self.decode_tps, 1),
+            "memory_bytes": {
+                "gpu": m.gpu_total,
+                "ram": m.cpu_total,
+                "weights": self.candidate.weights.total,
+                "kv_cache": m.kv_total,
+                "compute": m.compute_total,
+            },
+            "budget_bytes": {"gpu": self.budget.gpu, "ram": self.budget.ram, "disk": self.budget.disk},
+            "attempts": [a.__dict__ for a in self.attempts],
+            "notes": list(self.notes),
+        }
+
+
+class NoPlanError(Exception):
+    def __init__(self, attempts: list[Attempt], budget: Budget) -> None:
+        super().__init__("nothing fits")
+        self.attempts = attempts
+        self.budget = budget
+
+
+def ctx_ladder(want: int, ctx_train: int) -> list[int]:
+    """The contexts to try, largest first: what was asked for, halving down to MIN_CTX."""
+    top = min(want, ctx_train) if ctx_train else want
+    if top <= MIN_CTX:
+        return [top]
+    out = [top]
+    while out[-1] // 2 >= MIN_CTX:
+        out.append(out[-1] // 2)
+    if top > MIN_CTX and out[-1] != MIN_CTX:
+        out.append(MIN_CTX)
+    return out
+
+
+def decode_speed(c: Candidate, est: MemoryEstimate, hw: Hardware, disk_bytes: int = 0) -> float:
+    """Tokens/s from the bytes each token reads from each tier and that tier's bandwidth."""
+    w = c.weights
+    active = 1.0
+    expert_total = sum(w.expert_layers)
+    if c.arch.is_moe and c.arch.n_expert:
+        active = c.arch.n_expert_used / c.arch.n_expert
+
+    def read(weight_bytes: int, expert_share: float) -> float:
+        # routed experts are read only for the experts a token uses
+        experts = expert_total * expert_share
+        return (weight_bytes - experts) + experts * active
+
+    total_w = max(w.total, 1)
+    gpu_share = est.gpu_weights / total_w
+    gpu_read = read(est.gpu_weights, gpu_share) + est.gpu_kv / 4  # the KV cache is a quarter full on average
+    cpu_read = read(est.cpu_weights, 1 - gpu_share) + est.cpu_kv / 4
+    disk_read = disk_bytes * active if c.arch.is_moe else disk_bytes
+    cpu_read -= disk_read
+    seconds = 0.0
+    if gpu_read > 0 and hw.gpus:
+        bw = sum(g.bandwidth_gbs for g in hw.gpus) / len(hw.gpus)
+        seconds += gpu_read / (bw * 1e9 * GPU_EFFICIENCY)
+    if cpu_read > 0:
+        seconds += cpu_read / (hw.ram_bandwidth_gbs * 1e9 * CPU_EFFICIENCY)
+    if disk_read > 0:
+        seconds += disk_read / (DISK_BANDWIDTH_GBS * 1e9)
+    return 1.0 / seconds if seconds > 0 else float("inf")
+
+
+def _fits(est: MemoryEstimate, budget: Budget, c: Candidate, allow_disk: bool) -> tuple[bool, str, int]:
+    """Whether it fits, why not, and how many bytes of weights would be streamed from disk."""
+    expert_bytes = sum(c.weights.expert_layers)
+    if budget.unified:
+        need = est.gpu_total + est.cpu_total
+        over = need - budget.gpu
+        if over <= 0:
+            return True, "", 0
+        if allow_disk and c.arch.is_moe and over <= expert_bytes:
+            return True, "", int(over)  # routed experts beyond memory stay memory-mapped on disk
+        return False, f"needs {need / GiB:.1f} GiB of unified memory, {budget.gpu / GiB:.1f} GiB usable", 0
+    if est.gpu_total > budget.gpu:
+        return False, f"GPU needs {est.gpu_total / GiB:.1f} GiB, {budget.gpu / GiB:.1f} GiB usable", 0
+    extra_gpus = max(0, budget.n_gpus - 1) * est.gpu_compute  # each GPU holds its own compute buffer
+    if est.gpu_total and est.gpu_total + extra_gpus > budget.gpu:
+        return False, f"GPUs need {(est.gpu_total + extra_gpus) / GiB:.1f} GiB with per-GPU buffers", 0
+    over = est.cpu_total - budget.ram
+    if over <= 0:
+        return True, "", 0
+    if allow_disk and c.arch.is_moe:
+        expert_cpu = expert_bytes * (est.cpu_weights / max(c.weights.total, 1))
+        if over <= expert_cpu:
+            return True, "", int(over)  # routed experts beyond RAM stay memory-mapped on disk
+    return False, f"RAM needs {est.cpu_total / GiB:.1f} GiB, {budget.ram / GiB:.1f} GiB usable", 0
+
+
+def plan_candidate(
+    c: Candidate,
+    hw: Hardware,
+    *,
+    want_ctx: int = DEFAULT_CTX,
+    min_tps: float = DEFAULT_MIN_TPS,
+    gpu_layers: int | None = None,
+    flash_attn: bool = True,
+    allow_disk: bool = True,
+    attempts: list[Attempt] | None = None,
+    budget: Budget | None = None,
+) -> Plan | None:
+    budget = budget or Budget.of(hw)
+    attempts = attempts if attempts is not None else []
+    n_layer = c.arch.n_layer
+    on_gpu = bool(hw.gpus) and (hw.gpu_offload_built or hw.simulated)
+    if not c.path and budget.disk is not None and c.weights.total > budget.disk:
+        attempts.append(
+            Attempt(
+                c.label,
+                0,
+                0,
+                False,
+                f"download needs {c.weights.total / GiB:.1f} GiB of disk, {budget.disk / GiB:.1f} GiB free",
+            )
+        )
+        return None
+    for n_ctx in ctx_ladder(want_ctx, c.arch.ctx_train):
+        if gpu_layers is not None:
+            layer_options = [gpu_layers if gpu_layers >= 0 else n_layer + 1]
+        elif on_gpu:
+            layer_options = [n_layer + 1, *range(n_layer, -1, -1)]
+        else:
+            layer_options = [0]
+        for k in layer_options:
+            est = estimate(c.arch, c.weights, n_ctx, k, flash_attn=flash_attn, unified=budget.unified)
+            ok, why, disk_bytes = _fits(est, budget, c, allow_disk)
+            if not ok:
+                if k in (layer_options[0], layer_options[-1]):  # full offload and CPU only, not every count
+                    attempts.append(Attempt(c.label, n_ctx, k, False, why))
+                continue
+            tps = decode_speed(c, est, hw, disk_bytes)
+            if tps < min_tps:
+                attempts.append(
+                    Attempt(c.label, n_ctx, k, False, f"fits, but about {tps:.1f} tokens/s (< {min_tps:g})")
+                )
+                break  # fewer GPU layers would only be slower
+            if budget.unified or (on_gpu and k > n_layer):
+                mode = "unified" if budget.unified else "gpu"
+            elif k > 0:
+                mode = "partial"
+            else:
+                mode = "cpu"
+            if disk_bytes:
+                mode = "offload"
+            attempts.append(Attempt(c.label, n_ctx, k, True, f"fits: about {tps:.1f} tokens/s"))
+            notes = []
+            if n_ctx < min(want_ctx, c.arch.ctx_train or want_ctx):
+                notes.append(f"context reduced to {n_ctx} tokens to fit (asked for {want_ctx})")
+            if disk_bytes:
+                notes.append(f"{disk_bytes / GiB:.1f} GiB of routed experts stream from disk")
+            return Plan(c, n_ctx, -1 if k > n_layer else k, est, tps, mode, budget, tuple(attempts), tuple(notes))
+    return None
+
+
+def choose(
+    candidates: list[Candidate],
+    hw: Hardware,
+    *,
+    want_ctx: int = DEFAULT_CTX,
+    min_tps: float = DEFAULT_MIN_TPS,
+    gpu_layers: int | None = None,
+    flash_attn: bool = True,
+) -> Plan:
+    """The best expected quality that fits; raises NoPlanError with every attempt when nothing does."""
+    budget = Budget.of(hw)
+    attempts: list[Attempt] = []
+    ranked = sorted(candidates, key=lambda c: (-c.quality, c.weights.total))
+    for c in ranked:
+        plan = plan_candidate(
+            c,
+            hw,
+            want_ctx=want_ctx,
+            min_tps=min_tps,
+            gpu_layers=gpu_layers,
+            flash_attn=flash_attn,
+            attempts=attempts,
+            budget=budget,
+        )
+        if plan is not None:
+            return plan
+    raise NoPlanError(attempts, budget)
+
+
+@dataclass
+class Fallbacks:
+    """Smaller versions of a plan, for a load that ran out of memory after all."""
+
+    plan: Plan
+    tried: list[tuple[int, int]] = field(default_factory=list)
+
+    def next(self) -> tuple[int, int] | None:
+        n_ctx, layers = self.tried[-1] if self.tried else (self.plan.n_ctx, self.plan.n_gpu_layers)
+        n_layer = self.plan.candidate.arch.n_layer
+        if layers != 0:
+            current = n_layer + 1 if layers < 0 else layers
+            layers = max(0, current - max(1, n_layer // 4))
+        elif n_ctx > MIN_CTX:
+            n_ctx //= 2
+        else:
+            return None
+        self.tried.append((n_ctx, layers))
+        return n_ctx, layers

@@ -1,0 +1,122 @@
+"""``localr1 hw``, ``models`` and ``plan`` on simulated machines, and ``ask`` following the plan."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import write_gguf
+from typer.testing import CliRunner
+
+from localr1.cli import ask as ask_module
+from localr1.cli.app import app, state
+from localr1.engine.fake import FakeEngine
+from localr1.errors import ModelLoadError
+
+SIM = ["--vram", "12GiB", "--ram", "32GiB", "--disk", "2TiB"]
+
+
+@pytest.fixture
+def runner():
+    state.debug = False
+    return CliRunner()
+
+
+def test_hw_simulated(runner):
+    result = runner.invoke(app, ["hw", *SIM, "--gpus", "2"])
+    assert result.exit_code == 0
+    assert result.stdout.count("NVIDIA GPU (simulated): 12.0 GiB VRAM") == 2
+    assert "32.0 GiB total" in result.stdout and "(simulated)" in result.stdout
+
+
+def test_hw_json_and_env(runner, monkeypatch):
+    monkeypatch.setenv("LOCALR1_HW", "gpu=apple,ram=64GiB,disk=1TiB")
+    data = json.loads(runner.invoke(app, ["hw", "--json"]).stdout)
+    assert data["simulated"] and data["ram_total"] == 64 << 30
+    assert data["gpus"][0]["unified"] and data["gpus"][0]["total"] == int((64 << 30) * 3 / 4)
+
+
+def test_hw_real_machine_does_not_crash(runner, monkeypatch):
+    monkeypatch.delenv("LOCALR1_HW")
+    result = runner.invoke(app, ["hw"])
+    assert result.exit_code == 0 and "RAM" in result.stdout and "llama.cpp" in result.stdout
+
+
+def test_models_marks_what_fits(runner):
+    result = runner.invoke(app, ["models", *SIM])
+    assert result.exit_code == 0
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+    assert "fits on GPU" in rows["r1:7b"]
+    assert "partial offload" in rows["r1:14b"] or "fits on GPU" in rows["r1:14b"]
+    assert "too" in rows["r1:70b"]
+    data = json.loads(runner.invoke(app, ["models", "--json", *SIM]).stdout)
+    assert {m["name"] for m in data} >= {"r1:1.5b", "r1:671b"}
+    assert all(m["downloaded"] == [] for m in data)
+
+
+def test_plan_explains(runner):
+    result = runner.invoke(app, ["plan", *SIM, "--explain"])
+    assert result.exit_code == 0
+    assert "What was tried" in result.stdout and "✗ r1-0528:671b" in result.stdout
+    assert "not downloaded yet" in result.stdout
+    data = json.loads(runner.invoke(app, ["plan", *SIM, "--json"]).stdout)
+    assert data["memory_bytes"]["gpu"] <= data["budget_bytes"]["gpu"]
+    assert data["hardware"]["simulated"]
+
+
+def test_plan_for_a_named_model(runner):
+    data = json.loads(runner.invoke(app, ["plan", "r1:14b", "--vram", "8GiB", "--ram", "32GiB", "--json"]).stdout)
+    assert data["model"] == "r1:14b" and data["mode"] == "partial"
+    result = runner.invoke(app, ["plan", "r1:70b", "--gpu", "none", "--ram", "8GiB"])
+    assert result.exit_code == 1 and "r1:70b does not fit this machine" in result.stderr
+
+
+def test_plan_bad_simulation_flags(runner):
+    for args, message in ((["--vram", "lots"], "cannot read the size"), (["--gpu", "tpu"], "not one of")):
+        result = runner.invoke(app, ["plan", *args])
+        assert result.exit_code == 2 and message in result.stderr
+
+
+def test_ask_uses_the_plan_for_a_local_file(runner, monkeypatch, tmp_path):
+    path = write_gguf(tmp_path / "m.gguf", arch="llama")
+    seen = []
+    eng = FakeEngine([["</think>", "ok"]])
+
+    def fake_load(p, header, options, cancel=None):
+        seen.append(options)
+        return eng
+
+    monkeypatch.setattr(ask_module, "load_engine", fake_load)
+    result = runner.invoke(app, ["ask", "q", "-m", str(path)])
+    assert result.exit_code == 0, result.output
+    assert seen[0].n_ctx == 2048 and seen[0].n_gpu_layers == 0  # its trained context; no GPU here
+
+
+def test_ask_retries_smaller_after_out_of_memory(runner, monkeypatch, tmp_path):
+    monkeypatch.setenv("LOCALR1_HW", "vram=24GiB,ram=64GiB,disk=1TiB")
+    path = write_gguf(tmp_path / "m.gguf", arch="llama")
+    seen = []
+
+    def fake_load(p, header, options, cancel=None):
+        seen.append(options)
+        if len(seen) == 1:
+            raise ModelLoadError("llama.cpp could not load m.gguf: cudaMalloc failed: out of memory")
+        return FakeEngine([["</think>", "fine"]])
+
+    monkeypatch.setattr(ask_module, "load_engine", fake_load)
+    result = runner.invoke(app, ["ask", "q", "-m", str(path)])
+    assert result.exit_code == 0, result.output
+    assert seen[0].n_gpu_layers == -1 and 0 <= seen[1].n_gpu_layers < 2
+    assert "Out of memory with a 2,048-token context and all layers on the GPU; retrying with" in result.stderr
+    assert result.stdout == "fine\n"
+
+
+def test_ask_does_not_retry_other_load_errors(runner, monkeypatch, tmp_path):
+    path = write_gguf(tmp_path / "m.gguf", arch="llama")
+
+    def fake_load(p, header, options, cancel=None):
+        raise ModelLoadError("llama.cpp could not load m.gguf: unknown model architecture")
+
+    monkeypatch.setattr(ask_module, "load_engine", fake_load)
+    result = runner.invoke(app, ["ask", "q", "-m", str(path)])
+    assert result.exit_code == 1 and "retrying" not in result.stderr

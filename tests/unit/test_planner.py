@@ -1,0 +1,165 @@
+"""The planner on simulated machines: never over budget, never worse with more memory, honest about why."""
+
+from __future__ import annotations
+
+import pytest
+
+from localr1.candidates import from_catalog
+from localr1.catalog import load_catalog
+from localr1.hardware import GiB, Simulation, machine
+from localr1.memory import WeightLayout, estimate
+from localr1.planner import MIN_CTX, Budget, Fallbacks, NoPlanError, choose, ctx_ladder, plan_candidate
+
+CATALOG = load_catalog(include_user=False)
+CANDIDATES = from_catalog(CATALOG, include_local=False)
+
+MACHINES = {
+    "laptop-8g-cpu": Simulation(gpu="none", ram=8 * GiB, disk=256 * GiB),
+    "desktop-32g-cpu": Simulation(gpu="none", ram=32 * GiB, disk=1024 * GiB),
+    "apple-16g": Simulation(gpu="apple", ram=16 * GiB, disk=512 * GiB),
+    "apple-64g": Simulation(gpu="apple", ram=64 * GiB, disk=1024 * GiB),
+    "apple-192g": Simulation(gpu="apple", ram=192 * GiB, disk=2048 * GiB),
+    "nvidia-8g-16g": Simulation(vram=8 * GiB, ram=16 * GiB, disk=1024 * GiB),
+    "nvidia-12g-32g": Simulation(vram=12 * GiB, ram=32 * GiB, disk=1024 * GiB),
+    "nvidia-24g-64g": Simulation(vram=24 * GiB, ram=64 * GiB, disk=2048 * GiB),
+    "nvidia-2x24g-64g": Simulation(vram=24 * GiB, gpus=2, ram=64 * GiB, disk=2048 * GiB),
+    "nvidia-80g-256g": Simulation(vram=80 * GiB, ram=256 * GiB, disk=4096 * GiB),
+}
+# Within one kind of machine, each is at least as big as the one before.
+LADDERS = [
+    ["laptop-8g-cpu", "desktop-32g-cpu"],
+    ["apple-16g", "apple-64g", "apple-192g"],
+    ["nvidia-8g-16g", "nvidia-12g-32g", "nvidia-24g-64g", "nvidia-2x24g-64g", "nvidia-80g-256g"],
+]
+
+
+@pytest.fixture(autouse=True)
+def no_env_hw(monkeypatch):
+    monkeypatch.delenv("LOCALR1_HW", raising=False)
+
+
+def plan_for(name, **kw):
+    return choose(CANDIDATES, machine(MACHINES[name]), **kw)
+
+
+@pytest.mark.parametrize("name", list(MACHINES))
+def test_every_machine_gets_a_plan_within_budget(name):
+    plan = plan_for(name)
+    budget = plan.budget
+    m = plan.memory
+    if budget.unified:
+        assert m.gpu_total + m.cpu_total <= budget.gpu or plan.mode == "offload"
+    else:
+        assert m.gpu_total <= budget.gpu
+        assert m.cpu_total <= budget.ram or plan.mode == "offload"
+    assert plan.n_ctx >= MIN_CTX
+    assert plan.decode_tps >= 5.0
+    assert plan.attempts[-1].ok and plan.attempts[-1].label == plan.label
+    assert all(not a.ok for a in plan.attempts[:-1])
+
+
+@pytest.mark.parametrize("ladder", LADDERS)
+def test_larger_budgets_never_pick_worse(ladder):
+    plans = [plan_for(name) for name in ladder]
+    for smaller, larger in zip(plans, plans[1:]):
+        assert larger.candidate.quality >= smaller.candidate.quality
+        if larger.candidate == smaller.candidate:
+            assert larger.n_ctx >= smaller.n_ctx
+
+
+def test_budgets_keep_a_margin():
+    hw = machine(MACHINES["nvidia-12g-32g"])
+    b = Budget.of(hw)
+    assert 10 * GiB < b.gpu < 12 * GiB * 0.95
+    assert 26 * GiB < b.ram < 32 * GiB * 0.9
+    apple = Budget.of(machine(MACHINES["apple-64g"]))
+    assert apple.unified and apple.gpu <= apple.ram
+
+
+@pytest.mark.parametrize("name", list(MACHINES))
+def test_671b_only_where_memory_and_disk_allow(name):
+    hw = machine(MACHINES[name])
+    budget = Budget.of(hw)
+    full = [c for c in CANDIDATES if c.arch.is_moe]
+    smallest = min(c.weights.total for c in full)
+    experts = {c.label: sum(c.weights.expert_layers) for c in full}
+    try:
+        plan = choose(full, hw, min_tps=0.0)
+    except NoPlanError:
+        plan = None
+    room = budget.gpu + budget.ram
+    if plan is None:
+        # refused: either the disk cannot hold it, or memory cannot hold what must stay resident
+        assert hw.disk_free < smallest or all(c.weights.total - experts[c.label] > room for c in full)
+    else:
+        assert hw.disk_free >= plan.candidate.weights.total
+        non_expert = plan.candidate.weights.total - experts[plan.label]
+        assert non_expert <= room
+
+
+def test_671b_is_offered_on_big_machines_and_not_on_laptops():
+    assert plan_for("apple-192g").candidate.arch.is_moe
+    assert plan_for("nvidia-80g-256g").candidate.arch.is_moe
+    with pytest.raises(NoPlanError) as exc:  # memory-mapped from disk it would run, but far too slowly
+        choose([c for c in CANDIDATES if c.arch.is_moe], machine(MACHINES["laptop-8g-cpu"]))
+    assert all("tokens/s" in a.reason or "needs" in a.reason for a in exc.value.attempts)
+
+
+def test_full_offload_first_then_partial():
+    c = next(c for c in CANDIDATES if c.label == "r1:14b:Q4_K_M")
+    big = plan_candidate(c, machine(MACHINES["nvidia-24g-64g"]))
+    assert big.mode == "gpu" and big.n_gpu_layers == -1
+    small = plan_candidate(c, machine(MACHINES["nvidia-8g-16g"]), min_tps=0.0)
+    assert small.mode == "partial" and 0 < small.n_gpu_layers < c.arch.n_layer
+    assert small.memory.gpu_total <= small.budget.gpu
+    # one more layer on the GPU would not fit
+    more = estimate(c.arch, c.weights, small.n_ctx, small.n_gpu_layers + 1)
+    assert more.gpu_total > small.budget.gpu
+
+
+def test_context_is_the_largest_that_fits_up_to_the_request():
+    c = next(c for c in CANDIDATES if c.label == "r1:7b:Q4_K_M")
+    hw = machine(MACHINES["nvidia-8g-16g"])
+    assert plan_candidate(c, hw, want_ctx=4096, min_tps=0).n_ctx == 4096  # what was asked for, no more
+    plan = plan_candidate(c, hw, want_ctx=131072, min_tps=0, gpu_layers=-1)
+    assert plan.n_ctx < 131072 and "context reduced" in plan.notes[0]
+    assert estimate(c.arch, c.weights, plan.n_ctx * 2, -1).gpu_total > plan.budget.gpu
+
+
+def test_ctx_ladder():
+    assert ctx_ladder(16384, 131072) == [16384, 8192]
+    assert ctx_ladder(65536, 32768) == [32768, 16384, 8192]
+    assert ctx_ladder(2048, 4096) == [2048]
+    assert ctx_ladder(12000, 131072) == [12000, 8192]
+
+
+def test_gpu_beats_cpu_on_speed():
+    c = next(c for c in CANDIDATES if c.label == "r1:7b:Q4_K_M")
+    gpu = plan_candidate(c, machine(MACHINES["nvidia-24g-64g"]))
+    cpu = plan_candidate(c, machine(MACHINES["desktop-32g-cpu"]), min_tps=0)
+    assert gpu.decode_tps > 3 * cpu.decode_tps
+
+
+def test_nothing_fits_says_why():
+    with pytest.raises(NoPlanError) as exc:
+        choose(CANDIDATES, machine(Simulation(gpu="none", ram=2 * GiB, disk=100 * GiB)))
+    assert any("RAM needs" in a.reason for a in exc.value.attempts)
+
+
+def test_fallbacks_shrink_gpu_layers_then_context():
+    c = next(c for c in CANDIDATES if c.label == "r1:7b:Q4_K_M")
+    plan = plan_candidate(c, machine(MACHINES["nvidia-24g-64g"]))
+    fb = Fallbacks(plan)
+    steps = []
+    while (step := fb.next()) is not None:
+        steps.append(step)
+    layers = [s[1] for s in steps]
+    assert layers[0] < c.arch.n_layer + 1 and layers == sorted(layers, reverse=True) and 0 in layers
+    assert steps[-1] == (MIN_CTX, 0)
+
+
+def test_estimated_weights_track_bits_per_weight():
+    arch = CATALOG["r1:7b"].arch
+    q4, q8 = WeightLayout.from_arch(arch, "Q4_K_M").total, WeightLayout.from_arch(arch, "Q8_0").total
+    assert 4.2 * GiB < q4 < 4.5 * GiB  # the real Q4_K_M file: 4.36 GiB of tensors
+    assert q8 > 1.6 * q4
