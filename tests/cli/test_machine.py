@@ -120,3 +120,26 @@ def test_ask_does_not_retry_other_load_errors(runner, monkeypatch, tmp_path):
     monkeypatch.setattr(ask_module, "load_engine", fake_load)
     result = runner.invoke(app, ["ask", "q", "-m", str(path)])
     assert result.exit_code == 1 and "retrying" not in result.stderr
+
+
+def test_gpu_without_gpu_backend_names_the_fix():
+    from localr1.cli.machine import hardware_lines
+    from localr1.hardware import GPU, Hardware
+
+    hw = Hardware(
+        os="Linux x86_64",
+        cpu="x",
+        physical_cores=8,
+        simd=(),
+        ram_total=32 << 30,
+        ram_available=30 << 30,
+        gpus=(GPU("NVIDIA GeForce RTX 4090", "nvidia", 24 << 30, 23 << 30, "8.9").with_bandwidth(),),
+        disk_free=1 << 40,
+        disk_path="/models",
+        backends=("CPU",),
+    )
+    text = "\n".join(hardware_lines(hw))
+    assert "built for the CPU only" in text and 'CMAKE_ARGS="-DGGML_CUDA=on"' in text
+    from dataclasses import replace
+
+    assert "CPU only" not in "\n".join(hardware_lines(replace(hw, backends=("CPU", "CUDA0"))))

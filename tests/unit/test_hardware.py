@@ -1,0 +1,90 @@
+"""Probes degrade to 'unknown' with a reason; simulation overrides every figure."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from localr1 import hardware
+from localr1.errors import UsageError
+from localr1.hardware import GiB, Simulation, parse_size
+
+
+@pytest.fixture
+def fake_smi(tmp_path, monkeypatch):
+    def make(script: str):
+        path = tmp_path / "nvidia-smi"
+        path.write_text("#!/bin/sh\n" + script)
+        path.chmod(path.stat().st_mode | stat.S_IEXEC)
+        monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+
+    monkeypatch.setitem(__import__("sys").modules, "pynvml", None)  # force the nvidia-smi fallback
+    return make
+
+
+def test_nvidia_smi_fallback(fake_smi):
+    fake_smi('echo "NVIDIA GeForce RTX 4090, 24564, 23000, 8.9"\necho "NVIDIA GeForce RTX 3060, 12288, 12000, [N/A]"\n')
+    notes: list[str] = []
+    gpus = hardware.probe_nvidia(notes)
+    assert [g.name for g in gpus] == ["NVIDIA GeForce RTX 4090", "NVIDIA GeForce RTX 3060"]
+    assert gpus[0].total == 24564 << 20 and gpus[0].free == 23000 << 20 and gpus[0].compute_capability == "8.9"
+    assert gpus[1].compute_capability is None
+    assert gpus[0].with_bandwidth().bandwidth_gbs == 1008
+    assert notes == []
+
+
+def test_nvidia_smi_failure_is_a_note(fake_smi):
+    fake_smi("echo 'NVIDIA-SMI has failed' >&2\nexit 9\n")
+    notes: list[str] = []
+    assert hardware.probe_nvidia(notes) == []
+    assert notes and "nvidia-smi failed" in notes[0]
+
+
+def test_ram_probe_failure_is_a_note(monkeypatch):
+    monkeypatch.setattr(hardware.platform, "system", lambda: "Linux")
+
+    def broken():
+        raise OSError("no /proc")
+
+    monkeypatch.setattr(hardware, "_meminfo", broken)
+    notes: list[str] = []
+    assert hardware.probe_ram(notes) == (0, 0)
+    assert notes == ["RAM: unknown (no /proc)"]
+
+
+def test_real_probe_never_raises():
+    hw = hardware.probe(backends=True)
+    assert hw.ram_total > 0 and hw.physical_cores >= 1
+    assert "CPU" in hw.backends
+
+
+def test_parse_size():
+    assert parse_size("12GiB") == 12 * GiB
+    assert parse_size("12G") == 12 * GiB
+    assert parse_size("512MiB") == 512 << 20
+    assert parse_size("1.5TiB") == int(1.5 * (1 << 40))
+    assert parse_size("16") == 16 * GiB
+    with pytest.raises(UsageError):
+        parse_size("lots")
+
+
+def test_simulation_from_env():
+    sim = Simulation.from_env("vram=8GiB, gpus=2, ram=32GiB, gpu=nvidia, disk=1TiB, cores=8")
+    hw = hardware.machine(sim)
+    assert len(hw.gpus) == 2 and hw.gpus[0].total == 8 * GiB and hw.ram_total == 32 * GiB
+    assert hw.physical_cores == 8 and hw.simulated
+    with pytest.raises(UsageError, match="unknown setting 'vrm'"):
+        Simulation.from_env("vrm=8GiB")
+
+
+def test_cli_vram_overrides_env_without_gpu(monkeypatch):
+    monkeypatch.setenv("LOCALR1_HW", "gpu=none,ram=16GiB")
+    hw = hardware.machine(Simulation(vram=12 * GiB))
+    assert len(hw.gpus) == 1 and hw.gpus[0].vendor == "nvidia" and hw.ram_total == 16 * GiB
+
+
+def test_apple_share():
+    assert hardware.apple_gpu_share(16 * GiB) == int(16 * GiB * 2 / 3)
+    assert hardware.apple_gpu_share(64 * GiB) == 48 * GiB
