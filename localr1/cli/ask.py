@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 
+from localr1.cli.machine import DISK, GPU_KIND, GPUS, RAM, VRAM
 from localr1.errors import UsageError
 from localr1.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Sampling
 
@@ -136,8 +137,13 @@ def register(app: typer.Typer) -> None:
         gpu_layers: int | None = typer.Option(
             None,
             "--gpu-layers",
-            help="Layers to offload to the GPU (-1: all; default: all if a GPU is usable).",
+            help="Layers to offload to the GPU (-1: all; default: as planned for this machine).",
         ),
+        vram: str | None = VRAM,
+        ram: str | None = RAM,
+        gpus: int | None = GPUS,
+        gpu: str | None = GPU_KIND,
+        disk: str | None = DISK,
     ) -> None:
         from localr1.cli.render import TerminalRenderer, collect, dump_json, result_object
         from localr1.config import load_config
@@ -157,10 +163,11 @@ def register(app: typer.Typer) -> None:
             local = resolve_model(model, config)
             path, name, plan = local.path, local.name, None
         else:
-            from localr1.cli.machine import plan_for_spec
+            from localr1.cli.machine import plan_for_spec, simulation
             from localr1.hardware import machine
 
-            plan = plan_for_spec(model, machine(), config, want_ctx=n_ctx, gpu_layers=layers, local_only=True)
+            hw = machine(simulation(vram, ram, gpus, gpu, disk))
+            plan = plan_for_spec(model, hw, config, want_ctx=n_ctx, gpu_layers=layers, local_only=True)
             path, name = plan.candidate.path, plan.candidate.label
             n_ctx, layers = plan.n_ctx, plan.n_gpu_layers
         header = inspect_model(path)
