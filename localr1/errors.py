@@ -43,6 +43,10 @@ class ModelTooBigError(LocalR1Error):
     """No plan fits the model (or any model) into this machine's memory."""
 
 
+class DownloadError(LocalR1Error):
+    """A download failed, was refused, or produced a file that does not match the Hub's hash."""
+
+
 class ConfigError(LocalR1Error):
     """The user's config file is malformed."""
 

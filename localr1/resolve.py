@@ -75,6 +75,15 @@ def local_models(catalog: dict[str, CatalogModel] | None = None) -> list[LocalMo
                 found.setdefault(path.resolve(), LocalModel(path, f"{model.name}:{quant}", model, quant))
     for path in _first_shards(models_dir()):
         found.setdefault(path.resolve(), LocalModel(path, path.name))
+    # any other GGUF in the Hugging Face cache (pulled as owner/repo:file, or by other tools)
+    hub = hf_hub_cache()
+    for repo_dir in sorted(hub.glob("models--*--*")) if hub.is_dir() else []:
+        repo_id = repo_dir.name[len("models--") :].replace("--", "/", 1)
+        snaps = sorted((repo_dir / "snapshots").glob("*"), reverse=True)
+        for snap in snaps[:1]:
+            for path in _first_shards(snap):
+                rel = path.relative_to(snap).as_posix()
+                found.setdefault(path.resolve(), LocalModel(path, f"{repo_id}/{rel}"))
     return list(found.values())
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 
@@ -8,6 +9,46 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import model_factory  # noqa: E402
+
+_real_connect = socket.socket.connect
+
+
+def _is_loopback(address) -> bool:
+    host = address[0] if isinstance(address, tuple) else address
+    return not isinstance(host, str) or host.startswith("127.") or host in ("localhost", "::1", "")
+
+
+@pytest.fixture(autouse=True)
+def network_guard(monkeypatch):
+    """No test talks to anything but 127.0.0.1: any other connection fails the test.
+
+    Downloads are offline unless a test starts the fake Hub (the ``fake_hub`` fixture)."""
+    state = {"allow_loopback": True, "attempts": []}
+
+    def guarded(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            state["attempts"].append(address)
+            if not _is_loopback(address) or not state["allow_loopback"]:
+                raise AssertionError(f"a test tried to connect to {address}")
+        return _real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    return state
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    from fakehub import FakeHub
+
+    hub = FakeHub().start()
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    yield hub
+    hub.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -90,10 +90,11 @@ def handle_errors(func: F) -> F:
 
 
 def _register() -> None:
-    from localr1.cli import ask, machine
+    from localr1.cli import ask, library, machine
 
     ask.register(app)
     machine.register(app)
+    library.register(app)
 
 
 _register()

@@ -139,6 +139,7 @@ def register(app: typer.Typer) -> None:
             "--gpu-layers",
             help="Layers to offload to the GPU (-1: all; default: as planned for this machine).",
         ),
+        offline: bool = typer.Option(False, "--offline", help="Never download: use only models on disk."),
         vram: str | None = VRAM,
         ram: str | None = RAM,
         gpus: int | None = GPUS,
@@ -167,9 +168,16 @@ def register(app: typer.Typer) -> None:
             from localr1.hardware import machine
 
             hw = machine(simulation(vram, ram, gpus, gpu, disk))
-            plan = plan_for_spec(model, hw, config, want_ctx=n_ctx, gpu_layers=layers, local_only=True)
+            plan = plan_for_spec(model, hw, config, want_ctx=n_ctx, gpu_layers=layers, prefer_local=True)
             path, name = plan.candidate.path, plan.candidate.label
             n_ctx, layers = plan.n_ctx, plan.n_gpu_layers
+            if path is None:  # the chosen build is not on disk yet: say what and how big, then fetch it
+                from localr1.cli.library import pull_target
+                from localr1.download import offline_mode, resolve_target
+
+                off = offline_mode(offline)
+                target = resolve_target(name, offline=off)
+                path = pull_target(target, offline=off)
         header = inspect_model(path)
         options = EngineOptions(
             n_ctx=n_ctx, n_threads=threads or config.threads, n_gpu_layers=layers, debug=state.debug

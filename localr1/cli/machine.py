@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import typer
 
-from localr1.errors import ModelNotFoundError, ModelTooBigError, UsageError
+from localr1.errors import ModelTooBigError, UsageError
 
 GiB = 1 << 30
 
@@ -124,34 +124,48 @@ def plan_lines(plan, *, explain: bool) -> list[str]:
     return lines
 
 
-def plan_for_spec(spec: str | None, hw, config, *, want_ctx: int | None, gpu_layers: int | None, local_only: bool):
-    """The plan for a model the user named (or, with no name, the best model for this machine)."""
+def plan_for_spec(spec: str | None, hw, config, *, want_ctx: int | None, gpu_layers: int | None, prefer_local: bool):
+    """The plan for what the user named (a catalog name, a file) or, with nothing named, the best R1 for the
+    machine. With ``prefer_local``, builds already on disk win when one fits. The plan's candidate has no
+    path when it still has to be downloaded."""
     from localr1 import candidates as cands
     from localr1.catalog import load_catalog, split_name
     from localr1.planner import DEFAULT_CTX, NoPlanError, choose, plan_candidate
-    from localr1.resolve import download_hint, resolve_model
+    from localr1.resolve import resolve_model
 
     want = want_ctx or config.ctx or DEFAULT_CTX
     catalog = load_catalog()
     spec = spec or config.default_model
+
+    def best(pool, what):
+        if prefer_local and (local := [c for c in pool if c.path is not None]):
+            try:
+                return choose(local, hw, want_ctx=want, gpu_layers=gpu_layers)
+            except NoPlanError:
+                pass
+        try:
+            return choose(pool, hw, want_ctx=want, gpu_layers=gpu_layers)
+        except NoPlanError as exc:
+            if what is None:
+                raise _too_big("any R1 model", exc) from None
+            # the user chose this model: rather than refuse it for speed, take its fastest build that fits
+            for c in sorted(pool, key=lambda c: c.weights.total):
+                plan = plan_candidate(c, hw, want_ctx=want, gpu_layers=gpu_layers, min_tps=0.0)
+                if plan is not None:
+                    return replace(
+                        plan, notes=(*plan.notes, f"slower than usual: about {plan.decode_tps:.1f} tokens/s")
+                    )
+            raise _too_big(what, exc) from None
+
     if spec:
         name, quant = split_name(spec)
-        if name in catalog and not local_only and quant is None:
-            # a catalog model: choose its best quant for this machine
-            pool = cands.from_catalog({name: catalog[name]})
-            try:
-                return choose(pool, hw, want_ctx=want, gpu_layers=gpu_layers)
-            except NoPlanError as exc:
-                # the user chose this model: rather than refuse it for speed, take its fastest build that fits
-                for c in sorted(pool, key=lambda c: c.weights.total):
-                    plan = plan_candidate(c, hw, want_ctx=want, gpu_layers=gpu_layers, min_tps=0.0)
-                    if plan is not None:
-                        slow = f"slower than usual: expect about {plan.decode_tps:.1f} tokens/s"
-                        return replace(plan, notes=(*plan.notes, slow))
-                raise _too_big(name, exc) from None
-        local = resolve_model(spec, config, catalog) if (local_only or name not in catalog or quant) else None
-        if local is None:
-            raise UsageError(f"cannot plan {spec}")
+        if name in catalog:
+            model = catalog[name]
+            if quant is not None:
+                model.file_for(quant)  # an unknown quant is a clear error
+            pool = [c for c in cands.from_catalog({name: model}) if quant is None or c.quant == quant]
+            return best(pool, spec)
+        local = resolve_model(spec, config, catalog)
         candidate = cands.from_file(local.path, local=local)
         attempts: list = []
         plan = plan_candidate(candidate, hw, want_ctx=want, gpu_layers=gpu_layers, min_tps=0.0, attempts=attempts)
@@ -162,29 +176,8 @@ def plan_for_spec(spec: str | None, hw, config, *, want_ctx: int | None, gpu_lay
                 hint="Try a smaller --ctx or quant, or give both --ctx and --gpu-layers to load it anyway.",
             )
         return plan
-    pool = cands.from_catalog(catalog)
-    loose = [cands.from_file(m.path, local=m) for m in _loose_local_models(catalog)]
-    if local_only:
-        local_pool = [c for c in pool if c.path is not None] + loose
-        if local_pool:
-            try:
-                return choose(local_pool, hw, want_ctx=want, gpu_layers=gpu_layers)
-            except NoPlanError:
-                pass
-        try:
-            best = choose(pool, hw, want_ctx=want, gpu_layers=gpu_layers)
-        except NoPlanError as exc:
-            raise _too_big("any R1 model", exc) from None
-        model = catalog[best.candidate.name]
-        status = "none of the downloaded models fits this machine" if local_pool else "no model is downloaded yet"
-        raise ModelNotFoundError(
-            f"{status}; the best R1 for this machine is {best.label} ({gib(best.candidate.weights.total)})",
-            hint="Download it with: " + download_hint(model, best.candidate.quant),
-        )
-    try:
-        return choose(pool + loose, hw, want_ctx=want, gpu_layers=gpu_layers)
-    except NoPlanError as exc:
-        raise _too_big("any R1 model", exc) from None
+    pool = cands.from_catalog(catalog) + [cands.from_file(m.path, local=m) for m in _loose_local_models(catalog)]
+    return best(pool, None)
 
 
 def _loose_local_models(catalog):
@@ -310,7 +303,7 @@ def register(app: typer.Typer) -> None:
         if ctx is not None and ctx <= 0:
             raise UsageError(f"--ctx must be positive, not {ctx}")
         machine_info = machine(simulation(vram, ram, gpus, gpu, disk))
-        chosen = plan_for_spec(model, machine_info, load_config(), want_ctx=ctx, gpu_layers=None, local_only=False)
+        chosen = plan_for_spec(model, machine_info, load_config(), want_ctx=ctx, gpu_layers=None, prefer_local=False)
         if json_out:
             sys.stdout.write(json.dumps({**chosen.to_dict(), "hardware": machine_info.to_dict()}, indent=2) + "\n")
             return

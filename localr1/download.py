@@ -1,0 +1,470 @@
+"""Getting GGUF files onto disk exactly once: resolve, check space, download, verify.
+
+Files go into the standard Hugging Face cache layout (so models fetched with other tools count, and
+``hf cache`` sees ours); ``huggingface_hub`` resolves repositories, file metadata, URLs and credentials.
+The transfer itself is localr1's, because it must survive a killed process: a partial file
+``blobs/<sha256>.incomplete`` is continued with Range requests in the next run, dropped connections are
+retried from where they stopped, and a lock per file keeps two pulls of one model from corrupting each
+other. On top of that, localr1:
+
+* refuses repository paths that could leave the cache, and fetches only ``.gguf`` files;
+* checks free disk space against what is still to download, before any byte is written;
+* verifies each file's sha256 against the Hub's LFS hash (huggingface_hub checks only the size), remembers
+  the verified files so the check is not repeated, and deletes a file that does not match.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from localr1.catalog import CatalogModel, load_catalog, split_name
+from localr1.errors import DownloadError, ModelNotFoundError, UsageError
+from localr1.gguf_info import split_siblings
+from localr1.paths import data_dir
+from localr1.resolve import hf_hub_cache
+
+GiB = 1 << 30
+_REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+_SPLIT_PART = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str  # inside the repository
+    size: int
+    sha256: str | None  # the LFS object id; None when unknown (offline)
+
+
+@dataclass(frozen=True)
+class PullTarget:
+    repo_id: str
+    revision: str
+    files: tuple[RemoteFile, ...]
+    label: str  # what the user will see: r1:14b:Q4_K_M, or owner/repo/file.gguf
+    catalog: CatalogModel | None = None
+    quant: str | None = None
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+def endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def offline_mode(flag: bool = False) -> bool:
+    return flag or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def safe_repo_path(path: str) -> str:
+    """A file path from the Hub or the user, refused if it could point outside the repository's folder."""
+    p = PurePosixPath(path)
+    if (
+        not path
+        or path.startswith("/")
+        or "\\" in path
+        or any(part in ("", ".", "..") for part in path.split("/"))
+        or any(ord(ch) < 32 for ch in path)
+        or p.is_absolute()
+        or re.match(r"^[A-Za-z]:", path)
+    ):
+        raise DownloadError(f"refusing the file name {path!r}: it would leave the model cache")
+    return path
+
+
+def check_repo_id(repo_id: str) -> str:
+    if not _REPO_RE.match(repo_id) or ".." in repo_id:
+        raise UsageError(f"{repo_id!r} is not a repository name", hint="Use owner/name, e.g. unsloth/DeepSeek-R1-GGUF.")
+    return repo_id
+
+
+# --- resolution -------------------------------------------------------------------------------------------
+
+
+def _api():
+    from huggingface_hub import HfApi
+
+    return HfApi(endpoint=endpoint())
+
+
+def list_remote(repo_id: str, revision: str = "main") -> list[RemoteFile]:
+    """The GGUF files of a repository, with sizes and LFS hashes."""
+    from huggingface_hub.hf_api import RepoFile
+
+    with hub_errors(repo_id):
+        entries = list(_api().list_repo_tree(repo_id, revision=revision, recursive=True))
+    out = []
+    for e in entries:
+        if isinstance(e, RepoFile) and e.path.endswith(".gguf"):
+            sha = e.lfs.sha256 if e.lfs is not None else None
+            out.append(RemoteFile(safe_repo_path(e.path), int(e.size), sha))
+    return out
+
+
+def _with_parts(files: list[RemoteFile], first: str) -> list[RemoteFile]:
+    """The file and, for a split model, all of its parts (checked to be complete)."""
+    siblings = [str(PurePosixPath(p)) for p in split_siblings(Path(first))]
+    wanted = {s.replace(os.sep, "/") for s in siblings}
+    found = sorted((f for f in files if f.path in wanted), key=lambda f: f.path)
+    if len(found) != len(wanted):
+        have = {f.path for f in found}
+        missing = sorted(wanted - have)
+        raise DownloadError(f"the repository does not have {missing[0]}", hint="Check the model name and quant.")
+    return found
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """``owner/repo``, ``owner/repo:file.gguf`` or ``owner/repo/path/file.gguf`` -> (repo, file)."""
+    if ":" in spec:
+        repo, _, file = spec.partition(":")
+        return check_repo_id(repo), safe_repo_path(file)
+    parts = spec.split("/")
+    if len(parts) > 2 and spec.endswith(".gguf"):
+        return check_repo_id("/".join(parts[:2])), safe_repo_path("/".join(parts[2:]))
+    return check_repo_id(spec), None
+
+
+def resolve_target(
+    spec: str,
+    *,
+    quant: str | None = None,
+    choose_quant: Callable[[CatalogModel], str] | None = None,
+    offline: bool = False,
+    revision: str = "main",
+) -> PullTarget:
+    """What ``pull SPEC`` means: a catalog build (quant chosen for this machine if not given) or a Hub file."""
+    catalog = load_catalog()
+    name, spec_quant = split_name(spec)
+    quant = spec_quant or quant
+    if name in catalog:
+        model = catalog[name]
+        if quant is None:
+            quant = choose_quant(model) if choose_quant else model.default_quant
+        rel = model.file_for(quant)
+        label = f"{name}:{quant}"
+        if offline:
+            return PullTarget(
+                model.gguf_repo, revision, tuple(_cached_files(model.gguf_repo, rel)), label, model, quant
+            )
+        files = _with_parts(list_remote(model.gguf_repo, revision), rel)
+        return PullTarget(model.gguf_repo, revision, tuple(files), label, model, quant)
+    if "/" not in spec:
+        known = ", ".join(sorted(catalog)[:8])
+        raise ModelNotFoundError(f"unknown model {spec!r}", hint=f"Use a catalog name ({known}) or owner/repo.")
+    repo_id, file = parse_spec(spec)
+    if offline:
+        if file is None:
+            raise DownloadError("offline: name the file too (owner/repo:file.gguf)")
+        return PullTarget(repo_id, revision, tuple(_cached_files(repo_id, file)), f"{repo_id}/{file}")
+    remote = list_remote(repo_id, revision)
+    if file is None:
+        firsts = [f for f in remote if split_siblings(Path(f.path))[0] == Path(f.path)]
+        if quant:
+            firsts = [f for f in firsts if quant.lower() in f.path.lower()]
+        if len(firsts) != 1:
+            names = ", ".join(f.path for f in firsts[:6]) or "none"
+            raise DownloadError(
+                f"{repo_id} has {len(firsts)} GGUF models{' matching ' + quant if quant else ''}: {names}",
+                hint=f"Name one: localr1 pull {repo_id}:FILE.gguf",
+            )
+        file = firsts[0].path
+    return PullTarget(repo_id, revision, tuple(_with_parts(remote, file)), f"{repo_id}/{file}")
+
+
+def _cached_files(repo_id: str, rel: str) -> list[RemoteFile]:
+    snaps = hf_hub_cache() / ("models--" + repo_id.replace("/", "--")) / "snapshots"
+    for snap in sorted(snaps.iterdir(), reverse=True) if snaps.is_dir() else []:
+        parts = [snap / p for p in split_siblings(Path(rel))]
+        if all(p.is_file() for p in parts):
+            return [RemoteFile(str(p.relative_to(snap)).replace(os.sep, "/"), p.stat().st_size, None) for p in parts]
+    raise DownloadError(
+        f"{rel} is not in the local cache and localr1 is offline",
+        hint="Connect and run pull again without --offline (or unset HF_HUB_OFFLINE).",
+    )
+
+
+# --- downloading ------------------------------------------------------------------------------------------
+
+
+def _blob_dir(repo_id: str) -> Path:
+    return hf_hub_cache() / ("models--" + repo_id.replace("/", "--")) / "blobs"
+
+
+def remaining_bytes(target: PullTarget) -> int:
+    """What is still to download: complete blobs count as done, partial ones for what they hold."""
+    blobs = _blob_dir(target.repo_id)
+    left = 0
+    for f in target.files:
+        if f.sha256 and (blobs / f.sha256).is_file():
+            continue
+        partial = blobs / f"{f.sha256}.incomplete" if f.sha256 else None
+        have = partial.stat().st_size if partial is not None and partial.is_file() else 0
+        left += max(0, f.size - have)
+    return left
+
+
+def free_disk(path: Path) -> int:
+    from localr1.hardware import Simulation
+
+    simulated = Simulation.from_env().disk
+    if simulated is not None:
+        return simulated
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def preflight(target: PullTarget) -> int:
+    """Raise before any byte is written if the disk cannot hold what is left to download."""
+    need = remaining_bytes(target)
+    free = free_disk(hf_hub_cache())
+    margin = 256 << 20
+    if need + margin > free:
+        raise DownloadError(
+            f"not enough disk space for {target.label}: it needs {need / GiB:.1f} GiB more, "
+            f"{free / GiB:.1f} GiB is free in {hf_hub_cache()}",
+            hint="Free some space (localr1 rm MODEL), or point HF_HUB_CACHE at a bigger disk.",
+        )
+    return need
+
+
+class hub_errors:
+    """Turn huggingface_hub's and the network's exceptions into one-line DownloadErrors."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> hub_errors:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None or isinstance(exc, (KeyboardInterrupt, DownloadError, UsageError)):
+            return False
+        from huggingface_hub import errors as hf
+
+        if isinstance(exc, hf.GatedRepoError):
+            raise DownloadError(
+                f"{self.what} is gated: accept its terms on the Hub first",
+                hint="Then log in with `hf auth login` (or set HF_TOKEN) and pull again.",
+            ) from exc
+        if isinstance(exc, hf.RepositoryNotFoundError):
+            raise DownloadError(
+                f"repository {self.what} was not found (or it is private)",
+                hint="Check the name; for a private repository log in with `hf auth login`.",
+            ) from exc
+        if isinstance(exc, hf.RevisionNotFoundError):
+            raise DownloadError(f"{self.what}: no such revision") from exc
+        if isinstance(exc, hf.EntryNotFoundError):
+            raise DownloadError(f"{self.what} is not in the repository") from exc
+        if isinstance(exc, hf.HfHubHTTPError):
+            raise DownloadError(f"the Hub refused the download of {self.what}: {str(exc).splitlines()[0]}") from exc
+        if isinstance(exc, (*_http_errors(), OSError)) and not isinstance(exc, FileNotFoundError):
+            raise DownloadError(
+                f"the download of {self.what} was interrupted ({type(exc).__name__}: {exc})",
+                hint="Run pull again: it resumes where it stopped.",
+            ) from exc
+        return False
+
+
+def _verified_index() -> Path:
+    return data_dir() / "verified.json"
+
+
+def _load_index() -> dict:
+    try:
+        return json.loads(_verified_index().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _remember(blob: Path, sha256: str) -> None:
+    from filelock import FileLock
+
+    index_path = _verified_index()
+    index_path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(index_path) + ".lock"):
+        index = _load_index()
+        st = blob.stat()
+        index[str(blob)] = {"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        tmp = index_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(index, indent=1))
+        os.replace(tmp, index_path)
+
+
+def is_verified(blob: Path, sha256: str) -> bool:
+    entry = _load_index().get(str(blob))
+    if not entry:
+        return False
+    st = blob.stat()
+    return entry == {"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(8 << 20):
+            h.update(chunk)
+            if progress:
+                progress(len(chunk))
+    return h.hexdigest()
+
+
+def verify(link: Path, remote: RemoteFile, *, show_progress: bool = True) -> None:
+    """Check a downloaded file against the Hub's sha256; delete it if it does not match."""
+    if remote.sha256 is None:
+        return
+    blob = Path(os.path.realpath(link))
+    if is_verified(blob, remote.sha256):
+        return
+    bar = None
+    if show_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=blob.stat().st_size, unit="B", unit_scale=True, desc=f"verify {Path(remote.path).name}")
+    try:
+        actual = sha256_file(blob, bar.update if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    if actual != remote.sha256:
+        for p in {blob, link}:
+            p.unlink(missing_ok=True)
+        raise DownloadError(
+            f"{remote.path} was corrupted in transit (sha256 {actual[:12]}… instead of {remote.sha256[:12]}…); "
+            "the bad file was deleted",
+            hint="Run pull again to download it afresh.",
+        )
+    _remember(blob, remote.sha256)
+
+
+def _http_errors() -> tuple[type[BaseException], ...]:
+    """The network exception base classes of the HTTP client huggingface_hub uses (httpx or its fork)."""
+    found: list[type[BaseException]] = []
+    for name in ("httpx2", "httpx"):
+        with contextlib.suppress(ImportError):
+            found.append(__import__(name).HTTPError)
+    return tuple(found)
+
+
+def _fetch(repo_id: str, f: RemoteFile, revision: str, *, show_progress: bool, retries: int = 5) -> Path:
+    """One file into the Hugging Face cache layout, resumable across runs and safe against concurrent pulls.
+
+    huggingface_hub itself now downloads into a per-process temporary file, which is lost when the process
+    is killed; here the partial file is ``blobs/<sha256>.incomplete``, shared under a file lock, and every
+    attempt (in this run or the next) continues it with a Range request.
+    """
+    from filelock import FileLock
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+    url = hf_hub_url(repo_id, safe_repo_path(f.path), revision=revision, endpoint=endpoint())
+    with hub_errors(f"{repo_id}/{f.path}"):
+        meta = get_hf_file_metadata(url)
+    if not meta.etag or not meta.commit_hash:
+        raise DownloadError(f"the Hub sent no version information for {f.path}")
+    etag = safe_repo_path(meta.etag)
+    repo_dir = hf_hub_cache() / ("models--" + repo_id.replace("/", "--"))
+    blob = repo_dir / "blobs" / etag
+    pointer = repo_dir / "snapshots" / meta.commit_hash / f.path
+    size = meta.size if meta.size is not None else f.size
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(blob) + ".lock"):
+        if not blob.exists():
+            partial = blob.with_name(etag + ".incomplete")
+            bar = None
+            if show_progress:
+                from tqdm.auto import tqdm
+
+                have = partial.stat().st_size if partial.exists() else 0
+                bar = tqdm(
+                    total=size, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=Path(f.path).name
+                )
+            net_errors = _http_errors()
+            try:
+                attempts = retries
+                while True:
+                    have = partial.stat().st_size if partial.exists() else 0
+                    if size is not None and have >= size:
+                        break
+                    headers = build_hf_headers()
+                    if have:
+                        headers["Range"] = f"bytes={have}-"
+                    try:
+                        with get_session().stream("GET", meta.location, headers=headers, follow_redirects=True) as r:
+                            with hub_errors(f"{repo_id}/{f.path}"):
+                                hf_raise_for_status(r)
+                            mode = "ab" if have and r.status_code == 206 else "wb"  # a server may ignore Range
+                            if bar is not None and mode == "wb":
+                                bar.reset(total=size)
+                            with open(partial, mode) as out:
+                                for chunk in r.iter_bytes(1 << 20):
+                                    out.write(chunk)
+                                    attempts = retries  # progress was made: the retry budget starts over
+                                    if bar is not None:
+                                        bar.update(len(chunk))
+                        if size is None:
+                            break
+                    except net_errors as exc:
+                        attempts -= 1
+                        if attempts < 0:
+                            with hub_errors(f"{repo_id}/{f.path}"):
+                                raise exc
+            finally:
+                if bar is not None:
+                    bar.close()
+            got = partial.stat().st_size
+            if size is not None and got != size:
+                raise DownloadError(
+                    f"{f.path}: received {got:,} bytes, expected {size:,}",
+                    hint="Run pull again: it resumes where it stopped.",
+                )
+            os.replace(partial, blob)
+        if not pointer.exists():
+            pointer.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                pointer.symlink_to(os.path.relpath(blob, pointer.parent))
+            except FileExistsError:
+                pass
+            except OSError:  # no symlinks (some Windows setups): the file itself goes into the snapshot
+                os.replace(blob, pointer)
+        if len(revision) != 40:  # a branch or tag: record which commit it pointed to, as huggingface_hub does
+            ref = repo_dir / "refs" / safe_repo_path(revision)
+            ref.parent.mkdir(parents=True, exist_ok=True)
+            ref.write_text(meta.commit_hash)
+    return pointer
+
+
+def pull(target: PullTarget, *, offline: bool = False, show_progress: bool = True) -> Path:
+    """Download (or find in the cache) every file of the target; returns the first file's path."""
+    if offline:
+        paths = [Path(p) for p in _cached_paths(target)]
+        return paths[0]
+    preflight(target)
+    paths = []
+    for f in target.files:
+        local = _fetch(target.repo_id, f, target.revision, show_progress=show_progress)
+        verify(local, f, show_progress=show_progress)
+        paths.append(local)
+    return paths[0]
+
+
+def _cached_paths(target: PullTarget) -> list[str]:
+    snaps = hf_hub_cache() / ("models--" + target.repo_id.replace("/", "--")) / "snapshots"
+    for snap in sorted(snaps.iterdir(), reverse=True) if snaps.is_dir() else []:
+        paths = [snap / f.path for f in target.files]
+        if all(p.is_file() for p in paths):
+            return [str(p) for p in paths]
+    raise DownloadError(
+        f"{target.label} is not in the local cache and localr1 is offline",
+        hint="Connect and run pull again without --offline (or unset HF_HUB_OFFLINE).",
+    )
