@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,12 +32,8 @@ def hf_hub_cache() -> Path:
 
 
 def download_hint(model: CatalogModel, quant: str | None) -> str:
-    """The command that fetches a catalog build into localr1's models folder."""
-    rel = model.file_for(quant)
-    if split_siblings(Path(rel)) != [Path(rel)]:  # a split model: fetch all of its parts
-        pattern = re.sub(r"-\d{5}-of-(\d{5})\.gguf$", r"-*-of-\1.gguf", rel)
-        return f'hf download {model.gguf_repo} --include "{pattern}" --local-dir {models_dir()}'
-    return f"hf download {model.gguf_repo} {rel} --local-dir {models_dir()}"
+    """The command that fetches a catalog build."""
+    return f"localr1 pull {model.name}:{quant or model.default_quant}"
 
 
 def _looks_like_path(spec: str) -> bool:
