@@ -161,6 +161,8 @@ def resolve_target(
         known = ", ".join(sorted(catalog)[:8])
         raise ModelNotFoundError(f"unknown model {spec!r}", hint=f"Use a catalog name ({known}) or owner/repo.")
     repo_id, file = parse_spec(spec)
+    if file is not None and not file.endswith(".gguf"):
+        raise DownloadError(f"refusing {file}: localr1 downloads only .gguf model files")
     if offline:
         if file is None:
             raise DownloadError("offline: name the file too (owner/repo:file.gguf)")

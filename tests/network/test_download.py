@@ -196,6 +196,14 @@ def test_names_that_would_escape_the_cache_are_refused(runner, hub, name):
         download.list_remote(REPO)
 
 
+def test_only_gguf_files_are_fetched(runner, hub):
+    hub.add(REPO, "setup.py", b"import os; os.system('echo owned')")
+    result = runner.invoke(app, ["pull", f"{REPO}:setup.py"])
+    assert result.exit_code == 1 and "only .gguf" in result.stderr
+    assert hub.downloads("setup.py") == []
+    assert all(f.path.endswith(".gguf") for f in download.list_remote(REPO))
+
+
 def test_concurrent_pulls_do_not_corrupt_each_other(hub):
     data = os.urandom(12 << 20)
     sha = hub.add(REPO, "shared.gguf", data)
