@@ -5,6 +5,7 @@ Example ``config.toml``::
     default_model = "r1:7b"   # a catalog name or a path to a .gguf file
     ctx = 8192                # context size for ask/chat
     threads = 8               # CPU threads (default: physical cores)
+    hide_thinking = false     # chat: hide the thinking blocks entirely
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from localr1.errors import ConfigError
 from localr1.paths import config_file
 
-_FIELDS: dict[str, type] = {"default_model": str, "ctx": int, "threads": int, "gpu_layers": int}
+_FIELDS: dict[str, type] = {"default_model": str, "ctx": int, "threads": int, "gpu_layers": int, "hide_thinking": bool}
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Config:
     ctx: int | None = None
     threads: int | None = None
     gpu_layers: int | None = None
+    hide_thinking: bool = False
     path: Path | None = None
 
 
@@ -45,7 +47,7 @@ def load_config(path: Path | None = None) -> Config:
                 known = ", ".join(_FIELDS)
                 raise ConfigError(f"{path}: unknown setting {key!r}", hint=f"Known settings: {known}.")
             expected = _FIELDS[key]
-            if not isinstance(value, expected) or isinstance(value, bool):
+            if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
                 raise ConfigError(f"{path}: {key} must be a {expected.__name__}, not {value!r}")
     env_model = os.environ.get("LOCALR1_MODEL")
     if env_model:

@@ -358,7 +358,18 @@ def _http_errors() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
-def _fetch(repo_id: str, f: RemoteFile, revision: str, *, show_progress: bool, retries: int = 5) -> Path:
+ProgressFn = Callable[[str, int, int], None]  # (file name, bytes done, bytes total)
+
+
+def _fetch(
+    repo_id: str,
+    f: RemoteFile,
+    revision: str,
+    *,
+    show_progress: bool,
+    progress: ProgressFn | None = None,
+    retries: int = 5,
+) -> Path:
     """One file into the Hugging Face cache layout, resumable across runs and safe against concurrent pulls.
 
     huggingface_hub itself now downloads into a per-process temporary file, which is lost when the process
@@ -414,6 +425,8 @@ def _fetch(repo_id: str, f: RemoteFile, revision: str, *, show_progress: bool, r
                                     attempts = retries  # progress was made: the retry budget starts over
                                     if bar is not None:
                                         bar.update(len(chunk))
+                                    if progress is not None:
+                                        progress(Path(f.path).name, out.tell(), size or 0)
                         if size is None:
                             break
                     except net_errors as exc:
@@ -446,15 +459,19 @@ def _fetch(repo_id: str, f: RemoteFile, revision: str, *, show_progress: bool, r
     return pointer
 
 
-def pull(target: PullTarget, *, offline: bool = False, show_progress: bool = True) -> Path:
-    """Download (or find in the cache) every file of the target; returns the first file's path."""
+def pull(
+    target: PullTarget, *, offline: bool = False, show_progress: bool = True, progress: ProgressFn | None = None
+) -> Path:
+    """Download (or find in the cache) every file of the target; returns the first file's path.
+
+    ``progress`` is called with each chunk (for front ends that draw their own progress bar)."""
     if offline:
         paths = [Path(p) for p in _cached_paths(target)]
         return paths[0]
     preflight(target)
     paths = []
     for f in target.files:
-        local = _fetch(target.repo_id, f, target.revision, show_progress=show_progress)
+        local = _fetch(target.repo_id, f, target.revision, show_progress=show_progress, progress=progress)
         verify(local, f, show_progress=show_progress)
         paths.append(local)
     return paths[0]

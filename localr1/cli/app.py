@@ -90,9 +90,10 @@ def handle_errors(func: F) -> F:
 
 
 def _register() -> None:
-    from localr1.cli import ask, library, machine
+    from localr1.cli import ask, chat, library, machine
 
     ask.register(app)
+    chat.register(app)
     machine.register(app)
     library.register(app)
 

@@ -57,8 +57,10 @@ def load_engine(path: Path, header, options: EngineOptions, cancel: threading.Ev
 OOM_WORDS = ("out of memory", "failed to allocate", "unable to allocate", "cudamalloc", "not enough memory")
 
 
-def load_with_fallback(path: Path, header, options: EngineOptions, plan, cancel: threading.Event):
-    """Load as planned; if memory runs out after all, retry with fewer GPU layers or a smaller context."""
+def load_with_fallback(path: Path, header, options: EngineOptions, plan, cancel: threading.Event, say=None):
+    """Load as planned; if memory runs out after all, retry with fewer GPU layers or a smaller context.
+
+    ``say`` receives the retry notice (default: stderr)."""
     from dataclasses import replace
 
     from localr1.errors import ModelLoadError
@@ -73,10 +75,11 @@ def load_with_fallback(path: Path, header, options: EngineOptions, plan, cancel:
             if smaller is None:
                 raise
             n_ctx, layers = smaller
-            sys.stderr.write(
+            notice = (
                 f"Out of memory with {_describe(options.n_ctx, options.n_gpu_layers)}; "
-                f"retrying with {_describe(n_ctx, layers)}.\n"
+                f"retrying with {_describe(n_ctx, layers)}."
             )
+            (say or (lambda text: sys.stderr.write(text + "\n")))(notice)
             options = replace(options, n_ctx=n_ctx, n_gpu_layers=layers)
 
 

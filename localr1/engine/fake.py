@@ -40,7 +40,8 @@ class FakeEngine:
 
     A script is a sequence of pieces: ``str`` (encoded to UTF-8) or ``bytes`` (to split characters).
     ``delay`` sleeps between pieces (to test spinners and cancellation); ``interrupt_after`` raises
-    ``KeyboardInterrupt`` after that many pieces, as a Ctrl-C would.
+    ``KeyboardInterrupt`` after that many pieces, as a Ctrl-C would; ``timings`` replaces the measured
+    figures in ``Done``.
     """
 
     def __init__(
@@ -51,12 +52,14 @@ class FakeEngine:
         delay: float = 0.0,
         interrupt_after: int | None = None,
         finish_reason: FinishReason = "stop",
+        timings: Timings | None = None,
     ) -> None:
         self._scripts = [list(s) for s in scripts]
         self.info = info or fake_model_info()
         self.delay = delay
         self.interrupt_after = interrupt_after
         self.finish_reason = finish_reason
+        self.timings = timings  # scripted figures, for output that must not vary (snapshots)
         self.prompts: list[Prompt] = []
         self.samplings: list[Sampling] = []
         self.closed = False
@@ -94,7 +97,7 @@ class FakeEngine:
             prompt_tokens=n_prompt,
             decode_tokens=assembler.completion_tokens,
         )
-        yield assembler.done(finish, prompt_tokens=n_prompt, timings=timings)
+        yield assembler.done(finish, prompt_tokens=n_prompt, timings=self.timings or timings)
 
     def close(self) -> None:
         self.closed = True

@@ -1,0 +1,137 @@
+"""``localr1 chat``: the Textual TUI, wired to the real planner, downloader and engine."""
+
+from __future__ import annotations
+
+import threading
+
+import typer
+
+from localr1.cli.machine import DISK, GPU_KIND, GPUS, RAM, VRAM
+from localr1.errors import UsageError
+from localr1.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Sampling
+
+HELP = """Chat with an R1 model in a terminal app: the thinking streams live into a collapsible block.
+
+Keys: Enter sends, Ctrl+J new line, Esc stops, Ctrl+T expands/collapses thinking, Ctrl+N new chat,
+Ctrl+O saved chats, Ctrl+L choose a model, F1 all keys.
+
+Examples:
+
+  localr1 chat
+
+  localr1 chat r1:14b --ctx 32768
+
+  localr1 chat ./DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.gguf --hide-thinking
+"""
+
+
+def real_loader(*, ctx, gpu_layers, threads, sim, offline, debug, notice):
+    """Plan, download if needed (progress into the app), and load, retrying smaller on out-of-memory."""
+
+    def load(spec, progress):
+        from localr1.cli.ask import EngineOptions, load_with_fallback
+        from localr1.cli.machine import plan_for_spec
+        from localr1.config import load_config
+        from localr1.download import offline_mode, pull, resolve_target
+        from localr1.gguf_info import inspect_model
+        from localr1.hardware import machine
+
+        config = load_config()
+        hw = machine(sim)
+        plan = plan_for_spec(spec, hw, config, want_ctx=ctx, gpu_layers=gpu_layers, prefer_local=True)
+        path = plan.candidate.path
+        if path is None:
+            off = offline_mode(offline)
+            path = pull(
+                resolve_target(plan.candidate.label, offline=off), offline=off, show_progress=False, progress=progress
+            )
+        options = EngineOptions(
+            n_ctx=plan.n_ctx, n_threads=threads or config.threads, n_gpu_layers=plan.n_gpu_layers, debug=debug
+        )
+        return load_with_fallback(path, inspect_model(path), options, plan, threading.Event(), say=notice)
+
+    return load
+
+
+def picker_entries(sim):
+    def entries():
+        from localr1 import candidates as cands
+        from localr1.catalog import load_catalog
+        from localr1.cli.machine import fit_mark
+        from localr1.hardware import machine
+        from localr1.planner import NoPlanError, choose
+        from localr1.resolve import local_models
+        from localr1.tui.screens import PickerEntry
+
+        hw = machine(sim)
+        catalog = load_catalog()
+        out = []
+        for name, model in catalog.items():
+            pool = cands.from_catalog({name: model})
+            try:
+                plan = choose(pool, hw)
+            except NoPlanError:
+                out.append(PickerEntry(name, f"{name:14} {model.title} · too big for this machine", False, False))
+                continue
+            c = plan.candidate
+            label = (
+                f"{c.label:24} {model.title} · {fit_mark(plan)} · ~{plan.decode_tps:.0f} tok/s · "
+                f"{c.weights.total / (1 << 30):.1f} GiB"
+            )
+            out.append(PickerEntry(c.label, label, c.path is not None, True))
+        for m in local_models(catalog):
+            if m.catalog is None:
+                out.append(PickerEntry(str(m.path), f"{m.name} (local file)", True, True))
+        return out
+
+    return entries
+
+
+def register(app: typer.Typer) -> None:
+    from localr1.cli.app import handle_errors, state
+    from localr1.cli.machine import simulation
+
+    @app.command(help=HELP)
+    @handle_errors
+    def chat(
+        model: str | None = typer.Argument(None, help="A catalog name or .gguf file (default: the best that fits)."),
+        ctx: int | None = typer.Option(None, "--ctx", help="Context size in tokens (default: as planned)."),
+        gpu_layers: int | None = typer.Option(None, "--gpu-layers", help="Layers on the GPU (default: as planned)."),
+        threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: physical cores)."),
+        temperature: float = typer.Option(DEFAULT_TEMPERATURE, "--temperature", help="Sampling temperature."),
+        top_p: float = typer.Option(DEFAULT_TOP_P, "--top-p", help="Nucleus sampling threshold."),
+        max_tokens: int | None = typer.Option(None, "--max-tokens", help="Longest reply in tokens."),
+        hide_thinking: bool = typer.Option(False, "--hide-thinking", help="Hide the thinking blocks entirely."),
+        offline: bool = typer.Option(False, "--offline", help="Never download: use only models on disk."),
+        vram: str | None = VRAM,
+        ram: str | None = RAM,
+        gpus: int | None = GPUS,
+        gpu: str | None = GPU_KIND,
+        disk: str | None = DISK,
+    ) -> None:
+        from localr1.config import load_config
+        from localr1.conversations import ConversationStore
+        from localr1.tui.app import make_app
+
+        if ctx is not None and ctx <= 0:
+            raise UsageError(f"--ctx must be positive, not {ctx}")
+        sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens).validate()
+        sim = simulation(vram, ram, gpus, gpu, disk)
+        config = load_config()
+        tui = make_app(
+            loader=real_loader(
+                ctx=ctx,
+                gpu_layers=gpu_layers,
+                threads=threads,
+                sim=sim,
+                offline=offline,
+                debug=state.debug,
+                notice=lambda text: tui.call_from_thread(tui.notify, text, severity="warning"),
+            ),
+            store=ConversationStore(),
+            picker_entries=picker_entries(sim),
+            spec=model,
+            sampling=sampling,
+            hide_thinking=hide_thinking or config.hide_thinking,
+        )
+        tui.run()

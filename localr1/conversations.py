@@ -1,0 +1,141 @@
+"""Conversations: what was said (thinking included, for the screen) and what goes back to the model.
+
+A conversation is saved as one JSON file in the platformdirs data dir (``conversations/<id>.json``),
+written atomically. Earlier thinking is kept for display but never sent back to the model (DeepSeek's
+advice); :meth:`Conversation.messages` builds the history the prompt is rendered from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from localr1.errors import LocalR1Error
+from localr1.paths import data_dir
+from localr1.prompt import Message
+
+_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass
+class Turn:
+    user: str
+    answer: str = ""
+    reasoning: str = ""
+    thinking_s: float = 0.0
+    finish_reason: str = ""
+    tokens: int = 0
+    decode_tps: float = 0.0
+
+
+@dataclass
+class Conversation:
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    title: str = "New chat"
+    model: str = ""
+    created: float = field(default_factory=time.time)
+    updated: float = field(default_factory=time.time)
+    turns: list[Turn] = field(default_factory=list)
+    system: str = ""
+
+    def messages(self, next_user: str | None = None) -> list[Message]:
+        """The history for the model: every question and answer, no thinking."""
+        out: list[Message] = []
+        if self.system.strip():
+            out.append(Message("system", self.system))
+        for t in self.turns:
+            out.append(Message("user", t.user))
+            if t.answer:
+                out.append(Message("assistant", t.answer))
+        if next_user is not None:
+            out.append(Message("user", next_user))
+        return out
+
+    def add_turn(self, user: str) -> Turn:
+        if not self.turns and self.title == "New chat":
+            self.title = _title_from(user)
+        turn = Turn(user=user)
+        self.turns.append(turn)
+        self.updated = time.time()
+        return turn
+
+    def to_markdown(self) -> str:
+        lines = [f"# {self.title}", ""]
+        if self.model:
+            lines += [f"*Model: {self.model}*", ""]
+        for t in self.turns:
+            lines += ["## You", "", t.user, ""]
+            if t.reasoning:
+                quoted = "\n".join("> " + line if line else ">" for line in t.reasoning.splitlines())
+                lines += [
+                    f"<details><summary>Thought for {t.thinking_s:.1f} s</summary>",
+                    "",
+                    quoted,
+                    "",
+                    "</details>",
+                    "",
+                ]
+            lines += ["## R1", "", t.answer or "*(no answer)*", ""]
+        return "\n".join(lines).rstrip() + "\n"
+
+
+def _title_from(text: str) -> str:
+    words = " ".join(text.split())
+    return words[:60] + ("…" if len(words) > 60 else "") or "New chat"
+
+
+class ConversationStore:
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root or data_dir() / "conversations"
+
+    def _path(self, conv_id: str) -> Path:
+        if not _ID.match(conv_id):
+            raise LocalR1Error(f"{conv_id!r} is not a conversation id")
+        return self.root / f"{conv_id}.json"
+
+    def save(self, conv: Conversation) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self._path(conv.id)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(conv), ensure_ascii=False, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    def load(self, conv_id: str) -> Conversation:
+        path = self._path(conv_id)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            turns = [Turn(**t) for t in raw.pop("turns", [])]
+            return Conversation(**raw, turns=turns)
+        except FileNotFoundError:
+            raise LocalR1Error(f"no conversation {conv_id}") from None
+        except (ValueError, TypeError) as exc:
+            raise LocalR1Error(f"conversation file {path.name} is damaged: {exc}") from exc
+
+    def list(self) -> list[Conversation]:
+        out = []
+        for path in self.root.glob("*.json") if self.root.is_dir() else []:
+            try:
+                out.append(self.load(path.stem))
+            except LocalR1Error:
+                continue  # a damaged file is skipped, not fatal
+        return sorted(out, key=lambda c: c.updated, reverse=True)
+
+    def rename(self, conv_id: str, title: str) -> Conversation:
+        conv = self.load(conv_id)
+        conv.title = title.strip() or conv.title
+        self.save(conv)
+        return conv
+
+    def delete(self, conv_id: str) -> None:
+        self._path(conv_id).unlink(missing_ok=True)
+
+    def export(self, conv_id: str, dest: Path) -> Path:
+        conv = self.load(conv_id)
+        dest.write_text(conv.to_markdown(), encoding="utf-8")
+        return dest
