@@ -9,6 +9,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import model_factory  # noqa: E402
+from ggufs import write_gguf  # noqa: E402
 
 _real_connect = socket.socket.connect
 
@@ -94,26 +95,6 @@ def r1_template(r1_header) -> str:
     from localr1.gguf_info import read_gguf
 
     return read_gguf(r1_header, check_data=False).chat_template
-
-
-def write_gguf(path: Path, *, arch: str = "llama", template: str | None = None, n_tensors: int = 2) -> Path:
-    """A small valid GGUF file (a header and a few f32 tensors)."""
-    import gguf
-    import numpy as np
-
-    writer = gguf.GGUFWriter(str(path), arch)
-    writer.add_name("test model")
-    writer.add_context_length(2048)
-    writer.add_block_count(1)
-    if template:
-        writer.add_chat_template(template)
-    for i in range(n_tensors):
-        writer.add_tensor(f"blk.0.t{i}.weight", np.arange(64 * (i + 1), dtype=np.float32).reshape(i + 1, 64))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
 
 
 @pytest.fixture

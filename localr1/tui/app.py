@@ -157,7 +157,8 @@ class ChatApp(App):
         except Exception as exc:  # shown in the app, never a crash to the shell
             self.post_message(EngineFailed(f"{type(exc).__name__}: {exc}"))
             return
-        self.post_message(EngineReady(engine, engine.info.name if spec is None else spec))
+        label = engine.info.name if spec is None else Path(spec).name if spec.endswith(".gguf") else spec
+        self.post_message(EngineReady(engine, label))
 
     def on_engine_ready(self, message: EngineReady) -> None:
         old, self.engine = self.engine, message.engine

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import write_gguf
+from ggufs import write_gguf
 from typer.testing import CliRunner
 
 from localr1.cli import ask as ask_module

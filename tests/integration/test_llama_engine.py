@@ -104,7 +104,7 @@ def test_cancel_during_prompt_processing(smol):
 
 
 def test_unloadable_model_is_a_clear_error(tmp_path):
-    from conftest import write_gguf
+    from ggufs import write_gguf
 
     from localr1.engine.llama_cpp import LlamaCppEngine
     from localr1.errors import ModelLoadError

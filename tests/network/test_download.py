@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import write_gguf
+from ggufs import write_gguf
 from typer.testing import CliRunner
 
 from localr1 import download

@@ -1,21 +1,12 @@
 from __future__ import annotations
 
 import pytest
+from tui_support import R1_REPLY, FakeClock
 
 from localr1.conversations import ConversationStore
 from localr1.engine.fake import FakeEngine
 from localr1.tui.app import make_app
 from localr1.tui.screens import PickerEntry
-
-R1_REPLY = ["<think>\n", "Let me", " think", " about", " it.", "</think>", "\n\nThe answer is ", "\\boxed{4}", "."]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

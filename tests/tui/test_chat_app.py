@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from conftest import R1_REPLY  # noqa: F401  (tests/tui/conftest.py)
+from tui_support import R1_REPLY
 
 from localr1.errors import ModelLoadError
 from localr1.tui.screens import ConversationList, HelpScreen, ModelPicker, RenameScreen

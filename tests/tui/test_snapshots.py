@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import R1_REPLY
+from tui_support import R1_REPLY
 
 from localr1.conversations import ConversationStore
 from localr1.engine.fake import FakeEngine

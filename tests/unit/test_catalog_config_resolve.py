@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import write_gguf
+from ggufs import write_gguf
 
 from localr1.catalog import load_catalog, parse_catalog, split_name
 from localr1.config import load_config

@@ -7,7 +7,7 @@ import random
 import struct
 
 import pytest
-from conftest import write_gguf
+from ggufs import write_gguf
 
 from localr1.errors import InvalidModelFileError
 from localr1.gguf_info import inspect_model, read_gguf, split_siblings
