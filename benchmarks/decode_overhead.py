@@ -46,9 +46,7 @@ SETTINGS = {
 
 
 def no_stop_bias(engine: LlamaCppEngine) -> dict[int, float]:
-    lib = engine._lib
-    ids = {lib.llama_vocab_eos(engine._vocab), lib.llama_vocab_eot(engine._vocab)}
-    return {t: float("-inf") for t in ids if t >= 0}
+    return {t: float("-inf") for t in engine.end_tokens()}
 
 
 def run_localr1(engine: LlamaCppEngine, n_tokens: int, setting: dict) -> dict:

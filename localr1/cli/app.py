@@ -90,10 +90,11 @@ def handle_errors(func: F) -> F:
 
 
 def _register() -> None:
-    from localr1.cli import ask, chat, library, machine
+    from localr1.cli import ask, bench, chat, library, machine
 
     ask.register(app)
     chat.register(app)
+    bench.register(app)
     machine.register(app)
     library.register(app)
 

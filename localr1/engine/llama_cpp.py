@@ -415,7 +415,10 @@ class LlamaCppEngine:
             )
         self._cancel = cancel
         assembler = EventAssembler(opened=prompt.opens_thinking)
-        chain = self._sampler(sampling)
+        # Greedy decoding needs no sampler chain: an argmax over llama.cpp's logits, read in place (no copy),
+        # skips the candidate array llama_sampler_sample fills for the whole vocabulary every token.
+        fast_greedy = sampling.temperature <= 0 and not sampling.grammar
+        chain = None if fast_greedy else self._sampler(sampling)
         try:
             lib.llama_perf_context_reset(ctx)
             t0 = time.perf_counter()
@@ -430,12 +433,8 @@ class LlamaCppEngine:
             if decoded < 0:
                 finish = "cancelled"
             token_buf = self._token_buf
-            sample, is_eog, decode, batch_one = (
-                lib.llama_sampler_sample,
-                lib.llama_vocab_is_eog,
-                lib.llama_decode,
-                lib.llama_batch_get_one,
-            )
+            is_eog, decode, batch_one = lib.llama_vocab_is_eog, lib.llama_decode, lib.llama_batch_get_one
+            sample = self._greedy(sampling) if fast_greedy else lib.llama_sampler_sample
             while decoded >= 0:
                 if cancel is not None and cancel.is_set():
                     finish = "cancelled"
@@ -464,7 +463,7 @@ class LlamaCppEngine:
                 self._cached.append(token)
             yield from assembler.finish()
             perf = lib.llama_perf_context(ctx)
-            sampler_perf = lib.llama_perf_sampler(chain)
+            sample_ms = lib.llama_perf_sampler(chain).t_sample_ms if chain is not None else 0.0
             timings = Timings(
                 load_s=self.info.load_s,
                 prefill_s=t1 - t0,
@@ -475,11 +474,37 @@ class LlamaCppEngine:
                 llama_prefill_ms=perf.t_p_eval_ms,
                 llama_decode_ms=perf.t_eval_ms,
                 llama_decode_calls=perf.n_eval,
-                llama_sample_ms=sampler_perf.t_sample_ms,
+                llama_sample_ms=sample_ms,
             )
             yield assembler.done(finish, prompt_tokens=len(tokens), timings=timings)
         finally:
-            lib.llama_sampler_free(chain)
+            if chain is not None:
+                lib.llama_sampler_free(chain)
+
+    def _greedy(self, sampling: Sampling):
+        """A sample(chain, ctx, idx) stand-in: argmax of the last logits, with the logit biases applied."""
+        import numpy as np
+
+        get_logits, n_vocab = self._lib.llama_get_logits_ith, self.n_vocab
+        biases = [(t, b) for t, b in sampling.logit_bias.items() if 0 <= t < n_vocab]
+
+        def sample(_chain, ctx, idx) -> int:
+            logits = np.ctypeslib.as_array(get_logits(ctx, idx), shape=(n_vocab,))
+            for token, bias in biases:
+                logits[token] += bias
+            return int(logits.argmax())
+
+        return sample
+
+    def end_tokens(self) -> list[int]:
+        """End-of-sequence and end-of-turn tokens (to bias off where a fixed length is wanted)."""
+        lib = self._lib
+        return [t for t in (lib.llama_vocab_eos(self._vocab), lib.llama_vocab_eot(self._vocab)) if t >= 0]
+
+    def reset(self) -> None:
+        """Forget the KV cache (the next prompt is processed from its first token)."""
+        self._lib.llama_memory_clear(self._mem, True)
+        self._cached = []
 
     def close(self) -> None:
         lib = self._lib

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Build llama.cpp's own llama-bench from the source inside the installed llama-cpp-python's sdist, so that
+# `localr1 bench --compare` measures against the very same llama.cpp. Cached in benchmarks/.cache/.
+#
+#   bash benchmarks/build_llama_bench.sh [PYTHON]      # prints the path of the llama-bench binary
+#
+# Extra CMake flags (e.g. -DGGML_CUDA=on for a GPU build) can be passed in CMAKE_ARGS.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+python="${1:-python3}"
+version="$("$python" -c 'import importlib.metadata as m; print(m.version("llama-cpp-python"))')"
+cache="$here/.cache/llama-cpp-python-$version"
+bin="$cache/build/bin/llama-bench"
+if [ -x "$bin" ]; then echo "$bin"; exit 0; fi
+mkdir -p "$cache"
+if [ ! -d "$cache/src" ]; then
+  "$python" -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$version" -d "$cache" >&2
+  mkdir -p "$cache/src"
+  tar -xzf "$cache"/llama_cpp_python-*.tar.gz -C "$cache/src" --strip-components=1
+fi
+cmake -S "$cache/src/vendor/llama.cpp" -B "$cache/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
+  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF ${CMAKE_ARGS:-} >&2
+cmake --build "$cache/build" --target llama-bench -j "$(nproc 2>/dev/null || echo 2)" >&2
+echo "$bin"

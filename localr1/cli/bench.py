@@ -1,0 +1,136 @@
+"""``localr1 bench``: prefill and decode speed through localr1, optionally beside llama.cpp's llama-bench."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import typer
+
+from localr1.errors import UsageError
+from localr1.sampling import Sampling
+
+HELP = """Measure prefill and decode tokens/s through localr1's own streaming path (what ask and chat use).
+
+With --compare, llama.cpp's llama-bench runs with the same model, threads, batch, GPU layers and flash
+attention, and the ratio localr1 / llama.cpp is printed (build llama-bench with
+benchmarks/build_llama_bench.sh, or put one on PATH).
+
+Examples:
+
+  localr1 bench
+
+  localr1 bench r1:7b --prompt 512 --gen 128 --reps 5 --json
+
+  localr1 bench ./model.gguf --compare
+"""
+
+
+def register(app: typer.Typer) -> None:
+    from localr1.cli.app import handle_errors, state
+
+    @app.command(help=HELP)
+    @handle_errors
+    def bench(
+        model: str | None = typer.Argument(None, help="A catalog name or .gguf file (default: as for ask)."),
+        prompt: int = typer.Option(512, "--prompt", help="Prompt length in tokens."),
+        gen: int = typer.Option(128, "--gen", help="Tokens to generate."),
+        reps: int = typer.Option(3, "--reps", help="Repetitions (min / median / max are reported)."),
+        compare: bool = typer.Option(False, "--compare", help="Also run llama.cpp's llama-bench; print ratios."),
+        llama_bench_path: str | None = typer.Option(None, "--llama-bench", help="The llama-bench binary."),
+        r1_sampling: bool = typer.Option(False, "--r1-sampling", help="Sample as ask does (T 0.6, top-p 0.95)."),
+        threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: physical cores)."),
+        gpu_layers: int | None = typer.Option(None, "--gpu-layers", help="Layers on the GPU (default: planned)."),
+        flash_attn: str = typer.Option("auto", "--flash-attn", help="on, off or auto (llama.cpp decides)."),
+        json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    ) -> None:
+        from localr1 import bench as bench_mod
+        from localr1.cli.ask import EngineOptions
+        from localr1.cli.machine import hardware_lines, plan_for_spec
+        from localr1.config import load_config
+        from localr1.engine.llama_cpp import LlamaCppEngine
+        from localr1.gguf_info import inspect_model
+        from localr1.hardware import machine
+
+        if prompt < 1 or gen < 2 or reps < 1:
+            raise UsageError("--prompt must be at least 1, --gen at least 2 and --reps at least 1")
+        if flash_attn not in ("on", "off", "auto"):
+            raise UsageError(f"--flash-attn must be on, off or auto, not {flash_attn!r}")
+        fa = None if flash_attn == "auto" else flash_attn == "on"
+        config = load_config()
+        hw = machine()
+        plan = plan_for_spec(model, hw, config, want_ctx=prompt + gen + 64, gpu_layers=gpu_layers, prefer_local=True)
+        if plan.candidate.path is None:
+            raise UsageError(f"{plan.label} is not downloaded", hint=f"localr1 pull {plan.label}")
+        path = plan.candidate.path
+        opts = EngineOptions(
+            n_ctx=prompt + gen + 64, n_threads=threads or config.threads, n_gpu_layers=plan.n_gpu_layers
+        )
+        sampling = Sampling(seed=1) if r1_sampling else Sampling(temperature=0.0)
+        engine = LlamaCppEngine(
+            path,
+            n_ctx=opts.n_ctx,
+            n_threads=opts.n_threads,
+            n_gpu_layers=opts.n_gpu_layers,
+            flash_attn=fa,
+            debug=state.debug,
+            gguf=inspect_model(path),
+        )
+        try:
+            result = bench_mod.run(engine, n_prompt=prompt, n_gen=gen, reps=reps, sampling=sampling)
+            info = engine.info
+        finally:
+            engine.close()
+        out = {
+            "model": plan.label,
+            "path": str(path),
+            "quant": info.quant,
+            "threads": info.n_threads,
+            "n_gpu_layers": info.n_gpu_layers,
+            "n_batch": info.extra["n_batch"],
+            "flash_attn": flash_attn,
+            "sampling": "r1" if r1_sampling else "greedy",
+            "reps": reps,
+            **result.to_dict(),
+        }
+        if compare:
+            binary = bench_mod.find_llama_bench(llama_bench_path)
+            theirs = bench_mod.llama_bench(
+                binary, path, n_prompt=result.prompt_tokens, n_gen=gen, reps=reps, threads=info.n_threads,
+                n_gpu_layers=info.n_gpu_layers, n_batch=info.extra["n_batch"], flash_attn=fa,
+            )  # fmt: skip
+            ours_pp, ours_tg = result.prefill_tps.summary()["median"], result.decode_tps.summary()["median"]
+            out["llama_bench"] = {
+                "binary": str(binary),
+                "prefill_tokens_per_s": theirs.get("prefill"),
+                "decode_tokens_per_s": theirs.get("decode"),
+            }
+            out["ratio"] = {
+                "prefill": round(ours_pp / theirs["prefill"], 3) if theirs.get("prefill") else None,
+                "decode": round(ours_tg / theirs["decode"], 3) if theirs.get("decode") else None,
+            }
+        if json_out:
+            out["hardware"] = hw.to_dict()
+            sys.stdout.write(json.dumps(out, indent=2) + "\n")
+            return
+        lines = [
+            f"{plan.label} ({info.quant}) · {info.n_threads} threads · {info.n_gpu_layers} GPU layers · batch {info.extra['n_batch']} · flash attention {flash_attn} · {out['sampling']}"
+        ]
+        lines.append(f"{'':22} {'min':>9} {'median':>9} {'max':>9}")
+        for label, key in (
+            ("prefill tokens/s", "prefill_tokens_per_s"),
+            ("decode tokens/s", "decode_tokens_per_s"),
+            ("first token (s)", "time_to_first_token_s"),
+        ):
+            s = out[key]
+            lines.append(f"{label:22} {s['min']:>9} {s['median']:>9} {s['max']:>9}")
+        lines.append(f"({result.prompt_tokens}-token prompt, {gen} generated, {reps} runs)")
+        if compare:
+            lb, r = out["llama_bench"], out["ratio"]
+            lines.append(
+                f"llama-bench            pp{result.prompt_tokens} {lb['prefill_tokens_per_s']:.2f} tok/s · tg{gen} {lb['decode_tokens_per_s']:.2f} tok/s"
+            )
+            lines.append(f"localr1 / llama.cpp    prefill {r['prefill']} · decode {r['decode']}")
+        lines.append("")
+        lines += hardware_lines(hw)
+        sys.stdout.write("\n".join(lines) + "\n")
