@@ -134,20 +134,23 @@ def llama_bench(
     n_batch: int,
     flash_attn: bool | None,
 ) -> dict[str, float]:
-    """llama.cpp's own pp and tg figures (tokens/s, mean over its repetitions) for the same settings."""
-    cmd = [
-        str(binary), "-m", str(model), "-p", str(n_prompt), "-n", str(n_gen), "-r", str(reps),
-        "-t", str(threads), "-ngl", str(999 if n_gpu_layers < 0 else n_gpu_layers),
+    """llama.cpp's own figures (tokens/s, mean over its repetitions) for the same settings and the same work:
+    pp over an empty context, and tg at a depth of ``n_prompt`` tokens, where localr1's decode runs too
+    (llama-bench's plain tg starts from an empty context, where attention is cheaper)."""
+    common = [
+        "-m", str(model), "-r", str(reps), "-t", str(threads), "-ngl", str(999 if n_gpu_layers < 0 else n_gpu_layers),
         "-b", str(n_batch), "-ub", str(n_batch), "-o", "json",
     ]  # fmt: skip
     if flash_attn is not None:
-        cmd += ["-fa", "1" if flash_attn else "0"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise LocalR1Error(f"llama-bench failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
-    rows = json.loads(proc.stdout)
+        common += ["-fa", "1" if flash_attn else "0"]
+    runs = {
+        "prefill": ["-p", str(n_prompt), "-n", "0"],
+        "decode": ["-p", "0", "-n", str(n_gen), "-d", str(n_prompt)],
+    }
     out = {}
-    for row in rows:
-        kind = "prefill" if row.get("n_prompt", 0) and not row.get("n_gen", 0) else "decode"
-        out[kind] = float(row["avg_ts"])
+    for kind, args in runs.items():
+        proc = subprocess.run([str(binary), *common, *args], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise LocalR1Error(f"llama-bench failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+        out[kind] = float(json.loads(proc.stdout)[0]["avg_ts"])
     return out
