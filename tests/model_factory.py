@@ -153,3 +153,76 @@ def build_tiny_r1(header_path: Path, target: Path, *, seed: int = 1234) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+TINY_MOE_VERSION = 1
+
+
+def tiny_moe_path() -> Path:
+    """A small deepseek2 (MLA + mixture of experts) model with random weights and the real R1 tokenizer."""
+    target = cache_dir() / f"tiny-moe-deepseek2-v{TINY_MOE_VERSION}.gguf"
+    if not target.exists():
+        build_tiny_moe(r1_7b_header_path(), target)
+    return target
+
+
+def build_tiny_moe(header_path: Path, target: Path, *, seed: int = 7) -> None:
+    import gguf
+    import numpy as np
+
+    from localr1.arch import Architecture
+    from localr1.gguf_info import read_gguf
+
+    src = read_gguf(
+        header_path,
+        check_data=False,
+        keep_arrays=("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges"),
+    )
+    md = src.metadata
+    n_vocab = len(md["tokenizer.ggml.tokens"])
+    arch = Architecture(
+        "deepseek2", 4, 64, 128, 4, 4, 48, n_vocab, 4096, n_expert=8, n_expert_used=2, n_expert_shared=1,
+        expert_ff=32, n_dense_lead=1, q_lora_rank=32, kv_lora_rank=32, rope_dim=16, nope_dim=32, v_head_dim=32,
+    )  # fmt: skip
+    rng = np.random.default_rng(seed)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".partial")
+    os.close(fd)
+    try:
+        writer = gguf.GGUFWriter(tmp, "deepseek2")
+        writer.add_name("Tiny MoE (deepseek2 shape, random weights, test model)")
+        for key, value in arch.gguf_metadata().items():
+            if isinstance(value, bool):
+                writer.add_bool(key, value)
+            elif isinstance(value, float):
+                writer.add_float32(key, value)
+            else:
+                writer.add_uint32(key, value)
+        writer.add_tokenizer_model(md["tokenizer.ggml.model"])
+        writer.add_tokenizer_pre(md["tokenizer.ggml.pre"])
+        writer.add_token_list(md["tokenizer.ggml.tokens"])
+        writer.add_token_types(md["tokenizer.ggml.token_type"])
+        writer.add_token_merges(md["tokenizer.ggml.merges"])
+        writer.add_bos_token_id(md["tokenizer.ggml.bos_token_id"])
+        writer.add_eos_token_id(md["tokenizer.ggml.eos_token_id"])
+        writer.add_add_bos_token(md["tokenizer.ggml.add_bos_token"])
+        writer.add_chat_template(md["tokenizer.chat_template"])
+        for spec in arch.tensors():
+            shape = tuple(reversed(spec.shape))
+            if len(shape) == 1:
+                data = (
+                    np.ones(shape, dtype=np.float32)
+                    if spec.name.endswith("norm.weight")
+                    else np.zeros(shape, np.float32)
+                )
+            else:
+                scale = 0.5 if spec.role in ("embd", "output") else 0.08
+                data = (rng.standard_normal(shape) * scale).astype(np.float16)
+            writer.add_tensor(spec.name, data)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -180,6 +180,20 @@ def plan_for_spec(spec: str | None, hw, config, *, want_ctx: int | None, gpu_lay
     return best(pool, None)
 
 
+def _placement(plan, hw, mode: str, gpu_experts: int | None):
+    """For a MoE model: its tensor placement across GPU, RAM and disk (None for dense models or --offload off)."""
+    from localr1.offload import OffloadError, plan_offload
+
+    if mode == "off" or not plan.candidate.arch.is_moe:
+        return None, None
+    try:
+        return plan_offload(
+            plan.candidate, hw, plan.n_ctx, mode=mode, gpu_experts=gpu_experts, budget=plan.budget
+        ), None
+    except OffloadError as exc:
+        return None, str(exc)
+
+
 def _loose_local_models(catalog):
     from localr1.resolve import local_models
 
@@ -291,6 +305,8 @@ def register(app: typer.Typer) -> None:
         ctx: int | None = typer.Option(None, "--ctx", help="The context you want (default 16384)."),
         explain: bool = typer.Option(False, "--explain", help="Show every option tried and why it was rejected."),
         json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+        offload: str = typer.Option("auto", "--offload", help="MoE placement: auto, gpu, ram, disk or off."),
+        gpu_experts: int | None = typer.Option(None, "--gpu-experts", help="MoE: layers of experts on the GPU."),
         vram: str | None = VRAM,
         ram: str | None = RAM,
         gpus: int | None = GPUS,
@@ -299,12 +315,41 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from localr1.config import load_config
         from localr1.hardware import machine
+        from localr1.offload import MODES
 
         if ctx is not None and ctx <= 0:
             raise UsageError(f"--ctx must be positive, not {ctx}")
         machine_info = machine(simulation(vram, ram, gpus, gpu, disk))
+        if offload not in MODES:
+            raise UsageError(f"--offload must be one of {', '.join(MODES)}")
         chosen = plan_for_spec(model, machine_info, load_config(), want_ctx=ctx, gpu_layers=None, prefer_local=False)
+        placement, why_not = _placement(chosen, machine_info, offload, gpu_experts)
         if json_out:
-            sys.stdout.write(json.dumps({**chosen.to_dict(), "hardware": machine_info.to_dict()}, indent=2) + "\n")
+            out = {**chosen.to_dict(), "hardware": machine_info.to_dict()}
+            if placement is not None:
+                out["offload"] = {
+                    "gpu_bytes": placement.gpu_bytes,
+                    "ram_bytes": placement.ram_bytes,
+                    "disk_bytes": placement.disk_bytes,
+                    "gpu_expert_layers": placement.gpu_expert_layers,
+                    "ram_expert_layers": placement.ram_expert_layers,
+                    "disk_expert_layers": placement.disk_expert_layers,
+                    "decode_tokens_per_s": round(placement.decode_tps, 1),
+                    "llama_cpp_args": placement.ot_args(),
+                }
+            sys.stdout.write(json.dumps(out, indent=2) + "\n")
             return
-        sys.stdout.write("\n".join(plan_lines(chosen, explain=explain)) + "\n")
+        lines = plan_lines(chosen, explain=explain)
+        if placement is not None:
+            lines += ["", f"Offload placement ({offload}):"] + ["  " + line for line in placement.describe()]
+            if placement.decode_tps < 5:
+                lines.append(
+                    "  slow: more RAM (keeps experts off the disk), a smaller quant, or a shorter context would help"
+                )
+            lines += [
+                "  the same with llama.cpp:",
+                "  llama-cli -m MODEL.gguf " + " ".join(f"'{a}'" if "(" in a else a for a in placement.ot_args()),
+            ]
+        elif why_not:
+            lines += ["", f"Offload placement: {why_not}"]
+        sys.stdout.write("\n".join(lines) + "\n")

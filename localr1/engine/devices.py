@@ -49,6 +49,22 @@ def _ggml() -> Any:
     return lib
 
 
+@functools.lru_cache(maxsize=1)
+def _ggml_base() -> Any:
+    import llama_cpp._ctypes_extensions as ext
+
+    lib = ext.load_shared_library(
+        "ggml-base", __import__("pathlib").Path(__import__("llama_cpp").__file__).parent / "lib"
+    )
+    lib.ggml_backend_cpu_buffer_type.restype = ctypes.c_void_p
+    return lib
+
+
+def cpu_buffer_type() -> int:
+    """ggml_backend_cpu_buffer_type(): the pointer llama.cpp compares CPU overrides against."""
+    return _ggml_base().ggml_backend_cpu_buffer_type()
+
+
 def list_devices() -> list[Device]:
     lib = _ggml()
     out = []

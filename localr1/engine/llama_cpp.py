@@ -16,7 +16,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,40 @@ def init_backend(*, debug: bool = False) -> Any:
     return lib
 
 
+_OVERRIDE_LINE = re.compile(r"tensor (?P<name>\S+) \(.*\) buffer type overridden to (?P<buft>\S+)")
+
+
+class _BuftOverride(ctypes.Structure):
+    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
+
+
+def _override_array(rules: Sequence[tuple[str, str]]) -> Any:
+    """llama_model_tensor_buft_override[], NULL-terminated, from (regex, device name) rules."""
+    if not rules:
+        return None
+    from localr1.engine.devices import cpu_buffer_type, list_devices
+
+    by_name = {d.name.upper(): d for d in list_devices()}
+    arr = (_BuftOverride * (len(rules) + 1))()
+    for i, (pattern, device) in enumerate(rules):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise UsageError(f"tensor rule {pattern!r} is not a valid regular expression: {exc}") from None
+        if device.upper() == "CPU":
+            buft = cpu_buffer_type()  # llama.cpp recognises this exact pointer and picks its CPU extras
+        elif device.upper() in by_name:
+            from localr1.engine.devices import buffer_type
+
+            buft = buffer_type(by_name[device.upper()])[0]
+        else:
+            known = ", ".join(sorted(by_name)) or "CPU"
+            raise UsageError(f"no device {device!r} in this llama.cpp build", hint=f"Devices: {known}.")
+        arr[i].pattern = pattern.encode()
+        arr[i].buft = buft
+    return arr
+
+
 _KV_LINE = re.compile(r"llama_kv_cache: size =\s*(?P<mib>[\d.]+) MiB")
 _DEV_LINE = re.compile(r"(?P<dev>[\w-]+)\s+(?P<what>compute|output|model|KV) buffer size =\s*(?P<mib>[\d.]+) MiB")
 
@@ -183,6 +217,7 @@ class LlamaCppEngine:
         debug: bool = False,
         gguf: GGUFInfo | None = None,
         cancel: threading.Event | None = None,
+        tensor_overrides: Sequence[tuple[str, str]] = (),
     ) -> None:
         self._lib = lib = init_backend(debug=debug)
         self.path = Path(path)
@@ -206,8 +241,15 @@ class LlamaCppEngine:
             load_mode=LOAD_MODE_MMAP if use_mmap else LOAD_MODE_NONE,
             progress_callback=progress,
         )
+        # (pattern, device) rules: llama.cpp keeps a pointer to this array for the model's life
+        self._overrides = _override_array(tensor_overrides)
+        if self._overrides is not None:
+            set_fields(mparams, tensor_buft_overrides=ctypes.cast(self._overrides, ctypes.c_void_p).value)
         first = header.split_paths[0] if header.split_paths else self.path
-        self._model = lib.llama_model_load_from_file(str(first).encode(), mparams)
+        with _LOG.capture() as load_log:
+            self._model = lib.llama_model_load_from_file(str(first).encode(), mparams)
+        # where llama.cpp put each overridden tensor, as it reports it
+        self.placements = {m["name"]: m["buft"] for line in load_log if (m := _OVERRIDE_LINE.search(line))}
         if not self._model and cancel is not None and cancel.is_set():
             raise KeyboardInterrupt
         if not self._model:

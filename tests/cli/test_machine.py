@@ -143,3 +143,16 @@ def test_gpu_without_gpu_backend_names_the_fix():
     from dataclasses import replace
 
     assert "CPU only" not in "\n".join(hardware_lines(replace(hw, backends=("CPU", "CUDA0"))))
+
+
+def test_plan_shows_the_moe_placement_and_llama_cpp_rules(runner):
+    args = ["plan", "r1:671b", "--vram", "24GiB", "--ram", "192GiB", "--disk", "2TiB"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "Offload placement (auto):" in result.stdout and "experts of layers" in result.stdout
+    assert "llama-cli -m MODEL.gguf -ngl 999 -ot" in result.stdout and "=CPU" in result.stdout
+    data = json.loads(runner.invoke(app, [*args, "--json", "--gpu-experts", "2"]).stdout)
+    assert len(data["offload"]["gpu_expert_layers"]) == 2 and "-ot" in data["offload"]["llama_cpp_args"]
+    assert runner.invoke(app, [*args, "--offload", "warp"]).exit_code == 2
+    assert "Offload placement" not in runner.invoke(app, [*args, "--offload", "off"]).stdout
+    assert "Offload placement" not in runner.invoke(app, ["plan", "r1:7b", *SIM]).stdout

@@ -1,0 +1,162 @@
+"""Offload mode: where each tensor of a mixture-of-experts model goes — GPU, RAM, or memory-mapped disk.
+
+The hot part of a MoE model (attention, shared experts, dense leading layers, norms, router, output) is
+read for every token and is small; the routed experts are most of the bytes but each token reads only
+``n_expert_used / n_expert`` of them. So: the hot tensors and the KV cache go to the GPU first, then as many
+layers' routed experts as fit, the remaining experts stay in RAM (locked when they fit), and what does not
+fit in RAM stays memory-mapped on disk and streams through the page cache.
+
+The result is a list of llama.cpp tensor-override rules (``tensor_buft_overrides``, the same thing as
+``-ot PATTERN=DEVICE`` on llama.cpp's command line) plus the bytes per tier and a decode-speed estimate
+from the bytes each token reads from each tier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from localr1.hardware import GiB, Hardware
+from localr1.memory import estimate
+from localr1.planner import CPU_EFFICIENCY, DISK_BANDWIDTH_GBS, GPU_EFFICIENCY, Budget, Candidate
+
+MODES = ("auto", "gpu", "ram", "disk", "off")
+
+
+@dataclass(frozen=True)
+class Placement:
+    mode: str
+    n_ctx: int
+    gpu_expert_layers: tuple[int, ...]
+    ram_expert_layers: tuple[int, ...]
+    disk_expert_layers: tuple[int, ...]
+    gpu_bytes: int  # weights + KV + compute on the GPU(s)
+    ram_bytes: int  # weights kept in RAM (experts and what llama.cpp keeps on the CPU)
+    disk_bytes: int  # expert bytes left memory-mapped on disk
+    decode_tps: float
+    rules: tuple[tuple[str, str], ...]  # (regex, device) for llama.cpp, in order
+    mlock: bool  # the RAM tier fits: lock it so the OS cannot page it out
+
+    def ot_args(self) -> list[str]:
+        """The same placement as llama.cpp command-line arguments (``-ngl 999 -ot ...``)."""
+        out = ["-ngl", "999"]
+        for pattern, device in self.rules:
+            out += ["-ot", f"{pattern}={device}"]
+        if self.mlock:
+            out.append("--mlock")
+        return out
+
+    def describe(self) -> list[str]:
+        def layers(ls: tuple[int, ...]) -> str:
+            return _ranges(ls) if ls else "none"
+
+        return [
+            f"GPU   {self.gpu_bytes / GiB:7.1f} GiB  hot tensors, KV cache, experts of layers {layers(self.gpu_expert_layers)}",
+            f"RAM   {self.ram_bytes / GiB:7.1f} GiB  experts of layers {layers(self.ram_expert_layers)}"
+            + (" (locked)" if self.mlock and self.ram_expert_layers else ""),
+            f"disk  {self.disk_bytes / GiB:7.1f} GiB  experts of layers {layers(self.disk_expert_layers)} (memory-mapped)",
+            f"speed about {self.decode_tps:.1f} tokens/s decode (estimate from bytes per token and tier bandwidth)",
+        ]
+
+
+def _ranges(layers: tuple[int, ...]) -> str:
+    out, start = [], None
+    ls = sorted(layers)
+    for i, x in enumerate(ls):
+        if start is None:
+            start = x
+        if i + 1 == len(ls) or ls[i + 1] != x + 1:
+            out.append(f"{start}" if start == x else f"{start}-{x}")
+            start = None
+    return ",".join(out)
+
+
+def expert_rule(layers: tuple[int, ...]) -> str:
+    """A regex matching the routed-expert tensors of these layers (llama.cpp's tensor names)."""
+    return r"^blk\.(" + "|".join(str(i) for i in sorted(layers)) + r")\.ffn_(up|down|gate|gate_up)_exps\."
+
+
+class OffloadError(Exception):
+    pass
+
+
+def plan_offload(
+    c: Candidate,
+    hw: Hardware,
+    n_ctx: int,
+    *,
+    mode: str = "auto",
+    gpu_experts: int | None = None,
+    budget: Budget | None = None,
+) -> Placement:
+    """Place a MoE model's tensors; raises OffloadError (with the reason) when the hot part does not fit."""
+    if mode not in MODES:
+        raise OffloadError(f"--offload must be one of {', '.join(MODES)}")
+    if not c.arch.is_moe:
+        raise OffloadError(f"{c.label} is not a mixture-of-experts model")
+    budget = budget or Budget.of(hw)
+    w = c.weights
+    experts = list(w.expert_layers)
+    moe_layers = [i for i, b in enumerate(experts) if b > 0]
+    # everything on the GPU except the routed experts (token embeddings stay on the CPU, as llama.cpp does)
+    full = estimate(c.arch, w, n_ctx, -1)
+    hot_gpu = full.gpu_total - sum(experts)
+    if hot_gpu > budget.gpu:
+        raise OffloadError(
+            f"the hot tensors and KV cache need {hot_gpu / GiB:.1f} GiB of GPU memory, {budget.gpu / GiB:.1f} GiB usable"
+        )
+    room = budget.gpu - hot_gpu
+    on_gpu: list[int] = []
+    if mode == "gpu":
+        on_gpu = moe_layers
+    elif mode != "ram":
+        limit = len(moe_layers) if gpu_experts is None else max(0, min(gpu_experts, len(moe_layers)))
+        for layer in reversed(moe_layers):  # like llama.cpp's --n-cpu-moe: the first layers' experts stay on the CPU
+            if len(on_gpu) >= limit or experts[layer] > room:
+                break
+            on_gpu.append(layer)
+            room -= experts[layer]
+    if mode == "gpu" and sum(experts[i] for i in on_gpu) > room:
+        raise OffloadError("--offload gpu: the experts do not fit in GPU memory")
+    on_gpu_set = set(on_gpu)
+    rest = [i for i in moe_layers if i not in on_gpu_set]
+    ram_room = max(0, budget.ram - (full.cpu_total))  # embeddings, host buffers
+    in_ram: list[int] = []
+    on_disk: list[int] = []
+    for layer in rest:
+        if experts[layer] <= ram_room:
+            in_ram.append(layer)
+            ram_room -= experts[layer]
+        else:
+            on_disk.append(layer)
+    if on_disk and mode == "ram":
+        raise OffloadError("--offload ram: the experts do not fit in RAM")
+    if on_disk and budget.disk is not None and c.path is None and w.total > budget.disk:
+        raise OffloadError("not enough disk for the model file")
+    gpu_bytes = hot_gpu + sum(experts[i] for i in on_gpu)
+    ram_bytes = full.cpu_total + sum(experts[i] for i in in_ram)
+    disk_bytes = sum(experts[i] for i in on_disk)
+    active = c.arch.n_expert_used / c.arch.n_expert
+    seconds = 0.0
+    if hw.gpus:
+        bw = sum(g.bandwidth_gbs for g in hw.gpus) / len(hw.gpus)
+        gpu_read = hot_gpu + active * sum(experts[i] for i in on_gpu)
+        seconds += gpu_read / (bw * 1e9 * GPU_EFFICIENCY)
+    else:
+        seconds += hot_gpu / (hw.ram_bandwidth_gbs * 1e9 * CPU_EFFICIENCY)
+    seconds += active * sum(experts[i] for i in in_ram) / (hw.ram_bandwidth_gbs * 1e9 * CPU_EFFICIENCY)
+    seconds += active * disk_bytes / (DISK_BANDWIDTH_GBS * 1e9)
+    cpu_layers = tuple(sorted(in_ram + on_disk))
+    rules = ((expert_rule(cpu_layers), "CPU"),) if cpu_layers else ()
+    return Placement(
+        mode=mode,
+        n_ctx=n_ctx,
+        gpu_expert_layers=tuple(sorted(on_gpu)),
+        ram_expert_layers=tuple(sorted(in_ram)),
+        disk_expert_layers=tuple(sorted(on_disk)),
+        gpu_bytes=gpu_bytes,
+        ram_bytes=ram_bytes,
+        disk_bytes=disk_bytes,
+        decode_tps=1.0 / seconds if seconds else float("inf"),
+        rules=rules,
+        mlock=not on_disk and bool(in_ram),
+    )

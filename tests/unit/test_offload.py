@@ -1,0 +1,81 @@
+"""Offload placement for the full R1 on simulated machines: hot tensors first, then experts by tier."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from localr1.candidates import from_catalog
+from localr1.catalog import load_catalog
+from localr1.hardware import GiB, Simulation, machine
+from localr1.offload import OffloadError, expert_rule, plan_offload
+from localr1.planner import Budget
+
+R1 = next(
+    c for c in from_catalog(load_catalog(include_user=False), include_local=False) if c.label == "r1:671b:UD-IQ1_S"
+)
+
+
+@pytest.fixture(autouse=True)
+def no_env_hw(monkeypatch):
+    monkeypatch.delenv("LOCALR1_HW", raising=False)
+
+
+def hw(vram, ram, **kw):
+    return machine(Simulation(vram=vram * GiB, ram=ram * GiB, disk=4096 * GiB, **kw))
+
+
+@pytest.mark.parametrize(("vram", "ram"), [(8, 32), (24, 64), (24, 192), (80, 256), (48, 512)])
+def test_every_byte_has_a_place_and_budgets_hold(vram, ram):
+    machine_ = hw(vram, ram)
+    p = plan_offload(R1, machine_, 8192)
+    b = Budget.of(machine_)
+    moe = [i for i, x in enumerate(R1.weights.expert_layers) if x]
+    assert sorted(p.gpu_expert_layers + p.ram_expert_layers + p.disk_expert_layers) == moe
+    assert p.gpu_bytes <= b.gpu and p.ram_bytes <= b.ram
+    assert p.gpu_bytes + p.ram_bytes + p.disk_bytes >= R1.weights.total
+    assert p.mlock == (not p.disk_expert_layers and bool(p.ram_expert_layers))
+
+
+def test_more_memory_moves_experts_up_the_tiers_and_speeds_up():
+    small, big = plan_offload(R1, hw(24, 64), 8192), plan_offload(R1, hw(80, 256), 8192)
+    assert len(big.gpu_expert_layers) > len(small.gpu_expert_layers)
+    assert small.disk_expert_layers and not big.disk_expert_layers
+    assert big.decode_tps > small.decode_tps
+
+
+def test_rules_route_exactly_the_cpu_experts():
+    p = plan_offload(R1, hw(24, 192), 8192)
+    ((pattern, device),) = p.rules
+    assert device == "CPU"
+    cpu_layers = set(p.ram_expert_layers + p.disk_expert_layers)
+    for spec in R1.arch.tensors():
+        hit = re.search(pattern, spec.name) is not None
+        assert hit == (spec.role == "exps" and spec.layer in cpu_layers), spec.name
+    args = p.ot_args()
+    assert args[:2] == ["-ngl", "999"] and args[2] == "-ot" and args[3].endswith("=CPU")
+
+
+def test_modes_and_expert_count():
+    assert plan_offload(R1, hw(80, 256), 8192, mode="ram").gpu_expert_layers == ()
+    assert len(plan_offload(R1, hw(80, 256), 8192, gpu_experts=5).gpu_expert_layers) == 5
+    with pytest.raises(OffloadError, match="do not fit in GPU"):
+        plan_offload(R1, hw(24, 256), 8192, mode="gpu")
+    with pytest.raises(OffloadError, match="do not fit in RAM"):
+        plan_offload(R1, hw(24, 32), 8192, mode="ram")
+    with pytest.raises(OffloadError, match="hot tensors"):
+        plan_offload(R1, hw(2, 256), 131072)
+    with pytest.raises(OffloadError, match="one of"):
+        plan_offload(R1, hw(24, 256), 8192, mode="fast")
+    dense = next(
+        c for c in from_catalog(load_catalog(include_user=False), include_local=False) if c.label == "r1:7b:Q4_K_M"
+    )
+    with pytest.raises(OffloadError, match="not a mixture-of-experts"):
+        plan_offload(dense, hw(24, 64), 8192)
+
+
+def test_expert_rule():
+    rule = expert_rule((3, 4, 10))
+    assert re.search(rule, "blk.4.ffn_up_exps.weight") and re.search(rule, "blk.10.ffn_down_exps.weight")
+    assert not re.search(rule, "blk.14.ffn_up_exps.weight") and not re.search(rule, "blk.4.ffn_up_shexp.weight")
