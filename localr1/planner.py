@@ -99,6 +99,9 @@ class Plan:
     budget: Budget
     attempts: tuple[Attempt, ...] = ()
     notes: tuple[str, ...] = ()
+    overrides: tuple[tuple[str, str], ...] = ()  # llama.cpp tensor-override rules (offload mode)
+    mlock: bool = False
+    placement: object | None = None  # offload.Placement, for MoE models placed across tiers
 
     @property
     def label(self) -> str:
@@ -124,6 +127,8 @@ class Plan:
                 "compute": m.compute_total,
             },
             "budget_bytes": {"gpu": self.budget.gpu, "ram": self.budget.ram, "disk": self.budget.disk},
+            "tensor_overrides": [f"{pattern}={device}" for pattern, device in self.overrides],
+            "mlock": self.mlock,
             "attempts": [a.__dict__ for a in self.attempts],
             "notes": list(self.notes),
         }
@@ -216,6 +221,8 @@ def plan_candidate(
     allow_disk: bool = True,
     attempts: list[Attempt] | None = None,
     budget: Budget | None = None,
+    offload: str = "auto",
+    gpu_experts: int | None = None,
 ) -> Plan | None:
     budget = budget or Budget.of(hw)
     attempts = attempts if attempts is not None else []
@@ -239,6 +246,12 @@ def plan_candidate(
             layer_options = [n_layer + 1, *range(n_layer, -1, -1)]
         else:
             layer_options = [0]
+        if c.arch.is_moe and on_gpu and gpu_layers is None and offload != "off" and not budget.unified:
+            placed = _offload_plan(c, hw, n_ctx, budget, offload, gpu_experts, min_tps, attempts, want_ctx, flash_attn)
+            if placed is not None:
+                return placed
+            if offload != "auto":
+                continue  # a forced placement mode: no plain layer offload instead
         for k in layer_options:
             est = estimate(c.arch, c.weights, n_ctx, k, flash_attn=flash_attn, unified=budget.unified)
             ok, why, disk_bytes = _fits(est, budget, c, allow_disk)
@@ -270,6 +283,57 @@ def plan_candidate(
     return None
 
 
+def _offload_plan(c, hw, n_ctx, budget, mode, gpu_experts, min_tps, attempts, want_ctx, flash_attn) -> Plan | None:
+    """A MoE model that does not fit on the GPU whole: hot tensors there, experts by tier (see offload.py)."""
+    from localr1.offload import OffloadError, plan_offload
+
+    full = estimate(c.arch, c.weights, n_ctx, -1, flash_attn=flash_attn)
+    if mode == "auto" and full.gpu_total <= budget.gpu and full.cpu_total <= budget.ram:
+        return None  # it all fits on the GPU: the plain plan is simpler and as fast
+    try:
+        p = plan_offload(c, hw, n_ctx, mode="auto" if mode == "disk" else mode, gpu_experts=gpu_experts, budget=budget)
+    except OffloadError as exc:
+        attempts.append(Attempt(c.label, n_ctx, -1, False, f"offload: {exc}"))
+        return None
+    if p.decode_tps < min_tps:
+        attempts.append(
+            Attempt(c.label, n_ctx, -1, False, f"offload fits, but about {p.decode_tps:.1f} tokens/s (< {min_tps:g})")
+        )
+        return None
+    gpu_weights = p.gpu_bytes - full.gpu_kv - full.gpu_compute
+    memory = MemoryEstimate(
+        gpu_weights=gpu_weights,
+        gpu_kv=full.gpu_kv,
+        gpu_compute=full.gpu_compute,
+        cpu_weights=c.weights.total - gpu_weights,
+        cpu_kv=full.cpu_kv,
+        cpu_compute=full.cpu_compute,
+        output=full.output,
+        kv_total=full.kv_total,
+        compute_total=full.compute_total,
+        details={"offload": True},
+    )
+    attempts.append(
+        Attempt(
+            c.label,
+            n_ctx,
+            -1,
+            True,
+            f"offload: hot tensors on the GPU, experts by tier: about {p.decode_tps:.1f} tokens/s",
+        )
+    )
+    notes = (
+        [f"context reduced to {n_ctx} tokens to fit (asked for {want_ctx})"]
+        if n_ctx < min(want_ctx, c.arch.ctx_train or want_ctx)
+        else []
+    )
+    if p.disk_bytes:
+        notes.append(f"{p.disk_bytes / GiB:.1f} GiB of routed experts stream from disk")
+    return Plan(
+        c, n_ctx, -1, memory, p.decode_tps, "offload", budget, tuple(attempts), tuple(notes), p.rules, p.mlock, p
+    )
+
+
 def choose(
     candidates: list[Candidate],
     hw: Hardware,
@@ -278,6 +342,8 @@ def choose(
     min_tps: float = DEFAULT_MIN_TPS,
     gpu_layers: int | None = None,
     flash_attn: bool = True,
+    offload: str = "auto",
+    gpu_experts: int | None = None,
 ) -> Plan:
     """The best expected quality that fits; raises NoPlanError with every attempt when nothing does."""
     budget = Budget.of(hw)
@@ -293,6 +359,8 @@ def choose(
             flash_attn=flash_attn,
             attempts=attempts,
             budget=budget,
+            offload=offload,
+            gpu_experts=gpu_experts,
         )
         if plan is not None:
             return plan

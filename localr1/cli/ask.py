@@ -37,6 +37,8 @@ class EngineOptions:
     n_threads: int | None = None
     n_gpu_layers: int | None = None
     debug: bool = False
+    tensor_overrides: tuple[tuple[str, str], ...] = ()
+    mlock: bool = False
 
 
 def load_engine(path: Path, header, options: EngineOptions, cancel: threading.Event | None = None):
@@ -51,6 +53,8 @@ def load_engine(path: Path, header, options: EngineOptions, cancel: threading.Ev
         debug=options.debug,
         gguf=header,
         cancel=cancel,
+        tensor_overrides=options.tensor_overrides,
+        use_mlock=options.mlock,
     )
 
 
@@ -143,6 +147,8 @@ def register(app: typer.Typer) -> None:
             help="Layers to offload to the GPU (-1: all; default: as planned for this machine).",
         ),
         offline: bool = typer.Option(False, "--offline", help="Never download: use only models on disk."),
+        offload_mode: str = typer.Option("auto", "--offload", help="MoE placement: auto, gpu, ram, disk or off."),
+        gpu_experts: int | None = typer.Option(None, "--gpu-experts", help="MoE: layers of experts on the GPU."),
         vram: str | None = VRAM,
         ram: str | None = RAM,
         gpus: int | None = GPUS,
@@ -156,6 +162,10 @@ def register(app: typer.Typer) -> None:
         from localr1.resolve import resolve_model
 
         text = read_question(question)  # before anything slow: an empty question fails at once
+        from localr1.offload import MODES
+
+        if offload_mode not in MODES:
+            raise UsageError(f"--offload must be one of {', '.join(MODES)}")
         sampling = Sampling(temperature=temperature, top_p=top_p, seed=seed, max_tokens=max_tokens).validate()
         for name, value in (("--ctx", ctx), ("--threads", threads)):
             if value is not None and value <= 0:
@@ -163,6 +173,7 @@ def register(app: typer.Typer) -> None:
         config = load_config()
         n_ctx = ctx or config.ctx
         layers = gpu_layers if gpu_layers is not None else config.gpu_layers
+        overrides, mlock = (), False
         if n_ctx and layers is not None:  # both given: load exactly that, no planning
             local = resolve_model(model, config)
             path, name, plan = local.path, local.name, None
@@ -171,9 +182,18 @@ def register(app: typer.Typer) -> None:
             from localr1.hardware import machine
 
             hw = machine(simulation(vram, ram, gpus, gpu, disk))
-            plan = plan_for_spec(model, hw, config, want_ctx=n_ctx, gpu_layers=layers, prefer_local=True)
+            plan = plan_for_spec(
+                model,
+                hw,
+                config,
+                want_ctx=n_ctx,
+                gpu_layers=layers,
+                prefer_local=True,
+                offload=offload_mode,
+                gpu_experts=gpu_experts,
+            )
             path, name = plan.candidate.path, plan.candidate.label
-            n_ctx, layers = plan.n_ctx, plan.n_gpu_layers
+            n_ctx, layers, overrides, mlock = plan.n_ctx, plan.n_gpu_layers, plan.overrides, plan.mlock
             if path is None:  # the chosen build is not on disk yet: say what and how big, then fetch it
                 from localr1.cli.library import pull_target
                 from localr1.download import offline_mode, resolve_target
@@ -183,8 +203,14 @@ def register(app: typer.Typer) -> None:
                 path = pull_target(target, offline=off)
         header = inspect_model(path)
         options = EngineOptions(
-            n_ctx=n_ctx, n_threads=threads or config.threads, n_gpu_layers=layers, debug=state.debug
+            n_ctx=n_ctx,
+            n_threads=threads or config.threads,
+            n_gpu_layers=layers,
+            debug=state.debug,
+            tensor_overrides=overrides,
+            mlock=mlock,
         )
+
         cancel = threading.Event()
         with cancel_on_sigint(cancel):
             engine = load_with_fallback(path, header, options, plan, cancel)

@@ -25,7 +25,7 @@ Examples:
 """
 
 
-def real_loader(*, ctx, gpu_layers, threads, sim, offline, debug, notice):
+def real_loader(*, ctx, gpu_layers, threads, sim, offline, debug, notice, offload="auto", gpu_experts=None):
     """Plan, download if needed (progress into the app), and load, retrying smaller on out-of-memory."""
 
     def load(spec, progress):
@@ -38,7 +38,16 @@ def real_loader(*, ctx, gpu_layers, threads, sim, offline, debug, notice):
 
         config = load_config()
         hw = machine(sim)
-        plan = plan_for_spec(spec, hw, config, want_ctx=ctx, gpu_layers=gpu_layers, prefer_local=True)
+        plan = plan_for_spec(
+            spec,
+            hw,
+            config,
+            want_ctx=ctx,
+            gpu_layers=gpu_layers,
+            prefer_local=True,
+            offload=offload,
+            gpu_experts=gpu_experts,
+        )
         path = plan.candidate.path
         if path is None:
             off = offline_mode(offline)
@@ -46,7 +55,12 @@ def real_loader(*, ctx, gpu_layers, threads, sim, offline, debug, notice):
                 resolve_target(plan.candidate.label, offline=off), offline=off, show_progress=False, progress=progress
             )
         options = EngineOptions(
-            n_ctx=plan.n_ctx, n_threads=threads or config.threads, n_gpu_layers=plan.n_gpu_layers, debug=debug
+            n_ctx=plan.n_ctx,
+            n_threads=threads or config.threads,
+            n_gpu_layers=plan.n_gpu_layers,
+            debug=debug,
+            tensor_overrides=plan.overrides,
+            mlock=plan.mlock,
         )
         return load_with_fallback(path, inspect_model(path), options, plan, threading.Event(), say=notice)
 
@@ -103,6 +117,8 @@ def register(app: typer.Typer) -> None:
         max_tokens: int | None = typer.Option(None, "--max-tokens", help="Longest reply in tokens."),
         hide_thinking: bool = typer.Option(False, "--hide-thinking", help="Hide the thinking blocks entirely."),
         offline: bool = typer.Option(False, "--offline", help="Never download: use only models on disk."),
+        offload_mode: str = typer.Option("auto", "--offload", help="MoE placement: auto, gpu, ram, disk or off."),
+        gpu_experts: int | None = typer.Option(None, "--gpu-experts", help="MoE: layers of experts on the GPU."),
         vram: str | None = VRAM,
         ram: str | None = RAM,
         gpus: int | None = GPUS,
@@ -111,10 +127,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from localr1.config import load_config
         from localr1.conversations import ConversationStore
+        from localr1.offload import MODES
         from localr1.tui.app import make_app
 
         if ctx is not None and ctx <= 0:
             raise UsageError(f"--ctx must be positive, not {ctx}")
+        if offload_mode not in MODES:
+            raise UsageError(f"--offload must be one of {', '.join(MODES)}")
         sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens).validate()
         sim = simulation(vram, ram, gpus, gpu, disk)
         config = load_config()
@@ -127,6 +146,8 @@ def register(app: typer.Typer) -> None:
                 offline=offline,
                 debug=state.debug,
                 notice=lambda text: tui.call_from_thread(tui.notify, text, severity="warning"),
+                offload=offload_mode,
+                gpu_experts=gpu_experts,
             ),
             store=ConversationStore(),
             picker_entries=picker_entries(sim),

@@ -86,7 +86,7 @@ def fit_mark(plan) -> str:
         "unified": "fits (unified memory)",
         "partial": "partial offload",
         "cpu": "CPU only",
-        "offload": "offload (experts on disk)",
+        "offload": "offload: experts across GPU, RAM and disk",
     }[plan.mode]
 
 
@@ -100,6 +100,8 @@ def plan_lines(plan, *, explain: bool) -> list[str]:
         if plan.n_gpu_layers
         else "on the CPU"
     )
+    if plan.placement is not None:
+        layers = f"hot tensors and {len(plan.placement.gpu_expert_layers)} layers' experts on the GPU"
     lines = [f"{c.label}: {plan.n_ctx:,}-token context, {layers} ({fit_mark(plan)})"]
     if b.unified:
         lines.append(f"  memory   {gib(m.gpu_total + m.cpu_total)} of {gib(b.gpu)} usable unified memory")
@@ -124,7 +126,17 @@ def plan_lines(plan, *, explain: bool) -> list[str]:
     return lines
 
 
-def plan_for_spec(spec: str | None, hw, config, *, want_ctx: int | None, gpu_layers: int | None, prefer_local: bool):
+def plan_for_spec(
+    spec: str | None,
+    hw,
+    config,
+    *,
+    want_ctx: int | None,
+    gpu_layers: int | None,
+    prefer_local: bool,
+    offload: str = "auto",
+    gpu_experts: int | None = None,
+):
     """The plan for what the user named (a catalog name, a file) or, with nothing named, the best R1 for the
     machine. With ``prefer_local``, builds already on disk win when one fits. The plan's candidate has no
     path when it still has to be downloaded."""
@@ -140,17 +152,19 @@ def plan_for_spec(spec: str | None, hw, config, *, want_ctx: int | None, gpu_lay
     def best(pool, what):
         if prefer_local and (local := [c for c in pool if c.path is not None]):
             try:
-                return choose(local, hw, want_ctx=want, gpu_layers=gpu_layers)
+                return choose(local, hw, want_ctx=want, gpu_layers=gpu_layers, offload=offload, gpu_experts=gpu_experts)
             except NoPlanError:
                 pass
         try:
-            return choose(pool, hw, want_ctx=want, gpu_layers=gpu_layers)
+            return choose(pool, hw, want_ctx=want, gpu_layers=gpu_layers, offload=offload, gpu_experts=gpu_experts)
         except NoPlanError as exc:
             if what is None:
                 raise _too_big("any R1 model", exc) from None
             # the user chose this model: rather than refuse it for speed, take its fastest build that fits
             for c in sorted(pool, key=lambda c: c.weights.total):
-                plan = plan_candidate(c, hw, want_ctx=want, gpu_layers=gpu_layers, min_tps=0.0)
+                plan = plan_candidate(
+                    c, hw, want_ctx=want, gpu_layers=gpu_layers, min_tps=0.0, offload=offload, gpu_experts=gpu_experts
+                )
                 if plan is not None:
                     return replace(
                         plan, notes=(*plan.notes, f"slower than usual: about {plan.decode_tps:.1f} tokens/s")
@@ -168,7 +182,16 @@ def plan_for_spec(spec: str | None, hw, config, *, want_ctx: int | None, gpu_lay
         local = resolve_model(spec, config, catalog)
         candidate = cands.from_file(local.path, local=local)
         attempts: list = []
-        plan = plan_candidate(candidate, hw, want_ctx=want, gpu_layers=gpu_layers, min_tps=0.0, attempts=attempts)
+        plan = plan_candidate(
+            candidate,
+            hw,
+            want_ctx=want,
+            gpu_layers=gpu_layers,
+            min_tps=0.0,
+            attempts=attempts,
+            offload=offload,
+            gpu_experts=gpu_experts,
+        )
         if plan is None:
             reason = next((a.reason for a in reversed(attempts) if not a.ok), "it does not fit")
             raise ModelTooBigError(
@@ -322,8 +345,19 @@ def register(app: typer.Typer) -> None:
         machine_info = machine(simulation(vram, ram, gpus, gpu, disk))
         if offload not in MODES:
             raise UsageError(f"--offload must be one of {', '.join(MODES)}")
-        chosen = plan_for_spec(model, machine_info, load_config(), want_ctx=ctx, gpu_layers=None, prefer_local=False)
-        placement, why_not = _placement(chosen, machine_info, offload, gpu_experts)
+        chosen = plan_for_spec(
+            model,
+            machine_info,
+            load_config(),
+            want_ctx=ctx,
+            gpu_layers=None,
+            prefer_local=False,
+            offload=offload,
+            gpu_experts=gpu_experts,
+        )
+        placement, why_not = (
+            (chosen.placement, None) if chosen.placement else _placement(chosen, machine_info, offload, gpu_experts)
+        )
         if json_out:
             out = {**chosen.to_dict(), "hardware": machine_info.to_dict()}
             if placement is not None:
@@ -341,7 +375,8 @@ def register(app: typer.Typer) -> None:
             return
         lines = plan_lines(chosen, explain=explain)
         if placement is not None:
-            lines += ["", f"Offload placement ({offload}):"] + ["  " + line for line in placement.describe()]
+            used = " (this plan)" if chosen.placement is placement else " (if you want it: --offload with ask and chat)"
+            lines += ["", f"Offload placement ({offload}){used}:"] + ["  " + line for line in placement.describe()]
             if placement.decode_tps < 5:
                 lines.append(
                     "  slow: more RAM (keeps experts off the disk), a smaller quant, or a shorter context would help"

@@ -213,6 +213,7 @@ class LlamaCppEngine:
         n_threads: int | None = None,
         n_batch: int = DEFAULT_BATCH,
         use_mmap: bool = True,
+        use_mlock: bool = False,
         flash_attn: bool | None = None,
         debug: bool = False,
         gguf: GGUFInfo | None = None,
@@ -238,7 +239,7 @@ class LlamaCppEngine:
         mparams = set_fields(
             lib.llama_model_default_params(),
             n_gpu_layers=n_gpu_layers,
-            load_mode=LOAD_MODE_MMAP if use_mmap else LOAD_MODE_NONE,
+            load_mode=(LOAD_MODE_MMAP_MLOCK if use_mlock else LOAD_MODE_MMAP) if use_mmap else LOAD_MODE_NONE,
             progress_callback=progress,
         )
         # (pattern, device) rules: llama.cpp keeps a pointer to this array for the model's life
