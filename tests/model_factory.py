@@ -166,7 +166,21 @@ def tiny_moe_path() -> Path:
     return target
 
 
-def build_tiny_moe(header_path: Path, target: Path, *, seed: int = 7) -> None:
+def big_moe_path() -> Path:
+    """A ~510 MB deepseek2 MoE (random weights): larger than the memory the disk-tier test allows."""
+    from localr1.arch import Architecture
+
+    target = cache_dir() / f"big-moe-deepseek2-v{TINY_MOE_VERSION}.gguf"
+    if not target.exists():
+        arch = Architecture(
+            "deepseek2", 8, 256, 512, 4, 4, 48, 152064, 4096, n_expert=32, n_expert_used=2, n_expert_shared=1,
+            expert_ff=1024, n_dense_lead=1, q_lora_rank=64, kv_lora_rank=64, rope_dim=16, nope_dim=32, v_head_dim=32,
+        )  # fmt: skip
+        build_tiny_moe(r1_7b_header_path(), target, arch=arch)
+    return target
+
+
+def build_tiny_moe(header_path: Path, target: Path, *, seed: int = 7, arch=None) -> None:
     import gguf
     import numpy as np
 
@@ -180,7 +194,7 @@ def build_tiny_moe(header_path: Path, target: Path, *, seed: int = 7) -> None:
     )
     md = src.metadata
     n_vocab = len(md["tokenizer.ggml.tokens"])
-    arch = Architecture(
+    arch = arch or Architecture(
         "deepseek2", 4, 64, 128, 4, 4, 48, n_vocab, 4096, n_expert=8, n_expert_used=2, n_expert_shared=1,
         expert_ff=32, n_dense_lead=1, q_lora_rank=32, kv_lora_rank=32, rope_dim=16, nope_dim=32, v_head_dim=32,
     )  # fmt: skip
@@ -216,7 +230,7 @@ def build_tiny_moe(header_path: Path, target: Path, *, seed: int = 7) -> None:
                 )
             else:
                 scale = 0.5 if spec.role in ("embd", "output") else 0.08
-                data = (rng.standard_normal(shape) * scale).astype(np.float16)
+                data = (rng.standard_normal(shape, dtype=np.float32) * scale).astype(np.float16)
             writer.add_tensor(spec.name, data)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()

@@ -52,3 +52,70 @@ def test_bad_rules_are_clear_errors(tiny_moe):
         generate(tiny_moe, (("blk.(", "CPU"),))
     with pytest.raises(UsageError, match="no device 'CUDA7'"):
         generate(tiny_moe, (("exps", "CUDA7"),))
+
+
+RUN_ENGINE = """
+import json, sys
+from localr1.engine.llama_cpp import LlamaCppEngine
+from localr1.prompt import render, user_turn
+from localr1.sampling import Sampling
+engine = LlamaCppEngine(sys.argv[1], n_ctx=256, n_batch=64)
+tokens = []
+piece = engine.token_piece
+engine.token_piece = lambda t: (tokens.append(t), piece(t))[1]
+list(engine.stream(render(user_turn("hi"), engine.info.chat_format), Sampling(temperature=0, max_tokens=12)))
+print(json.dumps(tokens))
+"""
+
+
+def _memory_cgroup(tmp_name: str, limit: int):
+    """A memory-limited cgroup (v1 or v2) to run a process in, or None where this machine cannot make one."""
+    import os
+    from pathlib import Path
+
+    for root, limit_file in (
+        (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes"),
+        (Path("/sys/fs/cgroup"), "memory.max"),
+    ):
+        if not (root / "cgroup.procs").exists() or not os.access(root, os.W_OK):
+            continue
+        group = root / tmp_name
+        try:
+            group.mkdir(exist_ok=True)
+            (group / limit_file).write_text(str(limit))
+            return group
+        except OSError:
+            continue
+    return None
+
+
+def test_a_model_larger_than_the_memory_allowed_still_runs(tmp_path):
+    """Disk tier: a 527 MB MoE in a 250 MiB cgroup runs, streaming its experts through the page cache."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import model_factory
+
+    big = model_factory.big_moe_path()
+    limit = 250 << 20
+    assert big.stat().st_size > 2 * limit
+    script = tmp_path / "run.py"
+    script.write_text(RUN_ENGINE)
+    free = subprocess.run([sys.executable, str(script), str(big)], capture_output=True, text=True, check=True)
+    group = _memory_cgroup(f"localr1-test-{os.getpid()}", limit)
+    if group is None:
+        pytest.skip("no memory cgroup can be created here (needs root and a writable cgroup filesystem)")
+    try:
+        cmd = f"echo $$ > {group}/cgroup.procs && exec {sys.executable} {script} {big}"
+        limited = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, timeout=300)
+        usage_file = group / (
+            "memory.max_usage_in_bytes" if (group / "memory.max_usage_in_bytes").exists() else "memory.peak"
+        )
+        peak = int(usage_file.read_text()) if usage_file.exists() else 0
+    finally:
+        group.rmdir()
+    assert limited.returncode == 0, limited.stderr[-500:]
+    assert json.loads(limited.stdout) == json.loads(free.stdout)  # the same tokens, with the memory it was given
+    assert peak <= limit + (1 << 20)
