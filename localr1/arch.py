@@ -14,7 +14,7 @@ from typing import Any, Literal
 from localr1.errors import CatalogError
 
 TensorRole = Literal["embd", "output", "norm", "attn", "ffn", "router", "exps", "shexp"]
-SUPPORTED = ("llama", "qwen2", "qwen3", "deepseek2")
+SUPPORTED = ("llama", "qwen2", "qwen3", "qwen3moe", "deepseek2")
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,8 @@ class Architecture:
         arch = cls(**raw)
         if arch.arch == "deepseek2" and not (arch.is_moe and arch.is_mla and arch.expert_ff and arch.v_head_dim):
             raise CatalogError(f"{where}: deepseek2 needs the expert and MLA numbers")
+        if arch.arch == "qwen3moe" and not (arch.is_moe and arch.expert_ff and arch.n_expert_used):
+            raise CatalogError(f"{where}: qwen3moe needs the expert numbers")
         return arch
 
     @classmethod
@@ -113,6 +115,12 @@ class Architecture:
             n_vocab=n_vocab,
             ctx_train=g("context_length"),
         )
+        if a == "qwen3moe":
+            common.update(
+                n_expert=g("expert_count"),
+                n_expert_used=g("expert_used_count"),
+                expert_ff=g("expert_feed_forward_length"),
+            )
         if a == "deepseek2":
             rope = g("rope.dimension_count")
             kv_rank = g("attention.kv_lora_rank")
@@ -182,8 +190,16 @@ class Architecture:
                 t("attn_k.bias", (kv_dim,), "attn"),
                 t("attn_v.bias", (kv_dim,), "attn"),
             ]
-        if self.arch == "qwen3":
+        if self.arch in ("qwen3", "qwen3moe"):
             ts += [t("attn_q_norm.weight", (self.head_dim,), "norm"), t("attn_k_norm.weight", (self.head_dim,), "norm")]
+        if self.arch == "qwen3moe":
+            x, f = self.n_expert, self.expert_ff
+            return ts + [
+                t("ffn_gate_inp.weight", (e, x), "router"),
+                t("ffn_gate_exps.weight", (e, f, x), "exps"),
+                t("ffn_up_exps.weight", (e, f, x), "exps"),
+                t("ffn_down_exps.weight", (f, e, x), "exps"),
+            ]
         return ts + self._dense_ffn(t)
 
     def _dense_ffn(self, t: Any) -> list[TensorSpec]:
@@ -225,9 +241,17 @@ class Architecture:
             f"{a}.rope.freq_base": 10000.0,
             f"{a}.vocab_size": self.n_vocab,
         }
-        if a == "qwen3" or self.head_dim != self.n_embd // self.n_head:
+        if a in ("qwen3", "qwen3moe") or self.head_dim != self.n_embd // self.n_head:
             md[f"{a}.attention.key_length"] = self.head_dim
             md[f"{a}.attention.value_length"] = self.head_dim
+        if a == "qwen3moe":
+            md.update(
+                {
+                    f"{a}.expert_count": self.n_expert,
+                    f"{a}.expert_used_count": self.n_expert_used,
+                    f"{a}.expert_feed_forward_length": self.expert_ff,
+                }
+            )
         if a == "deepseek2":
             md.update(
                 {

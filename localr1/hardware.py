@@ -47,6 +47,7 @@ GPU_BANDWIDTH_GBS: tuple[tuple[str, float], ...] = (
 )
 DEFAULT_GPU_BANDWIDTH = {"nvidia": 400.0, "amd": 400.0, "apple": 100.0}
 DEFAULT_RAM_BANDWIDTH = 40.0  # GB/s: dual-channel DDR4/DDR5 as measured by memory-bound decoding
+DEFAULT_DISK_BANDWIDTH = 2.0  # GB/s: an NVMe SSD; `localr1 plan --measure-disk` measures it
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class Hardware:
     disk_path: str
     backends: tuple[str, ...]  # llama.cpp devices: "CPU", "CUDA0", "Metal", ...
     ram_bandwidth_gbs: float = DEFAULT_RAM_BANDWIDTH
+    disk_bandwidth_gbs: float = DEFAULT_DISK_BANDWIDTH  # sequential reads, for experts streamed from disk
     notes: tuple[str, ...] = ()  # probes that failed, and why
     simulated: bool = False
 
@@ -329,6 +331,45 @@ def probe(*, disk_path: Path | None = None, backends: bool = True) -> Hardware:
         notes=tuple(notes),
     )
     return hw
+
+
+def measure_disk_read(path: Path, *, size: int = 256 << 20, chunk: int = 8 << 20) -> float:
+    """Sequential read speed (GB/s) of ``path`` (a model file), bypassing what the page cache holds.
+
+    Without a file big enough, a temporary one is written next to ``path`` first (and removed)."""
+    import tempfile
+    import time
+
+    target, made = path, None
+    if not path.is_file() or path.stat().st_size < size:
+        folder = path if path.is_dir() else path.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=folder, suffix=".disktest")
+        with os.fdopen(fd, "wb") as fh:
+            block = os.urandom(chunk)
+            for _ in range(size // chunk):
+                fh.write(block)
+            fh.flush()
+            os.fsync(fh.fileno())
+        target = made = Path(name)
+    try:
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(fd, 0, size, os.POSIX_FADV_DONTNEED)  # forget the cached pages
+            done, start = 0, time.perf_counter()
+            while done < size:
+                data = os.read(fd, chunk)
+                if not data:
+                    break
+                done += len(data)
+            elapsed = time.perf_counter() - start
+        finally:
+            os.close(fd)
+    finally:
+        if made is not None:
+            made.unlink(missing_ok=True)
+    return done / elapsed / 1e9 if elapsed > 0 else 0.0
 
 
 # --- simulation ------------------------------------------------------------------------------------------

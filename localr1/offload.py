@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from localr1.hardware import GiB, Hardware
 from localr1.memory import estimate
-from localr1.planner import CPU_EFFICIENCY, DISK_BANDWIDTH_GBS, GPU_EFFICIENCY, Budget, Candidate
+from localr1.planner import CPU_EFFICIENCY, GPU_EFFICIENCY, Budget, Candidate
 
 MODES = ("auto", "gpu", "ram", "disk", "off")
 
@@ -144,7 +144,7 @@ def plan_offload(
     else:
         seconds += hot_gpu / (hw.ram_bandwidth_gbs * 1e9 * CPU_EFFICIENCY)
     seconds += active * sum(experts[i] for i in in_ram) / (hw.ram_bandwidth_gbs * 1e9 * CPU_EFFICIENCY)
-    seconds += active * disk_bytes / (DISK_BANDWIDTH_GBS * 1e9)
+    seconds += active * disk_bytes / (hw.disk_bandwidth_gbs * 1e9)
     cpu_layers = tuple(sorted(in_ram + on_disk))
     rules = ((expert_rule(cpu_layers), "CPU"),) if cpu_layers else ()
     return Placement(

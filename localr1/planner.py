@@ -25,7 +25,6 @@ RAM_RESERVE = int(1.5 * GiB)  # the OS, localr1 itself, the page cache it needs 
 RAM_MARGIN = 0.90
 GPU_EFFICIENCY = 0.70  # share of memory bandwidth decoding reaches in practice
 CPU_EFFICIENCY = 0.60
-DISK_BANDWIDTH_GBS = 2.0  # NVMe, for experts streamed from disk (offload mode)
 
 # Expected quality kept by a quant, relative to the original weights (llama.cpp's perplexity figures; the
 # "UD" dynamic quants keep the sensitive layers at higher precision).
@@ -180,7 +179,7 @@ def decode_speed(c: Candidate, est: MemoryEstimate, hw: Hardware, disk_bytes: in
     if cpu_read > 0:
         seconds += cpu_read / (hw.ram_bandwidth_gbs * 1e9 * CPU_EFFICIENCY)
     if disk_read > 0:
-        seconds += disk_read / (DISK_BANDWIDTH_GBS * 1e9)
+        seconds += disk_read / (hw.disk_bandwidth_gbs * 1e9)
     return 1.0 / seconds if seconds > 0 else float("inf")
 
 

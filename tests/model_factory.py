@@ -180,6 +180,17 @@ def big_moe_path() -> Path:
     return target
 
 
+def tiny_qwen3moe_path() -> Path:
+    """A small qwen3moe model (mixture of experts without MLA), random weights, the real R1 tokenizer."""
+    from localr1.arch import Architecture
+
+    target = cache_dir() / f"tiny-moe-qwen3moe-v{TINY_MOE_VERSION}.gguf"
+    if not target.exists():
+        arch = Architecture("qwen3moe", 3, 64, 128, 4, 2, 16, 152064, 4096, n_expert=8, n_expert_used=2, expert_ff=32)
+        build_tiny_moe(r1_7b_header_path(), target, arch=arch)
+    return target
+
+
 def build_tiny_moe(header_path: Path, target: Path, *, seed: int = 7, arch=None) -> None:
     import gguf
     import numpy as np
@@ -202,8 +213,8 @@ def build_tiny_moe(header_path: Path, target: Path, *, seed: int = 7, arch=None)
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".partial")
     os.close(fd)
     try:
-        writer = gguf.GGUFWriter(tmp, "deepseek2")
-        writer.add_name("Tiny MoE (deepseek2 shape, random weights, test model)")
+        writer = gguf.GGUFWriter(tmp, arch.arch)
+        writer.add_name(f"Tiny MoE ({arch.arch} shape, random weights, test model)")
         for key, value in arch.gguf_metadata().items():
             if isinstance(value, bool):
                 writer.add_bool(key, value)

@@ -330,6 +330,7 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print JSON."),
         offload: str = typer.Option("auto", "--offload", help="MoE placement: auto, gpu, ram, disk or off."),
         gpu_experts: int | None = typer.Option(None, "--gpu-experts", help="MoE: layers of experts on the GPU."),
+        measure_disk: bool = typer.Option(False, "--measure-disk", help="Measure disk read speed (reads 256 MiB)."),
         vram: str | None = VRAM,
         ram: str | None = RAM,
         gpus: int | None = GPUS,
@@ -345,6 +346,14 @@ def register(app: typer.Typer) -> None:
         machine_info = machine(simulation(vram, ram, gpus, gpu, disk))
         if offload not in MODES:
             raise UsageError(f"--offload must be one of {', '.join(MODES)}")
+        if measure_disk:
+            from localr1.hardware import measure_disk_read
+            from localr1.paths import models_dir
+
+            speed = measure_disk_read(models_dir())
+            machine_info = replace(machine_info, disk_bandwidth_gbs=speed)
+            if not json_out:
+                sys.stdout.write(f"Disk reads: {speed:.2f} GB/s (measured in {models_dir()})\n")
         chosen = plan_for_spec(
             model,
             machine_info,

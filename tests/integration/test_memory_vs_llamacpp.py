@@ -27,6 +27,9 @@ ARCHS["deepseek2-lite-shape"] = Architecture(
     expert_ff=1408, n_dense_lead=1, q_lora_rank=768, kv_lora_rank=512, rope_dim=64, nope_dim=128, v_head_dim=128,
 )  # fmt: skip
 ARCHS["qwen3-odd-shape"] = Architecture("qwen3", 5, 1024, 3072, 16, 4, 96, 60000, 8192)
+ARCHS["qwen3moe-30b-a3b-shape"] = Architecture(
+    "qwen3moe", 48, 2048, 6144, 32, 4, 128, 151936, 40960, n_expert=128, n_expert_used=8, expert_ff=768
+)
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,16 @@ def tiny_moe():
         pytest.skip(str(exc))
 
 
+@pytest.fixture(scope="module")
+def tiny_qwen3moe():
+    import model_factory
+
+    try:
+        return model_factory.tiny_qwen3moe_path()
+    except model_factory.ModelUnavailable as exc:
+        pytest.skip(str(exc))
+
+
 def generate(path, rules):
     from localr1.engine.llama_cpp import LlamaCppEngine
 
@@ -45,6 +55,12 @@ def test_same_tokens_whatever_the_placement_and_llama_cpp_applies_the_rules(tiny
     assert (
         some == plain and "blk.0.attn_kv_a_mqa.weight" in placed_some and "blk.1.ffn_up_exps.weight" not in placed_some
     )
+
+
+def test_qwen3moe_shape_too(tiny_qwen3moe):
+    plain, _ = generate(tiny_qwen3moe, ())
+    moved, placed = generate(tiny_qwen3moe, ((expert_rule((0, 2)), "CPU"),))
+    assert moved == plain and len(placed) == 6 and all(name.startswith(("blk.0.", "blk.2.")) for name in placed)
 
 
 def test_bad_rules_are_clear_errors(tiny_moe):

@@ -88,3 +88,12 @@ def test_cli_vram_overrides_env_without_gpu(monkeypatch):
 def test_apple_share():
     assert hardware.apple_gpu_share(16 * GiB) == int(16 * GiB * 2 / 3)
     assert hardware.apple_gpu_share(64 * GiB) == 48 * GiB
+
+
+def test_measure_disk_read(tmp_path):
+    speed = hardware.measure_disk_read(tmp_path, size=8 << 20, chunk=1 << 20)
+    assert speed > 0
+    assert not list(tmp_path.glob("*.disktest"))  # the scratch file is gone
+    model = tmp_path / "m.gguf"
+    model.write_bytes(os.urandom(4 << 20))
+    assert hardware.measure_disk_read(model, size=4 << 20, chunk=1 << 20) > 0
