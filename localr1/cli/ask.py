@@ -7,8 +7,6 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import typer
 
@@ -29,67 +27,6 @@ Examples:
 
   cat question.txt | localr1 ask - --json > result.json
 """
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    n_ctx: int | None = None
-    n_threads: int | None = None
-    n_gpu_layers: int | None = None
-    debug: bool = False
-    tensor_overrides: tuple[tuple[str, str], ...] = ()
-    mlock: bool = False
-
-
-def load_engine(path: Path, header, options: EngineOptions, cancel: threading.Event | None = None):
-    """Open the real engine (imported here: llama.cpp loads only when a model is used)."""
-    from localr1.engine.llama_cpp import LlamaCppEngine
-
-    return LlamaCppEngine(
-        path,
-        n_ctx=options.n_ctx,
-        n_threads=options.n_threads,
-        n_gpu_layers=options.n_gpu_layers,
-        debug=options.debug,
-        gguf=header,
-        cancel=cancel,
-        tensor_overrides=options.tensor_overrides,
-        use_mlock=options.mlock,
-    )
-
-
-OOM_WORDS = ("out of memory", "failed to allocate", "unable to allocate", "cudamalloc", "not enough memory")
-
-
-def load_with_fallback(path: Path, header, options: EngineOptions, plan, cancel: threading.Event, say=None):
-    """Load as planned; if memory runs out after all, retry with fewer GPU layers or a smaller context.
-
-    ``say`` receives the retry notice (default: stderr)."""
-    from dataclasses import replace
-
-    from localr1.errors import ModelLoadError
-    from localr1.planner import Fallbacks
-
-    fallbacks = Fallbacks(plan) if plan is not None else None
-    while True:
-        try:
-            return load_engine(path, header, options, cancel)
-        except ModelLoadError as exc:
-            smaller = fallbacks.next() if fallbacks and any(w in str(exc).lower() for w in OOM_WORDS) else None
-            if smaller is None:
-                raise
-            n_ctx, layers = smaller
-            notice = (
-                f"Out of memory with {_describe(options.n_ctx, options.n_gpu_layers)}; "
-                f"retrying with {_describe(n_ctx, layers)}."
-            )
-            (say or (lambda text: sys.stderr.write(text + "\n")))(notice)
-            options = replace(options, n_ctx=n_ctx, n_gpu_layers=layers)
-
-
-def _describe(n_ctx: int | None, layers: int | None) -> str:
-    where = "all layers on the GPU" if layers is not None and layers < 0 else f"{layers or 0} GPU layers"
-    return f"a {n_ctx or 0:,}-token context and {where}"
 
 
 def read_question(question: str | None) -> str:
@@ -155,14 +92,15 @@ def register(app: typer.Typer) -> None:
         gpu: str | None = GPU_KIND,
         disk: str | None = DISK,
     ) -> None:
+        from localr1.cli.library import pull_target
+        from localr1.cli.machine import simulation
         from localr1.cli.render import TerminalRenderer, collect, dump_json, result_object
         from localr1.config import load_config
-        from localr1.gguf_info import inspect_model
+        from localr1.loader import open_model
+        from localr1.offload import MODES
         from localr1.prompt import render, user_turn
-        from localr1.resolve import resolve_model
 
         text = read_question(question)  # before anything slow: an empty question fails at once
-        from localr1.offload import MODES
 
         if offload_mode not in MODES:
             raise UsageError(f"--offload must be one of {', '.join(MODES)}")
@@ -171,49 +109,23 @@ def register(app: typer.Typer) -> None:
             if value is not None and value <= 0:
                 raise UsageError(f"{name} must be positive, not {value}")
         config = load_config()
-        n_ctx = ctx or config.ctx
-        layers = gpu_layers if gpu_layers is not None else config.gpu_layers
-        overrides, mlock = (), False
-        if n_ctx and layers is not None:  # both given: load exactly that, no planning
-            local = resolve_model(model, config)
-            path, name, plan = local.path, local.name, None
-        else:
-            from localr1.cli.machine import plan_for_spec, simulation
-            from localr1.hardware import machine
-
-            hw = machine(simulation(vram, ram, gpus, gpu, disk))
-            plan = plan_for_spec(
-                model,
-                hw,
-                config,
-                want_ctx=n_ctx,
-                gpu_layers=layers,
-                prefer_local=True,
-                offload=offload_mode,
-                gpu_experts=gpu_experts,
-            )
-            path, name = plan.candidate.path, plan.candidate.label
-            n_ctx, layers, overrides, mlock = plan.n_ctx, plan.n_gpu_layers, plan.overrides, plan.mlock
-            if path is None:  # the chosen build is not on disk yet: say what and how big, then fetch it
-                from localr1.cli.library import pull_target
-                from localr1.download import offline_mode, resolve_target
-
-                off = offline_mode(offline)
-                target = resolve_target(name, offline=off)
-                path = pull_target(target, offline=off)
-        header = inspect_model(path)
-        options = EngineOptions(
-            n_ctx=n_ctx,
-            n_threads=threads or config.threads,
-            n_gpu_layers=layers,
-            debug=state.debug,
-            tensor_overrides=overrides,
-            mlock=mlock,
-        )
-
         cancel = threading.Event()
         with cancel_on_sigint(cancel):
-            engine = load_with_fallback(path, header, options, plan, cancel)
+            loaded = open_model(
+                model,
+                config,
+                simulation=simulation(vram, ram, gpus, gpu, disk),
+                ctx=ctx,
+                gpu_layers=gpu_layers,
+                threads=threads,
+                offline=offline,
+                offload=offload_mode,
+                gpu_experts=gpu_experts,
+                debug=state.debug,
+                cancel=cancel,
+                fetch=pull_target,
+            )
+            engine, name, path = loaded.engine, loaded.label, loaded.path
             try:
                 prompt = render(user_turn(text, system=system, math=math), engine.info.chat_format)
                 events = engine.stream(prompt, sampling, cancel=cancel)

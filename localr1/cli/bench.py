@@ -45,12 +45,12 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         from localr1 import bench as bench_mod
-        from localr1.cli.ask import EngineOptions
-        from localr1.cli.machine import hardware_lines, plan_for_spec
+        from localr1.cli.machine import hardware_lines
         from localr1.config import load_config
         from localr1.engine.llama_cpp import LlamaCppEngine
         from localr1.gguf_info import inspect_model
         from localr1.hardware import machine
+        from localr1.loader import plan_for_spec
 
         if prompt < 1 or gen < 2 or reps < 1:
             raise UsageError("--prompt must be at least 1, --gen at least 2 and --reps at least 1")
@@ -63,15 +63,14 @@ def register(app: typer.Typer) -> None:
         if plan.candidate.path is None:
             raise UsageError(f"{plan.label} is not downloaded", hint=f"localr1 pull {plan.label}")
         path = plan.candidate.path
-        opts = EngineOptions(
-            n_ctx=prompt + gen + 64, n_threads=threads or config.threads, n_gpu_layers=plan.n_gpu_layers
-        )
         sampling = Sampling(seed=1) if r1_sampling else Sampling(temperature=0.0)
         engine = LlamaCppEngine(
             path,
-            n_ctx=opts.n_ctx,
-            n_threads=opts.n_threads,
-            n_gpu_layers=opts.n_gpu_layers,
+            n_ctx=prompt + gen + 64,
+            n_threads=threads or config.threads,
+            n_gpu_layers=plan.n_gpu_layers,
+            tensor_overrides=plan.overrides,
+            use_mlock=plan.mlock,
             flash_attn=fa,
             debug=state.debug,
             gguf=inspect_model(path),

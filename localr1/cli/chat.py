@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-
 import typer
 
 from localr1.cli.machine import DISK, GPU_KIND, GPUS, RAM, VRAM
@@ -29,40 +27,24 @@ def real_loader(*, ctx, gpu_layers, threads, sim, offline, debug, notice, offloa
     """Plan, download if needed (progress into the app), and load, retrying smaller on out-of-memory."""
 
     def load(spec, progress):
-        from localr1.cli.ask import EngineOptions, load_with_fallback
-        from localr1.cli.machine import plan_for_spec
         from localr1.config import load_config
-        from localr1.download import offline_mode, pull, resolve_target
-        from localr1.gguf_info import inspect_model
-        from localr1.hardware import machine
+        from localr1.download import pull
+        from localr1.loader import open_model
 
-        config = load_config()
-        hw = machine(sim)
-        plan = plan_for_spec(
+        return open_model(
             spec,
-            hw,
-            config,
-            want_ctx=ctx,
+            load_config(),
+            simulation=sim,
+            ctx=ctx,
             gpu_layers=gpu_layers,
-            prefer_local=True,
+            threads=threads,
+            offline=offline,
             offload=offload,
             gpu_experts=gpu_experts,
-        )
-        path = plan.candidate.path
-        if path is None:
-            off = offline_mode(offline)
-            path = pull(
-                resolve_target(plan.candidate.label, offline=off), offline=off, show_progress=False, progress=progress
-            )
-        options = EngineOptions(
-            n_ctx=plan.n_ctx,
-            n_threads=threads or config.threads,
-            n_gpu_layers=plan.n_gpu_layers,
             debug=debug,
-            tensor_overrides=plan.overrides,
-            mlock=plan.mlock,
-        )
-        return load_with_fallback(path, inspect_model(path), options, plan, threading.Event(), say=notice)
+            fetch=lambda target, off: pull(target, offline=off, show_progress=False, progress=progress),
+            say=notice,
+        ).engine
 
     return load
 

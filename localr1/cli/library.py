@@ -26,7 +26,7 @@ def choose_quant_for_machine(model) -> str:
         return model.default_quant
 
 
-def pull_target(target, *, offline: bool, announce: bool = True) -> Path:
+def pull_target(target, offline: bool = False, *, announce: bool = True) -> Path:
     from localr1.download import pull
 
     if announce and not offline:

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import typer
 
-from localr1.errors import ModelTooBigError, UsageError
+from localr1.errors import UsageError
 
 GiB = 1 << 30
 
@@ -36,8 +36,7 @@ def simulation(vram: str | None, ram: str | None, gpus: int | None, gpu: str | N
     )
 
 
-def gib(n: int | float | None) -> str:
-    return "unknown" if n is None else f"{n / GiB:.1f} GiB"
+from localr1.loader import gib  # noqa: E402  (one formatter for sizes)
 
 
 def hardware_lines(hw) -> list[str]:
@@ -126,83 +125,6 @@ def plan_lines(plan, *, explain: bool) -> list[str]:
     return lines
 
 
-def plan_for_spec(
-    spec: str | None,
-    hw,
-    config,
-    *,
-    want_ctx: int | None,
-    gpu_layers: int | None,
-    prefer_local: bool,
-    offload: str = "auto",
-    gpu_experts: int | None = None,
-):
-    """The plan for what the user named (a catalog name, a file) or, with nothing named, the best R1 for the
-    machine. With ``prefer_local``, builds already on disk win when one fits. The plan's candidate has no
-    path when it still has to be downloaded."""
-    from localr1 import candidates as cands
-    from localr1.catalog import load_catalog, split_name
-    from localr1.planner import DEFAULT_CTX, NoPlanError, choose, plan_candidate
-    from localr1.resolve import resolve_model
-
-    want = want_ctx or config.ctx or DEFAULT_CTX
-    catalog = load_catalog()
-    spec = spec or config.default_model
-
-    def best(pool, what):
-        if prefer_local and (local := [c for c in pool if c.path is not None]):
-            try:
-                return choose(local, hw, want_ctx=want, gpu_layers=gpu_layers, offload=offload, gpu_experts=gpu_experts)
-            except NoPlanError:
-                pass
-        try:
-            return choose(pool, hw, want_ctx=want, gpu_layers=gpu_layers, offload=offload, gpu_experts=gpu_experts)
-        except NoPlanError as exc:
-            if what is None:
-                raise _too_big("any R1 model", exc) from None
-            # the user chose this model: rather than refuse it for speed, take its fastest build that fits
-            for c in sorted(pool, key=lambda c: c.weights.total):
-                plan = plan_candidate(
-                    c, hw, want_ctx=want, gpu_layers=gpu_layers, min_tps=0.0, offload=offload, gpu_experts=gpu_experts
-                )
-                if plan is not None:
-                    return replace(
-                        plan, notes=(*plan.notes, f"slower than usual: about {plan.decode_tps:.1f} tokens/s")
-                    )
-            raise _too_big(what, exc) from None
-
-    if spec:
-        name, quant = split_name(spec)
-        if name in catalog:
-            model = catalog[name]
-            if quant is not None:
-                model.file_for(quant)  # an unknown quant is a clear error
-            pool = [c for c in cands.from_catalog({name: model}) if quant is None or c.quant == quant]
-            return best(pool, spec)
-        local = resolve_model(spec, config, catalog)
-        candidate = cands.from_file(local.path, local=local)
-        attempts: list = []
-        plan = plan_candidate(
-            candidate,
-            hw,
-            want_ctx=want,
-            gpu_layers=gpu_layers,
-            min_tps=0.0,
-            attempts=attempts,
-            offload=offload,
-            gpu_experts=gpu_experts,
-        )
-        if plan is None:
-            reason = next((a.reason for a in reversed(attempts) if not a.ok), "it does not fit")
-            raise ModelTooBigError(
-                f"{candidate.label} does not fit this machine: {reason}",
-                hint="Try a smaller --ctx or quant, or give both --ctx and --gpu-layers to load it anyway.",
-            )
-        return plan
-    pool = cands.from_catalog(catalog) + [cands.from_file(m.path, local=m) for m in _loose_local_models(catalog)]
-    return best(pool, None)
-
-
 def _placement(plan, hw, mode: str, gpu_experts: int | None):
     """For a MoE model: its tensor placement across GPU, RAM and disk (None for dense models or --offload off)."""
     from localr1.offload import OffloadError, plan_offload
@@ -215,20 +137,6 @@ def _placement(plan, hw, mode: str, gpu_experts: int | None):
         ), None
     except OffloadError as exc:
         return None, str(exc)
-
-
-def _loose_local_models(catalog):
-    from localr1.resolve import local_models
-
-    return [m for m in local_models(catalog) if m.catalog is None]
-
-
-def _too_big(what: str, exc) -> ModelTooBigError:
-    reason = next((a.reason for a in reversed(exc.attempts) if not a.ok), "not enough memory")
-    return ModelTooBigError(
-        f"{what} does not fit this machine: {reason}",
-        hint=f"Usable: GPU {gib(exc.budget.gpu)}, RAM {gib(exc.budget.ram)}. See: localr1 plan --explain",
-    )
 
 
 def register(app: typer.Typer) -> None:
@@ -339,6 +247,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from localr1.config import load_config
         from localr1.hardware import machine
+        from localr1.loader import plan_for_spec
         from localr1.offload import MODES
 
         if ctx is not None and ctx <= 0:

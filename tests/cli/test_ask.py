@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from localr1 import __version__
-from localr1.cli import ask as ask_module
+from localr1 import loader as loader_module
 from localr1.cli.app import app, state
 from localr1.engine.fake import FakeEngine, fake_model_info
 
@@ -29,7 +29,7 @@ def engine(monkeypatch):
 
     def factory(script=R1_SCRIPT, **kwargs):
         eng = FakeEngine([script], **kwargs)
-        monkeypatch.setattr(ask_module, "load_engine", lambda path, header, options, cancel=None: eng)
+        monkeypatch.setattr(loader_module, "load_engine", lambda path, header, options, cancel=None: eng)
         holder["engine"] = eng
         return eng
 

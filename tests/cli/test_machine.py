@@ -8,7 +8,7 @@ import pytest
 from ggufs import write_gguf
 from typer.testing import CliRunner
 
-from localr1.cli import ask as ask_module
+from localr1 import loader as loader_module
 from localr1.cli.app import app, state
 from localr1.engine.fake import FakeEngine
 from localr1.errors import ModelLoadError
@@ -86,7 +86,7 @@ def test_ask_uses_the_plan_for_a_local_file(runner, monkeypatch, tmp_path):
         seen.append(options)
         return eng
 
-    monkeypatch.setattr(ask_module, "load_engine", fake_load)
+    monkeypatch.setattr(loader_module, "load_engine", fake_load)
     result = runner.invoke(app, ["ask", "q", "-m", str(path)])
     assert result.exit_code == 0, result.output
     assert seen[0].n_ctx == 2048 and seen[0].n_gpu_layers == 0  # its trained context; no GPU here
@@ -103,7 +103,7 @@ def test_ask_retries_smaller_after_out_of_memory(runner, monkeypatch, tmp_path):
             raise ModelLoadError("llama.cpp could not load m.gguf: cudaMalloc failed: out of memory")
         return FakeEngine([["</think>", "fine"]])
 
-    monkeypatch.setattr(ask_module, "load_engine", fake_load)
+    monkeypatch.setattr(loader_module, "load_engine", fake_load)
     result = runner.invoke(app, ["ask", "q", "-m", str(path)])
     assert result.exit_code == 0, result.output
     assert seen[0].n_gpu_layers == -1 and 0 <= seen[1].n_gpu_layers < 2
@@ -117,7 +117,7 @@ def test_ask_does_not_retry_other_load_errors(runner, monkeypatch, tmp_path):
     def fake_load(p, header, options, cancel=None):
         raise ModelLoadError("llama.cpp could not load m.gguf: unknown model architecture")
 
-    monkeypatch.setattr(ask_module, "load_engine", fake_load)
+    monkeypatch.setattr(loader_module, "load_engine", fake_load)
     result = runner.invoke(app, ["ask", "q", "-m", str(path)])
     assert result.exit_code == 1 and "retrying" not in result.stderr
 

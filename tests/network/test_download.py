@@ -13,7 +13,7 @@ from ggufs import write_gguf
 from typer.testing import CliRunner
 
 from localr1 import download
-from localr1.cli import ask as ask_module
+from localr1 import loader as loader_module
 from localr1.cli.app import app, state
 from localr1.engine.fake import FakeEngine
 from localr1.errors import DownloadError
@@ -240,7 +240,7 @@ def test_offline_uses_the_cache_and_opens_no_socket(runner, hub, network_guard, 
 
 
 def test_ask_pulls_the_model_on_first_use(runner, hub, monkeypatch):
-    monkeypatch.setattr(ask_module, "load_engine", lambda *a, **k: FakeEngine([["</think>", "hello"]]))
+    monkeypatch.setattr(loader_module, "load_engine", lambda *a, **k: FakeEngine([["</think>", "hello"]]))
     result = runner.invoke(app, ["ask", "hi", "-m", "tiny:1b:Q8_0"])
     assert result.exit_code == 0, result.output
     assert "Pulling tiny:1b:Q8_0" in result.stderr and "GiB to download" in result.stderr

@@ -1,0 +1,240 @@
+"""Opening the model the user asked for: plan it, fetch it if it is not on disk, load it.
+
+Shared by ``ask``, ``chat`` and ``bench``; front ends pass callbacks for what they show (the download
+announcement and progress, the out-of-memory retry notice).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from localr1.errors import ModelTooBigError
+
+GiB = 1 << 30
+
+
+def gib(n: int | float | None) -> str:
+    return "unknown" if n is None else f"{n / GiB:.1f} GiB"
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    n_ctx: int | None = None
+    n_threads: int | None = None
+    n_gpu_layers: int | None = None
+    debug: bool = False
+    tensor_overrides: tuple[tuple[str, str], ...] = ()
+    mlock: bool = False
+
+
+def load_engine(path: Path, header, options: EngineOptions, cancel: threading.Event | None = None):
+    """Open the real engine (imported here: llama.cpp loads only when a model is used)."""
+    from localr1.engine.llama_cpp import LlamaCppEngine
+
+    return LlamaCppEngine(
+        path,
+        n_ctx=options.n_ctx,
+        n_threads=options.n_threads,
+        n_gpu_layers=options.n_gpu_layers,
+        debug=options.debug,
+        gguf=header,
+        cancel=cancel,
+        tensor_overrides=options.tensor_overrides,
+        use_mlock=options.mlock,
+    )
+
+
+OOM_WORDS = ("out of memory", "failed to allocate", "unable to allocate", "cudamalloc", "not enough memory")
+
+
+def load_with_fallback(path: Path, header, options: EngineOptions, plan, cancel: threading.Event, say=None):
+    """Load as planned; if memory runs out after all, retry with fewer GPU layers or a smaller context.
+
+    ``say`` receives the retry notice (default: stderr)."""
+    from dataclasses import replace
+
+    from localr1.errors import ModelLoadError
+    from localr1.planner import Fallbacks
+
+    fallbacks = Fallbacks(plan) if plan is not None else None
+    while True:
+        try:
+            return load_engine(path, header, options, cancel)
+        except ModelLoadError as exc:
+            smaller = fallbacks.next() if fallbacks and any(w in str(exc).lower() for w in OOM_WORDS) else None
+            if smaller is None:
+                raise
+            n_ctx, layers = smaller
+            notice = (
+                f"Out of memory with {_describe(options.n_ctx, options.n_gpu_layers)}; "
+                f"retrying with {_describe(n_ctx, layers)}."
+            )
+            (say or (lambda text: sys.stderr.write(text + "\n")))(notice)
+            options = replace(options, n_ctx=n_ctx, n_gpu_layers=layers)
+
+
+def _describe(n_ctx: int | None, layers: int | None) -> str:
+    where = "all layers on the GPU" if layers is not None and layers < 0 else f"{layers or 0} GPU layers"
+    return f"a {n_ctx or 0:,}-token context and {where}"
+
+
+def plan_for_spec(
+    spec: str | None,
+    hw,
+    config,
+    *,
+    want_ctx: int | None,
+    gpu_layers: int | None,
+    prefer_local: bool,
+    offload: str = "auto",
+    gpu_experts: int | None = None,
+):
+    """The plan for what the user named (a catalog name, a file) or, with nothing named, the best R1 for the
+    machine. With ``prefer_local``, builds already on disk win when one fits. The plan's candidate has no
+    path when it still has to be downloaded."""
+    from localr1 import candidates as cands
+    from localr1.catalog import load_catalog, split_name
+    from localr1.planner import DEFAULT_CTX, NoPlanError, choose, plan_candidate
+    from localr1.resolve import resolve_model
+
+    want = want_ctx or config.ctx or DEFAULT_CTX
+    catalog = load_catalog()
+    spec = spec or config.default_model
+
+    def best(pool, what):
+        if prefer_local and (local := [c for c in pool if c.path is not None]):
+            try:
+                return choose(local, hw, want_ctx=want, gpu_layers=gpu_layers, offload=offload, gpu_experts=gpu_experts)
+            except NoPlanError:
+                pass
+        try:
+            return choose(pool, hw, want_ctx=want, gpu_layers=gpu_layers, offload=offload, gpu_experts=gpu_experts)
+        except NoPlanError as exc:
+            if what is None:
+                raise _too_big("any R1 model", exc) from None
+            # the user chose this model: rather than refuse it for speed, take its fastest build that fits
+            for c in sorted(pool, key=lambda c: c.weights.total):
+                plan = plan_candidate(
+                    c, hw, want_ctx=want, gpu_layers=gpu_layers, min_tps=0.0, offload=offload, gpu_experts=gpu_experts
+                )
+                if plan is not None:
+                    return replace(
+                        plan, notes=(*plan.notes, f"slower than usual: about {plan.decode_tps:.1f} tokens/s")
+                    )
+            raise _too_big(what, exc) from None
+
+    if spec:
+        name, quant = split_name(spec)
+        if name in catalog:
+            model = catalog[name]
+            if quant is not None:
+                model.file_for(quant)  # an unknown quant is a clear error
+            pool = [c for c in cands.from_catalog({name: model}) if quant is None or c.quant == quant]
+            return best(pool, spec)
+        local = resolve_model(spec, config, catalog)
+        candidate = cands.from_file(local.path, local=local)
+        attempts: list = []
+        plan = plan_candidate(
+            candidate,
+            hw,
+            want_ctx=want,
+            gpu_layers=gpu_layers,
+            min_tps=0.0,
+            attempts=attempts,
+            offload=offload,
+            gpu_experts=gpu_experts,
+        )
+        if plan is None:
+            reason = next((a.reason for a in reversed(attempts) if not a.ok), "it does not fit")
+            raise ModelTooBigError(
+                f"{candidate.label} does not fit this machine: {reason}",
+                hint="Try a smaller --ctx or quant, or give both --ctx and --gpu-layers to load it anyway.",
+            )
+        return plan
+    pool = cands.from_catalog(catalog) + [cands.from_file(m.path, local=m) for m in _loose_local_models(catalog)]
+    return best(pool, None)
+
+
+def _loose_local_models(catalog):
+    from localr1.resolve import local_models
+
+    return [m for m in local_models(catalog) if m.catalog is None]
+
+
+def _too_big(what: str, exc) -> ModelTooBigError:
+    reason = next((a.reason for a in reversed(exc.attempts) if not a.ok), "not enough memory")
+    return ModelTooBigError(
+        f"{what} does not fit this machine: {reason}",
+        hint=f"Usable: GPU {gib(exc.budget.gpu)}, RAM {gib(exc.budget.ram)}. See: localr1 plan --explain",
+    )
+
+
+@dataclass
+class LoadedModel:
+    engine: object
+    label: str
+    path: Path
+    plan: object | None  # planner.Plan, or None when --ctx and --gpu-layers were both given
+
+
+def open_model(
+    spec: str | None,
+    config,
+    *,
+    simulation=None,
+    ctx: int | None = None,
+    gpu_layers: int | None = None,
+    threads: int | None = None,
+    offline: bool = False,
+    offload: str = "auto",
+    gpu_experts: int | None = None,
+    debug: bool = False,
+    cancel: threading.Event | None = None,
+    fetch: Callable | None = None,
+    say: Callable[[str], None] | None = None,
+) -> LoadedModel:
+    """Plan (unless both --ctx and --gpu-layers are given), fetch with ``fetch(target, offline)`` if the
+    planned build is not on disk, and load it, retrying smaller if llama.cpp runs out of memory."""
+    from localr1.download import offline_mode, pull, resolve_target
+    from localr1.gguf_info import inspect_model
+    from localr1.hardware import machine
+    from localr1.resolve import resolve_model
+
+    n_ctx = ctx or config.ctx
+    layers = gpu_layers if gpu_layers is not None else config.gpu_layers
+    overrides, mlock, plan = (), False, None
+    if n_ctx and layers is not None:  # both given: load exactly that, no planning
+        local = resolve_model(spec, config)
+        path, label = local.path, local.name
+    else:
+        hw = machine(simulation)
+        plan = plan_for_spec(
+            spec,
+            hw,
+            config,
+            want_ctx=n_ctx,
+            gpu_layers=layers,
+            prefer_local=True,
+            offload=offload,
+            gpu_experts=gpu_experts,
+        )
+        path, label = plan.candidate.path, plan.candidate.label
+        n_ctx, layers, overrides, mlock = plan.n_ctx, plan.n_gpu_layers, plan.overrides, plan.mlock
+        if path is None:  # the chosen build is not on disk yet
+            off = offline_mode(offline)
+            target = resolve_target(label, offline=off)
+            path = fetch(target, off) if fetch else pull(target, offline=off, show_progress=False)
+    options = EngineOptions(
+        n_ctx=n_ctx,
+        n_threads=threads or config.threads,
+        n_gpu_layers=layers,
+        debug=debug,
+        tensor_overrides=overrides,
+        mlock=mlock,
+    )
+    engine = load_with_fallback(path, inspect_model(path), options, plan, cancel or threading.Event(), say=say)
+    return LoadedModel(engine, label, path, plan)
