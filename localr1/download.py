@@ -93,7 +93,16 @@ def check_repo_id(repo_id: str) -> str:
 def _api():
     from huggingface_hub import HfApi
 
+    _quiet_hub_logs()
     return HfApi(endpoint=endpoint())
+
+
+def _quiet_hub_logs() -> None:
+    """huggingface_hub logs each retry as a warning; localr1 reports failures itself (--debug shows them)."""
+    if not os.environ.get("LOCALR1_DEBUG"):
+        from huggingface_hub.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
 
 
 def list_remote(repo_id: str, revision: str = "main") -> list[RemoteFile]:
@@ -241,10 +250,14 @@ def preflight(target: PullTarget) -> int:
 
 
 class hub_errors:
-    """Turn huggingface_hub's and the network's exceptions into one-line DownloadErrors."""
+    """Turn huggingface_hub's and the network's exceptions into one-line DownloadErrors.
 
-    def __init__(self, what: str) -> None:
+    ``transfer`` says whether bytes may already be on disk (then a retry resumes), or whether the Hub was
+    only being asked about the files."""
+
+    def __init__(self, what: str, *, transfer: bool = False) -> None:
         self.what = what
+        self.transfer = transfer
 
     def __enter__(self) -> hub_errors:
         return self
@@ -270,6 +283,11 @@ class hub_errors:
             raise DownloadError(f"{self.what} is not in the repository") from exc
         if isinstance(exc, hf.HfHubHTTPError):
             raise DownloadError(f"the Hub refused the download of {self.what}: {str(exc).splitlines()[0]}") from exc
+        if isinstance(exc, (*_http_errors(), OSError)) and not isinstance(exc, FileNotFoundError) and not self.transfer:
+            raise DownloadError(
+                f"could not reach the Hugging Face Hub at {endpoint()} ({type(exc).__name__}: {exc})",
+                hint="Check the connection (or HF_ENDPOINT); models already on disk work with --offline.",
+            ) from exc
         if isinstance(exc, (*_http_errors(), OSError)) and not isinstance(exc, FileNotFoundError):
             raise DownloadError(
                 f"the download of {self.what} was interrupted ({type(exc).__name__}: {exc})",
@@ -432,7 +450,7 @@ def _fetch(
                     except net_errors as exc:
                         attempts -= 1
                         if attempts < 0:
-                            with hub_errors(f"{repo_id}/{f.path}"):
+                            with hub_errors(f"{repo_id}/{f.path}", transfer=True):
                                 raise exc
             finally:
                 if bar is not None:

@@ -57,6 +57,7 @@ def root(
 ) -> None:
     if debug:
         state.debug = True
+        os.environ["LOCALR1_DEBUG"] = "1"
 
 
 def print_error(exc: LocalR1Error) -> None:
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if "--debug" in args:
         state.debug = True
+        os.environ["LOCALR1_DEBUG"] = "1"  # for the libraries localr1 drives (their own logs)
         args = [a for a in args if a != "--debug"]
         args.insert(0, "--debug")
     try:
