@@ -88,6 +88,10 @@ def register(app: typer.Typer) -> None:
         from localr1.download import offline_mode, resolve_target
 
         off = offline_mode(offline)
+        if not off and sys.stderr.isatty():  # the Hub may take a while to answer (or to fail)
+            from localr1.download import endpoint
+
+            sys.stderr.write(f"Looking up {model} on {endpoint()}…\n")
         target = resolve_target(
             model, quant=quant, choose_quant=choose_quant_for_machine, offline=off, revision=revision
         )
