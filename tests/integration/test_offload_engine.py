@@ -98,9 +98,13 @@ def _memory_cgroup(tmp_name: str, limit: int):
         group = root / tmp_name
         try:
             group.mkdir(exist_ok=True)
+        except OSError:
+            continue
+        try:
             (group / limit_file).write_text(str(limit))
             return group
         except OSError:
+            group.rmdir()  # made but not limitable (e.g. no memory controller delegated here)
             continue
     return None
 
