@@ -141,8 +141,8 @@ class GGUFInfo:
     def quant_name(self) -> str:
         """The dominant weight type, as llama.cpp names file types (``Q4_K_M`` style where known)."""
         ftype = self.metadata.get("general.file_type")
-        if isinstance(ftype, int) and ftype in _FILE_TYPE_NAMES:
-            return _FILE_TYPE_NAMES[ftype]
+        if isinstance(ftype, int) and ftype in FILE_TYPE_NAMES:
+            return FILE_TYPE_NAMES[ftype]
         weights = [t for t in self.tensors if len(t.shape) >= 2]
         if not weights:
             return "unknown"
@@ -153,7 +153,7 @@ class GGUFInfo:
 
 
 # llama.cpp's enum llama_ftype, for the names users know (Q4_K_M, ...).
-_FILE_TYPE_NAMES = {
+FILE_TYPE_NAMES = {
     0: "F32",
     1: "F16",
     2: "Q4_0",
