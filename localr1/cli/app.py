@@ -93,11 +93,12 @@ def handle_errors(func: F) -> F:
 def _register() -> None:
     from localr1.cli import ask, bench, chat, library, machine
 
+    # the order --help lists them in: everyday first
     ask.register(app)
     chat.register(app)
-    bench.register(app)
-    machine.register(app)
     library.register(app)
+    machine.register(app)
+    bench.register(app)
 
 
 _register()

@@ -104,66 +104,6 @@ def register(app: typer.Typer) -> None:
             sys.stdout.write(f"{path}\n")
 
     @app.command(
-        help="Quantize a model to any llama.cpp type (through llama.cpp's own quantizer).\n\n"
-        "The output goes into localr1's models folder (so `localr1 list` shows it) unless -o says otherwise.\n\n"
-        "Examples:\n\n  localr1 quantize r1:7b:Q8_0 --to Q4_K_M\n\n"
-        "  localr1 quantize ./model-f16.gguf --to Q5_K_M -o ./model-Q5_K_M.gguf\n\n  localr1 quantize x --to list"
-    )
-    @handle_errors
-    def quantize(
-        model: str = typer.Argument(..., help="A .gguf file, or a downloaded catalog model (r1:7b:Q8_0)."),
-        to: str = typer.Option(..., "--to", help="The type (Q4_K_M, Q5_K_M, Q8_0, ...), or 'list'."),
-        output: Path | None = OUTPUT_OPTION,
-        threads: int | None = typer.Option(None, "--threads", help="Threads (default: all cores)."),
-        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-    ) -> None:
-        from localr1 import quantize as q
-        from localr1.config import load_config
-        from localr1.download import free_disk
-        from localr1.paths import models_dir
-        from localr1.resolve import resolve_model
-
-        if to.lower() == "list":
-            rows = [(name, q.bits_per_weight(name)) for name in q.QUANT_TYPES]
-            if json_out:
-                sys.stdout.write(json.dumps([{"type": n, "bits_per_weight": b} for n, b in rows], indent=2) + "\n")
-                return
-            for name, bpw in sorted(rows, key=lambda r: r[1]):
-                note = "  (needs an importance matrix)" if name in q.NEEDS_IMATRIX else ""
-                sys.stdout.write(f"{name:10} {bpw:5.2f} bits per weight{note}\n")
-            return
-        to = q.parse_type(to)
-        source = resolve_model(model, load_config()).path
-        dest = output or q.default_output(source, to, models_dir())
-        bar = None
-        if sys.stderr.isatty():
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=0, unit="tensor", desc=f"quantize to {to}")
-
-        def progress(done: int, total: int) -> None:
-            if bar is not None:
-                bar.total = total
-                bar.n = done
-                bar.refresh()
-
-        try:
-            result = q.quantize(source, to, dest, threads=threads, progress=progress, free_bytes=free_disk)
-        finally:
-            if bar is not None:
-                bar.close()
-        if json_out:
-            out = {"source": str(result.source), "output": str(result.output), "to": to}
-            out |= {"source_bytes": result.source_bytes, "output_bytes": result.output_bytes}
-            sys.stdout.write(json.dumps(out, indent=2) + "\n")
-            return
-        gib_in, gib_out = result.source_bytes / GiB, result.output_bytes / GiB
-        sys.stdout.write(
-            f"{result.source.name} ({gib_in:.2f} GiB) -> {result.output} ({gib_out:.2f} GiB, "
-            f"{100 * result.output_bytes / max(result.source_bytes, 1):.0f}%)\n"
-        )
-
-    @app.command(
         name="list",
         help="List the models on this machine: catalog builds, Hub downloads and files in localr1's folder.\n\n"
         "Examples:\n\n  localr1 list\n\n  localr1 list --json",
@@ -227,3 +167,63 @@ def register(app: typer.Typer) -> None:
             sys.stdout.write(json.dumps({"removed": [m.name for m in matches], "freed_bytes": freed}) + "\n")
         else:
             sys.stdout.write(f"Removed {', '.join(m.name for m in matches)}: {freed / GiB:.2f} GiB freed.\n")
+
+    @app.command(
+        help="Quantize a model to any llama.cpp type (through llama.cpp's own quantizer).\n\n"
+        "The output goes into localr1's models folder (so `localr1 list` shows it) unless -o says otherwise.\n\n"
+        "Examples:\n\n  localr1 quantize r1:7b:Q8_0 --to Q4_K_M\n\n"
+        "  localr1 quantize ./model-f16.gguf --to Q5_K_M -o ./model-Q5_K_M.gguf\n\n  localr1 quantize x --to list"
+    )
+    @handle_errors
+    def quantize(
+        model: str = typer.Argument(..., help="A .gguf file, or a downloaded catalog model (r1:7b:Q8_0)."),
+        to: str = typer.Option(..., "--to", help="The type (Q4_K_M, Q5_K_M, Q8_0, ...), or 'list'."),
+        output: Path | None = OUTPUT_OPTION,
+        threads: int | None = typer.Option(None, "--threads", help="Threads (default: all cores)."),
+        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    ) -> None:
+        from localr1 import quantize as q
+        from localr1.config import load_config
+        from localr1.download import free_disk
+        from localr1.paths import models_dir
+        from localr1.resolve import resolve_model
+
+        if to.lower() == "list":
+            rows = [(name, q.bits_per_weight(name)) for name in q.QUANT_TYPES]
+            if json_out:
+                sys.stdout.write(json.dumps([{"type": n, "bits_per_weight": b} for n, b in rows], indent=2) + "\n")
+                return
+            for name, bpw in sorted(rows, key=lambda r: r[1]):
+                note = "  (needs an importance matrix)" if name in q.NEEDS_IMATRIX else ""
+                sys.stdout.write(f"{name:10} {bpw:5.2f} bits per weight{note}\n")
+            return
+        to = q.parse_type(to)
+        source = resolve_model(model, load_config()).path
+        dest = output or q.default_output(source, to, models_dir())
+        bar = None
+        if sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=0, unit="tensor", desc=f"quantize to {to}")
+
+        def progress(done: int, total: int) -> None:
+            if bar is not None:
+                bar.total = total
+                bar.n = done
+                bar.refresh()
+
+        try:
+            result = q.quantize(source, to, dest, threads=threads, progress=progress, free_bytes=free_disk)
+        finally:
+            if bar is not None:
+                bar.close()
+        if json_out:
+            out = {"source": str(result.source), "output": str(result.output), "to": to}
+            out |= {"source_bytes": result.source_bytes, "output_bytes": result.output_bytes}
+            sys.stdout.write(json.dumps(out, indent=2) + "\n")
+            return
+        gib_in, gib_out = result.source_bytes / GiB, result.output_bytes / GiB
+        sys.stdout.write(
+            f"{result.source.name} ({gib_in:.2f} GiB) -> {result.output} ({gib_out:.2f} GiB, "
+            f"{100 * result.output_bytes / max(result.source_bytes, 1):.0f}%)\n"
+        )
