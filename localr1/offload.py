@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from localr1.hardware import GiB, Hardware
 from localr1.memory import estimate
-from localr1.planner import CPU_EFFICIENCY, GPU_EFFICIENCY, Budget, Candidate
+from localr1.planner import Budget, Candidate, tokens_per_s
 
 MODES = ("auto", "gpu", "ram", "disk", "off")
 
@@ -136,15 +136,12 @@ def plan_offload(
     ram_bytes = full.cpu_total + sum(experts[i] for i in in_ram)
     disk_bytes = sum(experts[i] for i in on_disk)
     active = c.arch.n_expert_used / c.arch.n_expert
-    seconds = 0.0
+    ram_experts_read = active * sum(experts[i] for i in in_ram)
     if hw.gpus:
-        bw = sum(g.bandwidth_gbs for g in hw.gpus) / len(hw.gpus)
-        gpu_read = hot_gpu + active * sum(experts[i] for i in on_gpu)
-        seconds += gpu_read / (bw * 1e9 * GPU_EFFICIENCY)
-    else:
-        seconds += hot_gpu / (hw.ram_bandwidth_gbs * 1e9 * CPU_EFFICIENCY)
-    seconds += active * sum(experts[i] for i in in_ram) / (hw.ram_bandwidth_gbs * 1e9 * CPU_EFFICIENCY)
-    seconds += active * disk_bytes / (hw.disk_bandwidth_gbs * 1e9)
+        gpu_read, cpu_read = hot_gpu + active * sum(experts[i] for i in on_gpu), ram_experts_read
+    else:  # no GPU: the "hot" part is read from RAM too
+        gpu_read, cpu_read = 0.0, hot_gpu + ram_experts_read
+    decode_tps = tokens_per_s(hw, gpu_read, cpu_read, active * disk_bytes)
     cpu_layers = tuple(sorted(in_ram + on_disk))
     rules = ((expert_rule(cpu_layers), "CPU"),) if cpu_layers else ()
     return Placement(
@@ -156,7 +153,7 @@ def plan_offload(
         gpu_bytes=gpu_bytes,
         ram_bytes=ram_bytes,
         disk_bytes=disk_bytes,
-        decode_tps=1.0 / seconds if seconds else float("inf"),
+        decode_tps=decode_tps,
         rules=rules,
         mlock=not on_disk and bool(in_ram),
     )

@@ -172,6 +172,11 @@ def decode_speed(c: Candidate, est: MemoryEstimate, hw: Hardware, disk_bytes: in
     cpu_read = read(est.cpu_weights, 1 - gpu_share) + est.cpu_kv / 4
     disk_read = disk_bytes * active if c.arch.is_moe else disk_bytes
     cpu_read -= disk_read
+    return tokens_per_s(hw, gpu_read, cpu_read, disk_read)
+
+
+def tokens_per_s(hw: Hardware, gpu_read: float, cpu_read: float, disk_read: float) -> float:
+    """Decode speed when each token reads these bytes from the GPU, RAM and disk tiers."""
     seconds = 0.0
     if gpu_read > 0 and hw.gpus:
         bw = sum(g.bandwidth_gbs for g in hw.gpus) / len(hw.gpus)
