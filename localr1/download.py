@@ -191,16 +191,23 @@ def resolve_target(
     return PullTarget(repo_id, revision, tuple(_with_parts(remote, file)), f"{repo_id}/{file}")
 
 
-def _cached_files(repo_id: str, rel: str) -> list[RemoteFile]:
+def _find_cached(repo_id: str, rels: list[str], what: str) -> list[Path]:
+    """The newest snapshot of the repository that holds all of these files; offline, nothing else can help."""
     snaps = hf_hub_cache() / ("models--" + repo_id.replace("/", "--")) / "snapshots"
     for snap in sorted(snaps.iterdir(), reverse=True) if snaps.is_dir() else []:
-        parts = [snap / p for p in split_siblings(Path(rel))]
-        if all(p.is_file() for p in parts):
-            return [RemoteFile(str(p.relative_to(snap)).replace(os.sep, "/"), p.stat().st_size, None) for p in parts]
+        paths = [snap / rel for rel in rels]
+        if all(p.is_file() for p in paths):
+            return paths
     raise DownloadError(
-        f"{rel} is not in the local cache and localr1 is offline",
+        f"{what} is not in the local cache and localr1 is offline",
         hint="Connect and run pull again without --offline (or unset HF_HUB_OFFLINE).",
     )
+
+
+def _cached_files(repo_id: str, rel: str) -> list[RemoteFile]:
+    rels = [p.as_posix() for p in split_siblings(Path(rel))]
+    paths = _find_cached(repo_id, rels, rel)
+    return [RemoteFile(r, p.stat().st_size, None) for r, p in zip(rels, paths)]
 
 
 # --- downloading ------------------------------------------------------------------------------------------
@@ -484,8 +491,7 @@ def pull(
 
     ``progress`` is called with each chunk (for front ends that draw their own progress bar)."""
     if offline:
-        paths = [Path(p) for p in _cached_paths(target)]
-        return paths[0]
+        return _find_cached(target.repo_id, [f.path for f in target.files], target.label)[0]
     preflight(target)
     paths = []
     for f in target.files:
@@ -493,15 +499,3 @@ def pull(
         verify(local, f, show_progress=show_progress)
         paths.append(local)
     return paths[0]
-
-
-def _cached_paths(target: PullTarget) -> list[str]:
-    snaps = hf_hub_cache() / ("models--" + target.repo_id.replace("/", "--")) / "snapshots"
-    for snap in sorted(snaps.iterdir(), reverse=True) if snaps.is_dir() else []:
-        paths = [snap / f.path for f in target.files]
-        if all(p.is_file() for p in paths):
-            return [str(p) for p in paths]
-    raise DownloadError(
-        f"{target.label} is not in the local cache and localr1 is offline",
-        hint="Connect and run pull again without --offline (or unset HF_HUB_OFFLINE).",
-    )
