@@ -16,7 +16,7 @@ the GPU, the output layer too when ``k > n_layer``; token embeddings stay on the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from localr1.arch import Architecture
 
@@ -124,7 +124,6 @@ class MemoryEstimate:
     output: int = 0
     kv_total: int = 0
     compute_total: int = 0
-    details: dict = field(default_factory=dict)
 
     @property
     def gpu_total(self) -> int:
@@ -175,7 +174,6 @@ def estimate(
     *,
     n_ubatch: int = 512,
     flash_attn: bool = True,
-    unified: bool = False,
 ) -> MemoryEstimate:
     """Memory per device for ``n_gpu_layers`` offloaded (-1 or > n_layer: everything)."""
     n_layer = arch.n_layer
@@ -193,7 +191,7 @@ def estimate(
     else:
         # the graph runs on the GPU; the CPU keeps a host buffer for the inputs and the embeddings
         gpu_compute, cpu_compute = compute, 4 * n_ubatch * arch.n_embd * 2
-    est = MemoryEstimate(
+    return MemoryEstimate(
         gpu_weights=gpu_w,
         gpu_kv=kv_gpu,
         gpu_compute=gpu_compute,
@@ -203,6 +201,4 @@ def estimate(
         output=output,
         kv_total=kv_total,
         compute_total=compute,
-        details={"n_gpu_layers": k, "unified": unified},
     )
-    return est

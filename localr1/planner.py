@@ -257,7 +257,7 @@ def plan_candidate(
             if offload != "auto":
                 continue  # a forced placement mode: no plain layer offload instead
         for k in layer_options:
-            est = estimate(c.arch, c.weights, n_ctx, k, flash_attn=flash_attn, unified=budget.unified)
+            est = estimate(c.arch, c.weights, n_ctx, k, flash_attn=flash_attn)
             ok, why, disk_bytes = _fits(est, budget, c, allow_disk)
             if not ok:
                 if k in (layer_options[0], layer_options[-1]):  # full offload and CPU only, not every count
@@ -315,7 +315,6 @@ def _offload_plan(c, hw, n_ctx, budget, mode, gpu_experts, min_tps, attempts, wa
         output=full.output,
         kv_total=full.kv_total,
         compute_total=full.compute_total,
-        details={"offload": True},
     )
     attempts.append(
         Attempt(
