@@ -7,7 +7,8 @@ The transfer itself is localr1's, because it must survive a killed process: a pa
 retried from where they stopped, and a lock per file keeps two pulls of one model from corrupting each
 other. On top of that, localr1:
 
-* refuses repository paths that could leave the cache, and fetches only ``.gguf`` files;
+* refuses repository paths that could leave the cache, and fetches only ``.gguf`` files (or, for
+  ``convert``, a checkpoint's safetensors and JSON files: never pickles, never code);
 * checks free disk space against what is still to download, before any byte is written;
 * verifies each file's sha256 against the Hub's LFS hash (huggingface_hub checks only the size), remembers
   the verified files so the check is not repeated, and deletes a file that does not match.
@@ -105,15 +106,19 @@ def _quiet_hub_logs() -> None:
         hf_logging.set_verbosity_error()
 
 
-def list_remote(repo_id: str, revision: str = "main") -> list[RemoteFile]:
-    """The GGUF files of a repository, with sizes and LFS hashes."""
+def _is_gguf(path: str) -> bool:
+    return path.endswith(".gguf")
+
+
+def list_remote(repo_id: str, revision: str = "main", accept: Callable[[str], bool] = _is_gguf) -> list[RemoteFile]:
+    """The GGUF files of a repository (or those ``accept`` takes), with sizes and LFS hashes."""
     from huggingface_hub.hf_api import RepoFile
 
     with hub_errors(repo_id):
         entries = list(_api().list_repo_tree(repo_id, revision=revision, recursive=True))
     out = []
     for e in entries:
-        if isinstance(e, RepoFile) and e.path.endswith(".gguf"):
+        if isinstance(e, RepoFile) and accept(e.path):
             sha = e.lfs.sha256 if e.lfs is not None else None
             out.append(RemoteFile(safe_repo_path(e.path), int(e.size), sha))
     return out
@@ -189,6 +194,39 @@ def resolve_target(
             )
         file = firsts[0].path
     return PullTarget(repo_id, revision, tuple(_with_parts(remote, file)), f"{repo_id}/{file}")
+
+
+CHECKPOINT_FILES = (
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "chat_template.jinja", "README.md", "model.safetensors.index.json",
+)  # fmt: skip
+
+
+def _is_checkpoint_file(path: str) -> bool:
+    return "/" not in path and (path in CHECKPOINT_FILES or path.endswith(".safetensors"))
+
+
+def checkpoint_folder(
+    repo_id: str, *, revision: str = "main", offline: bool = False, show_progress: bool = True
+) -> Path:
+    """A Hugging Face checkpoint (config, tokenizer, safetensors weights) in the cache; downloaded if needed.
+
+    Pickle weights and code files (``*.py``) are never fetched."""
+    check_repo_id(repo_id)
+    if offline:
+        return _find_cached(repo_id, ["config.json"], f"{repo_id} (checkpoint)")[0].parent
+    files = list_remote(repo_id, revision, accept=_is_checkpoint_file)
+    names = {f.path for f in files}
+    if "config.json" not in names:
+        raise DownloadError(f"{repo_id} has no config.json, so it is not a Hugging Face checkpoint")
+    if not any(n.endswith(".safetensors") for n in names):
+        raise DownloadError(
+            f"{repo_id} has no safetensors weights",
+            hint="localr1 never downloads pickle weights; download them yourself and pass the folder with --allow-pickle.",
+        )
+    files.sort(key=lambda f: (f.path != "config.json", f.path))
+    target = PullTarget(repo_id, revision, tuple(files), f"{repo_id} (checkpoint)")
+    return pull(target, show_progress=show_progress).parent
 
 
 def _find_cached(repo_id: str, rels: list[str], what: str) -> list[Path]:

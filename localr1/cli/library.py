@@ -1,4 +1,4 @@
-"""``localr1 pull``, ``list`` and ``rm``: models on disk."""
+"""``localr1 pull``, ``list``, ``rm``, ``convert`` and ``quantize``: models on disk."""
 
 from __future__ import annotations
 
@@ -227,3 +227,78 @@ def register(app: typer.Typer) -> None:
             f"{result.source.name} ({gib_in:.2f} GiB) -> {result.output} ({gib_out:.2f} GiB, "
             f"{100 * result.output_bytes / max(result.source_bytes, 1):.0f}%)\n"
         )
+
+    @app.command(
+        help="Convert a Hugging Face checkpoint (safetensors) into a GGUF that llama.cpp and localr1 run.\n\n"
+        "Qwen 2.5 / Llama 3 / Qwen 3 checkpoints (the R1 distills and their fine-tunes). The file is the one "
+        "llama.cpp's convert_hf_to_gguf.py writes, without needing PyTorch. The output goes into localr1's "
+        "models folder (so `localr1 list` shows it) unless -o says otherwise.\n\n"
+        "Examples:\n\n  localr1 convert ./my-r1-finetune\n\n"
+        "  localr1 convert deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --outtype q8_0\n\n"
+        "  localr1 convert ./ckpt --outtype f16 -o ./model-f16.gguf && localr1 quantize ./model-f16.gguf --to Q4_K_M"
+    )
+    @handle_errors
+    def convert(
+        source: str = typer.Argument(..., help="A checkpoint folder, or a Hub repository (owner/name) to download."),
+        outtype: str = typer.Option(
+            "auto", "--outtype", help="f16, bf16, q8_0, f32, or auto (the checkpoint's own 16-bit type)."
+        ),
+        output: Path | None = OUTPUT_OPTION,
+        allow_pickle: bool = typer.Option(
+            False, "--allow-pickle", help="Read pytorch_model.bin weights (unpickling can run code; needs torch)."
+        ),
+        name: str | None = typer.Option(None, "--name", help="The model's name inside the file (general.name)."),
+        offline: bool = typer.Option(False, "--offline", help="Use only the local cache; open no connection."),
+        revision: str = typer.Option("main", "--revision", help="Branch, tag or commit, for a Hub repository."),
+        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    ) -> None:
+        from localr1 import convert as cv
+        from localr1.download import free_disk, offline_mode
+        from localr1.paths import models_dir
+
+        folder = Path(source).expanduser()
+        if not folder.exists() and "/" in source and not source.startswith((".", "/", "~")):
+            from localr1.download import checkpoint_folder
+
+            show = sys.stderr.isatty() or bool(os.environ.get("LOCALR1_PROGRESS"))
+            folder = checkpoint_folder(source, revision=revision, offline=offline_mode(offline), show_progress=show)
+        elif not folder.exists():
+            raise UsageError(f"{source} does not exist", hint="Pass a checkpoint folder or owner/name on the Hub.")
+        bar = None
+        if sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc="convert")
+
+        def progress(done: int, total: int, tensor: str) -> None:
+            if bar is not None:
+                bar.total = total
+                bar.n = done
+                bar.set_postfix_str(tensor, refresh=False)
+                bar.refresh()
+
+        try:
+            result = cv.convert(
+                folder, output, outtype=outtype.lower(), output_dir=models_dir(), allow_pickle=allow_pickle,
+                model_name=name, progress=progress, free_bytes=free_disk,
+            )  # fmt: skip
+        finally:
+            if bar is not None:
+                bar.close()
+        if json_out:
+            out = {"source": str(result.source), "output": str(result.output), "architecture": result.arch}
+            out |= {"outtype": result.outtype, "tensors": result.n_tensors, "parameters": result.n_params}
+            out |= {"output_bytes": result.output_bytes, "pre_tokenizer": result.pre_tokenizer, "notes": result.notes}
+            sys.stdout.write(json.dumps(out, indent=2) + "\n")
+            return
+        for note in result.notes:
+            sys.stderr.write(f"note: {note}\n")
+        from gguf.utility import model_weight_count_rounded_notation
+
+        params = model_weight_count_rounded_notation(result.n_params)
+        sys.stdout.write(
+            f"{result.output} ({result.arch}, {result.outtype.upper()}, {params} parameters, "
+            f"{result.output_bytes / GiB:.2f} GiB)\n"
+        )
+        if sys.stderr.isatty() and result.outtype != "q8_0":
+            sys.stderr.write(f"Next, to make it smaller: localr1 quantize {result.output} --to Q4_K_M\n")

