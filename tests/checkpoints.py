@@ -63,7 +63,7 @@ def train_tokenizer(folder: Path, family: str, vocab_size: int = 400):
 
 
 def make_checkpoint(folder: Path, family: str, *, dtype: str = "float32", seed: int = 0, tied: bool = False) -> Path:
-    """A 2-layer model of the family's architecture with random weights, saved as safetensors."""
+    """A 2-layer model (n_embd 256, so the K-quants apply) of the family's architecture with random weights, saved as safetensors."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
@@ -71,14 +71,14 @@ def make_checkpoint(folder: Path, family: str, *, dtype: str = "float32", seed: 
     tok = train_tokenizer(folder, family)
     n_vocab = len(tok) + 7  # padded past the tokenizer, as the real configs are (152064 vs 151665)
     common = dict(
-        vocab_size=n_vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=n_vocab, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-6, tie_word_embeddings=tied,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
     )  # fmt: skip
     if family in ("qwen2", "deepseek3"):
         config, cls = Qwen2Config(**common, rope_theta=10000.0), Qwen2ForCausalLM
     elif family == "qwen3":
-        config, cls = Qwen3Config(**common, head_dim=32, rope_theta=1000000.0), Qwen3ForCausalLM
+        config, cls = Qwen3Config(**common, head_dim=64, rope_theta=1000000.0), Qwen3ForCausalLM
     else:
         rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                 "original_max_position_embeddings": 64, "rope_theta": 500000.0}  # fmt: skip
@@ -87,7 +87,7 @@ def make_checkpoint(folder: Path, family: str, *, dtype: str = "float32", seed: 
     model = cls(config).eval()
     with torch.no_grad():  # larger than the init's 0.02 so the logits spread, and biases non-zero
         for p in model.parameters():
-            p.normal_(0.0, 0.3 if p.dim() > 1 else 0.1)
+            p.normal_(0.0, 1.5 / p.shape[-1] ** 0.5 if p.dim() > 1 else 0.1)
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
                 p.add_(1.0)

@@ -186,3 +186,36 @@ def build_random_model(header_path: Path, target: Path, *, seed: int = 7, arch=N
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def llama_cpp_converter_dir() -> Path:
+    """llama.cpp's own convert_hf_to_gguf.py (with its conversion/ and gguf-py/ packages), from the sdist of
+    the installed llama-cpp-python: the reference the converter tests compare localr1's output with."""
+    import importlib.metadata
+    import tarfile
+
+    version = importlib.metadata.version("llama-cpp-python")
+    target = cache_dir() / f"llama-cpp-converter-{version}"
+    if (target / "convert_hf_to_gguf.py").is_file():
+        return target
+    sdists = cache_dir() / "sdists"
+    sdists.mkdir(exist_ok=True)
+    found = sorted(sdists.glob(f"llama_cpp_python-{version}.tar.gz"))
+    if not found:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--dest", str(sdists)]
+        proc = subprocess.run([*cmd, f"llama-cpp-python=={version}"], capture_output=True, text=True)
+        found = sorted(sdists.glob(f"llama_cpp_python-{version}.tar.gz"))
+        if proc.returncode != 0 or not found:
+            raise ModelUnavailable(f"could not download the llama-cpp-python {version} sdist: {proc.stderr[-300:]}")
+    prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
+    wanted = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/gguf/")
+    with tarfile.open(found[0]) as tar, tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
+        members = []
+        for m in tar.getmembers():
+            rel = m.name[len(prefix) :] if m.name.startswith(prefix) else ""
+            if m.isfile() and rel.startswith(wanted):
+                m.name = rel
+                members.append(m)
+        tar.extractall(tmp, members=members, filter="data")
+        os.replace(tmp, target) if not target.exists() else None
+    return target

@@ -125,27 +125,33 @@ def write_hparams(writer, arch: str, hp: dict, file_type: int, notes: list[str])
 
 
 def llama3_rope_factors(hp: dict) -> np.ndarray | None:
-    """The rope_freqs tensor llama.cpp writes for Llama 3.1's scaled RoPE (the R1 Llama distills use it)."""
+    """The rope_freqs tensor llama.cpp writes for Llama 3.1's scaled RoPE (the R1 Llama distills use it).
+
+    Float32 arithmetic in the order llama.cpp's converter does it in PyTorch, where ``x / tensor`` is
+    ``reciprocal(tensor) * x``. Only ``base ** (i / dim)`` may differ from PyTorch's by one unit in the last
+    place: PyTorch's vectorized pow is not libm's; here it is the float64 power rounded once."""
     rope = rope_parameters(hp)
     if not rope or rope.get("rope_type", "").lower() != "llama3":
         return None
+    f32 = np.float32
     base = rope.get("rope_theta", 10000.0)
     dim = head_dim(hp)
-    freqs = np.float32(1.0) / (np.float32(base) ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)))
+    exponents = np.arange(0, dim, 2, dtype=np.float32) / f32(dim)
+    freqs = f32(1) / (np.float64(base) ** exponents.astype(np.float64)).astype(np.float32)
     factor = rope.get("factor", 8.0)
     low, high = rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
     old_ctx = rope.get("original_max_position_embeddings", 8192)
     low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
     out = []
     for freq in freqs:
-        wavelen = np.float32(2 * math.pi) / freq
+        wavelen = (f32(1) / freq) * f32(2 * math.pi)
         if wavelen < high_wavelen:
             out.append(1.0)
         elif wavelen > low_wavelen:
             out.append(factor)
         else:
-            smooth = (np.float32(old_ctx) / wavelen - np.float32(low)) / np.float32(high - low)
-            out.append(np.float32(1) / ((np.float32(1) - smooth) / np.float32(factor) + smooth))
+            smooth = ((f32(1) / wavelen) * f32(old_ctx) - f32(low)) / f32(high - low)
+            out.append(f32(1) / ((f32(1) - smooth) / f32(factor) + smooth))
     return np.array(out, dtype=np.float32)
 
 
