@@ -48,7 +48,9 @@ def train_tokenizer(folder: Path, family: str, vocab_size: int = 400):
     regexes, specials, template = FAMILIES[family]
     tok = Tokenizer(models.BPE())
     splits = [pre_tokenizers.Split(Regex(r), behavior="isolated", invert=False) for r in regexes]
-    tok.pre_tokenizer = pre_tokenizers.Sequence([*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()

@@ -145,9 +145,12 @@ def _write_metadata(writer, plan: _Plan, folder: Path, name: str | None, notes: 
 def default_output_name(meta, outtype: str, total_params: int) -> str:
     import gguf
 
-    return gguf.naming_convention(
-        meta.name, meta.basename, meta.finetune, meta.version, meta.size_label, outtype.upper()
-    ) + ".gguf" if total_params >= 0 else f"{meta.name}-{outtype.upper()}.gguf"
+    return (
+        gguf.naming_convention(meta.name, meta.basename, meta.finetune, meta.version, meta.size_label, outtype.upper())
+        + ".gguf"
+        if total_params >= 0
+        else f"{meta.name}-{outtype.upper()}.gguf"
+    )
 
 
 def convert(
@@ -205,6 +208,13 @@ def convert(
         partial.unlink(missing_ok=True)
         raise
     return ConvertResult(
-        folder, output, plan.arch, plan.outtype, len(plan.tensors), total_params, output.stat().st_size,
-        pre, notes,
+        folder,
+        output,
+        plan.arch,
+        plan.outtype,
+        len(plan.tensors),
+        total_params,
+        output.stat().st_size,
+        pre,
+        notes,
     )

@@ -24,9 +24,7 @@ NORMAL, UNUSED, CONTROL, USER_DEFINED = 1, 5, 3, 4
 _QWEN2_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-_LLAMA3_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+_LLAMA3_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 _DEEPSEEK3_REGEXES = (
     r"\p{N}{1,3}",
     "[一-龥぀-ゟ゠-ヿ]+",
@@ -66,9 +64,11 @@ def looks_special(token: str) -> bool:
 def _split_regexes(pre_tokenizer: dict | None) -> tuple[str, ...]:
     if not pre_tokenizer:
         return ()
-    parts = pre_tokenizer.get("pretokenizers", [pre_tokenizer]) if pre_tokenizer.get("type") == "Sequence" else [
-        pre_tokenizer
-    ]
+    parts = (
+        pre_tokenizer.get("pretokenizers", [pre_tokenizer])
+        if pre_tokenizer.get("type") == "Sequence"
+        else [pre_tokenizer]
+    )
     return tuple(
         p["pattern"]["Regex"] for p in parts if p.get("type") == "Split" and "Regex" in (p.get("pattern") or {})
     )

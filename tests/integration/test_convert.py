@@ -274,7 +274,9 @@ def test_pickle_weights_only_with_the_flag(runner, ckpts, tmp_path, isolated_dir
     folder = _copy(ckpts["llama"], tmp_path / "pickled")
     torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
     (folder / "model.safetensors").unlink()
-    _assert_refused(runner.invoke(app, ["convert", str(folder)]), "loading a pickle can run code", isolated_dirs / "models")
+    _assert_refused(
+        runner.invoke(app, ["convert", str(folder)]), "loading a pickle can run code", isolated_dirs / "models"
+    )
     out = tmp_path / "from-pickle.gguf"
     result = runner.invoke(app, ["convert", str(folder), "--allow-pickle", "-o", str(out), "--outtype", "f32"])
     assert result.exit_code == 0, result.output
