@@ -13,6 +13,9 @@ from localr1.errors import ModelNotFoundError, UsageError
 
 GiB = 1 << 30
 OUTPUT_OPTION = typer.Option(None, "-o", "--output", help="The output file.")
+IMATRIX_OPTION = typer.Option(
+    None, "--imatrix", help="An importance matrix from llama-imatrix (.gguf or .dat): better low-bit quants."
+)
 
 
 def choose_quant_for_machine(model) -> str:
@@ -172,13 +175,15 @@ def register(app: typer.Typer) -> None:
         help="Quantize a model to any llama.cpp type (through llama.cpp's own quantizer).\n\n"
         "The output goes into localr1's models folder (so `localr1 list` shows it) unless -o says otherwise.\n\n"
         "Examples:\n\n  localr1 quantize r1:7b:Q8_0 --to Q4_K_M\n\n"
-        "  localr1 quantize ./model-f16.gguf --to Q5_K_M -o ./model-Q5_K_M.gguf\n\n  localr1 quantize x --to list"
+        "  localr1 quantize ./model-f16.gguf --to Q5_K_M -o ./model-Q5_K_M.gguf\n\n"
+        "  localr1 quantize ./model-f16.gguf --to IQ2_XS --imatrix ./imatrix.gguf\n\n  localr1 quantize x --to list"
     )
     @handle_errors
     def quantize(
         model: str = typer.Argument(..., help="A .gguf file, or a downloaded catalog model (r1:7b:Q8_0)."),
         to: str = typer.Option(..., "--to", help="The type (Q4_K_M, Q5_K_M, Q8_0, ...), or 'list'."),
         output: Path | None = OUTPUT_OPTION,
+        imatrix: Path | None = IMATRIX_OPTION,
         threads: int | None = typer.Option(None, "--threads", help="Threads (default: all cores)."),
         json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
@@ -194,10 +199,10 @@ def register(app: typer.Typer) -> None:
                 sys.stdout.write(json.dumps([{"type": n, "bits_per_weight": b} for n, b in rows], indent=2) + "\n")
                 return
             for name, bpw in sorted(rows, key=lambda r: r[1]):
-                note = "  (needs an importance matrix)" if name in q.NEEDS_IMATRIX else ""
+                note = "  (needs --imatrix)" if name in q.NEEDS_IMATRIX else ""
                 sys.stdout.write(f"{name:10} {bpw:5.2f} bits per weight{note}\n")
             return
-        to = q.parse_type(to)
+        to = q.parse_type(to, imatrix=imatrix is not None)
         source = resolve_model(model, load_config()).path
         dest = output or q.default_output(source, to, models_dir())
         bar = None
@@ -213,12 +218,15 @@ def register(app: typer.Typer) -> None:
                 bar.refresh()
 
         try:
-            result = q.quantize(source, to, dest, threads=threads, progress=progress, free_bytes=free_disk)
+            result = q.quantize(
+                source, to, dest, threads=threads, imatrix=imatrix, progress=progress, free_bytes=free_disk
+            )
         finally:
             if bar is not None:
                 bar.close()
         if json_out:
             out = {"source": str(result.source), "output": str(result.output), "to": to}
+            out |= {"imatrix": str(imatrix) if imatrix else None}
             out |= {"source_bytes": result.source_bytes, "output_bytes": result.output_bytes}
             sys.stdout.write(json.dumps(out, indent=2) + "\n")
             return
@@ -256,12 +264,13 @@ def register(app: typer.Typer) -> None:
         from localr1.download import free_disk, offline_mode
         from localr1.paths import models_dir
 
-        folder = Path(source).expanduser()
+        folder, folder_name = Path(source).expanduser(), None
         if not folder.exists() and "/" in source and not source.startswith((".", "/", "~")):
             from localr1.download import checkpoint_folder
 
             show = sys.stderr.isatty() or bool(os.environ.get("LOCALR1_PROGRESS"))
             folder = checkpoint_folder(source, revision=revision, offline=offline_mode(offline), show_progress=show)
+            folder_name = source.split("/")[1]  # not the snapshot folder's own name, a commit hash
         elif not folder.exists():
             raise UsageError(f"{source} does not exist", hint="Pass a checkpoint folder or owner/name on the Hub.")
         bar = None
@@ -280,7 +289,7 @@ def register(app: typer.Typer) -> None:
         try:
             result = cv.convert(
                 folder, output, outtype=outtype.lower(), output_dir=models_dir(), allow_pickle=allow_pickle,
-                model_name=name, progress=progress, free_bytes=free_disk,
+                model_name=name, folder_name=folder_name, progress=progress, free_bytes=free_disk,
             )  # fmt: skip
         finally:
             if bar is not None:

@@ -105,16 +105,36 @@ def _tensor_data(plan: _Plan, rw: Rewrite, qtype: int) -> np.ndarray:
     return gguf.quants.quantize(data, gguf.GGMLQuantizationType(qtype))
 
 
-def _write_metadata(writer, plan: _Plan, folder: Path, name: str | None, notes: list[str]) -> tuple[object, str]:
+def _card_metadata(folder: Path, folder_name: str | None, name: str | None, total: int):
+    """gguf.Metadata.load, which also reads name, size and version out of the folder's name: for a Hub
+    download that folder is a snapshot named by commit hash, so it is shown the repository's name instead."""
+    import tempfile
+
+    import gguf
+
+    if not folder_name or folder_name == folder.name:
+        return gguf.Metadata.load(None, folder, name, total)
+    with tempfile.TemporaryDirectory() as tmp:
+        alias = Path(tmp) / folder_name
+        try:
+            alias.symlink_to(folder.resolve(), target_is_directory=True)
+        except OSError:  # no symlinks here: the snapshot's name it is
+            alias = folder
+        return gguf.Metadata.load(None, alias, name, total)
+
+
+def _write_metadata(
+    writer, plan: _Plan, folder: Path, name: str | None, folder_name: str | None, notes: list[str]
+) -> tuple[object, str]:
     import gguf
 
     from localr1.convert.architectures import write_hparams
     from localr1.convert.vocab import read_vocab
 
     total, shared, expert, n_expert = writer.get_total_parameter_count()
-    meta = gguf.Metadata.load(None, folder, name, total)
+    meta = _card_metadata(folder, folder_name, name, total)
     if meta.name is None:
-        meta.name = folder.name
+        meta.name = folder_name or folder.name
     if meta.size_label is None and total > 0:
         meta.size_label = gguf.size_label(total, shared, expert, n_expert)
     writer.add_type(gguf.GGUFType.MODEL)
@@ -161,10 +181,13 @@ def convert(
     output_dir: Path | None = None,
     allow_pickle: bool = False,
     model_name: str | None = None,
+    folder_name: str | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     free_bytes: Callable[[Path], int] | None = None,
 ) -> ConvertResult:
-    """Convert ``folder`` into ``output`` (or a llama.cpp-style name inside ``output_dir``)."""
+    """Convert ``folder`` into ``output`` (or a llama.cpp-style name inside ``output_dir``).
+
+    ``folder_name`` is what the folder is known as when its own name is not it (a Hub snapshot)."""
     import gguf
 
     plan = plan_conversion(folder, outtype, allow_pickle=allow_pickle)
@@ -172,7 +195,7 @@ def convert(
     for rw, qtype in plan.tensors:
         writer.add_tensor_info(rw.name, rw.shape, np.dtype(np.float32), _nbytes(rw.shape, qtype), raw_dtype=qtype)
     notes: list[str] = []
-    meta, pre = _write_metadata(writer, plan, folder, model_name, notes)
+    meta, pre = _write_metadata(writer, plan, folder, model_name, folder_name, notes)
     total_params = writer.get_total_parameter_count()[0]
     if output is None:
         output = (output_dir or folder) / default_output_name(meta, plan.outtype, total_params)

@@ -47,7 +47,7 @@ def test_requantize_a_quantized_model(runner, smollm2, tmp_path):
 def test_type_list_and_bad_types(runner, tiny_r1):
     listed = json.loads(runner.invoke(app, ["quantize", "x", "--to", "list", "--json"]).stdout)
     assert {"type": "Q4_K_M", "bits_per_weight": 4.89} in listed and len(listed) > 25
-    for to, message in (("Q9", "unknown quant type"), ("IQ2_XXS", "importance matrix")):
+    for to, message in (("Q9", "unknown quant type"), ("IQ2_XXS", "--imatrix")):
         result = runner.invoke(app, ["quantize", str(tiny_r1), "--to", to])
         assert result.exit_code == 2 and message in result.stderr
 
