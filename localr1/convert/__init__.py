@@ -12,7 +12,6 @@ Tensors are read and written one at a time into ``OUTPUT.partial``, renamed at t
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from localr1.convert.architectures import SUPPORTED, Rewrite, gguf_arch, llama3_rope_factors, permute, plan_tensors
-from localr1.convert.checkpoint import Checkpoint, open_checkpoint
+from localr1.convert.checkpoint import Checkpoint, open_checkpoint, read_json
 from localr1.errors import LocalR1Error, UsageError
 
 OUTTYPES = ("auto", "f32", "f16", "bf16", "q8_0")
@@ -145,10 +144,7 @@ def _write_metadata(
     if plan.arch == "llama":
         cfg_path = folder / "tokenizer_config.json"
         if cfg_path.is_file():
-            try:
-                tok_cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise LocalR1Error(f"{cfg_path} is not valid JSON: {e}") from e
+            tok_cfg = read_json(cfg_path, missing="", hint="")
             if (prefix := tok_cfg.get("add_prefix_space")) is not None:
                 writer.add_add_space_prefix(prefix)
     vocab = read_vocab(folder, plan.ckpt.config.get("vocab_size"))

@@ -121,22 +121,28 @@ def _part_names(folder: Path, prefix: str, suffix: str) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith(prefix) and p.name.endswith(suffix))
 
 
+def read_json(path: Path, *, missing: str, hint: str) -> dict:
+    """One JSON object file of a checkpoint: a UsageError when absent, InvalidModelFileError when broken."""
+    if not path.is_file():
+        raise UsageError(missing, hint=hint)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidModelFileError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise InvalidModelFileError(f"{path} is not a JSON object")
+    return data
+
+
 def open_checkpoint(folder: Path, *, allow_pickle: bool = False) -> Checkpoint:
     """Read config.json and index the weights of a checkpoint folder (no weight is loaded)."""
     if not folder.is_dir():
         raise UsageError(f"{folder} is not a folder", hint="Pass the folder that holds config.json.")
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise UsageError(
-            f"{folder} has no config.json, so it is not a Hugging Face checkpoint",
-            hint="Pass the folder that holds config.json, *.safetensors and tokenizer.json.",
-        )
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidModelFileError(f"{config_path} is not valid JSON: {e}") from e
-    if not isinstance(config, dict):
-        raise InvalidModelFileError(f"{config_path} is not a JSON object")
+    config = read_json(
+        folder / "config.json",
+        missing=f"{folder} has no config.json, so it is not a Hugging Face checkpoint",
+        hint="Pass the folder that holds config.json, *.safetensors and tokenizer.json.",
+    )
     if "text_config" in config and isinstance(config["text_config"], dict):
         config = {**config, **config["text_config"]}
     ckpt = Checkpoint(folder, config)

@@ -75,16 +75,13 @@ def _split_regexes(pre_tokenizer: dict | None) -> tuple[str, ...]:
 
 
 def tokenizer_json(folder: Path) -> dict:
-    path = folder / "tokenizer.json"
-    if not path.is_file():
-        raise UsageError(
-            f"{folder} has no tokenizer.json",
-            hint="Download the tokenizer files too (tokenizer.json, tokenizer_config.json).",
-        )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidModelFileError(f"{path} is not valid JSON: {e}") from e
+    from localr1.convert.checkpoint import read_json
+
+    data = read_json(
+        folder / "tokenizer.json",
+        missing=f"{folder} has no tokenizer.json",
+        hint="Download the tokenizer files too (tokenizer.json, tokenizer_config.json).",
+    )
     model = data.get("model") or {}
     decoder = data.get("decoder") or {}
     if model.get("type") != "BPE" or "ByteLevel" not in json.dumps([data.get("pre_tokenizer"), decoder]):
