@@ -8,7 +8,6 @@ so an interrupted or failed run leaves nothing half-written behind.
 
 from __future__ import annotations
 
-import os
 import re
 import struct
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 from localr1.errors import InvalidModelFileError, LocalR1Error, UsageError
 from localr1.gguf_info import FILE_TYPE_NAMES, inspect_model
 from localr1.memory import BITS_PER_WEIGHT
+from localr1.output_file import check_new_output, partial_file
 
 # llama.cpp's llama_ftype values, by the names llama-quantize uses (the table GGUF headers are read with).
 QUANT_TYPES: dict[str, int] = {name: ftype for ftype, name in FILE_TYPE_NAMES.items() if name != "MXFP4_MOE"}
@@ -163,43 +163,32 @@ def quantize(
                 f"{imatrix.name} holds no tensor of {source.name}: it was computed for another model",
                 hint="Use the importance matrix of this model.",
             )
-    if output.exists():
-        raise UsageError(f"{output} already exists", hint="Choose another name with -o, or delete it first.")
     estimate = int(info.n_params * bits_per_weight(to) / 8) + info.data_offset
-    if free_bytes is not None:
-        free = free_bytes(output.parent)
-        if estimate + (64 << 20) > free:
-            raise LocalR1Error(
-                f"not enough disk space: the {to} file needs about {estimate / (1 << 30):.1f} GiB, "
-                f"{free / (1 << 30):.1f} GiB is free in {output.parent}",
-                hint="Free some space, or write elsewhere with -o.",
-            )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(output.name + ".partial")
+    check_new_output(
+        output, estimate, free_bytes, what=f"the {to} file", hint="Free some space, or write elsewhere with -o."
+    )
     requantize = info.quant_name not in ("F32", "F16", "BF16")
-    cmd = [sys.executable, "-m", "localr1.quantize", str(source), str(partial), str(QUANT_TYPES[to])]
-    cmd += [str(threads or 0), "1" if requantize else "0", str(imatrix or "")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    errors: list[str] = []
-    try:
-        for line in proc.stdout:
-            if line.startswith("PROGRESS "):
-                done, total = map(int, line.split()[1:3])
-                if progress:
-                    progress(done, total)
-            elif line.strip():
-                errors.append(line.strip())
-        proc.wait()
+    with partial_file(output) as partial:
+        cmd = [sys.executable, "-m", "localr1.quantize", str(source), str(partial), str(QUANT_TYPES[to])]
+        cmd += [str(threads or 0), "1" if requantize else "0", str(imatrix or "")]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        errors: list[str] = []
+        try:
+            for line in proc.stdout:
+                if line.startswith("PROGRESS "):
+                    done, total = map(int, line.split()[1:3])
+                    if progress:
+                        progress(done, total)
+                elif line.strip():
+                    errors.append(line.strip())
+            proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         if proc.returncode != 0:
             reason = "; ".join((errors + (proc.stderr.read() or "").strip().splitlines())[-2:]) or "no reason given"
             raise LocalR1Error(f"llama.cpp could not quantize {source.name}: {reason}")
-        os.replace(partial, output)
-    except BaseException:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        partial.unlink(missing_ok=True)
-        raise
     return QuantizeResult(source, output, sum(p.stat().st_size for p in info.split_paths), output.stat().st_size, to)
 
 

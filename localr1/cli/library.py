@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import typer
@@ -16,6 +18,29 @@ OUTPUT_OPTION = typer.Option(None, "-o", "--output", help="The output file.")
 IMATRIX_OPTION = typer.Option(
     None, "--imatrix", help="An importance matrix from llama-imatrix (.gguf or .dat): better low-bit quants."
 )
+
+
+@contextlib.contextmanager
+def progress_bar(desc: str, **tqdm_args) -> Iterator[Callable[..., None]]:
+    """A callback ``(done, total[, label])`` drawing a bar on a terminal (nothing when stderr is not one)."""
+    bar = None
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=0, desc=desc, **tqdm_args)
+
+    def update(done: int, total: int, label: str | None = None) -> None:
+        if bar is not None:
+            bar.total, bar.n = total, done
+            if label is not None:
+                bar.set_postfix_str(label, refresh=False)
+            bar.refresh()
+
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def choose_quant_for_machine(model) -> str:
@@ -205,25 +230,10 @@ def register(app: typer.Typer) -> None:
         to = q.parse_type(to, imatrix=imatrix is not None)
         source = resolve_model(model, load_config()).path
         dest = output or q.default_output(source, to, models_dir())
-        bar = None
-        if sys.stderr.isatty():
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=0, unit="tensor", desc=f"quantize to {to}")
-
-        def progress(done: int, total: int) -> None:
-            if bar is not None:
-                bar.total = total
-                bar.n = done
-                bar.refresh()
-
-        try:
+        with progress_bar(f"quantize to {to}", unit="tensor") as progress:
             result = q.quantize(
                 source, to, dest, threads=threads, imatrix=imatrix, progress=progress, free_bytes=free_disk
             )
-        finally:
-            if bar is not None:
-                bar.close()
         if json_out:
             out = {"source": str(result.source), "output": str(result.output), "to": to}
             out |= {"imatrix": str(imatrix) if imatrix else None}
@@ -273,27 +283,11 @@ def register(app: typer.Typer) -> None:
             folder_name = source.split("/")[1]  # not the snapshot folder's own name, a commit hash
         elif not folder.exists():
             raise UsageError(f"{source} does not exist", hint="Pass a checkpoint folder or owner/name on the Hub.")
-        bar = None
-        if sys.stderr.isatty():
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc="convert")
-
-        def progress(done: int, total: int, tensor: str) -> None:
-            if bar is not None:
-                bar.total = total
-                bar.n = done
-                bar.set_postfix_str(tensor, refresh=False)
-                bar.refresh()
-
-        try:
+        with progress_bar("convert", unit="B", unit_scale=True, unit_divisor=1024) as progress:
             result = cv.convert(
                 folder, output, outtype=outtype.lower(), output_dir=models_dir(), allow_pickle=allow_pickle,
                 model_name=name, folder_name=folder_name, progress=progress, free_bytes=free_disk,
             )  # fmt: skip
-        finally:
-            if bar is not None:
-                bar.close()
         if json_out:
             out = {"source": str(result.source), "output": str(result.output), "architecture": result.arch}
             out |= {"outtype": result.outtype, "tensors": result.n_tensors, "parameters": result.n_params}

