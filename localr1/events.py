@@ -13,14 +13,14 @@ from typing import Literal
 FinishReason = Literal["stop", "length", "cancelled"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reasoning:
     """A piece of the model's thinking."""
 
     text: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Answer:
     """A piece of the answer."""
 

@@ -33,9 +33,8 @@ class Utf8Stream:
 
     def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def feed(self, data: bytes) -> str:
-        return self._decoder.decode(data, final=False)
+        # feed(data) -> str is the decoder's own method (final=False by default): no Python frame per token
+        self.feed = self._decoder.decode
 
     def flush(self) -> str:
         return self._decoder.decode(b"", final=True)
@@ -43,6 +42,8 @@ class Utf8Stream:
 
 def _partial_suffix(text: str, tag: str) -> int:
     """Length of the longest suffix of ``text`` that is a proper prefix of ``tag``."""
+    if tag[0] not in text[-(len(tag) - 1) :]:
+        return 0
     for n in range(min(len(tag) - 1, len(text)), 0, -1):
         if text.endswith(tag[:n]):
             return n
@@ -74,6 +75,14 @@ class ReasoningSplitter:
         return self.state == "reasoning"
 
     def feed(self, text: str) -> list[tuple[Channel, str]]:
+        # The common case, once per token: a piece in the middle of the reasoning or of the answer with
+        # nothing held back. Without "<" it cannot hold or start a tag; a final newline must wait.
+        if not self._pending and text:
+            if self.state == "reasoning" and not self._strip_reasoning_lead:
+                if "<" not in text and text[-1] != "\n":
+                    return [("reasoning", text)]
+            elif self.state == "answer" and not self._strip_answer_lead:
+                return [("answer", text)]
         out: list[tuple[Channel, str]] = []
         buf = self._pending + text
         self._pending = ""

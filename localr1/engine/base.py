@@ -58,16 +58,20 @@ class EventAssembler:
         self._thinking_ended_at: float | None = None
 
     def feed(self, piece: bytes) -> list[Event]:
-        now = self._clock()
+        # Called once per generated token, right after llama.cpp's decode has flushed the CPU caches:
+        # kept to a few attribute reads on the common path.
         if self._first_token_at is None:
-            self._first_token_at = now
+            self._first_token_at = self._clock()
         self.completion_tokens += 1
-        was_answer = self.splitter.state == "answer"
-        events = self._convert(self.splitter.feed(self._utf8.feed(piece)))
-        if not was_answer and self.splitter.saw_reasoning:
+        splitter = self.splitter
+        if splitter.state == "answer":
+            return self._convert(splitter.feed(self._utf8.feed(piece)))
+        closed = splitter.closed_reasoning
+        events = self._convert(splitter.feed(self._utf8.feed(piece)))
+        if splitter.saw_reasoning:
             self.reasoning_tokens += 1
-        if self.splitter.closed_reasoning and self._thinking_ended_at is None:
-            self._thinking_ended_at = now
+        if splitter.closed_reasoning and not closed:
+            self._thinking_ended_at = self._clock()
         return events
 
     def finish(self) -> list[Event]:
@@ -94,4 +98,7 @@ class EventAssembler:
 
     @staticmethod
     def _convert(pieces: list[tuple[str, str]]) -> list[Event]:
+        if len(pieces) == 1:  # the common case, without a comprehension's frame
+            channel, text = pieces[0]
+            return [Reasoning(text) if channel == "reasoning" else Answer(text)]
         return [Reasoning(text) if channel == "reasoning" else Answer(text) for channel, text in pieces]

@@ -30,6 +30,7 @@ from localr1.sampling import Sampling
 
 DEFAULT_BATCH = 512
 _LOG_LINES = 200
+_UNSEEN = object()
 
 
 def _lib() -> Any:
@@ -298,6 +299,7 @@ class LlamaCppEngine:
         self._no_abort = ctypes.cast(None, lib.ggml_abort_callback)
         self._piece_buf = ctypes.create_string_buffer(256)
         self._token_buf = (lib.llama_token * 1)()
+        self._pieces: dict[int, bytes | None] = {}  # token -> its text, None for end-of-generation tokens
 
         template = self._meta("tokenizer.chat_template") or header.chat_template
         bos = lib.llama_vocab_bos(self._vocab)
@@ -449,7 +451,7 @@ class LlamaCppEngine:
 
     def _stream(self, prompt: Prompt, sampling: Sampling, cancel: threading.Event | None) -> Iterator[Event]:
         lib = self._lib
-        ctx, vocab = self._ctx, self._vocab
+        ctx = self._ctx
         tokens = self.tokenize(prompt.text, add_bos=prompt.add_bos)
         if len(tokens) >= self.n_ctx:
             raise ContextOverflowError(
@@ -475,8 +477,11 @@ class LlamaCppEngine:
             t_last = t1
             if decoded < 0:
                 finish = "cancelled"
+            # Per token: one sample, one dictionary lookup for the token's text, one decode of a batch built
+            # once (it points at token_buf). The Python side of a step is ~20 µs, see docs/performance.md.
             token_buf = self._token_buf
-            is_eog, decode, batch_one = lib.llama_vocab_is_eog, lib.llama_decode, lib.llama_batch_get_one
+            batch = lib.llama_batch_get_one(token_buf, 1)
+            decode, pieces, clock = lib.llama_decode, self._pieces, time.perf_counter
             sample = self._greedy(sampling) if fast_greedy else lib.llama_sampler_sample
             while decoded >= 0:
                 if cancel is not None and cancel.is_set():
@@ -486,18 +491,21 @@ class LlamaCppEngine:
                     finish = "length"
                     break
                 token = sample(chain, ctx, -1)
-                if is_eog(vocab, token):
+                piece = pieces.get(token, _UNSEEN)
+                if piece is _UNSEEN:
+                    piece = self._learn_piece(token)
+                if piece is None:  # end of generation
                     break
                 generated += 1
-                t_last = time.perf_counter()
-                events = assembler.feed(self.token_piece(token))
+                t_last = clock()
+                events = assembler.feed(piece)
                 if events:
                     yield from events
                 if generated >= budget:
                     finish = "length"
                     break
                 token_buf[0] = token
-                rc = decode(ctx, batch_one(token_buf, 1))
+                rc = decode(ctx, batch)
                 if rc != 0:
                     if rc == 1:  # no room left in the KV cache
                         finish = "length"
@@ -524,18 +532,45 @@ class LlamaCppEngine:
             if chain is not None:
                 lib.llama_sampler_free(chain)
 
+    def _learn_piece(self, token: int) -> bytes | None:
+        """The token's text, or None for an end-of-generation token; remembered for the model's life."""
+        piece = None if self._lib.llama_vocab_is_eog(self._vocab, token) else self.token_piece(token)
+        self._pieces[token] = piece
+        return piece
+
     def _greedy(self, sampling: Sampling):
-        """A sample(chain, ctx, idx) stand-in: argmax of the last logits, with the logit biases applied."""
+        """A sample(chain, ctx, idx) stand-in: argmax of the last logits, with the logit biases applied.
+
+        The logits are read in place through a NumPy view made once per buffer address (llama.cpp keeps its
+        output buffer until it needs a larger one): building the view each token cost more than the argmax.
+        """
         import numpy as np
 
-        get_logits, n_vocab = self._lib.llama_get_logits_ith, self.n_vocab
-        biases = [(t, b) for t, b in sampling.logit_bias.items() if 0 <= t < n_vocab]
+        n_vocab = self.n_vocab
+        # A private prototype returning the address as an int (the shared one returns a ctypes pointer)
+        get_logits = self._lib._lib["llama_get_logits_ith"]
+        get_logits.restype, get_logits.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_int32]
+        biases = [(t, b) for t, b in sampling.logit_bias.items() if 0 <= t < n_vocab and b != float("-inf")]
+        # Banned tokens (bias -inf, e.g. end of stream in `bench`) cost nothing unless the argmax lands on one.
+        banned = [t for t, b in sampling.logit_bias.items() if 0 <= t < n_vocab and b == float("-inf")]
+        banned_set = frozenset(banned)
+        views: dict[int, Any] = {}
 
         def sample(_chain, ctx, idx) -> int:
-            logits = np.ctypeslib.as_array(get_logits(ctx, idx), shape=(n_vocab,))
+            address = get_logits(ctx, idx)
+            logits = views.get(address)
+            if logits is None:
+                if not address:
+                    raise EngineError("llama.cpp returned no logits", hint=_LOG.tail(2) or None)
+                views.clear()
+                logits = views[address] = np.frombuffer((ctypes.c_float * n_vocab).from_address(address), np.float32)
             for token, bias in biases:
                 logits[token] += bias
-            return int(logits.argmax())
+            token = int(logits.argmax())
+            if token in banned_set:
+                logits[banned] = -np.inf
+                token = int(logits.argmax())
+            return token
 
         return sample
 

@@ -45,39 +45,71 @@ def test_run_refuses_what_does_not_fit(tiny):
         bench.run(tiny, n_prompt=1000, n_gen=100)
 
 
-def test_fast_greedy_picks_what_llama_cpp_greedy_picks(tiny):
-    """The argmax path gives the same tokens as llama.cpp's own greedy sampler."""
-    prompt = render(user_turn("Tell me about primes."), tiny.info.chat_format)
-    fast: list[int] = []
-    original = tiny.token_piece
+def _fast_greedy_tokens(engine, prompt, sampling) -> list[int]:
+    """The tokens the engine's argmax path picks, recorded at the sampler."""
+    picked: list[int] = []
+    original = engine._greedy
 
-    def piece(token):
-        fast.append(token)
-        return original(token)
+    def recording_greedy(s):
+        sample = original(s)
 
-    tiny.token_piece = piece
+        def recorded(chain, ctx, idx):
+            picked.append(sample(chain, ctx, idx))
+            return picked[-1]
+
+        return recorded
+
+    engine._greedy = recording_greedy
     try:
-        tiny.reset()
-        list(tiny.stream(prompt, Sampling(temperature=0, max_tokens=40)))
+        engine.reset()
+        list(engine.stream(prompt, sampling))
     finally:
-        tiny.token_piece = original
-    # reference: llama_sampler_sample with a greedy chain, on the same context
-    lib = tiny._lib
-    tiny.reset()
-    tiny._prefill(tiny.tokenize(prompt.text, add_bos=prompt.add_bos))
+        del engine._greedy
+    return picked
+
+
+def _llama_cpp_greedy_tokens(engine, prompt, n: int, logit_bias: dict[int, float]) -> list[int]:
+    """llama_sampler_sample with llama.cpp's own logit-bias and greedy samplers, on the same context."""
+    lib = engine._lib
+    engine.reset()
+    engine._prefill(engine.tokenize(prompt.text, add_bos=prompt.add_bos))
     chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+    if logit_bias:
+        items = [lib.llama_logit_bias(t, b) for t, b in logit_bias.items()]
+        arr = (lib.llama_logit_bias * len(items))(*items)
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_logit_bias(engine.n_vocab, len(items), arr))
     lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
     reference, buf = [], (lib.llama_token * 1)()
     try:
-        for _ in range(len(fast)):
-            token = lib.llama_sampler_sample(chain, tiny._ctx, -1)
+        for _ in range(n):
+            token = lib.llama_sampler_sample(chain, engine._ctx, -1)
             reference.append(token)
             buf[0] = token
-            lib.llama_decode(tiny._ctx, lib.llama_batch_get_one(buf, 1))
+            lib.llama_decode(engine._ctx, lib.llama_batch_get_one(buf, 1))
     finally:
         lib.llama_sampler_free(chain)
-        tiny.reset()
-    assert len(fast) == 40 and fast == reference
+        engine.reset()
+    return reference
+
+
+def test_fast_greedy_picks_what_llama_cpp_greedy_picks(tiny):
+    """The argmax path gives the same tokens as llama.cpp's own greedy sampler."""
+    prompt = render(user_turn("Tell me about primes."), tiny.info.chat_format)
+    fast = _fast_greedy_tokens(tiny, prompt, Sampling(temperature=0, max_tokens=40))
+    assert len(fast) == 40 and len(set(fast)) > 1
+    assert fast == _llama_cpp_greedy_tokens(tiny, prompt, 40, {})
+
+
+def test_fast_greedy_applies_biases_and_bans_like_llama_cpp(tiny):
+    """Banned tokens (-inf, checked only when the argmax lands on one) and finite biases, as llama.cpp does."""
+    prompt = render(user_turn("Tell me about primes."), tiny.info.chat_format)
+    free = _fast_greedy_tokens(tiny, prompt, Sampling(temperature=0, max_tokens=20))
+    # ban the two tokens the model picks most, push a third up
+    counts = sorted(set(free), key=free.count, reverse=True)
+    bias = {counts[0]: float("-inf"), counts[1]: float("-inf"), 1000: 3.0}
+    fast = _fast_greedy_tokens(tiny, prompt, Sampling(temperature=0, max_tokens=20, logit_bias=bias))
+    assert counts[0] not in fast and counts[1] not in fast and fast != free
+    assert fast == _llama_cpp_greedy_tokens(tiny, prompt, 20, bias)
 
 
 def test_bench_command_json(tiny_r1):

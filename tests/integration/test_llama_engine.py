@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from localr1.cli.app import app, state
+from localr1.engine import llama_cpp as llama_engine
 from localr1.events import Answer, Done, Reasoning
 from localr1.prompt import render, user_turn
 from localr1.reasoning import split_text
@@ -149,14 +150,13 @@ def test_real_think_tokens_split_reasoning_from_answer(tiny):
 def test_random_r1_streams_match_the_whole_text(tiny, monkeypatch):
     """Whatever tokens come out, streaming gives what decoding the whole byte string at once gives."""
     pieces: list[bytes] = []
-    original = tiny.token_piece
 
-    def recording(token):
-        piece = original(token)
-        pieces.append(piece)
-        return piece
+    class Recording(llama_engine.EventAssembler):
+        def feed(self, piece: bytes):
+            pieces.append(piece)
+            return super().feed(piece)
 
-    monkeypatch.setattr(tiny, "token_piece", recording)
+    monkeypatch.setattr(llama_engine, "EventAssembler", Recording)
     prompt = render(user_turn("Say something."), tiny.info.chat_format)
     for seed in (1, 2, 3):
         pieces.clear()
