@@ -74,6 +74,11 @@ class ReasoningSplitter:
     def in_reasoning(self) -> bool:
         return self.state == "reasoning"
 
+    @property
+    def holding(self) -> bool:
+        """Text is held back because it could still become a tag (or precede one)."""
+        return bool(self._pending)
+
     def feed(self, text: str) -> list[tuple[Channel, str]]:
         # The common case, once per token: a piece in the middle of the reasoning or of the answer with
         # nothing held back. Without "<" it cannot hold or start a tag; a final newline must wait.

@@ -74,6 +74,35 @@ class EventAssembler:
             self._thinking_ended_at = self._clock()
         return events
 
+    def feed_many(self, pieces: list[bytes]) -> list[Event]:
+        """Several tokens' bytes at once: the same events and counts as feeding them one by one.
+
+        While a run of tokens cannot open or close a tag (mid-reasoning with no "<" in it and nothing held
+        back, or in the answer) it is decoded and split in one go; otherwise token by token.
+        """
+        if len(pieces) == 1:
+            return self.feed(pieces[0])
+        if not pieces:
+            return []
+        splitter = self.splitter
+        data = b"".join(pieces)
+        state = splitter.state
+        if state == "answer" or (state == "reasoning" and not splitter.holding and b"<" not in data):
+            if self._first_token_at is None:
+                self._first_token_at = self._clock()
+            self.completion_tokens += len(pieces)
+            if state == "reasoning":
+                self.reasoning_tokens += len(pieces)
+            return self._convert(splitter.feed(self._utf8.feed(data)))
+        merged: list[Event] = []
+        for piece in pieces:
+            for event in self.feed(piece):
+                if merged and type(merged[-1]) is type(event):
+                    merged[-1] = type(event)(merged[-1].text + event.text)
+                else:
+                    merged.append(event)
+        return merged
+
     def finish(self) -> list[Event]:
         tail = self._utf8.flush()
         pieces = self.splitter.feed(tail) if tail else []

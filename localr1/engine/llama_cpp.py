@@ -31,6 +31,8 @@ from localr1.sampling import Sampling
 DEFAULT_BATCH = 512
 _LOG_LINES = 200
 _UNSEEN = object()
+# Generated text is handed to the front end at most this often (one 60 Hz display frame); 0: every token.
+STREAM_INTERVAL_S = 1 / 60
 
 
 def _lib() -> Any:
@@ -220,8 +222,10 @@ class LlamaCppEngine:
         gguf: GGUFInfo | None = None,
         cancel: threading.Event | None = None,
         tensor_overrides: Sequence[tuple[str, str]] = (),
+        stream_interval_s: float = STREAM_INTERVAL_S,
     ) -> None:
         self._lib = lib = init_backend(debug=debug)
+        self.stream_interval_s = stream_interval_s
         self.path = Path(path)
         header = gguf or inspect_model(self.path)  # validated in Python before llama.cpp sees it
         self._model = None
@@ -477,12 +481,17 @@ class LlamaCppEngine:
             t_last = t1
             if decoded < 0:
                 finish = "cancelled"
-            # Per token: one sample, one dictionary lookup for the token's text, one decode of a batch built
-            # once (it points at token_buf). The Python side of a step is ~20 µs, see docs/performance.md.
+            # Per token: one sample, one dictionary lookup for the token's text and one decode of a batch
+            # built once (it points at token_buf). The token is decoded before its text is streamed: on a GPU
+            # llama_decode returns while the graph runs, so the Python side below overlaps with it (on the CPU
+            # the decode is synchronous and the order changes nothing). Text is handed on at most once per
+            # ``stream_interval_s`` (a display frame): at hundreds of tokens a second, per-token events cost
+            # more in Python than they show on screen. Both measured in docs/performance.md.
             token_buf = self._token_buf
             batch = lib.llama_batch_get_one(token_buf, 1)
             decode, pieces, clock = lib.llama_decode, self._pieces, time.perf_counter
             sample = self._greedy(sampling) if fast_greedy else lib.llama_sampler_sample
+            interval, handed_at, held = self.stream_interval_s, float("-inf"), []
             while decoded >= 0:
                 if cancel is not None and cancel.is_set():
                     finish = "cancelled"
@@ -498,20 +507,29 @@ class LlamaCppEngine:
                     break
                 generated += 1
                 t_last = clock()
-                events = assembler.feed(piece)
-                if events:
-                    yield from events
+                held.append(piece)
+                if generated < budget:
+                    token_buf[0] = token
+                    rc = decode(ctx, batch)
+                    if rc == 0:
+                        self._cached.append(token)
+                    elif rc == 1:  # no room left in the KV cache
+                        finish = "length"
+                        break
+                    else:
+                        yield from assembler.feed_many(held)
+                        raise EngineError(f"llama.cpp failed while generating (code {rc}): {_LOG.tail(2)}")
+                if t_last - handed_at >= interval:
+                    handed_at = t_last
+                    events = assembler.feed_many(held)
+                    held = []
+                    if events:
+                        yield from events
                 if generated >= budget:
                     finish = "length"
                     break
-                token_buf[0] = token
-                rc = decode(ctx, batch)
-                if rc != 0:
-                    if rc == 1:  # no room left in the KV cache
-                        finish = "length"
-                        break
-                    raise EngineError(f"llama.cpp failed while generating (code {rc}): {_LOG.tail(2)}")
-                self._cached.append(token)
+            if held:
+                yield from assembler.feed_many(held)
             yield from assembler.finish()
             perf = lib.llama_perf_context(ctx)
             sample_ms = lib.llama_perf_sampler(chain).t_sample_ms if chain is not None else 0.0

@@ -75,7 +75,26 @@ def test_seeded_sampling_is_repeatable(smol):
     assert runs[0] == runs[1]
 
 
-def test_max_tokens_and_cancel(smol):
+def test_coalesced_events_carry_the_same_text_and_counts(tiny, monkeypatch):
+    """Text handed on once per display frame is the text handed on per token, with the same counts."""
+    prompt = render(user_turn("Say something."), tiny.info.chat_format)
+    sampling = Sampling(seed=5, max_tokens=60)
+    runs = {}
+    for interval in (0.0, 3600.0):
+        monkeypatch.setattr(tiny, "stream_interval_s", interval)
+        tiny.reset()
+        events = list(tiny.stream(prompt, sampling))
+        runs[interval] = (events, _texts(events))
+    per_token, coalesced = runs[0.0], runs[3600.0]
+    assert per_token[1][:2] == coalesced[1][:2] and per_token[1][0]
+    assert per_token[1][2].usage == coalesced[1][2].usage
+    # per token: one event per token (or fewer, for bytes held back); coalesced: the first token at once, then
+    # everything else at the end (at most one event per channel in each hand-over)
+    assert len(per_token[0]) > 20 and len(coalesced[0]) <= 5
+
+
+def test_max_tokens_and_cancel(smol, monkeypatch):
+    monkeypatch.setattr(smol, "stream_interval_s", 0.0)  # one event per token: cancel after the third
     prompt = render(user_turn("Count to one hundred."), smol.info.chat_format)
     done = list(smol.stream(prompt, Sampling(temperature=0, max_tokens=5)))[-1]
     assert done.finish_reason == "length" and done.usage.completion_tokens == 5
@@ -157,6 +176,7 @@ def test_random_r1_streams_match_the_whole_text(tiny, monkeypatch):
             return super().feed(piece)
 
     monkeypatch.setattr(llama_engine, "EventAssembler", Recording)
+    monkeypatch.setattr(tiny, "stream_interval_s", 0.0)  # each token through feed()
     prompt = render(user_turn("Say something."), tiny.info.chat_format)
     for seed in (1, 2, 3):
         pieces.clear()
