@@ -130,19 +130,29 @@ def llama_bench(
     n_gen: int,
     reps: int,
     threads: int,
-    n_gpu_layers: int,
+    n_gpu_layers: int | None,
     n_batch: int,
     flash_attn: bool | None,
-) -> dict[str, float]:
-    """llama.cpp's own figures (tokens/s, mean over its repetitions) for the same settings and the same work:
+    overrides: tuple[tuple[str, str], ...] = (),
+    mlock: bool = False,
+) -> dict[str, list[float]]:
+    """llama.cpp's own figures (tokens/s of each repetition) for the same settings and the same work:
     pp over an empty context, and tg at a depth of ``n_prompt`` tokens, where localr1's decode runs too
-    (llama-bench's plain tg starts from an empty context, where attention is cheaper)."""
+    (llama-bench's plain tg starts from an empty context, where attention is cheaper). An offload plan's
+    tensor placement is passed on as ``-ot`` rules."""
+    ngl = 999 if n_gpu_layers is None or n_gpu_layers < 0 else n_gpu_layers
     common = [
-        "-m", str(model), "-r", str(reps), "-t", str(threads), "-ngl", str(999 if n_gpu_layers < 0 else n_gpu_layers),
+        "-m", str(model), "-r", str(reps), "-t", str(threads), "-ngl", str(ngl),
         "-b", str(n_batch), "-ub", str(n_batch), "-o", "json",
     ]  # fmt: skip
     if flash_attn is not None:
         common += ["-fa", "1" if flash_attn else "0"]
+    if overrides:
+        if any(c in pattern for pattern, _ in overrides for c in ",;="):
+            raise LocalR1Error("this plan's tensor rules cannot be written as llama-bench -ot arguments")
+        common += ["-ot", ";".join(f"{pattern}={device}" for pattern, device in overrides)]
+    if mlock:
+        common += ["-lm", "mmap+mlock"]
     runs = {
         "prefill": ["-p", str(n_prompt), "-n", "0"],
         "decode": ["-p", "0", "-n", str(n_gen), "-d", str(n_prompt)],
@@ -151,6 +161,34 @@ def llama_bench(
     for kind, args in runs.items():
         proc = subprocess.run([str(binary), *common, *args], capture_output=True, text=True)
         if proc.returncode != 0:
-            raise LocalR1Error(f"llama-bench failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
-        out[kind] = float(json.loads(proc.stdout)[0]["avg_ts"])
+            last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise LocalR1Error(f"llama-bench failed: {last[0]}", hint="Run it by hand to see why: " + " ".join(
+                [str(binary), *common, *args]))  # fmt: skip
+        try:
+            out[kind] = [float(x) for x in json.loads(proc.stdout)[0]["samples_ts"]]
+        except (ValueError, LookupError, TypeError) as exc:
+            raise LocalR1Error(f"llama-bench printed something other than its JSON report ({exc})") from None
     return out
+
+
+def side_by_side(run_ours, run_theirs, *, rounds: int = 1) -> tuple[BenchResult, dict[str, list[float]]]:
+    """llama-bench and localr1 in turns, llama-bench first and last (A-B-A, or A-B-A-B-A with two rounds):
+    a machine that speeds up or slows down during the measurement (turbo, thermals, a neighbour's load)
+    moves both sides alike. The repetitions of each side are pooled."""
+    theirs = run_theirs()
+    ours: BenchResult | None = None
+    for _ in range(rounds):
+        result = run_ours()
+        if ours is None:
+            ours = result
+        else:
+            for name in ("prefill_tps", "decode_tps", "ttft_s"):
+                getattr(ours, name).values.extend(getattr(result, name).values)
+        more = run_theirs()
+        theirs = {kind: theirs[kind] + more[kind] for kind in theirs}
+    assert ours is not None
+    return ours, theirs
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0

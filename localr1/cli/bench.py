@@ -12,9 +12,10 @@ from localr1.sampling import Sampling
 
 HELP = """Measure prefill and decode tokens/s through localr1's own streaming path (what ask and chat use).
 
-With --compare, llama.cpp's llama-bench runs with the same model, threads, batch, GPU layers and flash
-attention, and the ratio localr1 / llama.cpp is printed (build llama-bench with
-benchmarks/build_llama_bench.sh, or put one on PATH).
+With --compare, llama.cpp's llama-bench runs with the same model, threads, batch, GPU layers, tensor
+placement and flash attention, before and after localr1's runs, and the ratio of the medians
+localr1 / llama.cpp is printed (build llama-bench with benchmarks/build_llama_bench.sh, or put one on
+PATH).
 
 Examples:
 
@@ -22,7 +23,7 @@ Examples:
 
   localr1 bench r1:7b --prompt 512 --gen 128 --reps 5 --json
 
-  localr1 bench ./model.gguf --compare
+  localr1 bench ./model.gguf --compare --rounds 3
 """
 
 
@@ -37,6 +38,7 @@ def register(app: typer.Typer) -> None:
         gen: int = typer.Option(128, "--gen", help="Tokens to generate."),
         reps: int = typer.Option(3, "--reps", help="Repetitions (min / median / max are reported)."),
         compare: bool = typer.Option(False, "--compare", help="Also run llama.cpp's llama-bench; print ratios."),
+        rounds: int = typer.Option(1, "--rounds", help="With --compare: turns of localr1 between llama-bench runs."),
         llama_bench_path: str | None = typer.Option(None, "--llama-bench", help="The llama-bench binary."),
         r1_sampling: bool = typer.Option(False, "--r1-sampling", help="Sample as ask does (T 0.6, top-p 0.95)."),
         threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: physical cores)."),
@@ -47,13 +49,13 @@ def register(app: typer.Typer) -> None:
         from localr1 import bench as bench_mod
         from localr1.cli.machine import hardware_lines
         from localr1.config import load_config
-        from localr1.engine.llama_cpp import LlamaCppEngine
+        from localr1.engine.llama_cpp import DEFAULT_BATCH, LlamaCppEngine
         from localr1.gguf_info import inspect_model
-        from localr1.hardware import machine
+        from localr1.hardware import machine, physical_cores
         from localr1.loader import plan_for_spec
 
-        if prompt < 1 or gen < 2 or reps < 1:
-            raise UsageError("--prompt must be at least 1, --gen at least 2 and --reps at least 1")
+        if prompt < 1 or gen < 2 or reps < 1 or rounds < 1:
+            raise UsageError("--prompt must be at least 1, --gen at least 2, --reps and --rounds at least 1")
         if flash_attn not in ("on", "off", "auto"):
             raise UsageError(f"--flash-attn must be on, off or auto, not {flash_attn!r}")
         fa = None if flash_attn == "auto" else flash_attn == "on"
@@ -64,22 +66,47 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"{plan.label} is not downloaded", hint=f"localr1 pull {plan.label}")
         path = plan.candidate.path
         sampling = Sampling(seed=1) if r1_sampling else Sampling(temperature=0.0)
-        engine = LlamaCppEngine(
-            path,
-            n_ctx=prompt + gen + 64,
-            n_threads=threads or config.threads,
-            n_gpu_layers=plan.n_gpu_layers,
-            tensor_overrides=plan.overrides,
-            use_mlock=plan.mlock,
-            flash_attn=fa,
-            debug=state.debug,
-            gguf=inspect_model(path),
-        )
-        try:
-            result = bench_mod.run(engine, n_prompt=prompt, n_gen=gen, reps=reps, sampling=sampling)
-            info = engine.info
-        finally:
-            engine.close()
+        n_ctx = prompt + gen + 64
+        n_threads = threads or config.threads or physical_cores()
+        n_batch = min(DEFAULT_BATCH, n_ctx)
+        header = inspect_model(path)
+        loaded: list = []
+
+        def run_ours():
+            engine = LlamaCppEngine(
+                path,
+                n_ctx=n_ctx,
+                n_threads=n_threads,
+                n_batch=n_batch,
+                n_gpu_layers=plan.n_gpu_layers,
+                tensor_overrides=plan.overrides,
+                use_mlock=plan.mlock,
+                flash_attn=fa,
+                debug=state.debug,
+                gguf=header,
+            )
+            try:
+                measured = bench_mod.run(engine, n_prompt=prompt, n_gen=gen, reps=reps, sampling=sampling)
+                loaded.append(engine.info)
+            finally:
+                engine.close()  # before llama-bench runs: both would not fit a GPU that holds one
+            return measured
+
+        theirs: dict[str, list[float]] = {}
+        if compare:
+            binary = bench_mod.find_llama_bench(llama_bench_path)
+
+            def run_theirs():
+                return bench_mod.llama_bench(
+                    binary, path, n_prompt=prompt, n_gen=gen, reps=reps, threads=n_threads,
+                    n_gpu_layers=plan.n_gpu_layers, n_batch=n_batch, flash_attn=fa, overrides=plan.overrides,
+                    mlock=plan.mlock,
+                )  # fmt: skip
+
+            result, theirs = bench_mod.side_by_side(run_ours, run_theirs, rounds=rounds)
+        else:
+            result = run_ours()
+        info = loaded[0]
         out = {
             "model": plan.label,
             "path": str(path),
@@ -90,23 +117,23 @@ def register(app: typer.Typer) -> None:
             "flash_attn": flash_attn,
             "sampling": "r1" if r1_sampling else "greedy",
             "reps": reps,
+            "rounds": rounds if compare else 1,
             **result.to_dict(),
         }
         if compare:
-            binary = bench_mod.find_llama_bench(llama_bench_path)
-            theirs = bench_mod.llama_bench(
-                binary, path, n_prompt=result.prompt_tokens, n_gen=gen, reps=reps, threads=info.n_threads,
-                n_gpu_layers=info.n_gpu_layers, n_batch=info.extra["n_batch"], flash_attn=fa,
-            )  # fmt: skip
             ours_pp, ours_tg = result.prefill_tps.summary()["median"], result.decode_tps.summary()["median"]
+            their_pp, their_tg = bench_mod.median(theirs["prefill"]), bench_mod.median(theirs["decode"])
             out["llama_bench"] = {
                 "binary": str(binary),
-                "prefill_tokens_per_s": theirs.get("prefill"),
-                "decode_tokens_per_s": theirs.get("decode"),
+                "runs": f"{rounds + 1}, taking turns with localr1's {rounds}; repetitions pooled",
+                "prefill_tokens_per_s": round(their_pp, 2),
+                "decode_tokens_per_s": round(their_tg, 2),
+                "prefill_samples": [round(x, 2) for x in theirs["prefill"]],
+                "decode_samples": [round(x, 2) for x in theirs["decode"]],
             }
             out["ratio"] = {
-                "prefill": round(ours_pp / theirs["prefill"], 3) if theirs.get("prefill") else None,
-                "decode": round(ours_tg / theirs["decode"], 3) if theirs.get("decode") else None,
+                "prefill": round(ours_pp / their_pp, 3) if their_pp else None,
+                "decode": round(ours_tg / their_tg, 3) if their_tg else None,
             }
         if json_out:
             out["hardware"] = hw.to_dict()
@@ -123,13 +150,15 @@ def register(app: typer.Typer) -> None:
         ):
             s = out[key]
             lines.append(f"{label:22} {s['min']:>9} {s['median']:>9} {s['max']:>9}")
-        lines.append(f"({result.prompt_tokens}-token prompt, {gen} generated, {reps} runs)")
+        runs = len(result.decode_tps.values)
+        lines.append(f"({result.prompt_tokens}-token prompt, {gen} generated, {runs} runs)")
         if compare:
             lb, r = out["llama_bench"], out["ratio"]
             lines.append(
-                f"llama-bench            pp{result.prompt_tokens} {lb['prefill_tokens_per_s']:.2f} tok/s · tg{gen} {lb['decode_tokens_per_s']:.2f} tok/s"
+                f"llama-bench (median)   pp{result.prompt_tokens} {lb['prefill_tokens_per_s']:.2f} tok/s · "
+                f"tg{gen} @ d{result.prompt_tokens} {lb['decode_tokens_per_s']:.2f} tok/s  (taking turns with localr1)"
             )
-            lines.append(f"localr1 / llama.cpp    prefill {r['prefill']} · decode {r['decode']}")
+            lines.append(f"localr1 / llama.cpp    prefill {r['prefill']} · decode {r['decode']}  (medians)")
         lines.append("")
         lines += hardware_lines(hw)
         sys.stdout.write("\n".join(lines) + "\n")

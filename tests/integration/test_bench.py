@@ -126,3 +126,61 @@ def test_compare_with_a_missing_llama_bench_is_one_line(tiny_r1):
     args = ["bench", str(tiny_r1), "--prompt", "16", "--gen", "4", "--reps", "1", "--compare", "--llama-bench", "/nope"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1 and "--llama-bench /nope: no such executable" in result.stderr
+
+
+FAKE_LLAMA_BENCH = """#!{python}
+import json, sys
+with open({log!r}, "a") as f:
+    f.write(json.dumps(sys.argv[1:]) + "\\n")
+decode = "-d" in sys.argv
+print(json.dumps([{{"samples_ts": [100.0, 110.0] if decode else [1000.0, 1200.0], "avg_ts": 0}}]))
+"""
+
+
+@pytest.fixture
+def fake_llama_bench(tmp_path):
+    import sys
+
+    log = tmp_path / "calls.jsonl"
+    binary = tmp_path / "llama-bench"
+    binary.write_text(FAKE_LLAMA_BENCH.format(python=sys.executable, log=str(log)))
+    binary.chmod(0o755)
+    return binary, log
+
+
+def test_compare_takes_turns_with_llama_bench_and_pools_its_runs(tiny_r1, fake_llama_bench):
+    binary, log = fake_llama_bench
+    state.debug = False
+    args = ["bench", str(tiny_r1), "--prompt", "16", "--gen", "4", "--reps", "2", "--rounds", "2", "--compare"]
+    result = CliRunner().invoke(app, [*args, "--llama-bench", str(binary), "--threads", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(calls) == 6  # llama-bench 3 times (before, between, after localr1's two turns), pp and tg each
+    decode = [c for c in calls if "-d" in c]
+    assert all(c[c.index("-d") + 1] == "16" and c[c.index("-n") + 1] == "4" for c in decode)
+    assert all(c[c.index("-t") + 1] == "2" and c[c.index("-r") + 1] == "2" for c in calls)
+    assert out["llama_bench"]["decode_samples"] == [100.0, 110.0] * 3
+    assert out["llama_bench"]["decode_tokens_per_s"] == 105.0 and out["llama_bench"]["prefill_tokens_per_s"] == 1100.0
+    assert len(out["decode_tokens_per_s"]) == 3 and out["rounds"] == 2  # localr1's 2 x 2 runs pooled
+    assert out["ratio"]["decode"] == round(out["decode_tokens_per_s"]["median"] / 105.0, 3)
+
+
+def test_llama_bench_gets_the_plans_tensor_placement(fake_llama_bench):
+    binary, log = fake_llama_bench
+    rules = ((r"^blk\.(1|2)\.ffn_(up|down|gate)_exps\.", "CPU"), (r"^output\.", "CPU"))
+    out = bench.llama_bench(
+        binary, binary, n_prompt=8, n_gen=4, reps=1, threads=1, n_gpu_layers=None, n_batch=8, flash_attn=None,
+        overrides=rules, mlock=True,
+    )  # fmt: skip
+    assert out == {"prefill": [1000.0, 1200.0], "decode": [100.0, 110.0]}
+    call = json.loads(log.read_text().splitlines()[0])
+    assert call[call.index("-ot") + 1] == r"^blk\.(1|2)\.ffn_(up|down|gate)_exps\.=CPU;^output\.=CPU"
+    assert call[call.index("-ngl") + 1] == "999" and call[call.index("-lm") + 1] == "mmap+mlock"
+    from localr1.errors import LocalR1Error
+
+    with pytest.raises(LocalR1Error, match="cannot be written as llama-bench -ot"):
+        bench.llama_bench(
+            binary, binary, n_prompt=8, n_gen=4, reps=1, threads=1, n_gpu_layers=0, n_batch=8, flash_attn=None,
+            overrides=((r"^blk\.\d{1,2}\.", "CPU"),),
+        )  # fmt: skip
