@@ -127,8 +127,23 @@ def tiny_qwen3moe_path() -> Path:
     return target
 
 
-def build_random_model(header_path: Path, target: Path, *, seed: int = 7, arch=None, name: str | None = None) -> None:
-    """A GGUF with random weights in the shape of ``arch`` and the real R1 tokenizer and chat template."""
+def build_random_model(
+    header_path: Path,
+    target: Path,
+    *,
+    seed: int = 7,
+    arch=None,
+    name: str | None = None,
+    fan_in_scale: bool = False,
+    progress=None,
+) -> None:
+    """A GGUF with random F16 weights in the shape of ``arch`` and the real R1 tokenizer and chat template.
+
+    Tensors are generated and written one at a time, so a real-size shape (benchmarks/random_model.py makes
+    7B ones) needs memory for one tensor only. ``fan_in_scale``: weights of standard deviation
+    1/sqrt(fan-in), so that a deep model's activations stay finite; otherwise the small test models' fixed
+    scales (their files must not change).
+    """
     import gguf
     import numpy as np
     from ggufs import add_metadata
@@ -148,6 +163,18 @@ def build_random_model(header_path: Path, target: Path, *, seed: int = 7, arch=N
         expert_ff=32, n_dense_lead=1, q_lora_rank=32, kv_lora_rank=32, rope_dim=16, nope_dim=32, v_head_dim=32,
     )  # fmt: skip
     rng = np.random.default_rng(seed)
+    specs = arch.tensors()
+
+    def tensor(spec):
+        shape = tuple(reversed(spec.shape))
+        if len(shape) == 1:
+            return np.ones(shape, np.float32) if spec.name.endswith("norm.weight") else np.zeros(shape, np.float32)
+        if fan_in_scale:
+            scale = 1.0 if spec.role == "embd" else 1.0 / np.sqrt(spec.shape[0])
+        else:
+            scale = 0.5 if spec.role in ("embd", "output") else 0.08
+        return (rng.standard_normal(shape, dtype=np.float32) * scale).astype(np.float16)
+
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".partial")
     os.close(fd)
     try:
@@ -166,21 +193,17 @@ def build_random_model(header_path: Path, target: Path, *, seed: int = 7, arch=N
         writer.add_add_bos_token(md["tokenizer.ggml.add_bos_token"])
         writer.add_add_eos_token(md["tokenizer.ggml.add_eos_token"])
         writer.add_chat_template(md["tokenizer.chat_template"])
-        for spec in arch.tensors():
+        for spec in specs:
             shape = tuple(reversed(spec.shape))
-            if len(shape) == 1:
-                data = (
-                    np.ones(shape, dtype=np.float32)
-                    if spec.name.endswith("norm.weight")
-                    else np.zeros(shape, np.float32)
-                )
-            else:
-                scale = 0.5 if spec.role in ("embd", "output") else 0.08
-                data = (rng.standard_normal(shape, dtype=np.float32) * scale).astype(np.float16)
-            writer.add_tensor(spec.name, data)
+            dtype = np.dtype(np.float32 if len(shape) == 1 else np.float16)
+            writer.add_tensor_info(spec.name, shape, dtype, int(np.prod(shape)) * dtype.itemsize)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
+        writer.write_ti_data_to_file()
+        for i, spec in enumerate(specs):
+            writer.write_tensor_data(tensor(spec))
+            if progress:
+                progress(i + 1, len(specs))
         writer.close()
         os.replace(tmp, target)
     finally:
