@@ -190,28 +190,79 @@ FILE_TYPE_NAMES = {
 }
 
 
-def _quant_sizes() -> dict[int, tuple[int, int]]:
-    # The gguf package keeps ggml's (block size, bytes per block) table current; import it lazily since it
-    # pulls in numpy.
-    from gguf.constants import GGML_QUANT_SIZES
+# ggml's tensor types: id -> (name, elements per block, bytes per block). A copy of the gguf package's
+# table (tests/unit/test_gguf_info.py holds the two equal), so that reading a header does not import gguf,
+# which pulls in NumPy and costs 50-100 ms of every command's start; types added after this copy are
+# looked up in the gguf package.
+GGML_TYPES: dict[int, tuple[str, int, int]] = {
+    0: ("F32", 1, 4),
+    1: ("F16", 1, 2),
+    2: ("Q4_0", 32, 18),
+    3: ("Q4_1", 32, 20),
+    6: ("Q5_0", 32, 22),
+    7: ("Q5_1", 32, 24),
+    8: ("Q8_0", 32, 34),
+    9: ("Q8_1", 32, 40),
+    10: ("Q2_K", 256, 84),
+    11: ("Q3_K", 256, 110),
+    12: ("Q4_K", 256, 144),
+    13: ("Q5_K", 256, 176),
+    14: ("Q6_K", 256, 210),
+    15: ("Q8_K", 256, 292),
+    16: ("IQ2_XXS", 256, 66),
+    17: ("IQ2_XS", 256, 74),
+    18: ("IQ3_XXS", 256, 98),
+    19: ("IQ1_S", 256, 50),
+    20: ("IQ4_NL", 32, 18),
+    21: ("IQ3_S", 256, 110),
+    22: ("IQ2_S", 256, 82),
+    23: ("IQ4_XS", 256, 136),
+    24: ("I8", 1, 1),
+    25: ("I16", 1, 2),
+    26: ("I32", 1, 4),
+    27: ("I64", 1, 8),
+    28: ("F64", 1, 8),
+    29: ("IQ1_M", 256, 56),
+    30: ("BF16", 1, 2),
+    34: ("TQ1_0", 256, 54),
+    35: ("TQ2_0", 256, 66),
+    39: ("MXFP4", 32, 17),
+    40: ("NVFP4", 64, 36),
+    41: ("Q1_0", 128, 18),
+}
 
-    return {int(k): v for k, v in GGML_QUANT_SIZES.items()}
+
+def _lookup_gguf(ggml_type: int) -> tuple[str, int, int] | None:
+    try:
+        from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+        t = GGMLQuantizationType(ggml_type)
+        return t.name, *GGML_QUANT_SIZES[t]
+    except (ValueError, KeyError):
+        return None
+
+
+def _type(ggml_type: int) -> tuple[str, int, int] | None:
+    known = GGML_TYPES.get(ggml_type)
+    if known is None and (known := _lookup_gguf(ggml_type)) is not None:
+        GGML_TYPES[ggml_type] = known
+        _SIZES[ggml_type] = known[1:]
+    return known
+
+
+_SIZES: dict[int, tuple[int, int]] = {k: (block, size) for k, (_, block, size) in GGML_TYPES.items()}
 
 
 def ggml_type_name(ggml_type: int) -> str:
-    from gguf.constants import GGMLQuantizationType
-
-    try:
-        return GGMLQuantizationType(ggml_type).name
-    except ValueError:
-        return f"type{ggml_type}"
+    known = _type(ggml_type)
+    return known[0] if known else f"type{ggml_type}"
 
 
 def tensor_nbytes(ggml_type: int, shape: tuple[int, ...]) -> int:
-    sizes = _quant_sizes()
-    if ggml_type not in sizes:
+    known = _type(ggml_type)
+    if known is None:
         raise ValueError(f"unknown tensor type {ggml_type}")
-    block, type_size = sizes[ggml_type]
+    _, block, type_size = known
     if not shape or shape[0] % block:
         raise ValueError(f"row of {shape[0] if shape else 0} elements is not a multiple of block size {block}")
     n = 1
@@ -384,7 +435,7 @@ def _parse(buf: Any, size: int, path: Path, keep: set[str]) -> GGUFInfo:
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
         raise r.fail(f"general.alignment {alignment!r} is not a power of two")
 
-    sizes = _quant_sizes()
+    sizes = _SIZES
     tensors: list[TensorInfo] = []
     seen: set[str] = set()
     for i in range(n_tensors):
@@ -398,7 +449,7 @@ def _parse(buf: Any, size: int, path: Path, keep: set[str]) -> GGUFInfo:
         shape = tuple(r.u64(f"shape of {name}") for _ in range(n_dims))
         ggml_type = r.u32(f"type of {name}")
         offset = r.u64(f"offset of {name}")
-        if ggml_type not in sizes:
+        if ggml_type not in sizes and _type(ggml_type) is None:
             raise r.fail(f"tensor {name} has unknown type {ggml_type}")
         n_elements = 1
         for d in shape:

@@ -164,3 +164,25 @@ def test_skipped_string_arrays(tmp_path):
         path.write_bytes(data[:n])
         with pytest.raises(InvalidModelFileError):
             read_gguf(path)
+
+
+def test_ggml_type_table_matches_the_gguf_package():
+    """localr1 keeps its own copy of ggml's type table (no gguf import at start-up); it must not drift."""
+    import gguf.constants as c
+
+    from localr1.gguf_info import GGML_TYPES
+
+    theirs = {int(t): (t.name, *c.GGML_QUANT_SIZES[t]) for t in c.GGMLQuantizationType if t in c.GGML_QUANT_SIZES}
+    ours = {k: v for k, v in GGML_TYPES.items() if k in theirs}
+    assert ours == theirs, "update GGML_TYPES in localr1/gguf_info.py from gguf.constants"
+
+
+def test_a_type_newer_than_the_table_is_looked_up_in_gguf(monkeypatch):
+    from localr1 import gguf_info
+
+    q4k = gguf_info.GGML_TYPES[12]
+    monkeypatch.delitem(gguf_info.GGML_TYPES, 12)
+    monkeypatch.delitem(gguf_info._SIZES, 12)
+    assert gguf_info.ggml_type_name(12) == "Q4_K" and gguf_info.GGML_TYPES[12] == q4k
+    assert gguf_info.tensor_nbytes(12, (512, 2)) == 2 * 144 * 2
+    assert gguf_info.ggml_type_name(9999) == "type9999"
