@@ -197,7 +197,9 @@ def _imatrix_params(path: str) -> dict:
     quantize.imatrix.* keys llama-quantize records in the output (kept alive by the returned dict)."""
     import ctypes
 
-    from llama_cpp import llama_cpp as C
+    from localr1.engine.bindings import load_bindings
+
+    C = load_bindings()
 
     im = load_imatrix(Path(path))
     arrays = [(name.encode(), (ctypes.c_float * len(v))(*v), len(v)) for name, v in im.entries.items()]

@@ -30,9 +30,10 @@ class Device:
 
 @functools.lru_cache(maxsize=1)
 def _ggml() -> Any:
-    import llama_cpp._ggml as g  # loads libggml from llama-cpp-python's own lib folder
-
+    from localr1.engine.bindings import load_submodule
     from localr1.engine.llama_cpp import init_backend
+
+    g = load_submodule("_ggml")  # loads libggml from llama-cpp-python's own lib folder
 
     init_backend()  # llama_backend_init registers the backends
     lib = g.libggml
@@ -51,11 +52,12 @@ def _ggml() -> Any:
 
 @functools.lru_cache(maxsize=1)
 def _ggml_base() -> Any:
-    import llama_cpp._ctypes_extensions as ext
+    from pathlib import Path
 
-    lib = ext.load_shared_library(
-        "ggml-base", __import__("pathlib").Path(__import__("llama_cpp").__file__).parent / "lib"
-    )
+    from localr1.engine.bindings import load_submodule
+
+    ext = load_submodule("_ctypes_extensions")
+    lib = ext.load_shared_library("ggml-base", Path(ext.__file__).parent / "lib")
     lib.ggml_backend_cpu_buffer_type.restype = ctypes.c_void_p
     return lib
 

@@ -37,7 +37,9 @@ STREAM_INTERVAL_S = 1 / 60
 
 def _lib() -> Any:
     try:
-        import llama_cpp.llama_cpp as lib
+        from localr1.engine.bindings import load_bindings
+
+        lib = load_bindings()
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise BackendMissingError(
             f"llama-cpp-python is not installed or failed to load ({exc})",
@@ -76,6 +78,10 @@ class _NativeLog:
     def install(self, lib: Any) -> None:
         if self._callback is not None:
             return
+        from localr1.engine import bindings
+
+        # llama-cpp-python's package __init__, when something runs it later, sets its own log callback
+        bindings.after_full_import.append(lambda: lib.llama_log_set(self._callback, None))
 
         @ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
         def callback(level: int, text: bytes, _user: Any) -> None:

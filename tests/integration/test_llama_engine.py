@@ -235,3 +235,41 @@ def test_native_struct_fields_are_checked():
     assert (params.n_gpu_layers, params.load_mode) == (3, 0)
     with pytest.raises(EngineError, match="no llama_model_params.use_mmap"):
         set_fields(lib.llama_model_default_params(), use_mmap=False)
+
+
+def test_llama_cpp_pythons_own_init_does_not_take_the_log_away(tmp_path):
+    """localr1 skips llama-cpp-python's package __init__; when other code runs it later (llama_cpp.Llama),
+    its logger replaces localr1's log callback, and the engine puts its own back: errors keep their reason."""
+    from ggufs import write_gguf
+
+    bogus = write_gguf(tmp_path / "bogus.gguf")
+    script = f"""
+import sys
+from localr1.engine.llama_cpp import LlamaCppEngine, init_backend
+from localr1.errors import ModelLoadError
+init_backend()
+assert "Llama" not in sys.modules["llama_cpp"].__dict__  # the high-level API was not imported
+import llama_cpp
+llama_cpp.Llama  # now it is, and its logger sets its callback
+try:
+    LlamaCppEngine({str(bogus)!r})
+except ModelLoadError as exc:
+    print(exc.message)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "embedding_length" in proc.stdout
+
+
+def test_ask_imports_only_what_it_uses(tiny_r1):
+    """Time to first token: ask loads llama.cpp's bindings, not llama-cpp-python's high-level API (its chat
+    formats, Jinja2 setup), nor the gguf package or NumPy (R1's sampling runs in llama.cpp)."""
+    code = (
+        "import sys\n"
+        "from localr1.cli.app import main\n"
+        f"try:\n    main(['ask', 'hi', '-m', {str(tiny_r1)!r}, '--max-tokens', '2'])\nexcept SystemExit:\n    pass\n"
+        "unused = ('llama_cpp.llama', 'llama_cpp.llama_chat_format', 'gguf', 'numpy', 'textual', 'huggingface_hub')\n"
+        "print('LOADED', 'llama_cpp.llama_cpp' in sys.modules, [m for m in unused if m in sys.modules])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "LOADED True []" in proc.stdout, proc.stdout + proc.stderr
