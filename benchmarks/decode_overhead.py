@@ -74,24 +74,23 @@ def run_localr1(engine: LlamaCppEngine, n_tokens: int, setting: dict) -> dict:
 
 
 def run_bare_loop(engine: LlamaCppEngine, n_tokens: int, setting: dict) -> float:
-    """The least a program can do per token: llama_sampler_sample + llama_decode, nothing else.
+    """The least a program can do per token: sample + llama_decode, nothing else.
 
-    Same context, same sampler chain, same prompt as ``run_localr1``; what localr1 spends beyond this is the
-    cost of its detokenizing, reasoning split and events.
+    Same context, same sampler, same prompt as ``run_localr1`` (greedy: the engine's argmax over the logits;
+    otherwise llama.cpp's sampler chain); what localr1 spends beyond this is the cost of its detokenizing,
+    reasoning split and events.
     """
     lib = engine._lib
     prompt = render(user_turn(PROMPT), engine.info.chat_format)
     tokens = engine.tokenize(prompt.text, add_bos=prompt.add_bos)
-    chain = engine._sampler(Sampling(max_tokens=n_tokens, logit_bias=no_stop_bias(engine), **setting))
+    sampling = Sampling(max_tokens=n_tokens, logit_bias=no_stop_bias(engine), **setting)
+    chain = engine._sampler(sampling)
     try:
         engine._prefill(tokens)
         buf = (lib.llama_token * 1)()
-        sample, decode, batch_one, ctx = (
-            lib.llama_sampler_sample,
-            lib.llama_decode,
-            lib.llama_batch_get_one,
-            engine._ctx,
-        )
+        # greedy: the engine's own argmax over the logits (what localr1 samples with), else llama.cpp's chain
+        sample = engine._greedy(sampling) if sampling.temperature <= 0 else lib.llama_sampler_sample
+        decode, batch_one, ctx = lib.llama_decode, lib.llama_batch_get_one, engine._ctx
         buf[0] = sample(chain, ctx, -1)
         start = time.perf_counter()
         for _ in range(n_tokens - 1):
