@@ -29,7 +29,7 @@ class Device:
 
 
 @functools.lru_cache(maxsize=1)
-def _ggml() -> Any:
+def ggml_library() -> Any:
     from localr1.engine.bindings import load_submodule
     from localr1.engine.llama_cpp import init_backend
 
@@ -51,7 +51,7 @@ def _ggml() -> Any:
 
 
 @functools.lru_cache(maxsize=1)
-def _ggml_base() -> Any:
+def ggml_base_library() -> Any:
     from pathlib import Path
 
     from localr1.engine.bindings import load_submodule
@@ -64,11 +64,11 @@ def _ggml_base() -> Any:
 
 def cpu_buffer_type() -> int:
     """ggml_backend_cpu_buffer_type(): the pointer llama.cpp compares CPU overrides against."""
-    return _ggml_base().ggml_backend_cpu_buffer_type()
+    return ggml_base_library().ggml_backend_cpu_buffer_type()
 
 
 def list_devices() -> list[Device]:
-    lib = _ggml()
+    lib = ggml_library()
     out = []
     for i in range(lib.ggml_backend_dev_count()):
         dev = lib.ggml_backend_dev_get(i)
@@ -89,6 +89,6 @@ def list_devices() -> list[Device]:
 
 def buffer_type(device: Device) -> tuple[int, str]:
     """The device's default buffer type (a ggml_backend_buffer_type_t) and its name."""
-    lib = _ggml()
+    lib = ggml_library()
     buft = lib.ggml_backend_dev_buffer_type(device.handle)
     return buft, (lib.ggml_backend_buft_name(buft) or b"?").decode()

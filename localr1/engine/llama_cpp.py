@@ -229,6 +229,7 @@ class LlamaCppEngine:
         cancel: threading.Event | None = None,
         tensor_overrides: Sequence[tuple[str, str]] = (),
         stream_interval_s: float = STREAM_INTERVAL_S,
+        threadpool: bool = True,
     ) -> None:
         self._lib = lib = init_backend(debug=debug)
         self.stream_interval_s = stream_interval_s
@@ -300,6 +301,15 @@ class LlamaCppEngine:
                 f"{_LOG.tail() or 'out of memory?'}",
                 hint="Try a smaller --ctx.",
             )
+        self._threadpool = None
+        if threadpool:
+            from localr1.engine.threadpool import CpuThreadpool
+
+            self._threadpool = CpuThreadpool.create(n_threads)
+            if self._threadpool is not None:
+                attach = lib._lib["llama_attach_threadpool"]  # not in llama-cpp-python's bindings
+                attach.argtypes, attach.restype = [ctypes.c_void_p] * 3, None
+                attach(self._ctx, self._threadpool.handle, None)  # the same pool for prompt and generation
         self.n_ctx = lib.llama_n_ctx(self._ctx)
         self.n_batch = n_batch
         self._mem = lib.llama_get_memory(self._ctx)
@@ -613,6 +623,9 @@ class LlamaCppEngine:
         if self._ctx:
             lib.llama_free(self._ctx)
             self._ctx = None
+        if getattr(self, "_threadpool", None) is not None:  # after the context that used it
+            self._threadpool.close()
+            self._threadpool = None
         if self._model:
             lib.llama_model_free(self._model)
             self._model = None

@@ -273,3 +273,17 @@ def test_ask_imports_only_what_it_uses(tiny_r1):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "LOADED True []" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_a_thread_pool_is_attached_and_changes_no_token(tiny_r1):
+    """The engine gives llama.cpp one CPU thread pool for the context's life (as llama-cli does)."""
+    from localr1.engine.llama_cpp import LlamaCppEngine
+
+    outputs = {}
+    for pool in (True, False):
+        with LlamaCppEngine(tiny_r1, n_ctx=512, n_threads=2, threadpool=pool) as engine:
+            assert (engine._threadpool is not None) == pool
+            prompt = render(user_turn("Count."), engine.info.chat_format)
+            outputs[pool] = _texts(list(engine.stream(prompt, Sampling(temperature=0, max_tokens=30))))[:2]
+            assert engine.count_tokens(outputs[pool][0] + outputs[pool][1]) > 0
+    assert outputs[True] == outputs[False]
