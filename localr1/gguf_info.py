@@ -10,6 +10,7 @@ Large string arrays (the vocabulary) are skipped unless asked for, so a header i
 
 from __future__ import annotations
 
+import json
 import math
 import mmap
 import os
@@ -500,17 +501,22 @@ def split_siblings(path: Path) -> list[Path]:
 def inspect_model(path: str | os.PathLike[str], *, keep_arrays: Iterable[str] = ()) -> GGUFInfo:
     """Validate a model file (and all shards of a split model) and return the first shard's header.
 
-    Results are cached by path, size and modification time, so planning and loading read a header once.
+    Results are cached by path, size, modification time and inode, in memory (planning and loading read
+    a header once) and on disk (``header_cache``: the next run does not read it again).
     """
+    from localr1 import header_cache
+
     path = Path(path)
-    try:
-        st = path.stat()
-        key = (str(path.resolve()), st.st_size, st.st_mtime_ns, tuple(keep_arrays))
-    except OSError:
-        key = None
+    keep = tuple(keep_arrays)
+    disk_key = header_cache.fingerprint(split_siblings(path), keep)
+    key = json.dumps(disk_key) if disk_key is not None else None
     if key is not None and key in _INSPECTED:
         return _INSPECTED[key]
-    info = _inspect(path, keep_arrays)
+    info = header_cache.load(disk_key) if disk_key is not None else None
+    if info is None:
+        info = _inspect(path, keep)
+        if disk_key is not None:
+            header_cache.store(disk_key, info)
     if key is not None:
         if len(_INSPECTED) >= 32:
             _INSPECTED.pop(next(iter(_INSPECTED)))

@@ -22,6 +22,11 @@ def data_dir() -> Path:
     return Path(os.environ.get("LOCALR1_DATA_DIR") or _dirs().user_data_dir)
 
 
+def cache_dir() -> Path:
+    """What can be rebuilt at any time (parsed model headers)."""
+    return Path(os.environ.get("LOCALR1_CACHE_DIR") or _dirs().user_cache_dir)
+
+
 def models_dir() -> Path:
     """Where models that localr1 makes or that users drop in live (downloads use the Hugging Face cache)."""
     return Path(os.environ.get("LOCALR1_MODELS_DIR") or data_dir() / "models")

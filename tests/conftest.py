@@ -59,6 +59,7 @@ def isolated_dirs(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("LOCALR1_CONFIG_DIR", str(root / "config"))
     monkeypatch.setenv("LOCALR1_DATA_DIR", str(root / "data"))
     monkeypatch.setenv("LOCALR1_MODELS_DIR", str(root / "models"))
+    monkeypatch.setenv("LOCALR1_CACHE_DIR", str(root / "cache"))
     monkeypatch.setenv("HF_HUB_CACHE", str(root / "hf"))
     monkeypatch.delenv("LOCALR1_MODEL", raising=False)
     monkeypatch.delenv("LOCALR1_DEBUG", raising=False)
