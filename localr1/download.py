@@ -110,10 +110,39 @@ def _is_gguf(path: str) -> bool:
     return path.endswith(".gguf")
 
 
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+_UNREACHABLE_HINT = "Check the connection (or HF_ENDPOINT); models already on disk work with --offline."
+
+
+def check_reachable(timeout: float = 5.0) -> None:
+    """Fail at once, not after huggingface_hub's ~23 s of retries, where the Hub's host cannot be reached at
+    all: no name resolution, connection refused, no route. A slow connection is left to the client and its
+    retries, and so is everything behind a proxy (the client connects through it, this check could not)."""
+    if any(os.environ.get(v) for v in _PROXY_VARIABLES):
+        return
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(endpoint())
+    if not url.hostname:
+        raise UsageError(f"HF_ENDPOINT {endpoint()!r} is not a URL", hint="For example https://huggingface.co")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except TimeoutError:
+        return
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise DownloadError(
+            f"could not reach the Hugging Face Hub at {endpoint()} ({reason})", hint=_UNREACHABLE_HINT
+        ) from None
+
+
 def list_remote(repo_id: str, revision: str = "main", accept: Callable[[str], bool] = _is_gguf) -> list[RemoteFile]:
     """The GGUF files of a repository (or those ``accept`` takes), with sizes and LFS hashes."""
     from huggingface_hub.hf_api import RepoFile
 
+    check_reachable()
     with hub_errors(repo_id):
         entries = list(_api().list_repo_tree(repo_id, revision=revision, recursive=True))
     out = []
@@ -331,7 +360,7 @@ class hub_errors:
         if isinstance(exc, (*_http_errors(), OSError)) and not isinstance(exc, FileNotFoundError) and not self.transfer:
             raise DownloadError(
                 f"could not reach the Hugging Face Hub at {endpoint()} ({type(exc).__name__}: {exc})",
-                hint="Check the connection (or HF_ENDPOINT); models already on disk work with --offline.",
+                hint=_UNREACHABLE_HINT,
             ) from exc
         if isinstance(exc, (*_http_errors(), OSError)) and not isinstance(exc, FileNotFoundError):
             raise DownloadError(

@@ -36,3 +36,29 @@ def test_other_errors_pass_through():
 @pytest.mark.parametrize("name", ["a.gguf", "dir/a-00001-of-00002.gguf", "UD-IQ1_S/x.gguf"])
 def test_safe_names_pass(name):
     assert safe_repo_path(name) == name
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [("http://127.0.0.1:9", "Connection refused"), ("http://hub.invalid", "(not known|name resolution)")],
+)
+def test_a_hub_that_cannot_be_reached_fails_at_once(monkeypatch, url, reason):
+    """No huggingface_hub call (and its ~23 s of retries) when the host refuses or does not resolve."""
+    from localr1 import download
+
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    for proxy in download._PROXY_VARIABLES:
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setattr(download, "_api", lambda: pytest.fail("the Hub client was called"))
+    with pytest.raises(DownloadError, match=f"could not reach the Hugging Face Hub at {url} .*{reason}") as exc:
+        download.list_remote("me/repo")
+    assert "--offline" in exc.value.hint
+
+
+def test_behind_a_proxy_the_client_decides(monkeypatch, network_guard):
+    from localr1 import download
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    download.check_reachable()  # no direct connection tried: it would bypass the proxy
+    assert network_guard["attempts"] == []
