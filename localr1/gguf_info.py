@@ -247,11 +247,7 @@ def _type(ggml_type: int) -> tuple[str, int, int] | None:
     known = GGML_TYPES.get(ggml_type)
     if known is None and (known := _lookup_gguf(ggml_type)) is not None:
         GGML_TYPES[ggml_type] = known
-        _SIZES[ggml_type] = known[1:]
     return known
-
-
-_SIZES: dict[int, tuple[int, int]] = {k: (block, size) for k, (_, block, size) in GGML_TYPES.items()}
 
 
 def ggml_type_name(ggml_type: int) -> str:
@@ -436,7 +432,6 @@ def _parse(buf: Any, size: int, path: Path, keep: set[str]) -> GGUFInfo:
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
         raise r.fail(f"general.alignment {alignment!r} is not a power of two")
 
-    sizes = _SIZES
     tensors: list[TensorInfo] = []
     seen: set[str] = set()
     for i in range(n_tensors):
@@ -450,14 +445,15 @@ def _parse(buf: Any, size: int, path: Path, keep: set[str]) -> GGUFInfo:
         shape = tuple(r.u64(f"shape of {name}") for _ in range(n_dims))
         ggml_type = r.u32(f"type of {name}")
         offset = r.u64(f"offset of {name}")
-        if ggml_type not in sizes and _type(ggml_type) is None:
+        known = _type(ggml_type)
+        if known is None:
             raise r.fail(f"tensor {name} has unknown type {ggml_type}")
         n_elements = 1
         for d in shape:
             n_elements *= d
         if n_elements >= 1 << 62:
             raise r.fail(f"tensor {name} claims {n_elements:,} elements")
-        block, _ = sizes[ggml_type]
+        block = known[1]
         if shape[0] % block:
             raise r.fail(f"tensor {name} has rows of {shape[0]} elements, not a multiple of {block}")
         if offset % alignment:
