@@ -58,34 +58,20 @@ class EventAssembler:
         self._thinking_ended_at: float | None = None
 
     def feed(self, piece: bytes) -> list[Event]:
-        # Called once per generated token, right after llama.cpp's decode has flushed the CPU caches:
-        # kept to a few attribute reads on the common path.
-        if self._first_token_at is None:
-            self._first_token_at = self._clock()
-        self.completion_tokens += 1
-        splitter = self.splitter
-        if splitter.state == "answer":
-            return self._convert(splitter.feed(self._utf8.feed(piece)))
-        closed = splitter.closed_reasoning
-        events = self._convert(splitter.feed(self._utf8.feed(piece)))
-        if splitter.saw_reasoning:
-            self.reasoning_tokens += 1
-        if splitter.closed_reasoning and not closed:
-            self._thinking_ended_at = self._clock()
-        return events
+        """One token's bytes."""
+        return self.feed_many([piece])
 
     def feed_many(self, pieces: list[bytes]) -> list[Event]:
         """Several tokens' bytes at once: the same events and counts as feeding them one by one.
 
         While a run of tokens cannot open or close a tag (mid-reasoning with no "<" in it and nothing held
-        back, or in the answer) it is decoded and split in one go; otherwise token by token.
+        back, or in the answer) it is decoded and split in one go, with a few attribute reads: this runs
+        after every llama.cpp decode, when the CPU caches are cold. Otherwise token by token.
         """
-        if len(pieces) == 1:
-            return self.feed(pieces[0])
         if not pieces:
             return []
         splitter = self.splitter
-        data = b"".join(pieces)
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         state = splitter.state
         if state == "answer" or (state == "reasoning" and not splitter.holding and b"<" not in data):
             if self._first_token_at is None:
@@ -96,12 +82,26 @@ class EventAssembler:
             return self._convert(splitter.feed(self._utf8.feed(data)))
         merged: list[Event] = []
         for piece in pieces:
-            for event in self.feed(piece):
+            for event in self._feed_token(piece):
                 if merged and type(merged[-1]) is type(event):
                     merged[-1] = type(event)(merged[-1].text + event.text)
                 else:
                     merged.append(event)
         return merged
+
+    def _feed_token(self, piece: bytes) -> list[Event]:
+        """One token that may open or close a tag: counted by the state it was read in."""
+        if self._first_token_at is None:
+            self._first_token_at = self._clock()
+        self.completion_tokens += 1
+        splitter = self.splitter
+        was_answer, closed = splitter.state == "answer", splitter.closed_reasoning
+        events = self._convert(splitter.feed(self._utf8.feed(piece)))
+        if not was_answer and splitter.saw_reasoning:
+            self.reasoning_tokens += 1
+        if splitter.closed_reasoning and not closed:
+            self._thinking_ended_at = self._clock()
+        return events
 
     def finish(self) -> list[Event]:
         tail = self._utf8.flush()

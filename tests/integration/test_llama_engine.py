@@ -171,12 +171,12 @@ def test_random_r1_streams_match_the_whole_text(tiny, monkeypatch):
     pieces: list[bytes] = []
 
     class Recording(llama_engine.EventAssembler):
-        def feed(self, piece: bytes):
-            pieces.append(piece)
-            return super().feed(piece)
+        def feed_many(self, run: list[bytes]):
+            pieces.extend(run)
+            return super().feed_many(run)
 
     monkeypatch.setattr(llama_engine, "EventAssembler", Recording)
-    monkeypatch.setattr(tiny, "stream_interval_s", 0.0)  # each token through feed()
+    monkeypatch.setattr(tiny, "stream_interval_s", 0.0)  # each token handed on by itself
     prompt = render(user_turn("Say something."), tiny.info.chat_format)
     for seed in (1, 2, 3):
         pieces.clear()
