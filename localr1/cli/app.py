@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import typer
 
 from localr1 import __version__
+from localr1.cli.helptext import command_help
 from localr1.errors import LocalR1Error
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -29,12 +30,15 @@ state = State()
 
 app = typer.Typer(
     name="localr1",
-    help=(
-        "Run DeepSeek-R1 reasoning models on your own machine, with the thinking kept apart.\n\n"
-        "Examples:\n\n"
-        '  localr1 ask "prove that sqrt(2) is irrational" --show-thinking\n\n'
-        '  echo "what is 17 * 23?" | localr1 ask --math --model ./DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.gguf\n\n'
-        '  localr1 ask "..." --json | jq .content'
+    help=command_help(
+        """Run DeepSeek-R1 reasoning models on your own machine, with the thinking kept apart.
+
+        Examples:
+        $ localr1 ask "prove that sqrt(2) is irrational" --show-thinking
+        $ echo "what is 17 * 23?" | localr1 ask --math --model ./DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.gguf
+        $ localr1 ask "..." --json | jq .content
+        $ localr1 chat
+        """
     ),
     no_args_is_help=True,
     add_completion=False,

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import typer
 
+from localr1.cli.helptext import command_help
 from localr1.cli.machine import DISK, GPU_KIND, GPUS, RAM, VRAM
 from localr1.errors import UsageError
 from localr1.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Sampling
@@ -20,12 +21,9 @@ The model's thinking is hidden (a spinner shows while it thinks) unless --show-t
 dimmed, to stderr. Pipes get only the answer.
 
 Examples:
-
-  localr1 ask "prove that sqrt(2) is irrational" --show-thinking
-
-  localr1 ask "what is 3^5 mod 7?" --math --model r1:7b
-
-  cat question.txt | localr1 ask - --json > result.json
+$ localr1 ask "prove that sqrt(2) is irrational" --show-thinking
+$ localr1 ask "what is 3^5 mod 7?" --math --model r1:7b
+$ cat question.txt | localr1 ask - --json > result.json
 """
 
 
@@ -61,7 +59,7 @@ def cancel_on_sigint(cancel: threading.Event) -> Iterator[None]:
 def register(app: typer.Typer) -> None:
     from localr1.cli.app import handle_errors, state
 
-    @app.command(help=HELP, no_args_is_help=False)
+    @app.command(help=command_help(HELP), no_args_is_help=False)
     @handle_errors
     def ask(
         question: str | None = typer.Argument(None, help='The question; "-" or a pipe reads it from stdin.'),

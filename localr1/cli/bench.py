@@ -7,6 +7,7 @@ import sys
 
 import typer
 
+from localr1.cli.helptext import command_help
 from localr1.errors import UsageError
 from localr1.sampling import Sampling
 
@@ -18,19 +19,16 @@ localr1 / llama.cpp is printed (build llama-bench with benchmarks/build_llama_be
 PATH).
 
 Examples:
-
-  localr1 bench
-
-  localr1 bench r1:7b --prompt 512 --gen 128 --reps 5 --json
-
-  localr1 bench ./model.gguf --compare --rounds 3
+$ localr1 bench
+$ localr1 bench r1:7b --prompt 512 --gen 128 --reps 5 --json
+$ localr1 bench ./model.gguf --compare --rounds 3
 """
 
 
 def register(app: typer.Typer) -> None:
     from localr1.cli.app import handle_errors, state
 
-    @app.command(help=HELP)
+    @app.command(help=command_help(HELP))
     @handle_errors
     def bench(
         model: str | None = typer.Argument(None, help="A catalog name or .gguf file (default: as for ask)."),

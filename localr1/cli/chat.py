@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from localr1.cli.helptext import command_help
 from localr1.cli.machine import DISK, GPU_KIND, GPUS, RAM, VRAM
 from localr1.errors import UsageError
 from localr1.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Sampling
@@ -14,12 +15,9 @@ Keys: Enter sends, Ctrl+J new line, Esc stops, Ctrl+T expands/collapses thinking
 Ctrl+O saved chats, Ctrl+L choose a model, F1 all keys.
 
 Examples:
-
-  localr1 chat
-
-  localr1 chat r1:14b --ctx 32768
-
-  localr1 chat ./DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.gguf --hide-thinking
+$ localr1 chat
+$ localr1 chat r1:14b --ctx 32768
+$ localr1 chat ./DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.gguf --hide-thinking
 """
 
 
@@ -87,7 +85,7 @@ def register(app: typer.Typer) -> None:
     from localr1.cli.app import handle_errors, state
     from localr1.cli.machine import simulation
 
-    @app.command(help=HELP)
+    @app.command(help=command_help(HELP))
     @handle_errors
     def chat(
         model: str | None = typer.Argument(None, help="A catalog name or .gguf file (default: the best that fits)."),

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 
+from localr1.cli.helptext import command_help
 from localr1.errors import ModelNotFoundError, UsageError
 
 GiB = 1 << 30
@@ -102,9 +103,15 @@ def register(app: typer.Typer) -> None:
     from localr1.cli.app import handle_errors
 
     @app.command(
-        help="Download a model into the Hugging Face cache, verified by sha256 and resumable.\n\n"
-        "Examples:\n\n  localr1 pull r1:14b            (the quant planned for this machine)\n\n"
-        "  localr1 pull r1:14b:Q5_K_M\n\n  localr1 pull unsloth/DeepSeek-R1-Distill-Qwen-7B-GGUF:DeepSeek-R1-Distill-Qwen-7B-Q8_0.gguf"
+        help=command_help(
+            """Download a model into the Hugging Face cache, verified by sha256 and resumable.
+
+            Examples:
+            $ localr1 pull r1:14b          # the quant planned for this machine
+            $ localr1 pull r1:14b:Q5_K_M
+            $ localr1 pull unsloth/DeepSeek-R1-Distill-Qwen-7B-GGUF:DeepSeek-R1-Distill-Qwen-7B-Q8_0.gguf
+            """
+        )
     )
     @handle_errors
     def pull(
@@ -133,8 +140,14 @@ def register(app: typer.Typer) -> None:
 
     @app.command(
         name="list",
-        help="List the models on this machine: catalog builds, Hub downloads and files in localr1's folder.\n\n"
-        "Examples:\n\n  localr1 list\n\n  localr1 list --json",
+        help=command_help(
+            """List the models on this machine: catalog builds, Hub downloads and files in localr1's folder.
+
+            Examples:
+            $ localr1 list
+            $ localr1 list --json
+            """
+        ),
     )
     @handle_errors
     def list_models(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
@@ -164,8 +177,15 @@ def register(app: typer.Typer) -> None:
             sys.stdout.write(f"{r['name'][:44]:44} {r['quant']:10} {r['bytes'] / GiB:7.2f} G  {r['path']}\n")
 
     @app.command(
-        help="Delete a downloaded model (all its quants unless one is named) and free the space.\n\n"
-        "Examples:\n\n  localr1 rm r1:14b:Q5_K_M\n\n  localr1 rm r1:14b --yes\n\n  localr1 rm ./my-model.gguf"
+        help=command_help(
+            """Delete a downloaded model (all its quants unless one is named) and free the space.
+
+            Examples:
+            $ localr1 rm r1:14b:Q5_K_M
+            $ localr1 rm r1:14b --yes
+            $ localr1 rm ./my-model.gguf
+            """
+        )
     )
     @handle_errors
     def rm(
@@ -197,11 +217,18 @@ def register(app: typer.Typer) -> None:
             sys.stdout.write(f"Removed {', '.join(m.name for m in matches)}: {freed / GiB:.2f} GiB freed.\n")
 
     @app.command(
-        help="Quantize a model to any llama.cpp type (through llama.cpp's own quantizer).\n\n"
-        "The output goes into localr1's models folder (so `localr1 list` shows it) unless -o says otherwise.\n\n"
-        "Examples:\n\n  localr1 quantize r1:7b:Q8_0 --to Q4_K_M\n\n"
-        "  localr1 quantize ./model-f16.gguf --to Q5_K_M -o ./model-Q5_K_M.gguf\n\n"
-        "  localr1 quantize ./model-f16.gguf --to IQ2_XS --imatrix ./imatrix.gguf\n\n  localr1 quantize x --to list"
+        help=command_help(
+            """Quantize a model to any llama.cpp type (through llama.cpp's own quantizer).
+
+            The output goes into localr1's models folder (so `localr1 list` shows it) unless -o says otherwise.
+
+            Examples:
+            $ localr1 quantize r1:7b:Q8_0 --to Q4_K_M
+            $ localr1 quantize ./model-f16.gguf --to Q5_K_M -o ./model-Q5_K_M.gguf
+            $ localr1 quantize ./model-f16.gguf --to IQ2_XS --imatrix ./imatrix.gguf
+            $ localr1 quantize x --to list      # the types, with their bits per weight
+            """
+        )
     )
     @handle_errors
     def quantize(
@@ -247,13 +274,20 @@ def register(app: typer.Typer) -> None:
         )
 
     @app.command(
-        help="Convert a Hugging Face checkpoint (safetensors) into a GGUF that llama.cpp and localr1 run.\n\n"
-        "Qwen 2.5 / Llama 3 / Qwen 3 checkpoints (the R1 distills and their fine-tunes). The file is the one "
-        "llama.cpp's convert_hf_to_gguf.py writes, without needing PyTorch. The output goes into localr1's "
-        "models folder (so `localr1 list` shows it) unless -o says otherwise.\n\n"
-        "Examples:\n\n  localr1 convert ./my-r1-finetune\n\n"
-        "  localr1 convert deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --outtype q8_0\n\n"
-        "  localr1 convert ./ckpt --outtype f16 -o ./model-f16.gguf && localr1 quantize ./model-f16.gguf --to Q4_K_M"
+        help=command_help(
+            """Convert a Hugging Face checkpoint (safetensors) into a GGUF that llama.cpp and localr1 run.
+
+            Qwen 2.5 / Llama 3 / Qwen 3 checkpoints (the R1 distills and their fine-tunes). The file is the
+            one llama.cpp's convert_hf_to_gguf.py writes, without needing PyTorch. The output goes into
+            localr1's models folder (so `localr1 list` shows it) unless -o says otherwise.
+
+            Examples:
+            $ localr1 convert ./my-r1-finetune
+            $ localr1 convert deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --outtype q8_0
+            $ localr1 convert ./ckpt --outtype f16 -o ./model-f16.gguf
+            $ localr1 quantize ./model-f16.gguf --to Q4_K_M
+            """
+        )
     )
     @handle_errors
     def convert(

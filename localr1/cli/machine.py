@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import typer
 
+from localr1.cli.helptext import command_help
 from localr1.errors import UsageError
 
 GiB = 1 << 30
@@ -143,8 +144,15 @@ def register(app: typer.Typer) -> None:
     from localr1.cli.app import handle_errors
 
     @app.command(
-        help="Show the machine as localr1 sees it: GPUs, memory, llama.cpp backends, disk.\n\n"
-        "Examples:\n\n  localr1 hw\n\n  localr1 hw --json\n\n  localr1 hw --vram 12GiB --ram 32GiB   (simulate)"
+        help=command_help(
+            """Show the machine as localr1 sees it: GPUs, memory, llama.cpp backends, disk.
+
+            Examples:
+            $ localr1 hw
+            $ localr1 hw --json
+            $ localr1 hw --vram 12GiB --ram 32GiB      # simulate another machine
+            """
+        )
     )
     @handle_errors
     def hw(
@@ -164,8 +172,15 @@ def register(app: typer.Typer) -> None:
             sys.stdout.write("\n".join(hardware_lines(machine_info)) + "\n")
 
     @app.command(
-        help="List the R1 models localr1 knows, with what fits this machine and what is downloaded.\n\n"
-        "Examples:\n\n  localr1 models\n\n  localr1 models --json\n\n  localr1 models --vram 24GiB --ram 64GiB"
+        help=command_help(
+            """List the R1 models localr1 knows, with what fits this machine and what is downloaded.
+
+            Examples:
+            $ localr1 models
+            $ localr1 models --json
+            $ localr1 models --vram 24GiB --ram 64GiB
+            """
+        )
     )
     @handle_errors
     def models(
@@ -226,9 +241,15 @@ def register(app: typer.Typer) -> None:
             sys.stdout.write(f"{m.name:14} {m.title[:40]:40} {aime:>5} {gpqa:>5}  {fit:34} {', '.join(d) or '-'}\n")
 
     @app.command(
-        help="Choose the model, quant, context and GPU layers for this machine, and say why.\n\n"
-        "Examples:\n\n  localr1 plan\n\n  localr1 plan r1:70b --ctx 32768 --explain\n\n"
-        "  localr1 plan --vram 8GiB --ram 16GiB --json"
+        help=command_help(
+            """Choose the model, quant, context and GPU layers for this machine, and say why.
+
+            Examples:
+            $ localr1 plan
+            $ localr1 plan r1:70b --ctx 32768 --explain
+            $ localr1 plan --vram 8GiB --ram 16GiB --json
+            """
+        )
     )
     @handle_errors
     def plan(
