@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from localr1.errors import ModelTooBigError
+from localr1.errors import DownloadError, ModelTooBigError
 
 GiB = 1 << 30
 
@@ -181,6 +181,18 @@ class LoadedModel:
     plan: object | None  # planner.Plan, or None when --ctx and --gpu-layers were both given
 
 
+def _not_on_disk(label: str, *, chosen: bool, offline: bool, cause: DownloadError) -> DownloadError:
+    """Name the model that was being fetched (a user who typed only ``ask "..."`` did not name one)."""
+    what = f"{label} (the best fit for this machine)" if chosen else label
+    on_disk = "`localr1 list` shows the models on disk, and --model takes any .gguf file."
+    if offline:
+        return DownloadError(
+            f"{what} is not downloaded and localr1 is offline",
+            hint=f"Run `localr1 pull {label}` while connected (or unset HF_HUB_OFFLINE); {on_disk}",
+        )
+    return DownloadError(f"could not download {what}: {cause.message}", hint=cause.hint or on_disk)
+
+
 def open_model(
     spec: str | None,
     config,
@@ -226,8 +238,11 @@ def open_model(
         n_ctx, layers, overrides, mlock = plan.n_ctx, plan.n_gpu_layers, plan.overrides, plan.mlock
         if path is None:  # the chosen build is not on disk yet
             off = offline_mode(offline)
-            target = resolve_target(label, offline=off)
-            path = fetch(target, off) if fetch else pull(target, offline=off, show_progress=False)
+            try:
+                target = resolve_target(label, offline=off)
+                path = fetch(target, off) if fetch else pull(target, offline=off, show_progress=False)
+            except DownloadError as exc:
+                raise _not_on_disk(label, chosen=spec is None, offline=off, cause=exc) from exc
     options = EngineOptions(
         n_ctx=n_ctx,
         n_threads=threads or config.threads,

@@ -132,8 +132,8 @@ def test_cancelled_generation_exits_130(runner, engine, small_gguf):
         (["ask", "   \n"], 2, "the question is empty"),
         (["ask", "q", "-m", "/no/such/model.gguf"], 1, "no such file"),
         (["ask", "q", "-m", "r1:99b"], 1, "unknown model 'r1:99b'"),
-        (["ask", "q", "-m", "r1:7b"], 1, "is not in the local cache and localr1 is offline"),
-        (["ask", "q"], 1, "DeepSeek-R1-0528-Qwen3-8B-Q3_K_M.gguf is not in the local cache and localr1 is offline"),
+        (["ask", "q", "-m", "r1:7b"], 1, "r1:7b:Q4_K_M is not downloaded and localr1 is offline"),
+        (["ask", "q"], 1, "r1-0528:8b:Q3_K_M (the best fit for this machine) is not downloaded and localr1 is offline"),
         (["ask", "q", "--temperature", "-1"], 2, "temperature -1.0 is out of range"),
         (["ask", "q", "--ctx", "0"], 2, "--ctx must be positive"),
     ],
@@ -145,6 +145,16 @@ def test_bad_input_is_one_line(runner, engine, args, code, message):
     assert lines[0].startswith("Error: ") and message in lines[0]
     assert len(lines) <= 2 and (len(lines) == 1 or lines[1].startswith("Hint: "))
     assert "Traceback" not in result.output
+
+
+def test_a_model_that_cannot_be_downloaded_is_named(runner, engine, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # HF_ENDPOINT is 127.0.0.1:9, where nothing listens
+    result = runner.invoke(app, ["ask", "q"])
+    assert result.exit_code == 1
+    first, hint = result.stderr.strip().splitlines()
+    assert first.startswith("Error: could not download r1-0528:8b:Q3_K_M (the best fit for this machine): ")
+    assert "could not reach the Hugging Face Hub at http://127.0.0.1:9" in first
+    assert hint.startswith("Hint: Check the connection")
 
 
 def test_bad_files_are_one_line(runner, engine, tmp_path, small_gguf):
