@@ -15,16 +15,23 @@ FinishReason = Literal["stop", "length", "cancelled"]
 
 @dataclass(frozen=True, slots=True)
 class Reasoning:
-    """A piece of the model's thinking."""
+    """A piece of the model's thinking, and the number of tokens it came from (see ``Answer``)."""
 
     text: str
+    tokens: int = 1
 
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """A piece of the answer."""
+    """A piece of the answer, and the number of tokens it came from.
+
+    Engines hand text on at most once per display frame, so one event may hold many tokens. A token that
+    shows no text of its own (``</think>``, half of a UTF-8 character) counts with the next piece; the
+    exact totals are in ``Done.usage``.
+    """
 
     text: str
+    tokens: int = 1
 
 
 @dataclass(frozen=True)

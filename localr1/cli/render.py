@@ -88,7 +88,7 @@ class TerminalRenderer:
 
     def handle(self, event: Event) -> None:
         if isinstance(event, Reasoning):
-            self._on_reasoning(event.text)
+            self._on_reasoning(event.text, event.tokens)
         elif isinstance(event, Answer):
             self._on_answer(event.text)
         elif isinstance(event, Done):
@@ -122,9 +122,9 @@ class TerminalRenderer:
         self.err.write(text)
         self.err.flush()
 
-    def _on_reasoning(self, text: str) -> None:
+    def _on_reasoning(self, text: str, tokens: int) -> None:
         self.reasoning_parts.append(text)
-        self._thinking_tokens += 1
+        self._thinking_tokens += tokens
         if self._thinking_started is None:
             self._thinking_started = time.perf_counter()
         if self.show_thinking:

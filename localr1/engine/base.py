@@ -54,6 +54,7 @@ class EventAssembler:
         self._clock = clock
         self.completion_tokens = 0
         self.reasoning_tokens = 0
+        self._uncounted = 0  # tokens read whose text has not gone out yet (tags, held-back text)
         self._first_token_at: float | None = None
         self._thinking_ended_at: float | None = None
 
@@ -79,12 +80,12 @@ class EventAssembler:
             self.completion_tokens += len(pieces)
             if state == "reasoning":
                 self.reasoning_tokens += len(pieces)
-            return self._convert(splitter.feed(self._utf8.feed(data)))
+            return self._convert(splitter.feed(self._utf8.feed(data)), len(pieces))
         merged: list[Event] = []
         for piece in pieces:
             for event in self._feed_token(piece):
                 if merged and type(merged[-1]) is type(event):
-                    merged[-1] = type(event)(merged[-1].text + event.text)
+                    merged[-1] = type(event)(merged[-1].text + event.text, merged[-1].tokens + event.tokens)
                 else:
                     merged.append(event)
         return merged
@@ -96,7 +97,7 @@ class EventAssembler:
         self.completion_tokens += 1
         splitter = self.splitter
         was_answer, closed = splitter.state == "answer", splitter.closed_reasoning
-        events = self._convert(splitter.feed(self._utf8.feed(piece)))
+        events = self._convert(splitter.feed(self._utf8.feed(piece)), 1)
         if not was_answer and splitter.saw_reasoning:
             self.reasoning_tokens += 1
         if splitter.closed_reasoning and not closed:
@@ -107,7 +108,7 @@ class EventAssembler:
         tail = self._utf8.flush()
         pieces = self.splitter.feed(tail) if tail else []
         pieces += self.splitter.finish()
-        return self._convert(pieces)
+        return self._convert(pieces, 0)
 
     @property
     def thinking_s(self) -> float:
@@ -125,9 +126,19 @@ class EventAssembler:
             reasoning_unfinished=unfinished,
         )
 
-    @staticmethod
-    def _convert(pieces: list[tuple[str, str]]) -> list[Event]:
+    def _convert(self, pieces: list[tuple[str, str]], tokens: int) -> list[Event]:
+        """Events for the splitter's pieces; the tokens read go with the first (a token's text starts there),
+        or wait for the next piece when there is none."""
+        tokens += self._uncounted
+        if not pieces:
+            self._uncounted = tokens
+            return []
+        self._uncounted = 0
+        channel, text = pieces[0]
+        first = Reasoning(text, tokens) if channel == "reasoning" else Answer(text, tokens)
         if len(pieces) == 1:  # the common case, without a comprehension's frame
-            channel, text = pieces[0]
-            return [Reasoning(text) if channel == "reasoning" else Answer(text)]
-        return [Reasoning(text) if channel == "reasoning" else Answer(text) for channel, text in pieces]
+            return [first]
+        return [
+            first,
+            *(Reasoning(text, 0) if channel == "reasoning" else Answer(text, 0) for channel, text in pieces[1:]),
+        ]

@@ -202,3 +202,36 @@ def test_python_dash_m(small_gguf):
 def test_fake_engine_info_is_reasoning():
     assert fake_model_info().chat_format.reasoning
     assert not fake_model_info(reasoning=False).chat_format.reasoning
+
+
+def test_thinking_summary_counts_tokens_not_events(monkeypatch):
+    """Engines hand on several tokens per event (one per display frame): the spinner and the summary
+    count the tokens the events carry."""
+    import io
+
+    from localr1.cli import render
+    from localr1.events import Answer, Done, Reasoning, Timings, Usage
+
+    ticks = []
+
+    class Spinner:
+        def __init__(self, err):
+            pass
+
+        def start(self):
+            pass
+
+        def tick(self, tokens):
+            ticks.append(tokens)
+
+        def stop(self):
+            pass
+
+    monkeypatch.setattr(render, "_Spinner", Spinner)
+    out, err = io.StringIO(), io.StringIO()
+    events = [Reasoning("Let me think", 40), Reasoning(" more.", 25), Answer("4", 3)]
+    events.append(Done("stop", Usage(5, 68, 66), Timings()))
+    render.TerminalRenderer(out=out, err=err, spinner=True).render(events)
+    assert ticks == [40, 65]
+    assert out.getvalue() == "4\n"
+    assert err.getvalue().startswith("Thought for ") and err.getvalue().endswith(" s (65 tokens)\n")

@@ -47,7 +47,13 @@ def _run(groups: list[list[bytes]], opened: bool, *, many: bool):
     reasoning = "".join(e.text for e in events if isinstance(e, Reasoning))
     answer = "".join(e.text for e in events if isinstance(e, Answer))
     thinking_s = asm.thinking_s
-    return reasoning, answer, asm.completion_tokens, asm.reasoning_tokens, thinking_s, calls
+    # every token read is carried by some event, or still waits for text (a tag at the very end)
+    shown = (
+        sum(e.tokens for e in events if isinstance(e, Reasoning)),
+        sum(e.tokens for e in events if isinstance(e, Answer)),
+    )
+    assert sum(shown) + asm._uncounted == asm.completion_tokens
+    return reasoning, answer, asm.completion_tokens, asm.reasoning_tokens, thinking_s, shown, calls
 
 
 @pytest.mark.parametrize(("text", "opened", "reasoning", "answer"), CASES)
@@ -65,7 +71,7 @@ def test_feed_many_equals_feeding_each_token(text, opened, reasoning, answer):
         assert one[:5] == many[:5], groups
         assert (one[0], one[1]) == (reasoning, answer)
         # within one call, consecutive pieces of one channel come merged into one event
-        for call in many[5]:
+        for call in many[6]:
             assert all(type(a) is not type(b) for a, b in itertools.pairwise(call))
 
 
@@ -74,7 +80,8 @@ def test_feed_many_counts_reasoning_tokens_up_to_the_closing_tag():
     asm = EventAssembler(opened=True)
     events = asm.feed_many(tokens[:3]) + asm.feed_many(tokens[3:])
     assert asm.completion_tokens == 8 and asm.reasoning_tokens == 5
-    assert events == [Reasoning("a b"), Answer("xy")]
+    # the tag and the blank line show no text: their tokens go with the answer's first piece
+    assert events == [Reasoning("a b", tokens=2), Answer("xy", tokens=6)]
 
 
 def test_feed_many_of_nothing_is_nothing():
