@@ -102,30 +102,37 @@ def plan_for_spec(
     from localr1.resolve import resolve_model
 
     want = want_ctx or config.ctx or DEFAULT_CTX
+    keep = bool(want_ctx or config.ctx)  # a context the user set is kept; the default may shrink to fit
     catalog = load_catalog()
     spec = spec or config.default_model
+
+    opts = {
+        "want_ctx": want,
+        "keep_ctx": keep,
+        "gpu_layers": gpu_layers,
+        "offload": offload,
+        "gpu_experts": gpu_experts,
+    }
 
     def best(pool, what):
         if prefer_local and (local := [c for c in pool if c.path is not None]):
             try:
-                return choose(local, hw, want_ctx=want, gpu_layers=gpu_layers, offload=offload, gpu_experts=gpu_experts)
+                return choose(local, hw, **opts)
             except NoPlanError:
                 pass
         try:
-            return choose(pool, hw, want_ctx=want, gpu_layers=gpu_layers, offload=offload, gpu_experts=gpu_experts)
+            return choose(pool, hw, **opts)
         except NoPlanError as exc:
             if what is None:
-                raise _too_big("any R1 model", exc) from None
+                raise _too_big("any R1 model", exc, want, keep) from None
             # the user chose this model: rather than refuse it for speed, take its fastest build that fits
             for c in sorted(pool, key=lambda c: c.weights.total):
-                plan = plan_candidate(
-                    c, hw, want_ctx=want, gpu_layers=gpu_layers, min_tps=0.0, offload=offload, gpu_experts=gpu_experts
-                )
+                plan = plan_candidate(c, hw, min_tps=0.0, **opts)
                 if plan is not None:
                     return replace(
                         plan, notes=(*plan.notes, f"slower than usual: about {plan.decode_tps:.1f} tokens/s")
                     )
-            raise _too_big(what, exc) from None
+            raise _too_big(what, exc, want, keep) from None
 
     if spec:
         name, quant = split_name(spec)
@@ -138,20 +145,11 @@ def plan_for_spec(
         local = resolve_model(spec, config, catalog)
         candidate = cands.from_file(local.path, local=local)
         attempts: list = []
-        plan = plan_candidate(
-            candidate,
-            hw,
-            want_ctx=want,
-            gpu_layers=gpu_layers,
-            min_tps=0.0,
-            attempts=attempts,
-            offload=offload,
-            gpu_experts=gpu_experts,
-        )
+        plan = plan_candidate(candidate, hw, min_tps=0.0, attempts=attempts, **opts)
         if plan is None:
             reason = next((a.reason for a in reversed(attempts) if not a.ok), "it does not fit")
             raise ModelTooBigError(
-                f"{candidate.label} does not fit this machine: {reason}",
+                f"{candidate.label} does not fit this machine{_at_ctx(want, keep)}: {reason}",
                 hint="Try a smaller --ctx or quant, or give both --ctx and --gpu-layers to load it anyway.",
             )
         return plan
@@ -165,11 +163,16 @@ def _loose_local_models(catalog):
     return [m for m in local_models(catalog) if m.catalog is None]
 
 
-def _too_big(what: str, exc) -> ModelTooBigError:
+def _at_ctx(want: int, keep: bool) -> str:
+    return f" with a {want:,}-token context" if keep else ""
+
+
+def _too_big(what: str, exc, want: int, keep: bool) -> ModelTooBigError:
     reason = next((a.reason for a in reversed(exc.attempts) if not a.ok), "not enough memory")
+    smaller = " Or ask for a smaller --ctx." if keep else ""
     return ModelTooBigError(
-        f"{what} does not fit this machine: {reason}",
-        hint=f"Usable: GPU {gib(exc.budget.gpu)}, RAM {gib(exc.budget.ram)}. See: localr1 plan --explain",
+        f"{what} does not fit this machine{_at_ctx(want, keep)}: {reason}",
+        hint=f"Usable: GPU {gib(exc.budget.gpu)}, RAM {gib(exc.budget.ram)}. See: localr1 plan --explain.{smaller}",
     )
 
 

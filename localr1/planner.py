@@ -2,7 +2,7 @@
 
 Pure logic: hardware and candidates in, a :class:`Plan` out. Candidates are tried best expected quality
 first (the mean of the published AIME 2024 and GPQA scores, discounted for the quant); for each, the largest context up to the
-one asked for, with every layer on the GPU if that fits, otherwise as many layers as fit (partial
+one asked for (exactly the one asked for when the user set it), with every layer on the GPU if that fits, otherwise as many layers as fit (partial
 offload) when RAM holds the rest and the estimated decode speed stays usable. Every budget keeps a
 safety margin. Each try is recorded, so ``--explain`` can say what did not fit and by how much.
 """
@@ -140,10 +140,11 @@ class NoPlanError(Exception):
         self.budget = budget
 
 
-def ctx_ladder(want: int, ctx_train: int) -> list[int]:
-    """The contexts to try, largest first: what was asked for, halving down to MIN_CTX."""
+def ctx_ladder(want: int, ctx_train: int, *, keep: bool = False) -> list[int]:
+    """The contexts to try, largest first: what was asked for, halving down to MIN_CTX (with ``keep``, a
+    context the user set: only that one, or the model's own maximum if it is smaller)."""
     top = min(want, ctx_train) if ctx_train else want
-    if top <= MIN_CTX:
+    if top <= MIN_CTX or keep:
         return [top]
     out = [top]
     while out[-1] // 2 >= MIN_CTX:
@@ -227,6 +228,7 @@ def plan_candidate(
     budget: Budget | None = None,
     offload: str = "auto",
     gpu_experts: int | None = None,
+    keep_ctx: bool = False,
 ) -> Plan | None:
     budget = budget or Budget.of(hw)
     attempts = attempts if attempts is not None else []
@@ -243,7 +245,9 @@ def plan_candidate(
             )
         )
         return None
-    for n_ctx in ctx_ladder(want_ctx, c.arch.ctx_train):
+    slow: tuple[int, float] | None = None  # the largest context that fitted, and its speed, when too slow
+    for n_ctx in ctx_ladder(want_ctx, c.arch.ctx_train, keep=keep_ctx):
+        reduced = _ctx_note(n_ctx, want_ctx, c.arch.ctx_train, slow, min_tps)
         if gpu_layers is not None:
             layer_options = [gpu_layers if gpu_layers >= 0 else n_layer + 1]
         elif on_gpu:
@@ -251,9 +255,11 @@ def plan_candidate(
         else:
             layer_options = [0]
         if c.arch.is_moe and on_gpu and gpu_layers is None and offload != "off" and not budget.unified:
-            placed = _offload_plan(c, hw, n_ctx, budget, offload, gpu_experts, min_tps, attempts, want_ctx, flash_attn)
-            if placed is not None:
+            placed = _offload_plan(c, hw, n_ctx, budget, offload, gpu_experts, min_tps, attempts, flash_attn, reduced)
+            if isinstance(placed, Plan):
                 return placed
+            if placed is not None and slow is None:
+                slow = (n_ctx, placed)
             if offload != "auto":
                 continue  # a forced placement mode: no plain layer offload instead
         for k in layer_options:
@@ -265,9 +271,9 @@ def plan_candidate(
                 continue
             tps = decode_speed(c, est, hw, disk_bytes)
             if tps < min_tps:
-                attempts.append(
-                    Attempt(c.label, n_ctx, k, False, f"fits, but about {tps:.1f} tokens/s (< {min_tps:g})")
-                )
+                attempts.append(Attempt(c.label, n_ctx, k, False, f"fits, but {_too_slow(tps, min_tps)}"))
+                if slow is None:
+                    slow = (n_ctx, tps)
                 break  # fewer GPU layers would only be slower
             if budget.unified or (on_gpu and k > n_layer):
                 mode = "unified" if budget.unified else "gpu"
@@ -278,17 +284,38 @@ def plan_candidate(
             if disk_bytes:
                 mode = "offload"
             attempts.append(Attempt(c.label, n_ctx, k, True, f"fits: about {tps:.1f} tokens/s"))
-            notes = []
-            if n_ctx < min(want_ctx, c.arch.ctx_train or want_ctx):
-                notes.append(f"context reduced to {n_ctx} tokens to fit (asked for {want_ctx})")
+            notes = [reduced] if reduced else []
             if disk_bytes:
                 notes.append(f"{disk_bytes / GiB:.1f} GiB of routed experts stream from disk")
             return Plan(c, n_ctx, -1 if k > n_layer else k, est, tps, mode, budget, tuple(attempts), tuple(notes))
     return None
 
 
-def _offload_plan(c, hw, n_ctx, budget, mode, gpu_experts, min_tps, attempts, want_ctx, flash_attn) -> Plan | None:
-    """A MoE model that does not fit on the GPU whole: hot tensors there, experts by tier (see offload.py)."""
+def _too_slow(tps: float, min_tps: float) -> str:
+    return f"about {_tps_down(tps)} tokens/s (< {min_tps:g})"
+
+
+def _tps_down(tps: float) -> str:
+    # rounded down: "about 5.0 tokens/s (< 5)" for 4.98 would read as a contradiction
+    return f"{int(tps * 10) / 10:.1f}"
+
+
+def _ctx_note(n_ctx: int, want_ctx: int, ctx_train: int, slow: tuple[int, float] | None, min_tps: float) -> str:
+    """Why the plan has less context than asked for ("" when it has all of it)."""
+    if n_ctx >= min(want_ctx, ctx_train or want_ctx):
+        return ""
+    if slow is not None:
+        return (
+            f"context reduced to {n_ctx} tokens for speed: {slow[0]} would run at about {_tps_down(slow[1])} tokens/s"
+        )
+    return f"context reduced to {n_ctx} tokens to fit (asked for {want_ctx})"
+
+
+def _offload_plan(
+    c, hw, n_ctx, budget, mode, gpu_experts, min_tps, attempts, flash_attn, reduced
+) -> Plan | float | None:
+    """A MoE model that does not fit on the GPU whole: hot tensors there, experts by tier (see offload.py).
+    The plan, or its speed when it fits but is too slow, or None."""
     from localr1.offload import OffloadError, plan_offload
 
     full = estimate(c.arch, c.weights, n_ctx, -1, flash_attn=flash_attn)
@@ -300,10 +327,8 @@ def _offload_plan(c, hw, n_ctx, budget, mode, gpu_experts, min_tps, attempts, wa
         attempts.append(Attempt(c.label, n_ctx, -1, False, f"offload: {exc}"))
         return None
     if p.decode_tps < min_tps:
-        attempts.append(
-            Attempt(c.label, n_ctx, -1, False, f"offload fits, but about {p.decode_tps:.1f} tokens/s (< {min_tps:g})")
-        )
-        return None
+        attempts.append(Attempt(c.label, n_ctx, -1, False, f"offload fits, but {_too_slow(p.decode_tps, min_tps)}"))
+        return p.decode_tps
     gpu_weights = p.gpu_bytes - full.gpu_kv - full.gpu_compute
     memory = MemoryEstimate(
         gpu_weights=gpu_weights,
@@ -325,11 +350,7 @@ def _offload_plan(c, hw, n_ctx, budget, mode, gpu_experts, min_tps, attempts, wa
             f"offload: hot tensors on the GPU, experts by tier: about {p.decode_tps:.1f} tokens/s",
         )
     )
-    notes = (
-        [f"context reduced to {n_ctx} tokens to fit (asked for {want_ctx})"]
-        if n_ctx < min(want_ctx, c.arch.ctx_train or want_ctx)
-        else []
-    )
+    notes = [reduced] if reduced else []
     if p.disk_bytes:
         notes.append(f"{p.disk_bytes / GiB:.1f} GiB of routed experts stream from disk")
     return Plan(
@@ -347,6 +368,7 @@ def choose(
     flash_attn: bool = True,
     offload: str = "auto",
     gpu_experts: int | None = None,
+    keep_ctx: bool = False,
 ) -> Plan:
     """The best expected quality that fits; raises NoPlanError with every attempt when nothing does."""
     budget = Budget.of(hw)
@@ -364,6 +386,7 @@ def choose(
             budget=budget,
             offload=offload,
             gpu_experts=gpu_experts,
+            keep_ctx=keep_ctx,
         )
         if plan is not None:
             return plan

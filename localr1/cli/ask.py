@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import typer
 
 from localr1.cli.helptext import command_help
-from localr1.cli.machine import DISK, GPU_KIND, GPUS, RAM, VRAM
+from localr1.cli.machine import CTX, DISK, GPU_KIND, GPUS, RAM, VRAM
 from localr1.errors import UsageError
 from localr1.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Sampling
 
@@ -74,7 +74,7 @@ def register(app: typer.Typer) -> None:
         top_p: float = typer.Option(DEFAULT_TOP_P, "--top-p", help="Nucleus sampling threshold."),
         seed: int | None = typer.Option(None, "--seed", help="Random seed, for repeatable answers."),
         max_tokens: int | None = typer.Option(None, "--max-tokens", help="Stop after this many tokens."),
-        ctx: int | None = typer.Option(None, "--ctx", help="Context size in tokens (default: 8192)."),
+        ctx: int | None = CTX,
         threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: physical cores)."),
         gpu_layers: int | None = typer.Option(
             None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from localr1.cli.helptext import command_help
-from localr1.cli.machine import DISK, GPU_KIND, GPUS, RAM, VRAM
+from localr1.cli.machine import CTX, DISK, GPU_KIND, GPUS, RAM, VRAM
 from localr1.errors import UsageError
 from localr1.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Sampling
 
@@ -89,7 +89,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def chat(
         model: str | None = typer.Argument(None, help="A catalog name or .gguf file (default: the best that fits)."),
-        ctx: int | None = typer.Option(None, "--ctx", help="Context size in tokens (default: as planned)."),
+        ctx: int | None = CTX,
         gpu_layers: int | None = typer.Option(None, "--gpu-layers", help="Layers on the GPU (default: as planned)."),
         threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: physical cores)."),
         temperature: float = typer.Option(DEFAULT_TEMPERATURE, "--temperature", help="Sampling temperature."),

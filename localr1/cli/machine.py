@@ -19,6 +19,7 @@ RAM = typer.Option(None, "--ram", help="Simulate RAM (e.g. 32GiB).", rich_help_p
 GPUS = typer.Option(None, "--gpus", help="Simulate this many GPUs (0: none).", rich_help_panel="Simulate")
 GPU_KIND = typer.Option(None, "--gpu", help="Simulate nvidia, amd, apple or none.", rich_help_panel="Simulate")
 DISK = typer.Option(None, "--disk", help="Simulate free disk (e.g. 2TiB).", rich_help_panel="Simulate")
+CTX = typer.Option(None, "--ctx", help="Context size in tokens (default: 16384, less if memory is short).")
 
 
 def simulation(vram: str | None, ram: str | None, gpus: int | None, gpu: str | None, disk: str | None):
@@ -254,7 +255,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def plan(
         model: str | None = typer.Argument(None, help="A catalog name or .gguf file (default: the best that fits)."),
-        ctx: int | None = typer.Option(None, "--ctx", help="The context you want (default 16384)."),
+        ctx: int | None = CTX,
         explain: bool = typer.Option(False, "--explain", help="Show every option tried and why it was rejected."),
         json_out: bool = typer.Option(False, "--json", help="Print JSON."),
         offload: str = typer.Option("auto", "--offload", help="MoE placement: auto, gpu, ram, disk or off."),

@@ -6,6 +6,7 @@ import pytest
 
 from localr1.candidates import from_catalog
 from localr1.catalog import load_catalog
+from localr1.errors import ModelTooBigError
 from localr1.hardware import GiB, Simulation, machine
 from localr1.memory import WeightLayout, estimate
 from localr1.planner import MIN_CTX, Budget, Fallbacks, NoPlanError, choose, ctx_ladder, plan_candidate
@@ -128,6 +129,8 @@ def test_context_is_the_largest_that_fits_up_to_the_request():
 
 def test_ctx_ladder():
     assert ctx_ladder(16384, 131072) == [16384, 8192]
+    assert ctx_ladder(65536, 131072, keep=True) == [65536]  # a context the user set
+    assert ctx_ladder(65536, 32768, keep=True) == [32768]  # no more than the model knows
     assert ctx_ladder(65536, 32768) == [32768, 16384, 8192]
     assert ctx_ladder(2048, 4096) == [2048]
     assert ctx_ladder(12000, 131072) == [12000, 8192]
@@ -163,3 +166,33 @@ def test_estimated_weights_track_bits_per_weight():
     q4, q8 = WeightLayout.from_arch(arch, "Q4_K_M").total, WeightLayout.from_arch(arch, "Q8_0").total
     assert 4.2 * GiB < q4 < 4.5 * GiB  # the real Q4_K_M file: 4.36 GiB of tensors
     assert q8 > 1.6 * q4
+
+
+def test_a_context_the_user_set_is_kept_and_a_default_one_may_shrink():
+    from localr1.config import Config
+    from localr1.loader import plan_for_spec
+
+    hw = machine(MACHINES["nvidia-8g-16g"])
+    kept = plan_for_spec("r1:7b", hw, Config(), want_ctx=131072, gpu_layers=None, prefer_local=False)
+    assert kept.n_ctx == 131072 and not any("context reduced" in n for n in kept.notes)
+    configured = plan_for_spec("r1:7b", hw, Config(ctx=131072), want_ctx=None, gpu_layers=None, prefer_local=False)
+    assert configured.n_ctx == 131072
+    with pytest.raises(ModelTooBigError, match="with a 131,072-token context: RAM needs"):
+        plan_for_spec("r1:70b", hw, Config(), want_ctx=131072, gpu_layers=None, prefer_local=False)
+    c = next(c for c in CANDIDATES if c.label == "r1:7b:Q4_K_M")
+    default = plan_candidate(c, hw, want_ctx=131072, min_tps=0, gpu_layers=-1)  # what a caller left open
+    assert default.n_ctx < 131072
+
+
+def test_context_reduced_for_speed_says_so():
+    """Offloaded experts compete with the KV cache for the GPU: a smaller context can be what makes a plan
+    fast enough, and the note must not claim the larger one did not fit."""
+    hw = machine(Simulation(vram=24 * GiB, ram=256 * GiB, disk=2048 * GiB))
+    c = next(c for c in CANDIDATES if c.label == "r1:671b:UD-IQ1_M")
+    attempts = []
+    plan = plan_candidate(c, hw, want_ctx=16384, attempts=attempts)
+    assert plan.n_ctx == 8192 and plan.mode == "offload"
+    slow = next(a for a in attempts if a.n_ctx == 16384 and "tokens/s" in a.reason)
+    assert slow.reason == "offload fits, but about 4.9 tokens/s (< 5)"
+    assert plan.notes[0] == "context reduced to 8192 tokens for speed: 16384 would run at about 4.9 tokens/s"
+    assert plan_candidate(c, hw, want_ctx=16384, keep_ctx=True) is None  # kept: too slow is too slow
