@@ -46,14 +46,14 @@ class Placement:
         return out
 
     def describe(self) -> list[str]:
-        def layers(ls: tuple[int, ...]) -> str:
-            return _ranges(ls) if ls else "none"
+        def experts(ls: tuple[int, ...], how: str = "") -> str:
+            return f"experts of layers {_ranges(ls)}{how}" if ls else "no experts"
 
+        gpu = "hot tensors, KV cache" + (f", {experts(self.gpu_expert_layers)}" if self.gpu_expert_layers else "")
         return [
-            f"GPU   {self.gpu_bytes / GiB:7.1f} GiB  hot tensors, KV cache, experts of layers {layers(self.gpu_expert_layers)}",
-            f"RAM   {self.ram_bytes / GiB:7.1f} GiB  experts of layers {layers(self.ram_expert_layers)}"
-            + (" (locked)" if self.mlock and self.ram_expert_layers else ""),
-            f"disk  {self.disk_bytes / GiB:7.1f} GiB  experts of layers {layers(self.disk_expert_layers)} (memory-mapped)",
+            f"GPU   {self.gpu_bytes / GiB:7.1f} GiB  {gpu}",
+            f"RAM   {self.ram_bytes / GiB:7.1f} GiB  {experts(self.ram_expert_layers, ' (locked)' if self.mlock else '')}",
+            f"disk  {self.disk_bytes / GiB:7.1f} GiB  {experts(self.disk_expert_layers, ' (memory-mapped)')}",
             f"speed about {self.decode_tps:.1f} tokens/s decode (estimate from bytes per token and tier bandwidth)",
         ]
 
@@ -71,8 +71,45 @@ def _ranges(layers: tuple[int, ...]) -> str:
 
 
 def expert_rule(layers: tuple[int, ...]) -> str:
-    """A regex matching the routed-expert tensors of these layers (llama.cpp's tensor names)."""
-    return r"^blk\.(" + "|".join(str(i) for i in sorted(layers)) + r")\.ffn_(up|down|gate|gate_up)_exps\."
+    """A regex matching the routed-expert tensors of these layers (llama.cpp's tensor names), with runs of
+    layers written as digit ranges, as people write them for llama.cpp: layers 3-53 are
+    ``([3-9]|[1-4][0-9]|5[0-3])``, not 51 numbers (the rule is printed for llama-cli users to copy)."""
+    return r"^blk\.(" + number_pattern(layers) + r")\.ffn_(up|down|gate|gate_up)_exps\."
+
+
+def number_pattern(numbers: tuple[int, ...]) -> str:
+    """Regex alternatives that match exactly these non-negative integers (no leading zeros)."""
+    parts: list[str] = []
+    ls = sorted(set(numbers))
+    i = 0
+    while i < len(ls):
+        j = i
+        while j + 1 < len(ls) and ls[j + 1] == ls[j] + 1:
+            j += 1
+        parts += _range_pattern(ls[i], ls[j])
+        i = j + 1
+    return "|".join(parts)
+
+
+def _range_pattern(lo: int, hi: int) -> list[str]:
+    """Alternatives for lo..hi: blocks of the form prefix, digit range, then any digits."""
+    out = []
+    while lo <= hi:
+        digits = len(str(lo))
+        hi_here = min(hi, 10**digits - 1)  # a block never spans a change in the number of digits
+        k = 0  # the block covers 10**k numbers: lo's last k digits run through 0-9
+        while k + 1 < digits and lo % 10 ** (k + 1) == 0 and lo + 10 ** (k + 1) - 1 <= hi_here:
+            k += 1
+        step = 10**k
+        first = (lo // step) % 10
+        n = 1  # how many such blocks follow on, as one digit range
+        while first + n <= 9 and lo + (n + 1) * step - 1 <= hi_here:
+            n += 1
+        prefix = str(lo // (step * 10)) if lo >= step * 10 else ""
+        digit = str(first) if n == 1 else f"[{first}-{first + n - 1}]"
+        out.append(prefix + digit + "[0-9]" * k)
+        lo += n * step
+    return out
 
 
 class OffloadError(Exception):

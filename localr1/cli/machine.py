@@ -315,8 +315,8 @@ def register(app: typer.Typer) -> None:
             return
         lines = plan_lines(chosen, explain=explain)
         if placement is not None:
-            used = " (this plan)" if chosen.placement is placement else " (if you want it: --offload with ask and chat)"
-            lines += ["", f"Offload placement ({offload}){used}:"] + ["  " + line for line in placement.describe()]
+            used = "this plan" if chosen.placement is placement else "if you want it: --offload with ask and chat"
+            lines += ["", f"Offload placement ({offload}, {used}):"] + ["  " + line for line in placement.describe()]
             if placement.decode_tps < 5:
                 lines.append(
                     "  slow: more RAM (keeps experts off the disk), a smaller quant, or a shorter context would help"

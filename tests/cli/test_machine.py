@@ -149,7 +149,7 @@ def test_plan_shows_the_moe_placement_and_llama_cpp_rules(runner):
     args = ["plan", "r1:671b", "--vram", "24GiB", "--ram", "192GiB", "--disk", "2TiB"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "Offload placement (auto) (this plan):" in result.stdout and "experts of layers" in result.stdout
+    assert "Offload placement (auto, this plan):" in result.stdout and "experts of layers" in result.stdout
     assert "(fits" not in result.stdout.splitlines()[0] and "offload" in result.stdout.splitlines()[0]
     assert "llama-cli -m MODEL.gguf -ngl 999 -ot" in result.stdout and "=CPU" in result.stdout
     data = json.loads(runner.invoke(app, [*args, "--json", "--gpu-experts", "2"]).stdout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from localr1.candidates import from_catalog
 from localr1.catalog import load_catalog
 from localr1.hardware import GiB, Simulation, machine
-from localr1.offload import OffloadError, expert_rule, plan_offload
+from localr1.offload import OffloadError, expert_rule, number_pattern, plan_offload
 from localr1.planner import Budget
 
 R1 = next(
@@ -79,3 +80,16 @@ def test_expert_rule():
     rule = expert_rule((3, 4, 10))
     assert re.search(rule, "blk.4.ffn_up_exps.weight") and re.search(rule, "blk.10.ffn_down_exps.weight")
     assert not re.search(rule, "blk.14.ffn_up_exps.weight") and not re.search(rule, "blk.4.ffn_up_shexp.weight")
+    assert expert_rule(tuple(range(3, 54))) == r"^blk\.([3-9]|[1-4][0-9]|5[0-3])\.ffn_(up|down|gate|gate_up)_exps\."
+
+
+def test_number_pattern_matches_exactly_its_numbers():
+    rng = random.Random(7)
+    sets = [{0}, {9, 10}, set(range(0, 61)), set(range(95, 205)), set(range(1000))]
+    sets += [set(rng.sample(range(300), rng.randint(1, 120))) for _ in range(150)]
+    sets += [set(range(a, a + rng.randint(1, 150))) for a in rng.sample(range(300), 100)]
+    for numbers in sets:
+        pattern = re.compile(f"(?:{number_pattern(tuple(numbers))})")
+        for i in range(1000):
+            assert bool(pattern.fullmatch(str(i))) == (i in numbers), (sorted(numbers), i, pattern.pattern)
+        assert not pattern.fullmatch(f"0{min(numbers)}")  # no leading zeros: "blk.03" is not layer 3
