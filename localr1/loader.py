@@ -29,17 +29,21 @@ class EngineOptions:
     debug: bool = False
     tensor_overrides: tuple[tuple[str, str], ...] = ()
     mlock: bool = False
+    n_batch: int | None = None  # None: the engine's default
+    flash_attn: bool | None = None  # None: llama.cpp decides
 
 
 def load_engine(path: Path, header, options: EngineOptions, cancel: threading.Event | None = None):
     """Open the real engine (imported here: llama.cpp loads only when a model is used)."""
-    from localr1.engine.llama_cpp import LlamaCppEngine
+    from localr1.engine.llama_cpp import DEFAULT_BATCH, LlamaCppEngine
 
     return LlamaCppEngine(
         path,
         n_ctx=options.n_ctx,
         n_threads=options.n_threads,
         n_gpu_layers=options.n_gpu_layers,
+        n_batch=options.n_batch or DEFAULT_BATCH,
+        flash_attn=options.flash_attn,
         debug=options.debug,
         gguf=header,
         cancel=cancel,

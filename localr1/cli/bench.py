@@ -47,10 +47,10 @@ def register(app: typer.Typer) -> None:
         from localr1 import bench as bench_mod
         from localr1.cli.machine import hardware_lines
         from localr1.config import load_config
-        from localr1.engine.llama_cpp import DEFAULT_BATCH, LlamaCppEngine
+        from localr1.engine.llama_cpp import DEFAULT_BATCH
         from localr1.gguf_info import inspect_model
         from localr1.hardware import machine, physical_cores
-        from localr1.loader import plan_for_spec
+        from localr1.loader import EngineOptions, load_engine, plan_for_spec
 
         if prompt < 1 or gen < 2 or reps < 1 or rounds < 1:
             raise UsageError("--prompt must be at least 1, --gen at least 2, --reps and --rounds at least 1")
@@ -68,21 +68,20 @@ def register(app: typer.Typer) -> None:
         n_threads = threads or config.threads or physical_cores()
         n_batch = min(DEFAULT_BATCH, n_ctx)
         header = inspect_model(path)
+        options = EngineOptions(
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            n_gpu_layers=plan.n_gpu_layers,
+            debug=state.debug,
+            tensor_overrides=plan.overrides,
+            mlock=plan.mlock,
+            n_batch=n_batch,
+            flash_attn=fa,
+        )
         loaded: list = []
 
         def run_ours():
-            engine = LlamaCppEngine(
-                path,
-                n_ctx=n_ctx,
-                n_threads=n_threads,
-                n_batch=n_batch,
-                n_gpu_layers=plan.n_gpu_layers,
-                tensor_overrides=plan.overrides,
-                use_mlock=plan.mlock,
-                flash_attn=fa,
-                debug=state.debug,
-                gguf=header,
-            )
+            engine = load_engine(path, header, options)  # as ask and chat load it
             try:
                 measured = bench_mod.run(engine, n_prompt=prompt, n_gen=gen, reps=reps, sampling=sampling)
                 loaded.append(engine.info)
