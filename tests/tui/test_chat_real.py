@@ -60,10 +60,13 @@ def test_localr1_chat_in_a_terminal(tiny_r1, tmp_path):
     env = {**os.environ, "LOCALR1_DATA_DIR": str(tmp_path / "data"), "TERM": "xterm-256color"}
     done = tmp_path / "exit-code"
     cmd = f"{sys.executable} -m localr1 chat {tiny_r1} --max-tokens 30 --ctx 2048; echo $? > {done}"
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "100", "-y", "30", cmd], env=env, check=True)
+    # a server of its own: a tmux server already running (a developer's) would start the command with its
+    # own environment, not this one, and the conversation would be saved in the developer's folder
+    tmux = ["tmux", "-L", session]
+    subprocess.run([*tmux, "new-session", "-d", "-s", session, "-x", "100", "-y", "30", cmd], env=env, check=True)
 
     def screen() -> str:
-        return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
+        return subprocess.run([*tmux, "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
 
     def wait_for(text: str, timeout: float = 30) -> str:
         end = time.time() + timeout
@@ -76,15 +79,15 @@ def test_localr1_chat_in_a_terminal(tiny_r1, tmp_path):
 
     try:
         wait_for("ctx 0/2,048")  # started, model loaded
-        subprocess.run(["tmux", "send-keys", "-t", session, "Why is the sky blue?", "Enter"], check=True)
+        subprocess.run([*tmux, "send-keys", "-t", session, "Why is the sky blue?", "Enter"], check=True)
         wait_for("Cut off at the token limit")
         shown = wait_for("tok/s")  # the status line, once the "Loaded" notification is gone
         assert "Why is the sky blue?" in shown and "ctx " in shown
-        subprocess.run(["tmux", "send-keys", "-t", session, "C-q"], check=True)
+        subprocess.run([*tmux, "send-keys", "-t", session, "C-q"], check=True)
         end = time.time() + 15
         while not done.exists() and time.time() < end:
             time.sleep(0.2)
         assert done.read_text().strip() == "0"
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        subprocess.run([*tmux, "kill-server"], capture_output=True)
     assert list((tmp_path / "data" / "conversations").glob("*.json"))
