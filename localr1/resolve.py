@@ -101,11 +101,35 @@ def resolve_model(spec: str | None, config: Config, catalog: dict[str, CatalogMo
     )
 
 
+def check_spec(spec: str, catalog: dict[str, CatalogModel] | None = None) -> None:
+    """Fail at once on a name that can never resolve (a missing file, an unknown model or quant), before
+    anything slow or full-screen starts. A catalog build that is not downloaded yet passes."""
+    if _looks_like_path(spec):
+        if not Path(spec).expanduser().exists():
+            raise _no_such_file(spec)
+        return
+    catalog = load_catalog() if catalog is None else catalog
+    name, quant = split_name(spec)
+    if name not in catalog:
+        raise _unknown_model(spec, catalog)
+    if quant is not None:
+        catalog[name].file_for(quant)  # raises, listing the quants there are
+
+
+def _no_such_file(spec: str) -> ModelNotFoundError:
+    return ModelNotFoundError(f"no such file: {spec}", hint="Check the path, or give a catalog name like r1:7b.")
+
+
+def _unknown_model(spec: str, catalog: dict[str, CatalogModel]) -> ModelNotFoundError:
+    known = ", ".join(sorted(catalog)[:8])
+    return ModelNotFoundError(f"unknown model {spec!r}", hint=f"Give a path to a .gguf file, or one of: {known}.")
+
+
 def _resolve_spec(spec: str, catalog: dict[str, CatalogModel] | None) -> LocalModel:
     if _looks_like_path(spec):
         path = Path(spec).expanduser()
         if not path.exists():
-            raise ModelNotFoundError(f"no such file: {spec}", hint="Check the path, or give a catalog name like r1:7b.")
+            raise _no_such_file(spec)
         if path.is_dir():
             shards = _first_shards(path)
             if len(shards) != 1:
@@ -118,8 +142,7 @@ def _resolve_spec(spec: str, catalog: dict[str, CatalogModel] | None) -> LocalMo
     name, quant = split_name(spec)
     model = catalog.get(name)
     if model is None:
-        known = ", ".join(sorted(catalog)[:8])
-        raise ModelNotFoundError(f"unknown model {spec!r}", hint=f"Give a path to a .gguf file, or one of: {known}.")
+        raise _unknown_model(spec, catalog)
     quant = quant or model.default_quant
     path = find_catalog_file(model, quant)
     if path is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from localr1.cli.helptext import command_help
@@ -19,6 +21,10 @@ $ localr1 chat
 $ localr1 chat r1:14b --ctx 32768
 $ localr1 chat ./DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.gguf --hide-thinking
 """
+
+
+def is_terminal() -> bool:
+    return sys.stdin.isatty() and sys.stdout.isatty()
 
 
 def real_loader(*, ctx, gpu_layers, threads, sim, offline, debug, notice, offload="auto", gpu_experts=None):
@@ -108,8 +114,10 @@ def register(app: typer.Typer) -> None:
         from localr1.config import load_config
         from localr1.conversations import ConversationStore
         from localr1.offload import MODES
-        from localr1.tui.app import make_app
+        from localr1.resolve import check_spec
 
+        if not is_terminal():
+            raise UsageError("chat needs a terminal", hint='For pipes and scripts: localr1 ask "..." (or --json).')
         if ctx is not None and ctx <= 0:
             raise UsageError(f"--ctx must be positive, not {ctx}")
         if offload_mode not in MODES:
@@ -117,6 +125,11 @@ def register(app: typer.Typer) -> None:
         sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens).validate()
         sim = simulation(vram, ram, gpus, gpu, disk)
         config = load_config()
+        if model or config.default_model:
+            check_spec(model or config.default_model)  # a typo fails here, not inside the full-screen app
+
+        from localr1.tui.app import make_app
+
         tui = make_app(
             loader=real_loader(
                 ctx=ctx,
