@@ -33,7 +33,7 @@ class Sampling:
         if not 0.0 <= self.min_p < 1.0:
             raise UsageError(f"min-p {self.min_p} is out of range", hint="Use a value in [0, 1).")
         if self.max_tokens is not None and self.max_tokens <= 0:
-            raise UsageError(f"max-tokens {self.max_tokens} must be positive")
+            raise UsageError(f"--max-tokens must be positive, not {self.max_tokens}")
         if self.seed is not None and not 0 <= self.seed < 2**32:
             raise UsageError(f"seed {self.seed} is out of range", hint="Use 0 to 4294967295.")
         return self
