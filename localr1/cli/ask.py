@@ -121,7 +121,7 @@ def register(app: typer.Typer) -> None:
                 gpu_experts=gpu_experts,
                 debug=state.debug,
                 cancel=cancel,
-                fetch=pull_target,
+                fetch=lambda target, off: pull_target(target, off, cancel=cancel),
             )
             engine, name, path = loaded.engine, loaded.label, loaded.path
             try:

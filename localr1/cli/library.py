@@ -56,7 +56,9 @@ def choose_quant_for_machine(model) -> str:
         return model.default_quant
 
 
-def pull_target(target, offline: bool = False, *, announce: bool = True) -> Path:
+def pull_target(target, offline: bool = False, *, announce: bool = True, cancel=None) -> Path:
+    """Download with a progress bar on a terminal. Ctrl-C (or ``cancel``, the event ask's Ctrl-C handler
+    sets) stops it between chunks, keeping what was downloaded for the next run."""
     from localr1.download import pull
 
     if announce and not offline:
@@ -66,7 +68,23 @@ def pull_target(target, offline: bool = False, *, announce: bool = True) -> Path
         what = f"{len(target.files)} files, " if len(target.files) > 1 else ""
         state = "already downloaded" if left == 0 else f"{left / GiB:.2f} GiB to download"
         sys.stderr.write(f"Pulling {target.label} from {target.repo_id} ({what}{target.size / GiB:.2f} GiB, {state})\n")
-    return pull(target, offline=offline, show_progress=sys.stderr.isatty() or bool(os.environ.get("LOCALR1_PROGRESS")))
+
+    def check_cancel(_name: str, _done: int, _total: int) -> None:
+        if cancel is not None and cancel.is_set():
+            raise KeyboardInterrupt
+
+    try:
+        return pull(
+            target,
+            offline=offline,
+            show_progress=sys.stderr.isatty() or bool(os.environ.get("LOCALR1_PROGRESS")),
+            progress=check_cancel,
+        )
+    except KeyboardInterrupt:
+        if not offline:
+            sys.stderr.write("\nStopped. What was downloaded is kept: the same command resumes from there.\n")
+            raise typer.Exit(130) from None
+        raise
 
 
 def _blob_of(path: Path) -> Path:

@@ -9,12 +9,14 @@ import threading
 from pathlib import Path
 
 import pytest
+import typer
 from ggufs import write_gguf
 from typer.testing import CliRunner
 
 from localr1 import download
 from localr1 import loader as loader_module
 from localr1.cli.app import app, state
+from localr1.cli.library import pull_target
 from localr1.engine.fake import FakeEngine
 from localr1.errors import DownloadError
 
@@ -259,3 +261,21 @@ def test_rm_asks_first(runner, hub):
     assert json.loads(result.stdout)["removed"] == ["tiny:1b:Q8_0"]
     result = runner.invoke(app, ["rm", "tiny:1b:Q8_0", "--yes"])
     assert result.exit_code == 1 and "no downloaded model matches" in result.stderr
+
+
+def test_ctrl_c_in_asks_download_stops_it_and_the_next_run_resumes(hub, isolated_dirs):
+    """ask's Ctrl-C handler only sets its cancel event (generation stops cleanly on it): the download checks
+    the event after every chunk, so one Ctrl-C stops a multi-gigabyte download too, keeping what came."""
+    data = os.urandom(5 << 20)
+    sha = hub.add(REPO, "stop.gguf", data)
+    target = download.resolve_target(f"{REPO}:stop.gguf")
+    cancel = threading.Event()
+    cancel.set()  # pressed before the first chunk had arrived
+    with pytest.raises(typer.Exit) as stopped:
+        pull_target(target, cancel=cancel)
+    assert stopped.value.exit_code == 130
+    kept = blobs(isolated_dirs) / f"{sha}.incomplete"
+    assert kept.stat().st_size == 1 << 20  # one chunk, then the check
+    path = pull_target(target, cancel=threading.Event())
+    assert path.read_bytes() == data
+    assert hub.downloads("stop.gguf")[-1] == f"bytes={1 << 20}-"
