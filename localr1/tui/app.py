@@ -21,6 +21,7 @@ from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header, ProgressBar
+from textual.worker import get_current_worker
 
 from localr1.conversations import Conversation, ConversationStore
 from localr1.errors import LocalR1Error
@@ -144,7 +145,14 @@ class ChatApp(App):
     def _load(self, spec: str | None) -> None:
         self.call_from_thread(setattr, self.status, "model", f"loading {spec or 'the best model for this machine'}…")
 
+        worker = get_current_worker()
+
         def progress(name: str, done: int, total: int) -> None:
+            # Textual cancels this worker when the app quits or another model is chosen, but a thread runs
+            # on: without this the download would go on (and keep the process alive) to its end. What was
+            # downloaded is kept for the next try.
+            if worker.is_cancelled:
+                raise KeyboardInterrupt
             self.post_message(DownloadProgress(name, done, total))
 
         try:

@@ -342,3 +342,33 @@ def test_highlight_boxed():
     assert highlight_boxed("so \\boxed{x^{2}} done") == "so  **⟦ x^{2} ⟧**  done"
     assert highlight_boxed("open \\boxed{x^{2") == "open \\boxed{x^{2"  # still streaming
     assert highlight_boxed("none") == "none"
+
+
+def test_quitting_during_a_download_stops_it(build):
+    """The download runs in a thread worker: quitting cancels the worker, and the next chunk stops it
+    (otherwise the process would stay alive until a many-gigabyte download had finished)."""
+    import threading
+
+    stopped = threading.Event()
+
+    def loader(spec, progress):
+        import time
+
+        try:
+            for done in range(300):  # 3 s: far longer than the test takes when the download stops
+                progress("model.gguf", done, 300)
+                time.sleep(0.01)
+        except KeyboardInterrupt:
+            stopped.set()
+            raise
+        raise AssertionError("the download was never stopped")
+
+    async def scenario():
+        app, _, _ = build(loader=loader)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause(0.2)
+            assert app.query_one("#download").display
+            await pilot.press("ctrl+q")
+
+    run(scenario())
+    assert stopped.is_set()
