@@ -18,6 +18,7 @@ from pathlib import Path
 from localr1.errors import LocalR1Error
 from localr1.paths import data_dir
 from localr1.prompt import Message
+from localr1.reasoning import thought_summary
 
 _ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -31,6 +32,7 @@ class Turn:
     finish_reason: str = ""
     tokens: int = 0
     decode_tps: float = 0.0
+    reasoning_tokens: int = 0
 
 
 @dataclass
@@ -73,7 +75,7 @@ class Conversation:
             if t.reasoning:
                 quoted = "\n".join("> " + line if line else ">" for line in t.reasoning.splitlines())
                 lines += [
-                    f"<details><summary>Thought for {t.thinking_s:.1f} s</summary>",
+                    f"<details><summary>{thought_summary(t.thinking_s, t.reasoning_tokens)}</summary>",
                     "",
                     quoted,
                     "",

@@ -24,6 +24,13 @@ THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 
 
+def thought_summary(seconds: float, tokens: int = 0, *, unfinished: bool = False) -> str:
+    """The one line a finished thought folds into, the same in ask, chat and exported chats:
+    "Thought for 12.4 s (531 tokens)" (the count left out where it is not known)."""
+    verb = "Stopped thinking after" if unfinished else "Thought for"
+    return f"{verb} {seconds:.1f} s" + (f" ({tokens:,} tokens)" if tokens else "")
+
+
 class Utf8Stream:
     """Incremental UTF-8 decoding at the byte level.
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import IO, Any
 
 from localr1.events import Answer, Done, Event, Reasoning
+from localr1.reasoning import thought_summary
 
 DIM = "\x1b[2m"
 BOLD_DIM = "\x1b[1;2m"
@@ -147,7 +148,7 @@ class TerminalRenderer:
             self._err((RESET + "\n\n") if self.color else "\n\n")
         elif self._spinner_wanted and self._thinking_started is not None:
             elapsed = time.perf_counter() - self._thinking_started
-            line = f"Thought for {elapsed:.1f} s ({self._thinking_tokens} tokens)"
+            line = thought_summary(elapsed, self._thinking_tokens)
             self._err((DIM + line + RESET + "\n") if self.color else line + "\n")
         self._state = "answer"
 

@@ -27,6 +27,7 @@ from localr1.conversations import Conversation, ConversationStore
 from localr1.errors import LocalR1Error
 from localr1.events import Answer, Done, Event, Reasoning
 from localr1.prompt import render
+from localr1.reasoning import thought_summary
 from localr1.sampling import Sampling
 from localr1.tui.screens import ConversationList, HelpScreen, ModelPicker, PickerEntry, RenameScreen
 from localr1.tui.widgets import AssistantMessage, PromptInput, StatusLine, ThinkingBlock, UserMessage
@@ -229,7 +230,7 @@ class ChatApp(App):
         if view is None:
             return
         if isinstance(event, Reasoning):
-            view.add_reasoning(event.text)
+            view.add_reasoning(event.text, event.tokens)
         elif isinstance(event, Answer):
             view.add_answer(event.text)
         elif isinstance(event, Done):
@@ -238,7 +239,7 @@ class ChatApp(App):
 
     async def _finish(self, view: AssistantMessage, done: Done) -> None:
         if view.thinking is not None:
-            view.thinking.finish(unfinished=done.reasoning_unfinished)
+            view.thinking.finish(unfinished=done.reasoning_unfinished, tokens=done.usage.reasoning_tokens)
         await view.flush()
         turn = self.conversation.turns[-1]
         turn.answer = view.answer
@@ -246,6 +247,7 @@ class ChatApp(App):
         turn.thinking_s = view.thinking.elapsed if view.thinking else 0.0
         turn.finish_reason = done.finish_reason
         turn.tokens = done.usage.completion_tokens
+        turn.reasoning_tokens = done.usage.reasoning_tokens if view.thinking else 0
         turn.decode_tps = done.timings.decode_tps
         if done.finish_reason == "cancelled":
             view.note("Stopped.")
@@ -380,7 +382,7 @@ class ChatApp(App):
             if turn.reasoning:
                 view.add_reasoning(turn.reasoning)
                 view.thinking.finish()
-                view.thinking.title = f"Thought for {turn.thinking_s:.1f} s"
+                view.thinking.title = thought_summary(turn.thinking_s, turn.reasoning_tokens)
             view.add_answer(turn.answer)
             await view.flush()
         self.log_view.scroll_end(animate=False)

@@ -12,6 +12,8 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import Collapsible, Markdown, Static, TextArea
 
+from localr1.reasoning import thought_summary
+
 _BOXED = re.compile(r"\\boxed\{")
 
 
@@ -54,6 +56,7 @@ class ThinkingBlock(Collapsible):
         self._clock = clock
         self._started = clock()
         self.content = ""
+        self.tokens = 0
         self.done = False
         self.elapsed = 0.0
         self._timer = None
@@ -64,20 +67,25 @@ class ThinkingBlock(Collapsible):
 
     def _tick(self) -> None:
         if not self.done:
-            self.title = f"Thinking… {self._clock() - self._started:.1f} s"
+            count = f" · {self.tokens:,} tokens" if self.tokens else ""
+            self.title = f"Thinking… {self._clock() - self._started:.1f} s{count}"
 
-    def add(self, text: str) -> None:
+    def add(self, text: str, tokens: int = 0) -> None:
         self.content += text
+        self.tokens += tokens
         self._text.update(self.content)
 
-    def finish(self, *, collapse: bool = True, unfinished: bool = False) -> None:
+    def finish(self, *, collapse: bool = True, unfinished: bool = False, tokens: int | None = None) -> None:
+        """Fold to one line; ``tokens`` is the exact count (the engine's usage) where it is known."""
         if self.done:
             return
         self.done = True
         self.elapsed = self._clock() - self._started
+        if tokens is not None:
+            self.tokens = tokens
         if self._timer is not None:
             self._timer.stop()
-        self.title = f"{'Stopped thinking after' if unfinished else 'Thought for'} {self.elapsed:.1f} s"
+        self.title = thought_summary(self.elapsed, self.tokens, unfinished=unfinished)
         if collapse:
             self.collapsed = True
 
@@ -103,12 +111,12 @@ class AssistantMessage(Vertical):
     def compose(self):
         yield self.markdown
 
-    def add_reasoning(self, text: str) -> None:
+    def add_reasoning(self, text: str, tokens: int = 0) -> None:
         if self.thinking is None:
             self.thinking = ThinkingBlock(self._clock)
             self.thinking.display = not self.hide_thinking
             self.mount(self.thinking, before=self.markdown)
-        self.thinking.add(text)
+        self.thinking.add(text, tokens)
 
     def add_answer(self, text: str) -> None:
         if self.thinking is not None and not self.thinking.done:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 from tui_support import R1_REPLY
 
@@ -67,10 +68,13 @@ def test_live_timer_while_thinking(build, clock):
             assert not block.collapsed and not block.done
             clock.now += 3.5
             await pilot.pause(0.25)
-            assert block.title == "Thinking… 3.5 s"
+            shown = re.fullmatch(r"Thinking… 3\.5 s · (\d+) tokens", str(block.title))  # redrawn every 0.1 s
+            assert shown and 2 < int(shown[1]) <= block.tokens
             await pilot.press("escape")
             await settle(pilot, app)
-            assert block.title == "Stopped thinking after 3.5 s"
+            turn = app.conversation.turns[-1]
+            assert turn.reasoning_tokens >= block.tokens - 1  # the engine's exact count replaces the live one
+            assert block.title == f"Stopped thinking after 3.5 s ({turn.reasoning_tokens} tokens)"
 
     run(scenario())
 
@@ -180,6 +184,7 @@ def test_new_chat_and_reopen_saved(build):
             assert app.conversation.id == first_id
             view = app.query_one(AssistantMessage)
             assert view.answer == "The answer is \\boxed{4}." and view.thinking.collapsed
+            assert view.thinking.title == "Thought for 0.0 s (6 tokens)"  # saved with the chat
 
     run(scenario())
 
@@ -203,7 +208,8 @@ def test_rename_delete_and_export(build, tmp_path):
             await pilot.pause(0.1)
             exported = tmp_path / "localr1-renamed-chat.md"
             text = exported.read_text()
-            assert text.startswith("# Renamed chat") and "## You\n\nto be renamed" in text and "Thought for" in text
+            assert text.startswith("# Renamed chat") and "## You\n\nto be renamed" in text
+            assert "<summary>Thought for 0.0 s (6 tokens)</summary>" in text
             await pilot.press("ctrl+o", "d")
             await pilot.pause(0.1)
             assert app.store.list() == []
