@@ -190,9 +190,9 @@ def register(app: typer.Typer) -> None:
         if not rows:
             sys.stdout.write("No models yet. Download one with: localr1 pull r1:7b\n")
             return
-        sys.stdout.write(f"{'NAME':44} {'QUANT':10} {'SIZE':>9}  PATH\n")
+        sys.stdout.write(f"{'NAME':44} {'QUANT':10} {'SIZE':>10}  PATH\n")
         for r in rows:
-            sys.stdout.write(f"{r['name'][:44]:44} {r['quant']:10} {r['bytes'] / GiB:7.2f} G  {r['path']}\n")
+            sys.stdout.write(f"{r['name'][:44]:44} {r['quant']:10} {r['bytes'] / GiB:6.2f} GiB  {r['path']}\n")
 
     @app.command(
         help=command_help(
