@@ -7,6 +7,7 @@ simulate another machine (``--vram 12GiB --ram 32GiB --gpus 2``, or ``LOCALR1_HW
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 import re
@@ -109,12 +110,22 @@ class Hardware:
 # --- probes ------------------------------------------------------------------------------------------------
 
 
+@functools.cache
 def physical_cores() -> int:
-    """Physical CPU cores available to this process: llama.cpp runs best with one thread per core."""
+    """Physical CPU cores available to this process: llama.cpp runs best with one thread per core (on Apple
+    Silicon, per performance core: a thread on an efficiency core holds the others up at every step).
+    The same rules as llama.cpp's own default (``cpu_get_num_math``)."""
     try:
         allowed = os.sched_getaffinity(0)
     except AttributeError:  # macOS, Windows
-        allowed = set(range(os.cpu_count() or 1))
+        logical = os.cpu_count() or 1
+        if platform.system() == "Darwin":
+            for key in ("hw.perflevel0.physicalcpu", "hw.physicalcpu"):
+                try:
+                    return max(1, int(_run(["sysctl", "-n", key]).strip()))
+                except (OSError, ValueError, subprocess.SubprocessError):
+                    continue
+        return logical // 2 if logical > 4 else logical  # SMT is the rule on x86 desktops; no portable probe
     cores: set[str] = set()
     for cpu in allowed:
         sibling = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")

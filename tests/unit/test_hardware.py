@@ -97,3 +97,37 @@ def test_measure_disk_read(tmp_path):
     model = tmp_path / "m.gguf"
     model.write_bytes(os.urandom(4 << 20))
     assert hardware.measure_disk_read(model, size=4 << 20, chunk=1 << 20) > 0
+
+
+@pytest.fixture
+def fresh_cores():
+    hardware.physical_cores.cache_clear()
+    yield
+    hardware.physical_cores.cache_clear()
+
+
+def test_physical_cores_on_linux_are_within_the_allowed_cpus(fresh_cores):
+    assert 1 <= hardware.physical_cores() <= len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize(
+    ("system", "logical", "sysctl", "expected"),
+    [
+        ("Darwin", 12, {"hw.perflevel0.physicalcpu": "8"}, 8),  # M2 Pro: 8 performance + 4 efficiency
+        ("Darwin", 8, {"hw.physicalcpu": "8"}, 8),  # Intel Mac, older macOS: no perflevels
+        ("Windows", 16, {}, 8),  # 8 cores with SMT
+        ("Windows", 4, {}, 4),
+    ],
+)
+def test_physical_cores_elsewhere(fresh_cores, monkeypatch, system, logical, sysctl, expected):
+    monkeypatch.delattr(os, "sched_getaffinity")
+    monkeypatch.setattr(os, "cpu_count", lambda: logical)
+    monkeypatch.setattr(hardware.platform, "system", lambda: system)
+
+    def run(cmd, timeout=5.0):
+        if cmd[:2] != ["sysctl", "-n"] or cmd[2] not in sysctl:
+            raise hardware.subprocess.CalledProcessError(1, cmd)
+        return sysctl[cmd[2]] + "\n"
+
+    monkeypatch.setattr(hardware, "_run", run)
+    assert hardware.physical_cores() == expected
