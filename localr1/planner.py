@@ -1,10 +1,11 @@
 """Choosing the model, quant, context and GPU layers that fit this machine, and saying why.
 
 Pure logic: hardware and candidates in, a :class:`Plan` out. Candidates are tried best expected quality
-first (the mean of the published AIME 2024 and GPQA scores, discounted for the quant); for each, the largest context up to the
-one asked for (exactly the one asked for when the user set it), with every layer on the GPU if that fits, otherwise as many layers as fit (partial
-offload) when RAM holds the rest and the estimated decode speed stays usable. Every budget keeps a
-safety margin. Each try is recorded, so ``--explain`` can say what did not fit and by how much.
+first (the mean of the published AIME 2024 and GPQA scores, discounted for the quant); for each, the
+largest context up to the one asked for (exactly the one asked for when the user set it), with every layer
+on the GPU if that fits, otherwise as many layers as fit (partial offload) when RAM holds the rest and the
+estimated decode speed stays usable. Every budget keeps a safety margin. Each try is recorded, so
+``--explain`` can say what did not fit and by how much.
 """
 
 from __future__ import annotations
