@@ -248,7 +248,7 @@ def plan_candidate(
         return None
     slow: tuple[int, float] | None = None  # the largest context that fitted, and its speed, when too slow
     for n_ctx in ctx_ladder(want_ctx, c.arch.ctx_train, keep=keep_ctx):
-        reduced = _ctx_note(n_ctx, want_ctx, c.arch.ctx_train, slow, min_tps)
+        reduced = _ctx_note(n_ctx, want_ctx, c.arch.ctx_train, slow, min_tps, keep_ctx)
         if gpu_layers is not None:
             layer_options = [gpu_layers if gpu_layers >= 0 else n_layer + 1]
         elif on_gpu:
@@ -301,8 +301,12 @@ def _tps_down(tps: float) -> str:
     return f"{int(tps * 10) / 10:.1f}"
 
 
-def _ctx_note(n_ctx: int, want_ctx: int, ctx_train: int, slow: tuple[int, float] | None, min_tps: float) -> str:
+def _ctx_note(
+    n_ctx: int, want_ctx: int, ctx_train: int, slow: tuple[int, float] | None, min_tps: float, kept: bool
+) -> str:
     """Why the plan has less context than asked for ("" when it has all of it)."""
+    if kept and ctx_train and want_ctx > ctx_train:
+        return f"context capped at {ctx_train} tokens, the longest this model was trained for (asked for {want_ctx})"
     if n_ctx >= min(want_ctx, ctx_train or want_ctx):
         return ""
     if slow is not None:

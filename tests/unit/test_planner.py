@@ -177,6 +177,8 @@ def test_a_context_the_user_set_is_kept_and_a_default_one_may_shrink():
     assert kept.n_ctx == 131072 and not any("context reduced" in n for n in kept.notes)
     configured = plan_for_spec("r1:7b", hw, Config(ctx=131072), want_ctx=None, gpu_layers=None, prefer_local=False)
     assert configured.n_ctx == 131072
+    capped = plan_for_spec("r1:7b", hw, Config(), want_ctx=1 << 20, gpu_layers=None, prefer_local=False)
+    assert capped.n_ctx == 131072 and "context capped at 131072 tokens" in capped.notes[0]
     with pytest.raises(ModelTooBigError, match="with a 131,072-token context: RAM needs"):
         plan_for_spec("r1:70b", hw, Config(), want_ctx=131072, gpu_layers=None, prefer_local=False)
     c = next(c for c in CANDIDATES if c.label == "r1:7b:Q4_K_M")
