@@ -128,7 +128,7 @@ def plan_for_spec(
             return choose(pool, hw, **opts)
         except NoPlanError as exc:
             if what is None:
-                raise _too_big("any R1 model", exc, want, keep) from None
+                raise _too_big(None, exc, want, keep) from None
             # the user chose this model: rather than refuse it for speed, take its fastest build that fits
             for c in sorted(pool, key=lambda c: c.weights.total):
                 plan = plan_candidate(c, hw, min_tps=0.0, **opts)
@@ -171,11 +171,13 @@ def _at_ctx(want: int, keep: bool) -> str:
     return f" with a {want:,}-token context" if keep else ""
 
 
-def _too_big(what: str, exc, want: int, keep: bool) -> ModelTooBigError:
+def _too_big(what: str | None, exc, want: int, keep: bool) -> ModelTooBigError:
+    """``what`` is the model the user named; None when localr1 was choosing among all of them."""
     reason = next((a.reason for a in reversed(exc.attempts) if not a.ok), "not enough memory")
     smaller = " Or ask for a smaller --ctx." if keep else ""
+    subject = f"{what} does not fit" if what else "no R1 model fits"
     return ModelTooBigError(
-        f"{what} does not fit this machine{_at_ctx(want, keep)}: {reason}",
+        f"{subject} this machine{_at_ctx(want, keep)}: {reason}",
         hint=f"Usable: GPU {gib(exc.budget.gpu)}, RAM {gib(exc.budget.ram)}. See: localr1 plan --explain.{smaller}",
     )
 

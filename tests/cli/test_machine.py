@@ -69,6 +69,8 @@ def test_plan_for_a_named_model(runner):
     assert data["model"] == "r1:14b" and data["mode"] == "partial"
     result = runner.invoke(app, ["plan", "r1:70b", "--gpu", "none", "--ram", "8GiB"])
     assert result.exit_code == 1 and "r1:70b does not fit this machine" in result.stderr
+    result = runner.invoke(app, ["plan", "--gpu", "none", "--ram", "1GiB"])
+    assert result.exit_code == 1 and result.stderr.startswith("Error: no R1 model fits this machine: RAM needs")
 
 
 def test_plan_bad_simulation_flags(runner):
