@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import os
 import signal
+import stat
 import sys
 import threading
 from collections.abc import Iterator
@@ -24,17 +27,42 @@ Examples:
 $ localr1 ask "prove that sqrt(2) is irrational" --show-thinking
 $ localr1 ask "what is 3^5 mod 7?" --math --model r1:7b
 $ cat question.txt | localr1 ask - --json > result.json
+$ cat paper.txt | localr1 ask "what is the main result?"      # the file, then the question
 """
 
 
 def read_question(question: str | None) -> str:
+    """The question: the argument, stdin ("-" or no argument), or both: piped text goes first and the
+    argument after it, so ``cat notes.txt | localr1 ask "what is missing?"`` asks about the file."""
     if question is None or question == "-":
         if question is None and sys.stdin.isatty():
             raise UsageError("no question given", hint='Pass it as an argument: localr1 ask "your question"')
         question = sys.stdin.read()
+    elif (piped := _piped_stdin()) and piped.strip():
+        question = f"{piped.rstrip()}\n\n{question}"
     if not question.strip():
         raise UsageError("the question is empty", hint='Pass it as an argument: localr1 ask "your question"')
     return question
+
+
+def _piped_stdin() -> str | None:
+    """What a pipe or a redirected file on stdin holds; None for a terminal, /dev/null or anything else that
+    might never end (a program started from a service manager keeps an open socket there)."""
+    if sys.stdin is None:
+        return None
+    try:
+        fd = sys.stdin.fileno()
+    except io.UnsupportedOperation:  # not a real file: a test runner's stream
+        return None if sys.stdin.isatty() else sys.stdin.read()
+    except ValueError:  # closed
+        return None
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:  # closed
+        return None
+    if stat.S_ISFIFO(mode) or stat.S_ISREG(mode):
+        return sys.stdin.read()
+    return None
 
 
 @contextlib.contextmanager

@@ -77,6 +77,34 @@ def test_question_from_stdin(runner, engine, small_gguf):
     assert "piped question" in engine.get().prompts[0].text
 
 
+def test_piped_text_and_a_question_are_asked_together(runner, engine, small_gguf):
+    result = runner.invoke(app, ["ask", "what is missing?", "-m", str(small_gguf)], input="step 1\nstep 3\n")
+    assert result.exit_code == 0
+    assert "step 1\nstep 3\n\nwhat is missing?" in engine.get().prompts[0].text
+
+
+@pytest.mark.parametrize(
+    ("stdin", "expected"),
+    [("devnull", "None"), ("pipe", "'from a pipe'"), ("file", "'from a file\\n'"), ("closed", "None")],
+)
+def test_only_pipes_and_files_on_stdin_are_read(tmp_path, stdin, expected):
+    """A terminal, /dev/null or a closed stdin is not read: reading them would wait, or mean nothing."""
+    code = "from localr1.cli.ask import _piped_stdin; print(repr(_piped_stdin()))"
+    kwargs: dict = {}
+    if stdin == "devnull":
+        kwargs["stdin"] = subprocess.DEVNULL
+    elif stdin == "pipe":
+        kwargs["input"] = "from a pipe"
+    elif stdin == "file":
+        (tmp_path / "in.txt").write_text("from a file\n")
+        kwargs["stdin"] = (tmp_path / "in.txt").open()
+    else:
+        code = "import os, sys; os.close(0); " + code
+        kwargs["stdin"] = subprocess.DEVNULL
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, **kwargs)
+    assert out.stdout.strip() == expected
+
+
 def test_system_and_math_go_into_the_user_turn(runner, engine, small_gguf):
     result = runner.invoke(app, ["ask", "3^5 mod 7?", "-m", str(small_gguf), "--system", "Be terse.", "--math"])
     assert result.exit_code == 0
