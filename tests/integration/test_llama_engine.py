@@ -213,7 +213,9 @@ def test_ask_end_to_end_plain(smollm2):
 def test_sigint_stops_generation_cleanly(tiny_r1):
     env = {**os.environ, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "localr1", "ask", "go", "-m", str(tiny_r1), "--ctx", "4096", "--show-thinking"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True
+    )
     started = time.perf_counter()
     assert proc.stderr.readline() == "Thinking\n"  # generation is under way
     proc.send_signal(signal.SIGINT)
