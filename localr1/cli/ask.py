@@ -96,6 +96,7 @@ def register(app: typer.Typer) -> None:
         ),
         show_thinking: bool = typer.Option(False, "--show-thinking", "-t", help="Stream the thinking to stderr."),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object with reasoning and answer."),
+        stats: bool = typer.Option(False, "--stats", help="Then print tokens, speed and times on stderr."),
         system: str | None = typer.Option(None, "--system", help="Instructions, folded into the question."),
         math: bool = typer.Option(False, "--math", help="Ask for step-by-step reasoning and a \\boxed{} answer."),
         temperature: float = typer.Option(DEFAULT_TEMPERATURE, "--temperature", help="Sampling temperature."),
@@ -120,7 +121,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from localr1.cli.library import pull_target
         from localr1.cli.machine import simulation
-        from localr1.cli.render import TerminalRenderer, collect, dump_json, result_object
+        from localr1.cli.render import TerminalRenderer, collect, dump_json, result_object, stats_line
         from localr1.config import load_config
         from localr1.loader import open_model
         from localr1.offload import MODES
@@ -168,7 +169,10 @@ def register(app: typer.Typer) -> None:
                         }
                         dump_json(result_object(meta, reasoning, answer, done))
                 else:
-                    done = TerminalRenderer(show_thinking=show_thinking).render(events)
+                    renderer = TerminalRenderer(show_thinking=show_thinking)
+                    done = renderer.render(events)
+                    if stats and done is not None:
+                        renderer.note(stats_line(name, done))
             finally:
                 engine.close()
         if done is not None and done.finish_reason == "cancelled":

@@ -173,12 +173,34 @@ class TerminalRenderer:
         elif done.finish_reason == "length":
             self._warn("The answer was cut off at the token limit: raise --max-tokens or --ctx.")
 
+    def note(self, text: str) -> None:
+        """A dim line on stderr, after the answer."""
+        if self.answer_parts and not self._answer_ends_with_newline:
+            self.out.write("\n")
+            self.out.flush()
+            self._answer_ends_with_newline = True
+        self._err((DIM + text + RESET + "\n") if self.color else text + "\n")
+
     def _warn(self, text: str) -> None:
         if self.answer_parts and not self._answer_ends_with_newline:
             self.out.write("\n")
             self.out.flush()
             self._answer_ends_with_newline = True
         self._err((YELLOW + text + RESET + "\n") if self.color else text + "\n")
+
+
+def stats_line(label: str, done: Done) -> str:
+    """``ask --stats``: what the run took, in one line (the full figures are in ``--json``)."""
+    u, t = done.usage, done.timings
+
+    def tokens(n: int) -> str:
+        return f"{n:,} token" + ("" if n == 1 else "s")
+
+    thinking = f" ({u.reasoning_tokens:,} thinking)" if u.reasoning_tokens else ""
+    return (
+        f"{label} · {tokens(u.completion_tokens)}{thinking} at {t.decode_tps:.1f} tokens/s"
+        f" · prompt {tokens(u.prompt_tokens)} in {t.prefill_s:.2f} s · loaded in {t.load_s:.1f} s"
+    )
 
 
 def result_object(model: dict[str, Any], reasoning: str, answer: str, done: Done) -> dict[str, Any]:

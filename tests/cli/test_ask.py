@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -75,6 +76,18 @@ def test_question_from_stdin(runner, engine, small_gguf):
     result = runner.invoke(app, ["ask", "-", "-m", str(small_gguf)], input="piped question\n")
     assert result.exit_code == 0
     assert "piped question" in engine.get().prompts[0].text
+
+
+def test_stats_after_the_answer(runner, engine, small_gguf):
+    result = runner.invoke(app, ["ask", "2+2?", "-m", str(small_gguf), "--stats"])
+    assert result.exit_code == 0
+    assert result.stdout == "The answer is **4**.\n"  # stdout holds the answer only
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        rf"{small_gguf.name} · 10 tokens \(7 thinking\) at [\d.]+ tokens/s · prompt 1 token in [\d.]+ s"
+        r" · loaded in [\d.]+ s",
+        last,
+    ), last
 
 
 def test_piped_text_and_a_question_are_asked_together(runner, engine, small_gguf):
