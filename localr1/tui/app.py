@@ -11,6 +11,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -55,8 +56,15 @@ class DownloadProgress(Message):
         self.name, self.done, self.total = name, done, total
 
 
+@dataclass(frozen=True)
+class PromptCounted:
+    """The tokens of the prompt a reply starts from (posted before the engine's events)."""
+
+    tokens: int
+
+
 class Streamed(Message):
-    def __init__(self, event: Event) -> None:
+    def __init__(self, event: Event | PromptCounted) -> None:
         super().__init__()
         self.event = event
 
@@ -112,6 +120,7 @@ class ChatApp(App):
         self.conversation = Conversation()
         self.generating = False
         self._cancel = threading.Event()
+        self._ctx_used = 0  # while a reply streams: the prompt's tokens plus those generated so far
         self._view: AssistantMessage | None = None
 
     # --- layout -------------------------------------------------------------------------------------
@@ -213,11 +222,14 @@ class ChatApp(App):
         self.log_view.scroll_end(animate=False)
         self._cancel = threading.Event()
         self.generating = True
+        self._ctx_used = 0
         self._generate(prompt, self._cancel)
 
     @work(thread=True, group="generate")
     def _generate(self, prompt, cancel: threading.Event) -> None:
         try:
+            # the context fills up as the model thinks: the status line shows it (see _flush)
+            self.post_message(Streamed(PromptCounted(self.engine.count_tokens(prompt.text))))
             for event in self.engine.stream(prompt, self.sampling, cancel=cancel):
                 self.post_message(Streamed(event))
         except LocalR1Error as exc:
@@ -231,8 +243,12 @@ class ChatApp(App):
             return
         if isinstance(event, Reasoning):
             view.add_reasoning(event.text, event.tokens)
+            self._ctx_used += event.tokens
         elif isinstance(event, Answer):
             view.add_answer(event.text)
+            self._ctx_used += event.tokens
+        elif isinstance(event, PromptCounted):
+            self._ctx_used += event.tokens
         elif isinstance(event, Done):
             await self._finish(view, event)
         self.log_view.scroll_end(animate=False)
@@ -270,6 +286,8 @@ class ChatApp(App):
     async def _flush(self) -> None:
         if self._view is not None:
             await self._view.flush()
+        if self.generating and self.engine is not None and self._ctx_used:
+            self.status.detail = f"ctx {self._ctx_used:,}/{self.engine.info.n_ctx:,}"
 
     # --- actions ------------------------------------------------------------------------------------
     def action_stop(self) -> None:

@@ -70,6 +70,11 @@ def test_live_timer_while_thinking(build, clock):
             await pilot.pause(0.25)
             shown = re.fullmatch(r"Thinking… 3\.5 s · (\d+) tokens", str(block.title))  # redrawn every 0.1 s
             assert shown and 2 < int(shown[1]) <= block.tokens
+            # the context fills up while it thinks: the prompt plus the tokens so far, redrawn every 50 ms
+            before = re.fullmatch(r"ctx (\d+)/4,096", app.status.detail)
+            await pilot.pause(0.2)
+            after = re.fullmatch(r"ctx (\d+)/4,096", app.status.detail)
+            assert before and after and int(after[1]) > int(before[1]) > 2
             await pilot.press("escape")
             await settle(pilot, app)
             turn = app.conversation.turns[-1]
