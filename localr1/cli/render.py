@@ -175,18 +175,18 @@ class TerminalRenderer:
 
     def note(self, text: str) -> None:
         """A dim line on stderr, after the answer."""
-        if self.answer_parts and not self._answer_ends_with_newline:
-            self.out.write("\n")
-            self.out.flush()
-            self._answer_ends_with_newline = True
-        self._err((DIM + text + RESET + "\n") if self.color else text + "\n")
+        self._line_after_answer(text, DIM)
 
     def _warn(self, text: str) -> None:
+        self._line_after_answer(text, YELLOW)
+
+    def _line_after_answer(self, text: str, style: str) -> None:
+        # the answer's last line is ended first, so that a terminal shows the two apart
         if self.answer_parts and not self._answer_ends_with_newline:
             self.out.write("\n")
             self.out.flush()
             self._answer_ends_with_newline = True
-        self._err((YELLOW + text + RESET + "\n") if self.color else text + "\n")
+        self._err((style + text + RESET + "\n") if self.color else text + "\n")
 
 
 def stats_line(label: str, done: Done) -> str:
