@@ -58,16 +58,19 @@ class Placement:
         ]
 
 
+def _runs(numbers: tuple[int, ...]) -> list[tuple[int, int]]:
+    """Consecutive runs, as (first, last): (3, 4, 5, 9) is [(3, 5), (9, 9)]."""
+    out: list[tuple[int, int]] = []
+    for x in sorted(set(numbers)):
+        if out and x == out[-1][1] + 1:
+            out[-1] = (out[-1][0], x)
+        else:
+            out.append((x, x))
+    return out
+
+
 def _ranges(layers: tuple[int, ...]) -> str:
-    out, start = [], None
-    ls = sorted(layers)
-    for i, x in enumerate(ls):
-        if start is None:
-            start = x
-        if i + 1 == len(ls) or ls[i + 1] != x + 1:
-            out.append(f"{start}" if start == x else f"{start}-{x}")
-            start = None
-    return ",".join(out)
+    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in _runs(layers))
 
 
 def expert_rule(layers: tuple[int, ...]) -> str:
@@ -79,16 +82,7 @@ def expert_rule(layers: tuple[int, ...]) -> str:
 
 def number_pattern(numbers: tuple[int, ...]) -> str:
     """Regex alternatives that match exactly these non-negative integers (no leading zeros)."""
-    parts: list[str] = []
-    ls = sorted(set(numbers))
-    i = 0
-    while i < len(ls):
-        j = i
-        while j + 1 < len(ls) and ls[j + 1] == ls[j] + 1:
-            j += 1
-        parts += _range_pattern(ls[i], ls[j])
-        i = j + 1
-    return "|".join(parts)
+    return "|".join(part for lo, hi in _runs(numbers) for part in _range_pattern(lo, hi))
 
 
 def _range_pattern(lo: int, hi: int) -> list[str]:
