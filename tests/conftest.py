@@ -19,6 +19,17 @@ def _is_loopback(address) -> bool:
     return not isinstance(host, str) or host.startswith("127.") or host in ("localhost", "::1", "")
 
 
+@pytest.fixture
+def runner():
+    """Typer's runner for the CLI, with --debug off (a test that turns it on must not leak it)."""
+    from typer.testing import CliRunner
+
+    from localr1.cli.app import state
+
+    state.debug = False
+    return CliRunner()
+
+
 @pytest.fixture(autouse=True)
 def network_guard(monkeypatch):
     """No test talks to anything but 127.0.0.1: any other connection fails the test.

@@ -8,20 +8,13 @@ import subprocess
 import sys
 
 import pytest
-from typer.testing import CliRunner
 
 from localr1 import __version__
 from localr1 import loader as loader_module
-from localr1.cli.app import app, state
+from localr1.cli.app import app
 from localr1.engine.fake import FakeEngine, fake_model_info
 
 R1_SCRIPT = ["<think>", "\n", "Let me", " think: 2", "+2=4.", "\n", "</think>", "\n\n", "The answer", " is **4**."]
-
-
-@pytest.fixture
-def runner():
-    state.debug = False
-    return CliRunner()
 
 
 @pytest.fixture

@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from typer.testing import CliRunner
 
 from localr1.cli import chat as chat_cli
-from localr1.cli.app import app, state
+from localr1.cli.app import app
 from localr1.errors import ModelNotFoundError
 from localr1.resolve import check_spec
-
-
-@pytest.fixture
-def runner():
-    state.debug = False
-    return CliRunner()
 
 
 @pytest.fixture

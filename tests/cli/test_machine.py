@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from ggufs import write_gguf
-from typer.testing import CliRunner
 
 from localr1 import loader as loader_module
-from localr1.cli.app import app, state
+from localr1.cli.app import app
 from localr1.engine.fake import FakeEngine
 from localr1.errors import ModelLoadError
 
 SIM = ["--vram", "12GiB", "--ram", "32GiB", "--disk", "2TiB"]
-
-
-@pytest.fixture
-def runner():
-    state.debug = False
-    return CliRunner()
 
 
 def test_hw_simulated(runner):

@@ -22,9 +22,8 @@ pytest.importorskip("tokenizers")
 
 import checkpoints  # noqa: E402
 import model_factory  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
 
-from localr1.cli.app import app, state  # noqa: E402
+from localr1.cli.app import app  # noqa: E402
 from localr1.convert import convert  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -203,12 +202,6 @@ def test_pre_tokenizer_hash_is_computed_as_llama_cpp_computes_it(ckpts, monkeypa
 
 
 # --- the command, and what it refuses ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def runner():
-    state.debug = False
-    return CliRunner()
 
 
 def test_convert_then_list_quantize_and_ask(runner, ckpts, isolated_dirs):

@@ -6,20 +6,13 @@ import json
 import subprocess
 
 import pytest
-from typer.testing import CliRunner
 
 from localr1 import quantize as q
-from localr1.cli.app import app, state
+from localr1.cli.app import app
 from localr1.errors import LocalR1Error, UsageError
 from localr1.gguf_info import read_gguf
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def runner():
-    state.debug = False
-    return CliRunner()
 
 
 def test_quantize_to_q8_0_then_run_it(runner, tiny_r1, isolated_dirs):

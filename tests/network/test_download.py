@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 import typer
 from ggufs import write_gguf
-from typer.testing import CliRunner
 
 from localr1 import download
 from localr1 import loader as loader_module
-from localr1.cli.app import app, state
+from localr1.cli.app import app
 from localr1.cli.library import pull_target
 from localr1.engine.fake import FakeEngine
 from localr1.errors import DownloadError
@@ -48,12 +47,6 @@ ctx_train = 2048
 Q8_0 = "tiny-Q8_0.gguf"
 Q4_K_M = "split/tiny-Q4_K_M-00001-of-00002.gguf"
 """
-
-
-@pytest.fixture
-def runner():
-    state.debug = False
-    return CliRunner()
 
 
 @pytest.fixture
