@@ -242,3 +242,29 @@ def llama_cpp_converter_dir() -> Path:
         tar.extractall(tmp, members=members, filter="data")
         os.replace(tmp, target) if not target.exists() else None
     return target
+
+
+def high_level_llama(path: Path | str, **kwargs):
+    """llama-cpp-python's ``Llama`` on ``path``, with weight repacking as localr1's engine sets it.
+
+    ``Llama()`` has no argument for it, and on a CPU with AMX its default segfaults in ggml's AMX kernels
+    (see ``localr1.engine.llama_cpp.weight_repacking``): the default parameters are adjusted while it loads.
+    """
+    import llama_cpp
+    import llama_cpp.llama_cpp as lib
+
+    from localr1.engine.llama_cpp import weight_repacking
+
+    default = lib.llama_model_default_params
+    repack = weight_repacking(lib)
+
+    def params():
+        p = default()
+        p.use_extra_bufts = repack
+        return p
+
+    lib.llama_model_default_params = params
+    try:
+        return llama_cpp.Llama(str(path), **kwargs)
+    finally:
+        lib.llama_model_default_params = default

@@ -128,6 +128,21 @@ def init_backend(*, debug: bool = False) -> Any:
     return lib
 
 
+def weight_repacking(lib: Any) -> bool:
+    """Whether llama.cpp may repack weights into its extra CPU buffer types (CPU_REPACK, AMX).
+
+    Not on a CPU with AMX: ggml's AMX matrix multiply segfaults there on quantized weights in the
+    llama.cpp that llama-cpp-python 0.3.36 builds (Q4_1, Q8_0, Q4_K_M; seen on a Sapphire Rapids-class VM,
+    ggml-org/llama.cpp#20824, no fix upstream), and the AMX buffer type cannot be turned off alone. Without
+    extra buffers such a CPU runs the AVX-512 kernels. ``LOCALR1_CPU_REPACK=1`` turns repacking back on
+    (for a llama.cpp with the fix), ``=0`` turns it off everywhere.
+    """
+    forced = os.environ.get("LOCALR1_CPU_REPACK")
+    if forced in ("0", "1"):
+        return forced == "1"
+    return b"AMX_INT8 = 1" not in (lib.llama_print_system_info() or b"")
+
+
 _OVERRIDE_LINE = re.compile(r"tensor (?P<name>\S+) \(.*\) buffer type overridden to (?P<buft>\S+)")
 
 
@@ -182,7 +197,11 @@ def measure_allocation(
     """
     lib = init_backend()
     mparams = set_fields(
-        lib.llama_model_default_params(), no_alloc=True, load_mode=LOAD_MODE_NONE, n_gpu_layers=n_gpu_layers
+        lib.llama_model_default_params(),
+        no_alloc=True,
+        load_mode=LOAD_MODE_NONE,
+        n_gpu_layers=n_gpu_layers,
+        use_extra_bufts=weight_repacking(lib),
     )
     with _LOG.capture() as lines:
         model = lib.llama_model_load_from_file(str(path).encode(), mparams)
@@ -253,6 +272,7 @@ class LlamaCppEngine:
             n_gpu_layers=n_gpu_layers,
             load_mode=(LOAD_MODE_MMAP_MLOCK if use_mlock else LOAD_MODE_MMAP) if use_mmap else LOAD_MODE_NONE,
             progress_callback=progress,
+            use_extra_bufts=weight_repacking(lib),
         )
         # (pattern, device) rules: llama.cpp keeps a pointer to this array for the model's life
         self._overrides = _override_array(tensor_overrides)

@@ -119,11 +119,11 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 def _llama_logits(path: Path, ids: list[int]) -> np.ndarray:
-    import llama_cpp
+    from model_factory import high_level_llama
 
     # F32 KV cache and no flash attention: the F32 check is then of the weights alone
-    llm = llama_cpp.Llama(
-        str(path), n_ctx=128, logits_all=True, verbose=False, n_threads=2, type_k=0, type_v=0, flash_attn=False
+    llm = high_level_llama(
+        path, n_ctx=128, logits_all=True, verbose=False, n_threads=2, type_k=0, type_v=0, flash_attn=False
     )
     llm.eval(ids)
     return np.array(llm.scores[: len(ids)], dtype=np.float64)
