@@ -4,8 +4,10 @@ For each model and sampling setting this runs one generation through ``LlamaCppE
 ``ask`` and ``chat`` use) and reads llama.cpp's own perf counters for the same run:
 
 * ``eval``: time inside ``llama_decode`` (what llama.cpp's "eval time" line reports);
-* ``bare loop``: a loop that does nothing but ``llama_sampler_sample`` + ``llama_decode`` with the same
-  sampler and context, i.e. what any program running that sampler (llama-cli included) must spend.
+* ``bare loop``: a loop that does nothing but choose a token + ``llama_decode``, with the same sampler as
+  localr1 (an argmax for greedy, ``localr1.nucleus`` for R1 sampling) and the same context;
+* ``chain loop``: the same loop with llama.cpp's native sampler chain (``llama_sampler_sample``: what
+  llama-cli and llama-server run for the same settings without top-k), for the R1 setting.
 
 It prints tokens/s for localr1, for llama.cpp's eval alone, the ratio of the two (the issue's yardstick:
 it includes the sampler's cost, which grows with the vocabulary), and the ratio against the bare loop,
@@ -61,7 +63,7 @@ def run_localr1(engine: LlamaCppEngine, n_tokens: int, setting: dict) -> dict:
     intervals = t.decode_tokens - 1
     ours = intervals / t.decode_s
     eval_tps = t.llama_decode_calls / (t.llama_decode_ms / 1000)
-    per_token_c = t.llama_decode_ms / t.llama_decode_calls + t.llama_sample_ms / t.decode_tokens
+    per_token_c = t.llama_decode_ms / t.llama_decode_calls + t.sample_ms / t.decode_tokens
     return {
         "tokens": t.decode_tokens,
         "localr1_tps": ours,
@@ -69,16 +71,16 @@ def run_localr1(engine: LlamaCppEngine, n_tokens: int, setting: dict) -> dict:
         "llama_eval_sample_tps": 1000 / per_token_c,
         "ratio_vs_eval": ours / eval_tps,
         "ratio_vs_eval_sample": ours / (1000 / per_token_c),
-        "sample_ms_per_token": t.llama_sample_ms / t.decode_tokens,
+        "sample_ms_per_token": t.sample_ms / t.decode_tokens,
     }
 
 
-def run_bare_loop(engine: LlamaCppEngine, n_tokens: int, setting: dict) -> float:
+def run_bare_loop(engine: LlamaCppEngine, n_tokens: int, setting: dict, *, native_chain: bool = False) -> float:
     """The least a program can do per token: sample + llama_decode, nothing else.
 
-    Same context, same sampler, same prompt as ``run_localr1`` (greedy: the engine's argmax over the logits;
-    otherwise llama.cpp's sampler chain); what localr1 spends beyond this is the cost of its detokenizing,
-    reasoning split and events.
+    Same context, same prompt as ``run_localr1``, and the same sampler (greedy: the engine's argmax over the
+    logits; otherwise localr1.nucleus), or with ``native_chain`` llama.cpp's sampler chain; what localr1
+    spends beyond the first is the cost of its detokenizing, reasoning split and events.
     """
     lib = engine._lib
     prompt = render(user_turn(PROMPT), engine.info.chat_format)
@@ -88,8 +90,12 @@ def run_bare_loop(engine: LlamaCppEngine, n_tokens: int, setting: dict) -> float
     try:
         engine._prefill(tokens)
         buf = (lib.llama_token * 1)()
-        # greedy: the engine's own argmax over the logits (what localr1 samples with), else llama.cpp's chain
-        sample = engine._greedy(sampling) if sampling.temperature <= 0 else lib.llama_sampler_sample
+        if native_chain:
+            sample = lib.llama_sampler_sample
+        elif sampling.temperature <= 0:
+            sample = engine._greedy(sampling)
+        else:
+            sample = engine._nucleus(sampling)
         decode, batch_one, ctx = lib.llama_decode, lib.llama_batch_get_one, engine._ctx
         buf[0] = sample(chain, ctx, -1)
         start = time.perf_counter()
@@ -106,9 +112,9 @@ def run_bare_loop(engine: LlamaCppEngine, n_tokens: int, setting: dict) -> float
 
 def run_high_level(path: Path, n_tokens: int, setting: dict, n_ctx: int, threads: int, flash_attn: bool) -> float:
     """llama-cpp-python's own streaming (the 'before' figure)."""
-    from llama_cpp import Llama
+    from model_factory import high_level_llama
 
-    llm = Llama(str(path), n_ctx=n_ctx, n_threads=threads, flash_attn=flash_attn, verbose=False)
+    llm = high_level_llama(path, n_ctx=n_ctx, n_threads=threads, flash_attn=flash_attn, verbose=False)
     try:
         eos = llm.token_eos()
         stamps: list[float] = []
@@ -161,6 +167,10 @@ def main() -> int:
                     run_bare_loop(engine, args.tokens, setting) for _ in range(args.reps)
                 )
                 row["ratio_vs_bare_loop"] = row["localr1_tps"] / row["bare_loop_tps"]
+                if setting.get("temperature", 0) > 0:
+                    row["chain_loop_tps"] = statistics.median(
+                        run_bare_loop(engine, args.tokens, setting, native_chain=True) for _ in range(args.reps)
+                    )
                 if not args.no_high_level:
                     row["high_level_tps"] = statistics.median(
                         run_high_level(path, args.tokens, setting, engine.info.n_ctx, engine.info.n_threads, flash)
@@ -176,7 +186,7 @@ def main() -> int:
         return 0
     header = (
         f"{'model':26} {'sampling':11} {'localr1':>9} {'llama eval':>11} {'ratio':>6} "
-        f"{'bare loop':>10} {'ratio':>6} {'sample ms/tok':>13} {'Llama():':>9} {'ratio':>6}"
+        f"{'bare loop':>10} {'ratio':>6} {'sample ms/tok':>13} {'chain loop':>10} {'Llama():':>9} {'ratio':>6}"
     )
     print(f"decode tokens/s, median of {args.reps} runs of {args.tokens} tokens, flash attention {args.flash_attn}")
     print(header)
@@ -185,7 +195,7 @@ def main() -> int:
         print(
             f"{r['model']:26} {r['sampling']:11} {r['localr1_tps']:9.1f} {r['llama_eval_tps']:11.1f} "
             f"{r['ratio_vs_eval']:6.2f} {r['bare_loop_tps']:10.1f} {r['ratio_vs_bare_loop']:6.2f} "
-            f"{r['sample_ms_per_token']:13.3f} {hl}"
+            f"{r['sample_ms_per_token']:13.3f} {r.get('chain_loop_tps', float('nan')):10.1f} {hl}"
         )
     return 0
 

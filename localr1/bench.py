@@ -2,7 +2,8 @@
 
 ``run`` feeds a prompt of a given token length through ``engine.stream`` (the path ``ask`` and ``chat``
 use) and generates a fixed number of tokens (end-of-stream biased off), repeated after one uncounted
-warm-up run, with the KV cache cleared between runs. ``llama_bench`` runs llama.cpp's own benchmark with the same model, threads, batch, GPU layers
+warm-up run, with the KV cache cleared between runs. It samples as ``ask`` does (R1's temperature 0.6 and
+top-p 0.95, seeded) unless told otherwise, and reports the time spent choosing tokens. ``llama_bench`` runs llama.cpp's own benchmark with the same model, threads, batch, GPU layers
 and flash-attention setting, for the ratio localr1 / llama.cpp.
 """
 
@@ -28,13 +29,13 @@ FILLER = "The quick brown fox jumps over the lazy dog while the old lighthouse k
 class Series:
     values: list[float] = field(default_factory=list)
 
-    def summary(self) -> dict[str, float]:
+    def summary(self, digits: int = 2) -> dict[str, float]:
         if not self.values:
             return {"min": 0.0, "median": 0.0, "max": 0.0}
         return {
-            "min": round(min(self.values), 2),
-            "median": round(statistics.median(self.values), 2),
-            "max": round(max(self.values), 2),
+            "min": round(min(self.values), digits),
+            "median": round(statistics.median(self.values), digits),
+            "max": round(max(self.values), digits),
         }
 
 
@@ -45,6 +46,7 @@ class BenchResult:
     prefill_tps: Series = field(default_factory=Series)
     decode_tps: Series = field(default_factory=Series)
     ttft_s: Series = field(default_factory=Series)
+    sample_ms: Series = field(default_factory=Series)  # per generated token
 
     def to_dict(self) -> dict:
         return {
@@ -53,6 +55,7 @@ class BenchResult:
             "prefill_tokens_per_s": self.prefill_tps.summary(),
             "decode_tokens_per_s": self.decode_tps.summary(),
             "time_to_first_token_s": self.ttft_s.summary(),
+            "sample_ms_per_token": self.sample_ms.summary(digits=3),
         }
 
 
@@ -83,7 +86,7 @@ def run(
     if n_prompt + n_gen > engine.info.n_ctx:
         raise UsageError(f"--prompt + --gen ({n_prompt + n_gen}) exceed the context ({engine.info.n_ctx})")
     eos = {t: float("-inf") for t in engine.end_tokens()}
-    sampling = sampling or Sampling(temperature=0.0)
+    sampling = sampling or Sampling(seed=1)  # what ask runs: R1's temperature and top-p
     sampling = Sampling(**{**sampling.__dict__, "max_tokens": n_gen, "logit_bias": {**sampling.logit_bias, **eos}})
     prompt = prompt_of(engine, n_prompt)
     result = BenchResult(len(engine.tokenize(prompt.text, add_bos=prompt.add_bos)), n_gen)
@@ -101,6 +104,7 @@ def run(
         result.prefill_tps.values.append(t.prefill_tps)
         result.decode_tps.values.append(t.decode_tps)
         result.ttft_s.values.append(t.prefill_s)
+        result.sample_ms.values.append(t.sample_ms / max(t.decode_tokens, 1))
     return result
 
 
@@ -147,6 +151,10 @@ def llama_bench(
     ]  # fmt: skip
     if flash_attn is not None:
         common += ["-fa", "1" if flash_attn else "0"]
+    from localr1.engine.llama_cpp import init_backend, weight_repacking
+
+    if not weight_repacking(init_backend()):  # as localr1 loads it (an AMX CPU: no repacked weights)
+        common += ["--repack", "0"]
     if overrides:
         if any(c in pattern for pattern, _ in overrides for c in ",;="):
             raise LocalR1Error("this plan's tensor rules cannot be written as llama-bench -ot arguments")

@@ -59,7 +59,7 @@ class Timings:
     llama_prefill_ms: float = 0.0
     llama_decode_ms: float = 0.0
     llama_decode_calls: int = 0
-    llama_sample_ms: float = 0.0  # time inside llama.cpp's sampler chain
+    sample_ms: float = 0.0  # time spent choosing tokens (localr1's sampler, or llama.cpp's chain with a grammar)
 
     @property
     def prefill_tps(self) -> float:

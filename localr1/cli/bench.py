@@ -13,15 +13,20 @@ from localr1.sampling import Sampling
 
 HELP = """Measure prefill and decode tokens/s through localr1's own streaming path (what ask and chat use).
 
+Decoding samples as ask does by default (R1's temperature 0.6 and top-p 0.95, seeded), and the time spent
+choosing tokens is reported per token; --greedy measures argmax decoding instead.
+
 With --compare, llama.cpp's llama-bench runs with the same model, threads, batch, GPU layers, tensor
 placement and flash attention, before and after localr1's runs, and the ratio of the medians
-localr1 / llama.cpp is printed (build llama-bench with benchmarks/build_llama_bench.sh, or put one on
+localr1 / llama.cpp is printed (llama-bench only decodes: it chooses no tokens, so localr1's sampling
+counts against localr1) (build llama-bench with benchmarks/build_llama_bench.sh, or put one on
 PATH).
 
 Examples:
 $ localr1 bench
 $ localr1 bench r1:7b --prompt 512 --gen 128 --reps 5 --json
 $ localr1 bench ./model.gguf --compare --rounds 3
+$ localr1 bench --greedy
 """
 
 
@@ -38,7 +43,8 @@ def register(app: typer.Typer) -> None:
         compare: bool = typer.Option(False, "--compare", help="Also run llama.cpp's llama-bench; print ratios."),
         rounds: int = typer.Option(1, "--rounds", help="With --compare: turns of localr1 between llama-bench runs."),
         llama_bench_path: str | None = typer.Option(None, "--llama-bench", help="The llama-bench binary."),
-        r1_sampling: bool = typer.Option(False, "--r1-sampling", help="Sample as ask does (T 0.6, top-p 0.95)."),
+        greedy: bool = typer.Option(False, "--greedy", help="Argmax decoding instead of ask's R1 sampling."),
+        _r1_sampling: bool = typer.Option(False, "--r1-sampling", hidden=True, help="The default now."),
         threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: physical cores)."),
         gpu_layers: int | None = typer.Option(None, "--gpu-layers", help="Layers on the GPU (default: planned)."),
         flash_attn: str = typer.Option("auto", "--flash-attn", help="on, off or auto (llama.cpp decides)."),
@@ -63,7 +69,8 @@ def register(app: typer.Typer) -> None:
         if plan.candidate.path is None:
             raise UsageError(f"{plan.label} is not downloaded", hint=f"localr1 pull {plan.label}")
         path = plan.candidate.path
-        sampling = Sampling(seed=1) if r1_sampling else Sampling(temperature=0.0)
+        sampling = Sampling(temperature=0.0) if greedy else Sampling(seed=1)
+        sampling_label = "greedy" if greedy else "R1 sampling (temperature 0.6, top-p 0.95)"
         n_ctx = prompt + gen + 64
         n_threads = threads or config.threads or physical_cores()
         n_batch = min(DEFAULT_BATCH, n_ctx)
@@ -112,7 +119,7 @@ def register(app: typer.Typer) -> None:
             "n_gpu_layers": info.n_gpu_layers,
             "n_batch": info.extra["n_batch"],
             "flash_attn": flash_attn,
-            "sampling": "r1" if r1_sampling else "greedy",
+            "sampling": "greedy" if greedy else "r1",
             "reps": reps,
             "rounds": rounds if compare else 1,
             **result.to_dict(),
@@ -122,6 +129,7 @@ def register(app: typer.Typer) -> None:
             their_pp, their_tg = bench_mod.median(theirs["prefill"]), bench_mod.median(theirs["decode"])
             out["llama_bench"] = {
                 "binary": str(binary),
+                "sampling": "none (llama-bench decodes without choosing tokens)",
                 "runs": f"{rounds + 1}, taking turns with localr1's {rounds}; repetitions pooled",
                 "prefill_tokens_per_s": round(their_pp, 2),
                 "decode_tokens_per_s": round(their_tg, 2),
@@ -137,13 +145,14 @@ def register(app: typer.Typer) -> None:
             sys.stdout.write(json.dumps(out, indent=2) + "\n")
             return
         lines = [
-            f"{plan.label} ({info.quant}) · {info.n_threads} threads · {info.n_gpu_layers} GPU layers · batch {info.extra['n_batch']} · flash attention {flash_attn} · {out['sampling']}"
+            f"{plan.label} ({info.quant}) · {info.n_threads} threads · {info.n_gpu_layers} GPU layers · batch {info.extra['n_batch']} · flash attention {flash_attn} · {sampling_label}"
         ]
         lines.append(f"{'':22} {'min':>9} {'median':>9} {'max':>9}")
         for label, key in (
             ("prefill tokens/s", "prefill_tokens_per_s"),
             ("decode tokens/s", "decode_tokens_per_s"),
             ("first token (s)", "time_to_first_token_s"),
+            ("sampling ms/token", "sample_ms_per_token"),
         ):
             s = out[key]
             lines.append(f"{label:22} {s['min']:>9} {s['median']:>9} {s['max']:>9}")
@@ -155,7 +164,10 @@ def register(app: typer.Typer) -> None:
                 f"llama-bench (median)   pp{result.prompt_tokens} {lb['prefill_tokens_per_s']:.2f} tok/s · "
                 f"tg{gen} @ d{result.prompt_tokens} {lb['decode_tokens_per_s']:.2f} tok/s  (taking turns with localr1)"
             )
-            lines.append(f"localr1 / llama.cpp    prefill {r['prefill']} · decode {r['decode']}  (medians)")
+            lines.append(
+                f"localr1 / llama.cpp    prefill {r['prefill']} · decode {r['decode']}  (medians; localr1 "
+                f"{'decodes greedily' if greedy else 'samples as ask does'}, llama-bench chooses no tokens)"
+            )
         lines.append("")
         lines += hardware_lines(hw)
         sys.stdout.write("\n".join(lines) + "\n")

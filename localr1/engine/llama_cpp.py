@@ -1,8 +1,10 @@
 """The real engine: llama.cpp through llama-cpp-python's low-level bindings.
 
-The decode loop is written against llama.cpp's C API directly rather than ``llama_cpp.Llama``: sampling
-runs in llama.cpp's native sampler chain (``llama_sampler_sample``), so the logits never cross into
-Python, and each token costs a handful of ctypes calls. ``benchmarks/decode_overhead.py`` holds it to
+The decode loop is written against llama.cpp's C API directly rather than ``llama_cpp.Llama``: each
+token costs a handful of ctypes calls. Tokens are chosen from llama.cpp's logits read in place through a
+NumPy view (no copy): an argmax for greedy decoding, ``localr1.nucleus`` for temperature and top-p (R1's
+default), which is exact and costs a few passes where llama.cpp's chain sorts the whole vocabulary.
+Only a grammar keeps llama.cpp's native sampler chain. ``benchmarks/decode_overhead.py`` holds the loop to
 llama.cpp's own eval time.
 """
 
@@ -143,6 +145,15 @@ def weight_repacking(lib: Any) -> bool:
     return b"AMX_INT8 = 1" not in (lib.llama_print_system_info() or b"")
 
 
+def _import_numpy_meanwhile() -> None:
+    """Import NumPy (~50 ms; the samplers read the logits with it) in a thread while the model loads.
+
+    Loading and the prompt run in llama.cpp with the GIL released, so the import costs the first token
+    nothing; a later ``import numpy`` waits for this one to finish (the import lock)."""
+    if "numpy" not in sys.modules:
+        threading.Thread(target=__import__, args=("numpy",), name="localr1-import-numpy", daemon=True).start()
+
+
 _OVERRIDE_LINE = re.compile(r"tensor (?P<name>\S+) \(.*\) buffer type overridden to (?P<buft>\S+)")
 
 
@@ -251,6 +262,7 @@ class LlamaCppEngine:
         threadpool: bool = True,
     ) -> None:
         self._lib = lib = init_backend(debug=debug)
+        _import_numpy_meanwhile()
         self.stream_interval_s = stream_interval_s
         self.path = Path(path)
         header = gguf or inspect_model(self.path)  # validated in Python before llama.cpp sees it
@@ -500,10 +512,10 @@ class LlamaCppEngine:
             )
         self._cancel = cancel
         assembler = EventAssembler(opened=prompt.opens_thinking)
-        # Greedy decoding needs no sampler chain: an argmax over llama.cpp's logits, read in place (no copy),
-        # skips the candidate array llama_sampler_sample fills for the whole vocabulary every token.
-        fast_greedy = sampling.temperature <= 0 and not sampling.grammar
-        chain = None if fast_greedy else self._sampler(sampling)
+        # Without a grammar no sampler chain is needed: llama_sampler_sample fills a candidate array for the
+        # whole vocabulary every token (and its top-p sorts it); an argmax, or localr1.nucleus, reads
+        # llama.cpp's logits in place instead.
+        chain = self._sampler(sampling) if sampling.grammar else None
         try:
             lib.llama_perf_context_reset(ctx)
             t0 = time.perf_counter()
@@ -526,7 +538,13 @@ class LlamaCppEngine:
             token_buf = self._token_buf
             batch = lib.llama_batch_get_one(token_buf, 1)
             decode, pieces, clock = lib.llama_decode, self._pieces, time.perf_counter
-            sample = self._greedy(sampling) if fast_greedy else lib.llama_sampler_sample
+            if chain is not None:
+                sample = lib.llama_sampler_sample
+            elif sampling.temperature <= 0:
+                sample = self._greedy(sampling)
+            else:
+                sample = self._nucleus(sampling)
+            sample_s = 0.0
             interval, handed_at, held = self.stream_interval_s, float("-inf"), []
             while decoded >= 0:
                 if cancel is not None and cancel.is_set():
@@ -535,7 +553,9 @@ class LlamaCppEngine:
                 if generated >= budget:
                     finish = "length"
                     break
+                t_sample = clock()
                 token = sample(chain, ctx, -1)
+                sample_s += clock() - t_sample
                 piece = pieces.get(token, _UNSEEN)
                 if piece is _UNSEEN:
                     piece = self._learn_piece(token)
@@ -568,7 +588,6 @@ class LlamaCppEngine:
                 yield from assembler.feed_many(held)
             yield from assembler.finish()
             perf = lib.llama_perf_context(ctx)
-            sample_ms = lib.llama_perf_sampler(chain).t_sample_ms if chain is not None else 0.0
             timings = Timings(
                 load_s=self.info.load_s,
                 prefill_s=t1 - t0,
@@ -579,7 +598,7 @@ class LlamaCppEngine:
                 llama_prefill_ms=perf.t_p_eval_ms,
                 llama_decode_ms=perf.t_eval_ms,
                 llama_decode_calls=perf.n_eval,
-                llama_sample_ms=sample_ms,
+                sample_ms=sample_s * 1000,
             )
             yield assembler.done(finish, prompt_tokens=len(tokens), timings=timings)
         finally:
@@ -592,11 +611,11 @@ class LlamaCppEngine:
         self._pieces[token] = piece
         return piece
 
-    def _greedy(self, sampling: Sampling):
-        """A sample(chain, ctx, idx) stand-in: argmax of the last logits, with the logit biases applied.
+    def _logits_reader(self):
+        """A function (ctx, idx) -> llama.cpp's logits for output ``idx`` as a float32 NumPy view (no copy).
 
-        The logits are read in place through a NumPy view made once per buffer address (llama.cpp keeps its
-        output buffer until it needs a larger one): building the view each token cost more than the argmax.
+        The view is made once per buffer address (llama.cpp keeps its output buffer until it needs a larger
+        one): building it each token cost more than an argmax.
         """
         import numpy as np
 
@@ -604,13 +623,9 @@ class LlamaCppEngine:
         # A private prototype returning the address as an int (the shared one returns a ctypes pointer)
         get_logits = self._lib._lib["llama_get_logits_ith"]
         get_logits.restype, get_logits.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_int32]
-        biases = [(t, b) for t, b in sampling.logit_bias.items() if 0 <= t < n_vocab and b != float("-inf")]
-        # Banned tokens (bias -inf, e.g. end of stream in `bench`) cost nothing unless the argmax lands on one.
-        banned = [t for t, b in sampling.logit_bias.items() if 0 <= t < n_vocab and b == float("-inf")]
-        banned_set = frozenset(banned)
         views: dict[int, Any] = {}
 
-        def sample(_chain, ctx, idx) -> int:
+        def read(ctx, idx) -> Any:
             address = get_logits(ctx, idx)
             logits = views.get(address)
             if logits is None:
@@ -618,6 +633,23 @@ class LlamaCppEngine:
                     raise EngineError("llama.cpp returned no logits", hint=_LOG.tail(2) or None)
                 views.clear()
                 logits = views[address] = np.frombuffer((ctypes.c_float * n_vocab).from_address(address), np.float32)
+            return logits
+
+        return read
+
+    def _greedy(self, sampling: Sampling):
+        """A sample(chain, ctx, idx) stand-in: argmax of the last logits, with the logit biases applied."""
+        import numpy as np
+
+        read = self._logits_reader()
+        n_vocab = self.n_vocab
+        biases = [(t, b) for t, b in sampling.logit_bias.items() if 0 <= t < n_vocab and b != float("-inf")]
+        # Banned tokens (bias -inf, e.g. end of stream in `bench`) cost nothing unless the argmax lands on one.
+        banned = [t for t, b in sampling.logit_bias.items() if 0 <= t < n_vocab and b == float("-inf")]
+        banned_set = frozenset(banned)
+
+        def sample(_chain, ctx, idx) -> int:
+            logits = read(ctx, idx)
             for token, bias in biases:
                 logits[token] += bias
             token = int(logits.argmax())
@@ -625,6 +657,26 @@ class LlamaCppEngine:
                 logits[banned] = -np.inf
                 token = int(logits.argmax())
             return token
+
+        return sample
+
+    def _nucleus(self, sampling: Sampling):
+        """A sample(chain, ctx, idx) stand-in: temperature, top-k, top-p and min-p by ``localr1.nucleus``."""
+        from localr1.nucleus import NucleusSampler
+
+        read = self._logits_reader()
+        sampler = NucleusSampler(
+            self.n_vocab,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            min_p=sampling.min_p,
+            top_k=sampling.top_k,
+            seed=sampling.seed,
+            logit_bias=sampling.logit_bias,
+        )
+
+        def sample(_chain, ctx, idx) -> int:
+            return sampler(read(ctx, idx))
 
         return sample
 

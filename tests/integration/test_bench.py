@@ -113,12 +113,42 @@ def test_fast_greedy_applies_biases_and_bans_like_llama_cpp(tiny):
 
 
 def test_bench_command_json(tiny_r1):
+    """By default bench samples as ask does, and says so; --greedy measures argmax decoding."""
     state.debug = False
-    result = CliRunner().invoke(app, ["bench", str(tiny_r1), "--prompt", "32", "--gen", "8", "--reps", "1", "--json"])
+    args = ["bench", str(tiny_r1), "--prompt", "32", "--gen", "8", "--reps", "1", "--json"]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    assert out["prompt_tokens"] == 32 and out["gen_tokens"] == 8 and out["sampling"] == "greedy"
+    assert out["prompt_tokens"] == 32 and out["gen_tokens"] == 8 and out["sampling"] == "r1"
     assert out["decode_tokens_per_s"]["median"] > 0 and "hardware" in out
+    assert out["sample_ms_per_token"]["median"] > 0
+    greedy = json.loads(CliRunner().invoke(app, [*args, "--greedy"]).stdout)
+    assert greedy["sampling"] == "greedy" and greedy["sample_ms_per_token"]["median"] > 0
+
+
+def test_bench_text_states_the_sampling(tiny_r1):
+    state.debug = False
+    result = CliRunner().invoke(app, ["bench", str(tiny_r1), "--prompt", "16", "--gen", "4", "--reps", "1"])
+    assert result.exit_code == 0, result.output
+    assert "R1 sampling (temperature 0.6, top-p 0.95)" in result.stdout and "sampling ms/token" in result.stdout
+
+
+def test_run_samples_like_ask_by_default(tiny):
+    """bench.run with no sampling given goes through localr1.nucleus, as ask does, and times it."""
+    calls = []
+    original = tiny._nucleus
+
+    def recording(sampling):
+        calls.append(sampling)
+        return original(sampling)
+
+    tiny._nucleus = recording
+    try:
+        result = bench.run(tiny, n_prompt=16, n_gen=8, reps=1)
+    finally:
+        del tiny._nucleus
+    assert calls and calls[0].temperature == 0.6 and calls[0].top_p == 0.95
+    assert result.sample_ms.values[0] > 0
 
 
 def test_compare_with_a_missing_llama_bench_is_one_line(tiny_r1):
@@ -164,6 +194,7 @@ def test_compare_takes_turns_with_llama_bench_and_pools_its_runs(tiny_r1, fake_l
     assert out["llama_bench"]["decode_tokens_per_s"] == 105.0 and out["llama_bench"]["prefill_tokens_per_s"] == 1100.0
     assert len(out["decode_tokens_per_s"]) == 3 and out["rounds"] == 2  # localr1's 2 x 2 runs pooled
     assert out["ratio"]["decode"] == round(out["decode_tokens_per_s"]["median"] / 105.0, 3)
+    assert out["sampling"] == "r1" and out["llama_bench"]["sampling"].startswith("none")
 
 
 def test_llama_bench_gets_the_plans_tensor_placement(fake_llama_bench):
