@@ -14,10 +14,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from localr1.errors import ConfigError
+from localr1 import limits
+from localr1.errors import ConfigError, UsageError
 from localr1.paths import config_file
 
 _FIELDS: dict[str, type] = {"default_model": str, "ctx": int, "threads": int, "gpu_layers": int, "hide_thinking": bool}
+
+_BOUNDS = {"ctx": limits.ctx, "threads": limits.threads, "gpu_layers": limits.gpu_layers}
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,12 @@ def load_config(path: Path | None = None) -> Config:
             expected = _FIELDS[key]
             if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
                 raise ConfigError(f"{path}: {key} must be a {expected.__name__}, not {value!r}")
+            check = _BOUNDS.get(key)
+            if check is not None:
+                try:
+                    check(value, key)
+                except UsageError as exc:
+                    raise ConfigError(f"{path}: {exc.message}", hint=exc.hint) from None
     env_model = os.environ.get("LOCALR1_MODEL")
     if env_model:
         values["default_model"] = env_model

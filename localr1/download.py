@@ -82,6 +82,31 @@ def safe_repo_path(path: str) -> str:
     return path
 
 
+MAX_FILE_BYTES = 1 << 42  # 4 TiB: more than any one GGUF file (R1 671B in F16 is 1.3 TB, split)
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+_ETAG_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")  # a git blob sha1, or an LFS file's sha256
+
+
+def check_commit(value: str | None, what: str) -> str:
+    """A commit id from the server (``X-Repo-Commit``): 40 hex digits, or refused before it names a folder."""
+    if not value or not _COMMIT_RE.match(value):
+        raise DownloadError(
+            f"the server sent an invalid commit id for {what}: {str(value)[:60]!r}",
+            hint="Check HF_ENDPOINT: it does not behave like the Hugging Face Hub.",
+        )
+    return value
+
+
+def check_etag(value: str | None, what: str) -> str:
+    """An ETag from the server, which names the blob file: a sha1 or sha256 in hex, or refused."""
+    if not value or not _ETAG_RE.match(value):
+        raise DownloadError(
+            f"the server sent an invalid ETag for {what}: {str(value)[:60]!r}",
+            hint="Check HF_ENDPOINT: it does not behave like the Hugging Face Hub.",
+        )
+    return value
+
+
 def check_repo_id(repo_id: str) -> str:
     if not _REPO_RE.match(repo_id) or ".." in repo_id:
         raise UsageError(f"{repo_id!r} is not a repository name", hint="Use owner/name, e.g. unsloth/DeepSeek-R1-GGUF.")
@@ -477,11 +502,15 @@ def _fetch(
         meta = get_hf_file_metadata(url)
     if not meta.etag or not meta.commit_hash:
         raise DownloadError(f"the Hub sent no version information for {f.path}")
-    etag = safe_repo_path(meta.etag)
-    repo_dir = hf_hub_cache() / ("models--" + repo_id.replace("/", "--"))
+    # Every name below comes from the server: checked before it touches the filesystem.
+    etag = check_etag(meta.etag, f.path)
+    commit = check_commit(meta.commit_hash, f.path)
+    repo_dir = hf_hub_cache() / ("models--" + check_repo_id(repo_id).replace("/", "--"))
     blob = repo_dir / "blobs" / etag
-    pointer = repo_dir / "snapshots" / meta.commit_hash / f.path
+    pointer = repo_dir / "snapshots" / commit / safe_repo_path(f.path)
     size = meta.size if meta.size is not None else f.size
+    if size is not None and not 0 <= size <= MAX_FILE_BYTES:
+        raise DownloadError(f"the server announced an impossible size for {f.path}: {size}")
     blob.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(blob) + ".lock"):
         if not blob.exists():
@@ -499,7 +528,10 @@ def _fetch(
                 attempts = retries
                 while True:
                     have = partial.stat().st_size if partial.exists() else 0
-                    if size is not None and have >= size:
+                    if size is not None and have > size:  # left by a server that sent too much: start over
+                        partial.unlink()
+                        have = 0
+                    if size is not None and have == size:
                         break
                     headers = build_hf_headers()
                     if have:
@@ -513,6 +545,13 @@ def _fetch(
                                 bar.reset(total=size)
                             with open(partial, mode) as out:
                                 for chunk in r.iter_bytes(1 << 20):
+                                    if size is not None and out.tell() + len(chunk) > size:
+                                        out.truncate(0)
+                                        raise DownloadError(
+                                            f"the server sent more than the {size:,} bytes it announced for "
+                                            f"{f.path}; the partial file was discarded",
+                                            hint="Run pull again; if it repeats, a proxy or the server is at fault.",
+                                        )
                                     out.write(chunk)
                                     attempts = retries  # progress was made: the retry budget starts over
                                     if bar is not None:
@@ -547,7 +586,7 @@ def _fetch(
         if len(revision) != 40:  # a branch or tag: record which commit it pointed to, as huggingface_hub does
             ref = repo_dir / "refs" / safe_repo_path(revision)
             ref.parent.mkdir(parents=True, exist_ok=True)
-            ref.write_text(meta.commit_hash)
+            ref.write_text(commit)
     return pointer
 
 

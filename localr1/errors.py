@@ -69,3 +69,33 @@ class ContextOverflowError(EngineError):
 
 class BackendMissingError(EngineError):
     """The llama.cpp Python binding is not installed or cannot be imported."""
+
+
+class DiskError(LocalR1Error):
+    """The filesystem refused: no space left, a read-only or forbidden folder, a file where a folder belongs."""
+
+
+def from_os_error(exc: OSError) -> LocalR1Error | None:
+    """The one-line error for an ``OSError`` a user can fix (full disk, permissions, ...); None for the rest."""
+    import errno
+
+    where = exc.filename if exc.filename is not None else "a file"
+    reasons = {
+        errno.ENOSPC: ("no space left on the device while writing {where}", "Free some space and run it again."),
+        errno.EDQUOT: ("the disk quota is exhausted while writing {where}", "Free some space and run it again."),
+        errno.EROFS: ("{where} is on a read-only filesystem", "Choose a writable folder."),
+        errno.EACCES: ("permission denied: {where}", "Choose a folder you can write to, or fix its permissions."),
+        errno.EPERM: ("operation not permitted: {where}", "Choose a folder you can write to, or fix its permissions."),
+        errno.ENOTDIR: (
+            "a file stands where a folder is needed: {where}",
+            "Move that file away, or choose another folder.",
+        ),
+        errno.EISDIR: ("{where} is a folder, not a file", "Name a file."),
+        errno.EEXIST: ("{where} exists already, and is not a folder", "Move it away, or choose another folder."),
+        errno.ENAMETOOLONG: ("the name is too long: {where}", "Use a shorter name."),
+        errno.EMFILE: ("too many open files", "Raise the limit (ulimit -n) and run it again."),
+    }
+    if exc.errno not in reasons:
+        return None
+    message, hint = reasons[exc.errno]
+    return DiskError(message.format(where=where), hint=hint)

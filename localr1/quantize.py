@@ -152,6 +152,9 @@ def quantize(
     progress: Callable[[int, int], None] | None = None,
     free_bytes: Callable[[Path], int] | None = None,
 ) -> QuantizeResult:
+    from localr1 import limits
+
+    limits.threads(threads)
     to = parse_type(to, imatrix=imatrix is not None)
     info = inspect_model(source)
     if imatrix is not None:

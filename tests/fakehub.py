@@ -2,7 +2,8 @@
 
 It serves the routes huggingface_hub uses for ``list_repo_tree`` and ``hf_hub_download`` (with ``ETag``,
 ``X-Repo-Commit``, ``X-Linked-Size`` and range requests) from files held in memory, and misbehaves on
-request: drop a connection half-way, serve corrupted bytes, be slow, refuse a gated repository.
+request: drop a connection half-way, serve corrupted bytes, be slow, refuse a gated repository, send lying
+headers (a commit id or ETag with ``../``), more bytes than it announced, or file names that leave the repo.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ class Behaviour:
     delay_per_chunk: float = 0.0
     gated: set[str] = field(default_factory=set)  # repo ids
     chunk: int = 64 << 10
+    headers: dict[str, dict[str, str]] = field(default_factory=dict)  # path -> headers sent instead (lies)
+    extra_bytes: dict[str, bytes] = field(default_factory=dict)  # path -> bytes sent beyond the advertised size
+    tree_names: dict[str, str] = field(default_factory=dict)  # path -> the name the file listing gives instead
 
 
 class FakeHub:
@@ -122,7 +126,7 @@ class FakeHub:
                             "type": "file",
                             "oid": hashlib.sha1(data).hexdigest(),
                             "size": len(data),
-                            "path": p,
+                            "path": hub.behaviour.tree_names.get(p, p),
                             "lfs": {"oid": sha, "size": len(data), "pointerSize": 134},
                         }
                     )
@@ -144,8 +148,10 @@ class FakeHub:
                     "Accept-Ranges": "bytes",
                     "Content-Type": "application/octet-stream",
                 }
+                headers.update(hub.behaviour.headers.get(path, {}))
                 if path in hub.behaviour.corrupt:
                     data = bytes([data[0] ^ 0xFF]) + data[1:]
+                data = data + hub.behaviour.extra_bytes.get(path, b"")
                 start = 0
                 rng = self.headers.get("Range")
                 if rng and rng.startswith("bytes="):

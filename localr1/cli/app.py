@@ -17,7 +17,7 @@ import typer
 
 from localr1 import __version__
 from localr1.cli.helptext import command_help
-from localr1.errors import LocalR1Error
+from localr1.errors import LocalR1Error, from_os_error
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -85,6 +85,14 @@ def handle_errors(func: F) -> F:
                 traceback.print_exc()
             print_error(exc)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:  # a full disk, a read-only folder, a file where a folder belongs, ...
+            known = from_os_error(exc)
+            if known is None:
+                raise
+            if state.debug:
+                traceback.print_exc()
+            print_error(known)
+            raise typer.Exit(known.exit_code) from None
         except KeyboardInterrupt:
             if state.debug:
                 traceback.print_exc()
@@ -111,6 +119,13 @@ _register()
 def main(argv: list[str] | None = None) -> None:
     """Console entry point. ``--debug`` is accepted anywhere on the command line."""
     args = list(sys.argv[1:] if argv is None else argv)
+    for i, arg in enumerate(args):  # the OS hands undecodable bytes over as surrogates: refuse them here
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            sys.stderr.write(f"Error: argument {i + 1} is not valid UTF-8: {arg.encode('utf-8', 'replace')!r}\n")
+            sys.stderr.write("Hint: check the terminal's encoding (locale), or pass the text on stdin.\n")
+            sys.exit(2)
     if "--debug" in args:
         state.debug = True
         os.environ["LOCALR1_DEBUG"] = "1"  # for the libraries localr1 drives (their own logs)

@@ -60,6 +60,10 @@ def register(app: typer.Typer) -> None:
 
         if prompt < 1 or gen < 2 or reps < 1 or rounds < 1:
             raise UsageError("--prompt must be at least 1, --gen at least 2, --reps and --rounds at least 1")
+        from localr1 import limits
+
+        limits.threads(threads)
+        limits.gpu_layers(gpu_layers)
         if flash_attn not in ("on", "off", "auto"):
             raise UsageError(f"--flash-attn must be on, off or auto, not {flash_attn!r}")
         fa = None if flash_attn == "auto" else flash_attn == "on"

@@ -118,8 +118,11 @@ def register(app: typer.Typer) -> None:
 
         if not is_terminal():
             raise UsageError("chat needs a terminal", hint='For pipes and scripts: localr1 ask "..." (or --json).')
-        if ctx is not None and ctx <= 0:
-            raise UsageError(f"--ctx must be positive, not {ctx}")
+        from localr1 import limits
+
+        limits.ctx(ctx)
+        limits.threads(threads)
+        limits.gpu_layers(gpu_layers)
         if offload_mode not in MODES:
             raise UsageError(f"--offload must be one of {', '.join(MODES)}")
         sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens).validate()

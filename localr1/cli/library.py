@@ -215,10 +215,22 @@ def register(app: typer.Typer) -> None:
         from localr1.resolve import local_models
 
         models = local_models()
-        matches = [m for m in models if m.name == model or m.name.startswith(model + ":") or str(m.path) == model]
+        # Exactly what was named: one build (r1:14b:Q5_K_M), every quant of one catalog model (r1:14b), or a
+        # file. Never a prefix: `rm tiny` must not delete tiny:1b and tiny:2b.
+        matches = [
+            m
+            for m in models
+            if m.name == model or (m.catalog is not None and m.catalog.name == model) or str(m.path) == model
+        ]
         if not matches and Path(model).exists():
             matches = [m for m in models if m.path.resolve() == Path(model).resolve()]
         if not matches:
+            near = [m.name for m in models if m.name.startswith(model)]
+            if near:
+                shown = ", ".join(near[:6]) + (f" and {len(near) - 6} more" if len(near) > 6 else "")
+                raise UsageError(
+                    f"{model!r} names no one model: it begins {shown}", hint="Name the model to delete in full."
+                )
             raise ModelNotFoundError(f"no downloaded model matches {model!r}", hint="See what is there: localr1 list")
         files = [p for m in matches for p in split_siblings(m.path) if p.exists() or p.is_symlink()]
         size = sum(p.stat().st_size for p in files if p.exists())
@@ -257,7 +269,10 @@ def register(app: typer.Typer) -> None:
         threads: int | None = typer.Option(None, "--threads", help="Threads (default: all cores)."),
         json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
+        from localr1 import limits
         from localr1 import quantize as q
+
+        limits.threads(threads)
         from localr1.config import load_config
         from localr1.download import free_disk
         from localr1.paths import models_dir
