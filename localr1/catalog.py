@@ -7,6 +7,7 @@ entries or replaces built-in ones by name.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -34,6 +35,9 @@ _OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "gpqa": (int, float),
 }
 _FAMILIES = ("distill", "moe")
+
+
+_REPO_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}")
 
 
 @dataclass(frozen=True)
@@ -99,8 +103,14 @@ def _entry(name: str, raw: Any, origin: str) -> CatalogModel:
             raise CatalogError(f"{where}: file {file!r} must be a relative path inside the repo")
     if raw["default_quant"] not in files:
         raise CatalogError(f"{where}: default_quant {raw['default_quant']!r} is not among its files")
-    if "/" not in raw["gguf_repo"]:
-        raise CatalogError(f"{where}: gguf_repo must be 'owner/name'")
+    for key in ("gguf_repo", "source_repo"):  # names that become folders in the Hugging Face cache
+        if not _REPO_RE.fullmatch(raw[key]) or ".." in raw[key]:
+            raise CatalogError(
+                f"{where}: {key} {raw[key]!r} must be 'owner/name'", hint="e.g. unsloth/DeepSeek-R1-GGUF"
+            )
+    for quant, file in files.items():
+        if any(ord(ch) < 32 for ch in file + quant) or "\\" in file:
+            raise CatalogError(f"{where}: file {file!r} must be a plain relative path inside the repo")
     arch = Architecture.from_dict(raw["arch"], where)
     if arch.arch != raw["architecture"]:
         raise CatalogError(f"{where}: architecture {raw['architecture']!r} differs from arch.arch {arch.arch!r}")
@@ -125,7 +135,15 @@ def _load(user_file: Path | None) -> dict[str, CatalogModel]:
     text = resources.files("localr1").joinpath("models.toml").read_text(encoding="utf-8")
     catalog = parse_catalog(text, "built-in models.toml")
     if user_file is not None and user_file.exists():
-        catalog.update(parse_catalog(user_file.read_text(encoding="utf-8"), str(user_file)))
+        try:
+            text = user_file.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CatalogError(
+                f"{user_file} is not UTF-8 text (byte {exc.start:,})", hint="Save it as UTF-8, or delete it."
+            ) from None
+        except OSError as exc:
+            raise CatalogError(f"cannot read {user_file}: {exc.strerror}", hint="Fix or delete the file.") from None
+        catalog.update(parse_catalog(text, str(user_file)))
     return catalog
 
 

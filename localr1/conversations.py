@@ -25,7 +25,7 @@ _ID = re.compile(r"^[0-9a-f]{32}$")
 
 @dataclass
 class Turn:
-    user: str
+    user: str = ""
     answer: str = ""
     reasoning: str = ""
     thinking_s: float = 0.0
@@ -91,6 +91,43 @@ def _title_from(text: str) -> str:
     return words[:60] + ("…" if len(words) > 60 else "") or "New chat"
 
 
+MAX_FILE_BYTES = 64 << 20  # far above any chat; a bigger file is not one of ours
+
+
+def _from_json(raw: object, conv_id: str) -> Conversation:
+    """A saved conversation, every field checked for its type (a file is data, and may be damaged).
+
+    The id is the file's name: a file whose content claims another id (a copy, a hand edit) is read under
+    its own name, so two files never show up as one conversation."""
+    if not isinstance(raw, dict):
+        raise ValueError("it is not a JSON object")
+    turns_raw = raw.get("turns", [])
+    if not isinstance(turns_raw, list):
+        raise ValueError("its turns are not a list")
+    turns = [_typed(Turn, t, "a turn") for t in turns_raw]
+    conv = _typed(Conversation, {k: v for k, v in raw.items() if k not in ("turns", "id")}, "the conversation")
+    conv.id, conv.turns = conv_id, turns
+    return conv
+
+
+def _typed(cls, raw: object, what: str):
+    """``cls(**raw)`` with each field of the dataclass checked against its default's type."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{what} is not a JSON object")
+    defaults = cls()
+    out = {}
+    for name, value in raw.items():
+        if not hasattr(defaults, name) or name == "turns":
+            continue  # a field from a newer version: ignored
+        expected = type(getattr(defaults, name))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not expected:
+            raise ValueError(f"{what}'s {name} is {type(value).__name__}, not {expected.__name__}")
+        out[name] = value
+    return cls(**out)
+
+
 class ConversationStore:
     def __init__(self, root: Path | None = None) -> None:
         self.root = root or data_dir() / "conversations"
@@ -111,12 +148,13 @@ class ConversationStore:
     def load(self, conv_id: str) -> Conversation:
         path = self._path(conv_id)
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-            turns = [Turn(**t) for t in raw.pop("turns", [])]
-            return Conversation(**raw, turns=turns)
+            if path.stat().st_size > MAX_FILE_BYTES:
+                raise ValueError(f"it is larger than {MAX_FILE_BYTES >> 20} MiB")
+            raw = json.loads(path.read_bytes().decode("utf-8"))
+            return _from_json(raw, conv_id)
         except FileNotFoundError:
             raise LocalR1Error(f"no conversation {conv_id}") from None
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OSError, RecursionError) as exc:
             raise LocalR1Error(f"conversation file {path.name} is damaged: {exc}") from exc
 
     def list(self) -> list[Conversation]:

@@ -15,6 +15,7 @@ import math
 import mmap
 import os
 import re
+import stat
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -65,6 +66,7 @@ _SCALAR_FORMATS: dict[int, str] = {
 }
 _SCALAR_SIZES = {t: struct.calcsize(f) for t, f in _SCALAR_FORMATS.items()}
 
+MAX_SPLIT_PARTS = 999  # DeepSeek-R1 671B at Q8_0 is 15 parts of 50 GB; more is not a model
 _SPLIT_RE = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
 
@@ -383,7 +385,10 @@ def read_gguf(
     path = Path(path)
     keep = set(keep_arrays)
     try:
-        size = path.stat().st_size
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block the read, or never end
+            raise InvalidModelFileError(f"{path} is not a regular file", hint="Pass the .gguf file itself.")
+        size = st.st_size
         fh = path.open("rb")
     except FileNotFoundError:
         raise InvalidModelFileError(f"{path} does not exist") from None
@@ -426,7 +431,7 @@ def _parse(buf: Any, size: int, path: Path, keep: set[str]) -> GGUFInfo:
         if key in metadata:
             raise r.fail(f"metadata key {key!r} appears twice")
         vtype = r.u32(f"type of {key}")
-        metadata[key] = _read_value(r, vtype, key, key in keep)
+        metadata[key] = _read_value(r, vtype, key, key in keep or key.endswith(_PER_LAYER))
 
     alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
@@ -489,7 +494,9 @@ def split_siblings(path: Path) -> list[Path]:
     m = _SPLIT_RE.match(path.name)
     if not m:
         return [path]
-    count = int(m.group("count"))
+    count, number = int(m.group("count")), int(m.group("no"))
+    if not 1 <= number <= count <= MAX_SPLIT_PARTS:  # x-00001-of-00000.gguf: not a split model's name
+        return [path]
     prefix = m.group("prefix")
     return [path.with_name(f"{prefix}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
 
@@ -511,8 +518,11 @@ def inspect_model(path: str | os.PathLike[str], *, keep_arrays: Iterable[str] = 
     info = header_cache.load(disk_key) if disk_key is not None else None
     if info is None:
         info = _inspect(path, keep)
+        check_hparams(info)
         if disk_key is not None:
             header_cache.store(disk_key, info)
+    else:
+        check_hparams(info)  # the cache is a file too: what it says is checked like the header itself
     if key is not None:
         if len(_INSPECTED) >= 32:
             _INSPECTED.pop(next(iter(_INSPECTED)))
@@ -523,7 +533,95 @@ def inspect_model(path: str | os.PathLike[str], *, keep_arrays: Iterable[str] = 
 _INSPECTED: dict[tuple, GGUFInfo] = {}
 
 
+# --- the hyperparameters llama.cpp reads, checked for type and range before it sees them ----------------
+# (suffix after "<arch>.", low, high): integers llama.cpp reads into fixed-size fields; a value out of range
+# (block_count 600 > LLAMA_MAX_LAYERS, 0 layers) aborts it, and a float or an array where it expects an
+# integer is read as garbage. Keys that may be per-layer arrays (one value per block) are in _PER_LAYER.
+_INT_KEYS: tuple[tuple[str, int, int], ...] = (
+    ("context_length", 1, (1 << 31) - 1),
+    ("embedding_length", 1, 1 << 20),
+    ("block_count", 1, 512),  # LLAMA_MAX_LAYERS
+    ("feed_forward_length", 0, 1 << 22),
+    ("expert_feed_forward_length", 0, 1 << 22),
+    ("attention.head_count", 0, 1 << 14),
+    ("attention.head_count_kv", 0, 1 << 14),
+    ("attention.key_length", 0, 1 << 16),
+    ("attention.value_length", 0, 1 << 16),
+    ("rope.dimension_count", 0, 1 << 16),
+    ("expert_count", 0, 1 << 14),
+    ("expert_used_count", 0, 1 << 14),
+    ("vocab_size", 1, 1 << 24),
+)
+_PER_LAYER = (".feed_forward_length", ".attention.head_count", ".attention.head_count_kv")
+# (suffix, must be positive): finite floats
+_FLOAT_KEYS = (
+    ("rope.freq_base", True),
+    ("rope.scaling.factor", True),
+    ("attention.layer_norm_rms_epsilon", False),
+    ("attention.layer_norm_epsilon", False),
+    ("expert_weights_scale", False),
+)
+
+
+def check_hparams(info: GGUFInfo) -> None:
+    """Refuse a header whose hyperparameters llama.cpp would crash on (or misread): one line naming the key."""
+    name = info.path.name
+
+    def bad(key: str, value: Any, wanted: str) -> InvalidModelFileError:
+        shown = f"an array of {value.length:,}" if isinstance(value, ArraySummary) else repr(value)[:40]
+        return InvalidModelFileError(
+            f"{name} is corrupt: metadata {key} is {shown}, {wanted}",
+            hint="Download the model again, or use another GGUF build of it.",
+        )
+
+    arch = info.metadata.get("general.architecture")
+    if arch is None:
+        return  # not a model (an adapter or vocabulary file): llama.cpp says what it lacks
+    if not isinstance(arch, str) or not re.fullmatch(r"[a-z0-9_\-.]{1,64}", arch):
+        raise bad("general.architecture", arch, "not an architecture name")
+    layers = info.metadata.get(f"{arch}.block_count")
+    for suffix, low, high in _INT_KEYS:
+        key = f"{arch}.{suffix}"
+        if key not in info.metadata:
+            continue
+        value = info.metadata[key]
+        values = value if isinstance(value, list) and key.endswith(_PER_LAYER) else [value]
+        if isinstance(value, list) and key.endswith(_PER_LAYER) and len(value) != layers:
+            raise bad(key, value, f"not one value per layer ({layers})")
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise bad(key, value, "not an integer")
+            if not low <= v <= high:
+                raise bad(key, value, f"outside {low:,}..{high:,}")
+    used, experts = info.metadata.get(f"{arch}.expert_used_count"), info.metadata.get(f"{arch}.expert_count")
+    if isinstance(used, int) and isinstance(experts, int) and used > experts:
+        raise bad(f"{arch}.expert_used_count", used, f"more than the {experts} experts")
+    for suffix, positive in _FLOAT_KEYS:
+        key = f"{arch}.{suffix}"
+        if key not in info.metadata:
+            continue
+        v = info.metadata[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (positive and v <= 0):
+            raise bad(key, v, "not a finite positive number" if positive else "not a finite number")
+    if isinstance(layers, int):
+        for t in info.tensors:
+            if t.name.startswith("blk.") and (n := t.name.split(".")[1]).isdigit() and int(n) >= layers:
+                raise InvalidModelFileError(
+                    f"{name} is corrupt: tensor {t.name} belongs to a layer past block_count ({layers})",
+                    hint="Download the model again, or use another GGUF build of it.",
+                )
+    tokens = info.metadata.get("tokenizer.ggml.tokens")
+    if tokens is not None and not isinstance(tokens, (list, ArraySummary)):
+        raise bad("tokenizer.ggml.tokens", tokens, "not a list of tokens")
+
+
 def _inspect(path: Path, keep_arrays: Iterable[str]) -> GGUFInfo:
+    m = _SPLIT_RE.match(path.name)
+    if m and split_siblings(path) == [path]:
+        raise InvalidModelFileError(
+            f"{path.name} is named as part {int(m['no'])} of {int(m['count'])}, which cannot be",
+            hint=f"Split parts are named NAME-00001-of-0000N.gguf, numbered 1 to N (N at most {MAX_SPLIT_PARTS}).",
+        )
     shards = split_siblings(path)
     missing = [p for p in shards if not p.exists()]
     if missing:

@@ -20,7 +20,7 @@ from typing import Any
 from localr1.gguf_info import ArraySummary, GGUFInfo, TensorInfo
 from localr1.paths import cache_dir
 
-FORMAT = 1
+FORMAT = 2  # 2: per-layer arrays kept, hyperparameters checked
 MAX_ENTRIES = 64
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from localr1.errors import DownloadError, ModelTooBigError
+from localr1.errors import DownloadError, InvalidModelFileError, ModelTooBigError
 
 GiB = 1 << 30
 
@@ -157,8 +157,14 @@ def plan_for_spec(
                 hint="Try a smaller --ctx or quant, or give both --ctx and --gpu-layers to load it anyway.",
             )
         return plan
-    pool = cands.from_catalog(catalog) + [cands.from_file(m.path, local=m) for m in _loose_local_models(catalog)]
-    return best(pool, None)
+    pool, skipped = cands.from_catalog(catalog), []
+    for m in _loose_local_models(catalog):
+        try:
+            pool.append(cands.from_file(m.path, local=m))
+        except InvalidModelFileError as exc:  # an unrelated broken file must not stop the choice
+            skipped.append(f"{m.path.name} was left out: {exc.message}")
+    plan = best(pool, None)
+    return replace(plan, notes=(*plan.notes, *skipped)) if skipped else plan
 
 
 def _loose_local_models(catalog):

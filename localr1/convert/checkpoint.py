@@ -69,6 +69,9 @@ class Checkpoint:
         return self._arrays[name] if self._arrays else self.tensors[name].load()
 
 
+_MAX_JSON = 256 << 20  # tokenizer.json files reach ~30 MB (Llama 3, Qwen); 256 MB is not one
+
+
 def read_safetensors_header(path: Path) -> dict[str, TensorRef]:
     """The tensors of one safetensors file, sorted by name (the order the safetensors library uses)."""
     size = path.stat().st_size
@@ -84,6 +87,10 @@ def read_safetensors_header(path: Path) -> dict[str, TensorRef]:
             )
         try:
             meta = json.loads(f.read(n).decode("utf-8"))
+        except RecursionError:
+            raise InvalidModelFileError(
+                f"{where}: its header is nested too deeply", hint="Download it again."
+            ) from None
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise InvalidModelFileError(f"{where}: its header is not JSON ({e})", hint="Download it again.") from e
     if not isinstance(meta, dict):
@@ -94,9 +101,14 @@ def read_safetensors_header(path: Path) -> dict[str, TensorRef]:
         if name == "__metadata__":
             continue
         try:
-            dtype, shape, (begin, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
+            dtype, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
         except (KeyError, TypeError, ValueError) as e:
             raise InvalidModelFileError(f"{where}: tensor {name!r} has a malformed entry") from e
+        numbers = [*shape, begin, end]
+        if not isinstance(dtype, str) or not all(isinstance(x, int) and not isinstance(x, bool) for x in numbers):
+            raise InvalidModelFileError(f"{where}: tensor {name!r} has a malformed entry")
+        if len(shape) > 8:
+            raise InvalidModelFileError(f"{where}: tensor {name!r} has {len(shape)} dimensions")
         if dtype not in _DTYPES:
             raise UsageError(
                 f"tensor {name!r} in {path.name} is {dtype}; localr1 converts F32, F16 and BF16 weights",
@@ -126,12 +138,89 @@ def read_json(path: Path, *, missing: str, hint: str) -> dict:
     if not path.is_file():
         raise UsageError(missing, hint=hint)
     try:
+        if path.stat().st_size > _MAX_JSON:
+            raise InvalidModelFileError(f"{path} is larger than {_MAX_JSON >> 20} MiB", hint="Is it the right file?")
         data = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise InvalidModelFileError(f"{path} is nested too deeply to be a checkpoint's JSON") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InvalidModelFileError(f"{path} is not valid JSON: {e}") from e
     if not isinstance(data, dict):
         raise InvalidModelFileError(f"{path} is not a JSON object")
     return data
+
+
+# config.json values the converter computes with: integers in a sane range (num_hidden_layers 1e9 made it
+# build a billion tensor names, 3 GB and counting), finite numbers, tables where tables belong.
+_CONFIG_INTS: dict[int, tuple[str, ...]] = {
+    512: ("num_hidden_layers", "n_layers", "n_layer", "num_layers", "first_k_dense_replace"),
+    1 << 20: ("hidden_size", "n_embd", "dim"),
+    1 << 22: (
+        "intermediate_size",
+        "n_inner",
+        "hidden_dim",
+        "dense_intermediate_size",
+        "prefix_dense_intermediate_size",
+        "moe_intermediate_size",
+    ),  # fmt: skip
+    1 << 14: (
+        "num_attention_heads",
+        "n_head",
+        "n_heads",
+        "num_key_value_heads",
+        "n_kv_heads",
+        "n_routed_experts",
+        "num_experts",
+        "num_local_experts",
+        "num_experts_per_tok",
+        "n_shared_experts",
+        "n_group",
+        "topk_group",
+    ),  # fmt: skip
+    1 << 16: ("head_dim", "kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim"),
+    1 << 24: ("vocab_size",),
+    (1 << 31) - 1: (
+        "max_position_embeddings",
+        "n_ctx",
+        "n_positions",
+        "max_length",
+        "max_sequence_length",
+        "original_max_position_embeddings",
+    ),  # fmt: skip
+}
+_CONFIG_FLOATS = ("rope_theta", "rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_eps",
+                  "partial_rotary_factor", "routed_scaling_factor", "rotary_emb_base")  # fmt: skip
+_CONFIG_TABLES = ("rope_scaling", "rope_parameters", "quantization_config")
+
+
+def check_config(config: dict, path: Path) -> None:
+    """Refuse a config.json value of the wrong type or an absurd size, naming the key."""
+    import math
+
+    def bad(key: str, wanted: str) -> InvalidModelFileError:
+        return InvalidModelFileError(
+            f"{path} is not usable: {key} is {config[key]!r:.40}, {wanted}",
+            hint="Fix config.json, or download the checkpoint again.",
+        )
+
+    for high, keys in _CONFIG_INTS.items():
+        for key in keys:
+            if key not in config or config[key] is None:
+                continue
+            v = config[key]
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise bad(key, "not an integer")
+            if not 0 <= v <= high:
+                raise bad(key, f"outside 0..{high:,}")
+    for key in _CONFIG_FLOATS:
+        v = config.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            raise bad(key, "not a finite number")
+    for key in _CONFIG_TABLES:
+        if config.get(key) is not None and not isinstance(config[key], dict):
+            raise bad(key, "not a table")
+    if isinstance(config.get("architectures"), list) and not all(isinstance(a, str) for a in config["architectures"]):
+        raise bad("architectures", "not a list of names")
 
 
 def open_checkpoint(folder: Path, *, allow_pickle: bool = False) -> Checkpoint:
@@ -145,6 +234,7 @@ def open_checkpoint(folder: Path, *, allow_pickle: bool = False) -> Checkpoint:
     )
     if "text_config" in config and isinstance(config["text_config"], dict):
         config = {**config, **config["text_config"]}
+    check_config(config, folder / "config.json")
     ckpt = Checkpoint(folder, config)
 
     index = folder / "model.safetensors.index.json"

@@ -84,6 +84,11 @@ def tokenizer_json(folder: Path) -> dict:
     )
     model = data.get("model") or {}
     decoder = data.get("decoder") or {}
+    if not isinstance(model, dict) or not isinstance(decoder, (dict, list)):
+        raise InvalidModelFileError(
+            f"{folder / 'tokenizer.json'} is malformed: its model and decoder must be objects",
+            hint="Download the tokenizer files again.",
+        )
     if model.get("type") != "BPE" or "ByteLevel" not in json.dumps([data.get("pre_tokenizer"), decoder]):
         raise UsageError(
             f"the tokenizer in {folder} is not a byte-level BPE tokenizer ({model.get('type', '?')})",

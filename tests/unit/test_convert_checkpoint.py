@@ -107,3 +107,38 @@ def test_pre_tokenizer_names_from_split_regexes():
         seq = {"type": "Sequence", "pretokenizers": [*splits, {"type": "ByteLevel"}]}
         assert KNOWN_SPLITS[_split_regexes(seq)] == name
     assert _split_regexes({"type": "ByteLevel"}) == ()
+
+
+@pytest.mark.parametrize(
+    "change, text",
+    [
+        ({"num_hidden_layers": 1e9}, "num_hidden_layers is 1000000000.0, not an integer"),
+        ({"num_hidden_layers": 10**9}, "num_hidden_layers is 1000000000, outside 0..512"),
+        ({"hidden_size": "256"}, "hidden_size is '256', not an integer"),
+        ({"vocab_size": True}, "vocab_size is True, not an integer"),
+        ({"rope_theta": float("nan")}, "rope_theta is nan, not a finite number"),
+        ({"rope_scaling": [1, 2]}, "rope_scaling is [1, 2], not a table"),
+    ],
+)
+def test_config_values_of_the_wrong_type_or_absurd_size_are_one_line(runner, tmp_path, change, text):
+    """`localr1 convert` on a checkpoint whose config.json lies: refused before anything is built."""
+    from localr1.cli.app import app
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    config = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 100}
+    (folder / "config.json").write_text(json.dumps({**config, **change}))
+    write_safetensors(folder / "model.safetensors", {"w": ("F32", np.zeros((2, 2), np.float32))})
+    result = runner.invoke(app, ["convert", str(folder), "-o", str(tmp_path / "out.gguf")])
+    assert result.exit_code == 1 and "internal error" not in result.stderr
+    assert result.stderr.startswith("Error: ") and text in result.stderr.splitlines()[0], result.stderr
+
+
+@pytest.mark.parametrize("tokenizer", ['{"model": [1, 2], "decoder": {}}', '{"model": {}, "decoder": 7}', "[1]"])
+def test_a_tokenizer_json_of_the_wrong_shape_is_one_line(tmp_path, tokenizer):
+    from localr1.convert.vocab import tokenizer_json
+    from localr1.errors import LocalR1Error
+
+    (tmp_path / "tokenizer.json").write_text(tokenizer)
+    with pytest.raises(LocalR1Error):
+        tokenizer_json(tmp_path)
