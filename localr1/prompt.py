@@ -146,11 +146,42 @@ def _history_for_model(messages: Sequence[Message], fold_system: bool) -> list[d
     return out
 
 
+# A chat template is code from a downloaded file: its output and its time are bounded. llama.cpp's
+# tokenizer aborted (std::bad_alloc) on a template that rendered 400 MB, and nested loops hung the CLI.
+MAX_RENDER_CHARS = 8 << 20  # far above any context's worth of text (a 1M-token context is ~4 MB)
+RENDER_TIMEOUT_S = 2.0  # real templates render in well under 10 ms
+
+
+class _RenderTimeout(BaseException):
+    """Raised inside the rendering thread by the watchdog (BaseException: templates cannot catch it)."""
+
+
+@functools.lru_cache(maxsize=1)
+def _sandbox_class() -> type:
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class BoundedSandbox(ImmutableSandboxedEnvironment):
+        """Jinja's immutable sandbox, with ``*`` and ``**`` refused where their result would be huge."""
+
+        intercepted_binops = frozenset({"*", "**"})
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            if operator == "*":
+                for seq, n in ((left, right), (right, left)):
+                    if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_RENDER_CHARS:
+                        raise TemplateError("the model's chat template builds a value larger than 8 MB")
+            numbers = isinstance(right, (int, float)) and isinstance(left, (int, float))
+            if operator == "**" and numbers and abs(right) > 4096 and abs(left) > 1:
+                raise TemplateError("the model's chat template computes a number too large to print")
+            return super().call_binop(context, operator, left, right)
+
+    return BoundedSandbox
+
+
 @functools.lru_cache(maxsize=16)
 def _compile(template: str) -> Any:
     from jinja2.exceptions import TemplateError as JinjaTemplateError
     from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message: str) -> None:
         raise TemplateError(f"the chat template refused the conversation: {message}")
@@ -158,16 +189,53 @@ def _compile(template: str) -> Any:
     def strftime_now(fmt: str) -> str:
         return datetime.now().strftime(fmt)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env = _sandbox_class()(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = strftime_now
     try:
         return env.from_string(template)
+    except RecursionError:
+        raise TemplateError("the model's chat template is nested too deeply to parse") from None
     except JinjaTemplateError as exc:
         raise TemplateError(
             f"the model's chat template does not parse: {exc}",
             hint="Use a GGUF with a valid template, or report the file to its publisher.",
         ) from exc
+
+
+def _render_bounded(compiled: Any, **context: Any) -> str:
+    """``compiled.render(**context)``, stopped at ``MAX_RENDER_CHARS`` of output or ``RENDER_TIMEOUT_S``.
+
+    The time limit is a watchdog thread that raises ``_RenderTimeout`` inside this thread (at its next
+    Python instruction, so a template's loops stop at once, whatever thread renders)."""
+    import ctypes
+    import threading
+
+    tid = threading.get_ident()
+    lock = threading.Lock()
+    rendering = [True]
+
+    def expire() -> None:
+        with lock:
+            if rendering[0]:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), ctypes.py_object(_RenderTimeout))
+
+    watchdog = threading.Timer(RENDER_TIMEOUT_S, expire)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        parts, size = [], 0
+        for chunk in compiled.generate(**context):
+            size += len(chunk)
+            if size > MAX_RENDER_CHARS:
+                raise TemplateError("the model's chat template renders more than 8 MB of text")
+            parts.append(chunk)
+        return "".join(parts)
+    finally:
+        with lock:
+            rendering[0] = False
+        watchdog.cancel()
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), None)  # one not delivered yet: dropped
 
 
 def render(messages: Sequence[Message], fmt: ChatFormat, *, force_thinking: bool = True) -> Prompt:
@@ -180,12 +248,22 @@ def render(messages: Sequence[Message], fmt: ChatFormat, *, force_thinking: bool
         raise TemplateError("a prompt must end with a user message")
     compiled = _compile(fmt.template)
     try:
-        text = compiled.render(
+        text = _render_bounded(
+            compiled,
             messages=history,
             add_generation_prompt=True,
             bos_token=fmt.bos_token,
             eos_token=fmt.eos_token,
         )
+    except _RenderTimeout:
+        raise TemplateError(
+            f"the model's chat template did not finish rendering within {RENDER_TIMEOUT_S:g} s",
+            hint="This GGUF's template loops without end: use another build of the model.",
+        ) from None
+    except RecursionError:
+        raise TemplateError("the model's chat template recurses without end") from None
+    except MemoryError:
+        raise TemplateError("the model's chat template ran out of memory") from None
     except SecurityError as exc:
         raise TemplateError(
             f"the model's chat template tried to leave its sandbox ({exc})",
@@ -193,7 +271,9 @@ def render(messages: Sequence[Message], fmt: ChatFormat, *, force_thinking: bool
         ) from exc
     except TemplateError:
         raise
-    except (JinjaTemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+    except (
+        JinjaTemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError, ArithmeticError, LookupError,
+    ) as exc:  # fmt: skip
         raise TemplateError(f"the model's chat template failed to render: {exc}") from exc
 
     add_bos = fmt.add_bos

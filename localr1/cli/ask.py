@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import typer
 
+from localr1 import limits
 from localr1.cli.helptext import command_help
 from localr1.cli.machine import CTX, DISK, GPU_KIND, GPUS, RAM, VRAM
 from localr1.errors import UsageError
@@ -37,7 +38,7 @@ def read_question(question: str | None) -> str:
     if question is None or question == "-":
         if question is None and sys.stdin.isatty():
             raise UsageError("no question given", hint='Pass it as an argument: localr1 ask "your question"')
-        question = sys.stdin.read()
+        question = _read_stdin()
     elif (piped := _piped_stdin()) and piped.strip():
         question = f"{piped.rstrip()}\n\n{question}"
     if not question.strip():
@@ -53,7 +54,7 @@ def _piped_stdin() -> str | None:
     try:
         fd = sys.stdin.fileno()
     except io.UnsupportedOperation:  # not a real file: a test runner's stream
-        return None if sys.stdin.isatty() else sys.stdin.read()
+        return None if sys.stdin.isatty() else _read_stdin()
     except ValueError:  # closed
         return None
     try:
@@ -61,8 +62,30 @@ def _piped_stdin() -> str | None:
     except OSError:  # closed
         return None
     if stat.S_ISFIFO(mode) or stat.S_ISREG(mode):
-        return sys.stdin.read()
+        return _read_stdin()
     return None
+
+
+MAX_STDIN = 16 << 20  # far more than any context holds; `yes | localr1 ask hi` must not fill the memory
+
+
+def _read_stdin() -> str:
+    """All of stdin as text: at most ``MAX_STDIN`` bytes, and UTF-8, or a one-line error."""
+    stream = getattr(sys.stdin, "buffer", None)
+    data = stream.read(MAX_STDIN + 1) if stream is not None else sys.stdin.read(MAX_STDIN + 1)
+    if len(data) > MAX_STDIN:
+        raise UsageError(
+            f"stdin holds more than {MAX_STDIN >> 20} MiB", hint="Pass a shorter text: it must fit the model's context."
+        )
+    if isinstance(data, str):
+        return data
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"stdin is not UTF-8 text (byte {exc.start:,} is {data[exc.start]:#04x})",
+            hint="Convert it first, e.g. iconv -f latin1 -t utf-8 file.txt | localr1 ask ...",
+        ) from None
 
 
 @contextlib.contextmanager
@@ -132,9 +155,9 @@ def register(app: typer.Typer) -> None:
         if offload_mode not in MODES:
             raise UsageError(f"--offload must be one of {', '.join(MODES)}")
         sampling = Sampling(temperature=temperature, top_p=top_p, seed=seed, max_tokens=max_tokens).validate()
-        for name, value in (("--ctx", ctx), ("--threads", threads)):
-            if value is not None and value <= 0:
-                raise UsageError(f"{name} must be positive, not {value}")
+        limits.ctx(ctx)
+        limits.threads(threads)
+        limits.gpu_layers(gpu_layers)
         config = load_config()
         cancel = threading.Event()
         with cancel_on_sigint(cancel):

@@ -63,11 +63,18 @@ class FakeEngine:
         self.prompts: list[Prompt] = []
         self.samplings: list[Sampling] = []
         self.closed = False
+        self.used_after_close = False  # a piece streamed after close(): the real engine would segfault
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
 
     def count_tokens(self, text: str) -> int:
         return max(1, len(text.split()))
 
     def stream(self, prompt: Prompt, sampling: Sampling, *, cancel: threading.Event | None = None) -> Iterator[Event]:
+        with self._lock:  # as the real engine: close() waits for a generation to stop
+            yield from self._stream(prompt, sampling, cancel)
+
+    def _stream(self, prompt: Prompt, sampling: Sampling, cancel: threading.Event | None) -> Iterator[Event]:
         self.prompts.append(prompt)
         self.samplings.append(sampling)
         script = self._scripts.pop(0) if self._scripts else ["<think>\n", "Hmm.", "</think>", "\n\nOK."]
@@ -76,7 +83,9 @@ class FakeEngine:
         finish: FinishReason = self.finish_reason
         limit = sampling.max_tokens
         for i, piece in enumerate(script):
-            if cancel is not None and cancel.is_set():
+            if self.closed:
+                self.used_after_close = True
+            if (cancel is not None and cancel.is_set()) or self._closing.is_set():
                 finish = "cancelled"
                 break
             if limit is not None and i >= limit:
@@ -99,5 +108,8 @@ class FakeEngine:
         )
         yield assembler.done(finish, prompt_tokens=n_prompt, timings=self.timings or timings)
 
-    def close(self) -> None:
-        self.closed = True
+    def close(self, timeout: float = 10.0) -> None:
+        self._closing.set()
+        if self._lock.acquire(timeout=timeout):
+            self.closed = True
+            self._lock.release()

@@ -31,6 +31,7 @@ from localr1.reasoning import THINK_CLOSE, THINK_OPEN
 from localr1.sampling import Sampling
 
 DEFAULT_BATCH = 512
+CLOSE_TIMEOUT_S = 10.0  # how long close() waits for a generation in another thread to stop
 _LOG_LINES = 200
 _UNSEEN = object()
 # Generated text is handed to the front end at most this often (one 60 Hz display frame); 0: every token.
@@ -261,6 +262,14 @@ class LlamaCppEngine:
         stream_interval_s: float = STREAM_INTERVAL_S,
         threadpool: bool = True,
     ) -> None:
+        from localr1 import limits
+
+        # the last stop before native code, whatever the caller: llama.cpp crashes on absurd numbers
+        limits.threads(n_threads, "threads")
+        limits.gpu_layers(n_gpu_layers, "GPU layers")
+        limits.batch(n_batch, "batch size")
+        if n_ctx is not None and n_ctx > 0:
+            limits.ctx(n_ctx, "context size")
         self._lib = lib = init_backend(debug=debug)
         _import_numpy_meanwhile()
         self.stream_interval_s = stream_interval_s
@@ -268,7 +277,8 @@ class LlamaCppEngine:
         header = gguf or inspect_model(self.path)  # validated in Python before llama.cpp sees it
         self._model = None
         self._ctx = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held while a generation runs: close() waits for it
+        self._closing = threading.Event()
         started = time.perf_counter()
 
         if n_gpu_layers is None:
@@ -327,7 +337,7 @@ class LlamaCppEngine:
             set_fields(cparams, flash_attn_type=1 if flash_attn else 0)
         self._ctx = lib.llama_init_from_model(self._model, cparams)
         if not self._ctx:
-            self.close()
+            self.close(timeout=0)
             raise ModelLoadError(
                 f"llama.cpp could not create a {n_ctx}-token context for {self.path.name}: "
                 f"{_LOG.tail() or 'out of memory?'}",
@@ -425,7 +435,7 @@ class LlamaCppEngine:
     # --- generation ----------------------------------------------------------------------------------
     def _should_abort(self, _data: Any) -> bool:
         cancel = self._cancel
-        return bool(cancel is not None and cancel.is_set())
+        return bool(cancel is not None and cancel.is_set()) or self._closing.is_set()
 
     def _sampler(self, sampling: Sampling) -> Any:
         lib = self._lib
@@ -493,6 +503,8 @@ class LlamaCppEngine:
 
     def stream(self, prompt: Prompt, sampling: Sampling, *, cancel: threading.Event | None = None) -> Iterator[Event]:
         sampling.validate()
+        if self._closing.is_set() or not self._ctx:
+            raise EngineError("the model was closed", hint="Load it again.")
         if not self._lock.acquire(blocking=False):
             raise EngineError("this model is already generating", hint="Wait for the current reply to finish.")
         try:
@@ -547,7 +559,7 @@ class LlamaCppEngine:
             sample_s = 0.0
             interval, handed_at, held = self.stream_interval_s, float("-inf"), []
             while decoded >= 0:
-                if cancel is not None and cancel.is_set():
+                if (cancel is not None and cancel.is_set()) or self._closing.is_set():
                     finish = "cancelled"
                     break
                 if generated >= budget:
@@ -690,7 +702,23 @@ class LlamaCppEngine:
         self._lib.llama_memory_clear(self._mem, True)
         self._cached = []
 
-    def close(self) -> None:
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """Free the context and the model, in that order, after any generation in another thread stopped.
+
+        A generation running elsewhere (a chat quitting mid-reply) is asked to stop (it checks between
+        tokens, and llama.cpp's abort callback inside a long prompt) and waited for: freeing the model
+        under a running decode was a segfault. If it does not stop within ``timeout`` the memory is left
+        to the process's exit rather than freed under it.
+        """
+        self._closing.set()
+        if not self._lock.acquire(timeout=timeout):
+            return
+        try:
+            self._free()
+        finally:
+            self._lock.release()
+
+    def _free(self) -> None:
         lib = self._lib
         if self._ctx:
             lib.llama_free(self._ctx)
@@ -710,4 +738,4 @@ class LlamaCppEngine:
 
     def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
         with contextlib.suppress(Exception):
-            self.close()
+            self.close(timeout=0)

@@ -7,6 +7,7 @@ as a message, and Esc sets the same cancel event the CLI's Ctrl-C does.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -138,7 +139,17 @@ class ChatApp(App):
         self._load(self.spec)
 
     def on_unmount(self) -> None:
+        """Quitting (Ctrl+Q, or the terminal closing) mid-reply: stop the generation, keep what was said,
+        then free the model (the engine waits for its generation thread to stop before it frees anything)."""
         self._cancel.set()
+        if self.generating and self.conversation.turns and self._view is not None:
+            turn = self.conversation.turns[-1]
+            turn.answer = self._view.answer
+            turn.reasoning = self._view.thinking.content if self._view.thinking else ""
+            turn.finish_reason = "cancelled"
+        if self.conversation.turns:
+            with contextlib.suppress(OSError):  # quitting: nowhere left to say so
+                self.store.save(self.conversation)
         if self.engine is not None:
             self.engine.close()
 

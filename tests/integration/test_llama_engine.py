@@ -290,3 +290,36 @@ def test_a_thread_pool_is_attached_and_changes_no_token(tiny_r1):
             outputs[pool] = _texts(list(engine.stream(prompt, Sampling(temperature=0, max_tokens=30))))[:2]
             assert engine.count_tokens(outputs[pool][0] + outputs[pool][1]) > 0
     assert outputs[True] == outputs[False]
+
+
+def test_close_from_another_thread_waits_for_the_generation(tiny_r1):
+    """A front end quitting mid-reply closes the engine from its own thread: the generation stops (cancelled)
+    and only then are the context and the model freed (freeing under a running decode was a segfault)."""
+    import threading
+
+    from localr1.engine.llama_cpp import LlamaCppEngine
+    from localr1.events import Done
+
+    engine = LlamaCppEngine(tiny_r1, n_ctx=4096, n_threads=2)
+    prompt = render(user_turn("Tell me a long story."), engine.info.chat_format)
+    events, started = [], threading.Event()
+
+    never_stop = {t: float("-inf") for t in engine.end_tokens()}
+
+    def generate():
+        for event in engine.stream(prompt, Sampling(seed=1, logit_bias=never_stop)):
+            events.append(event)
+            started.set()
+
+    worker = threading.Thread(target=generate)
+    worker.start()
+    assert started.wait(30)
+    engine.close()  # while the worker decodes
+    worker.join(30)
+    assert not worker.is_alive()
+    assert isinstance(events[-1], Done) and events[-1].finish_reason == "cancelled"
+    assert engine._ctx is None and engine._model is None
+    from localr1.errors import EngineError
+
+    with pytest.raises(EngineError, match="closed"):
+        next(engine.stream(prompt, Sampling(seed=1)))

@@ -383,3 +383,52 @@ def test_quitting_during_a_download_stops_it(build):
 
     run(scenario())
     assert stopped.is_set()
+
+
+def test_quitting_mid_reply_stops_saves_and_frees_in_order(build):
+    """Ctrl+Q while the model generates: the generation stops, what was said is saved, and the model is
+    freed only after the generation thread let go of it (freeing under it was a segfault)."""
+
+    async def scenario():
+        app, engine, _ = build([["<think>\n", "thinking"] + [" on"] * 400], delay=0.01)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause(0.2)
+            await pilot.click(PromptInput)
+            await pilot.press("h", "i", "enter")
+            await pilot.pause(0.4)
+            assert app.generating
+            await pilot.press("ctrl+q")
+            await pilot.pause(0.2)
+        assert engine.closed and not engine.used_after_close
+        saved = app.store.list()
+        assert len(saved) == 1 and saved[0].turns[0].user == "hi"
+        assert saved[0].turns[0].reasoning.startswith("thinking on") and saved[0].turns[0].finish_reason == "cancelled"
+
+    run(scenario())
+
+
+def test_damaged_saved_conversations_are_skipped_in_the_list(build, tmp_path):
+    """Every file the app reads back can be corrupt: a wrong type, a duplicated id, not JSON at all."""
+    import json
+    import uuid
+
+    async def scenario():
+        app, _, _ = build([R1_REPLY])
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause(0.2)
+            await send(pilot, app, "keep me")
+            good = app.conversation.id
+            folder = app.store.root
+            original = json.loads((folder / f"{good}.json").read_text())
+            (folder / f"{uuid.uuid4().hex}.json").write_text(json.dumps(original))  # the same id inside
+            (folder / f"{uuid.uuid4().hex}.json").write_text(json.dumps({**original, "updated": "yesterday"}))
+            (folder / f"{uuid.uuid4().hex}.json").write_text(json.dumps({**original, "turns": "nope"}))
+            (folder / f"{uuid.uuid4().hex}.json").write_text(json.dumps([1, 2, 3]))
+            (folder / f"{uuid.uuid4().hex}.json").write_bytes(b"\xff\xfe{")
+            await pilot.press("ctrl+o")
+            await pilot.pause(0.2)
+            assert isinstance(app.screen, ConversationList)
+            ids = [c.id for c in app.store.list()]
+            assert len(ids) == len(set(ids)) == 2 and good in ids  # the copy is listed under its own name
+
+    run(scenario())

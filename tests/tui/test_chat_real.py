@@ -91,3 +91,41 @@ def test_localr1_chat_in_a_terminal(tiny_r1, tmp_path):
     finally:
         subprocess.run([*tmux, "kill-server"], capture_output=True)
     assert list((tmp_path / "data" / "conversations").glob("*.json"))
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_ctrl_q_while_the_model_generates_exits_cleanly(tiny_r1, tmp_path):
+    """Ctrl+Q mid-reply segfaulted (exit 139): the model was freed while the worker thread still decoded.
+    Now the generation stops, the conversation is saved and the process exits 0."""
+    import json
+
+    session = f"localr1-quit-{os.getpid()}"
+    env = {**os.environ, "LOCALR1_DATA_DIR": str(tmp_path / "data"), "TERM": "xterm-256color"}
+    done = tmp_path / "exit-code"
+    cmd = f"{sys.executable} -m localr1 chat {tiny_r1} --ctx 16384; echo $? > {done}"
+    tmux = ["tmux", "-L", session]
+    subprocess.run([*tmux, "new-session", "-d", "-s", session, "-x", "100", "-y", "30", cmd], env=env, check=True)
+
+    def screen() -> str:
+        return subprocess.run([*tmux, "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
+
+    try:
+        end = time.time() + 30
+        while "ctx 0/16,384" not in screen() and time.time() < end:
+            time.sleep(0.2)
+        subprocess.run([*tmux, "send-keys", "-t", session, "Tell me a very long story.", "Enter"], check=True)
+        end = time.time() + 30
+        while "Thinking" not in screen() and time.time() < end:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert "Cut off" not in screen()  # still generating
+        subprocess.run([*tmux, "send-keys", "-t", session, "C-q"], check=True)
+        end = time.time() + 20
+        while not done.exists() and time.time() < end:
+            time.sleep(0.2)
+        assert done.read_text().strip() == "0"
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True)
+    saved = [json.loads(p.read_text()) for p in (tmp_path / "data" / "conversations").glob("*.json")]
+    assert saved and saved[0]["turns"][0]["user"] == "Tell me a very long story."
+    assert saved[0]["turns"][0]["finish_reason"] == "cancelled" and saved[0]["turns"][0]["reasoning"]
