@@ -87,24 +87,23 @@ _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 _ETAG_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")  # a git blob sha1, or an LFS file's sha256
 
 
-def check_commit(value: str | None, what: str) -> str:
-    """A commit id from the server (``X-Repo-Commit``): 40 hex digits, or refused before it names a folder."""
-    if not value or not _COMMIT_RE.match(value):
+def _network_name(value: str | None, pattern: re.Pattern, what: str, kind: str) -> str:
+    if not value or not pattern.match(value):
         raise DownloadError(
-            f"the server sent an invalid commit id for {what}: {str(value)[:60]!r}",
+            f"the server sent an invalid {kind} for {what}: {str(value)[:60]!r}",
             hint="Check HF_ENDPOINT: it does not behave like the Hugging Face Hub.",
         )
     return value
+
+
+def check_commit(value: str | None, what: str) -> str:
+    """A commit id from the server (``X-Repo-Commit``): 40 hex digits, or refused before it names a folder."""
+    return _network_name(value, _COMMIT_RE, what, "commit id")
 
 
 def check_etag(value: str | None, what: str) -> str:
     """An ETag from the server, which names the blob file: a sha1 or sha256 in hex, or refused."""
-    if not value or not _ETAG_RE.match(value):
-        raise DownloadError(
-            f"the server sent an invalid ETag for {what}: {str(value)[:60]!r}",
-            hint="Check HF_ENDPOINT: it does not behave like the Hugging Face Hub.",
-        )
-    return value
+    return _network_name(value, _ETAG_RE, what, "ETag")
 
 
 def check_repo_id(repo_id: str) -> str:

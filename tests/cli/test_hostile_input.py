@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from catalogs import tiny_entry
 from ggufs import write_gguf
 
 from localr1 import loader as loader_module
@@ -114,30 +115,7 @@ def test_a_catalog_that_is_not_utf8(runner, isolated_dirs):
     _one_line(runner.invoke(app, ["models"]), 1, "models.toml is not UTF-8 text")
 
 
-HOSTILE_ENTRY = """
-[models."evil:1b"]
-title = "Evil"
-family = "distill"
-architecture = "llama"
-params_b = 1.0
-source_repo = "test/evil"
-gguf_repo = "../../evil"
-default_quant = "Q8_0"
-license = "MIT"
-aime2024 = 1.0
-[models."evil:1b".arch]
-arch = "llama"
-n_layer = 1
-n_embd = 64
-n_ff = 128
-n_head = 4
-n_head_kv = 2
-head_dim = 16
-n_vocab = 100
-ctx_train = 2048
-[models."evil:1b".files]
-Q8_0 = "evil-Q8_0.gguf"
-"""
+HOSTILE_ENTRY = tiny_entry("evil:1b", "../../evil", {"Q8_0": "evil-Q8_0.gguf"})
 
 
 def test_a_catalog_repo_with_dotdot(runner, isolated_dirs):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import typer
+from catalogs import tiny_entry
 from ggufs import write_gguf
 
 from localr1 import download
@@ -22,31 +23,7 @@ from localr1.errors import DownloadError
 pytestmark = pytest.mark.network
 
 REPO = "test/tiny-GGUF"
-CATALOG = f"""
-[models."tiny:1b"]
-title = "Tiny test model"
-family = "distill"
-architecture = "llama"
-params_b = 0.001
-source_repo = "test/tiny"
-gguf_repo = "{REPO}"
-default_quant = "Q8_0"
-license = "MIT"
-aime2024 = 99.0
-[models."tiny:1b".arch]
-arch = "llama"
-n_layer = 1
-n_embd = 64
-n_ff = 128
-n_head = 4
-n_head_kv = 2
-head_dim = 16
-n_vocab = 100
-ctx_train = 2048
-[models."tiny:1b".files]
-Q8_0 = "tiny-Q8_0.gguf"
-Q4_K_M = "split/tiny-Q4_K_M-00001-of-00002.gguf"
-"""
+CATALOG = tiny_entry("tiny:1b", REPO, {"Q8_0": "tiny-Q8_0.gguf", "Q4_K_M": "split/tiny-Q4_K_M-00001-of-00002.gguf"})
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import json
 import os
 
 import pytest
+from catalogs import tiny_entry
 from ggufs import write_gguf
 
 from localr1.cli.app import app
@@ -18,53 +19,9 @@ from localr1.cli.app import app
 pytestmark = pytest.mark.network
 
 REPO = "test/tiny-GGUF"
-CATALOG = f"""
-[models."tiny:1b"]
-title = "Tiny test model"
-family = "distill"
-architecture = "llama"
-params_b = 0.001
-source_repo = "test/tiny"
-gguf_repo = "{REPO}"
-default_quant = "Q8_0"
-license = "MIT"
-aime2024 = 99.0
-[models."tiny:1b".arch]
-arch = "llama"
-n_layer = 1
-n_embd = 64
-n_ff = 128
-n_head = 4
-n_head_kv = 2
-head_dim = 16
-n_vocab = 100
-ctx_train = 2048
-[models."tiny:1b".files]
-Q8_0 = "tiny-Q8_0.gguf"
-
-[models."tiny:2b"]
-title = "Tiny test model, twice"
-family = "distill"
-architecture = "llama"
-params_b = 0.002
-source_repo = "test/tiny"
-gguf_repo = "{REPO}"
-default_quant = "Q8_0"
-license = "MIT"
-aime2024 = 99.0
-[models."tiny:2b".arch]
-arch = "llama"
-n_layer = 1
-n_embd = 64
-n_ff = 128
-n_head = 4
-n_head_kv = 2
-head_dim = 16
-n_vocab = 100
-ctx_train = 2048
-[models."tiny:2b".files]
-Q8_0 = "tiny2-Q8_0.gguf"
-"""
+CATALOG = tiny_entry("tiny:1b", REPO, {"Q8_0": "tiny-Q8_0.gguf"}) + tiny_entry(
+    "tiny:2b", REPO, {"Q8_0": "tiny2-Q8_0.gguf"}, params_b=0.002
+)
 
 
 @pytest.fixture

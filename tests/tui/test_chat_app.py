@@ -34,6 +34,15 @@ def run(coro):
     return asyncio.run(coro)
 
 
+async def start_reply(pilot, app, *keys: str) -> None:
+    """Type ``keys`` and Enter once the model is loaded, and return while the reply is still streaming."""
+    await pilot.pause(0.2)
+    await pilot.click(PromptInput)
+    await pilot.press(*keys, "enter")
+    await pilot.pause(0.3)
+    assert app.generating
+
+
 def test_send_streams_thinking_then_answer(build):
     async def scenario():
         app, engine, calls = build()
@@ -88,11 +97,7 @@ def test_escape_stops_at_once_and_keeps_what_was_written(build):
     async def scenario():
         app, engine, _ = build([["</think>", "Partial"] + [" word"] * 500], delay=0.01)
         async with app.run_test(size=(100, 30)) as pilot:
-            await pilot.pause(0.2)
-            await pilot.click(PromptInput)
-            await pilot.press("g", "o", "enter")
-            await pilot.pause(0.3)
-            assert app.generating
+            await start_reply(pilot, app, "g", "o")
             await pilot.press("escape")
             await settle(pilot, app)
             assert not app.generating
@@ -392,11 +397,7 @@ def test_quitting_mid_reply_stops_saves_and_frees_in_order(build):
     async def scenario():
         app, engine, _ = build([["<think>\n", "thinking"] + [" on"] * 400], delay=0.01)
         async with app.run_test(size=(100, 30)) as pilot:
-            await pilot.pause(0.2)
-            await pilot.click(PromptInput)
-            await pilot.press("h", "i", "enter")
-            await pilot.pause(0.4)
-            assert app.generating
+            await start_reply(pilot, app, "h", "i")
             await pilot.press("ctrl+q")
             await pilot.pause(0.2)
         assert engine.closed and not engine.used_after_close

@@ -54,42 +54,59 @@ def test_chat_with_a_real_tiny_r1_model(tiny_r1, tmp_path):
     assert ConversationStore(tmp_path).list()[0].turns[0].user == "hi"
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
-def test_localr1_chat_in_a_terminal(tiny_r1, tmp_path):
-    session = f"localr1-test-{os.getpid()}"
-    env = {**os.environ, "LOCALR1_DATA_DIR": str(tmp_path / "data"), "TERM": "xterm-256color"}
-    done = tmp_path / "exit-code"
-    cmd = f"{sys.executable} -m localr1 chat {tiny_r1} --max-tokens 30 --ctx 2048; echo $? > {done}"
-    # a server of its own: a tmux server already running (a developer's) would start the command with its
-    # own environment, not this one, and the conversation would be saved in the developer's folder
-    tmux = ["tmux", "-L", session]
-    subprocess.run([*tmux, "new-session", "-d", "-s", session, "-x", "100", "-y", "30", cmd], env=env, check=True)
+class TmuxChat:
+    """``localr1 chat`` running in a tmux server of its own (a developer's running server would start the
+    command with its own environment, not this one, and the conversation would be saved in their folder)."""
 
-    def screen() -> str:
-        return subprocess.run([*tmux, "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
+    def __init__(self, tmp_path, args: str) -> None:
+        self.session = f"localr1-test-{os.getpid()}-{id(self)}"
+        self.tmux = ["tmux", "-L", self.session]
+        self.done = tmp_path / "exit-code"
+        env = {**os.environ, "LOCALR1_DATA_DIR": str(tmp_path / "data"), "TERM": "xterm-256color"}
+        cmd = f"{sys.executable} -m localr1 chat {args}; echo $? > {self.done}"
+        size = ["-x", "100", "-y", "30"]
+        subprocess.run([*self.tmux, "new-session", "-d", "-s", self.session, *size, cmd], env=env, check=True)
 
-    def wait_for(text: str, timeout: float = 30) -> str:
+    def screen(self) -> str:
+        return subprocess.run(
+            [*self.tmux, "capture-pane", "-p", "-t", self.session], capture_output=True, text=True
+        ).stdout
+
+    def wait_for(self, text: str, timeout: float = 30) -> str:
         end = time.time() + timeout
         while time.time() < end:
-            shown = screen()
+            shown = self.screen()
             if text in shown:
                 return shown
-            time.sleep(0.2)
-        raise AssertionError(f"{text!r} never appeared:\n{screen()}")
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} never appeared:\n{self.screen()}")
 
-    try:
-        wait_for("ctx 0/2,048")  # started, model loaded
-        subprocess.run([*tmux, "send-keys", "-t", session, "Why is the sky blue?", "Enter"], check=True)
-        wait_for("Cut off at the token limit")
-        shown = wait_for("tok/s")  # the status line, once the "Loaded" notification is gone
-        assert "Why is the sky blue?" in shown and "ctx " in shown
-        subprocess.run([*tmux, "send-keys", "-t", session, "C-q"], check=True)
-        end = time.time() + 15
-        while not done.exists() and time.time() < end:
+    def send(self, *keys: str) -> None:
+        subprocess.run([*self.tmux, "send-keys", "-t", self.session, *keys], check=True)
+
+    def exit_code(self, timeout: float = 20) -> str:
+        end = time.time() + timeout
+        while not self.done.exists() and time.time() < end:
             time.sleep(0.2)
-        assert done.read_text().strip() == "0"
+        return self.done.read_text().strip()
+
+    def close(self) -> None:
+        subprocess.run([*self.tmux, "kill-server"], capture_output=True)
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_localr1_chat_in_a_terminal(tiny_r1, tmp_path):
+    chat = TmuxChat(tmp_path, f"{tiny_r1} --max-tokens 30 --ctx 2048")
+    try:
+        chat.wait_for("ctx 0/2,048")  # started, model loaded
+        chat.send("Why is the sky blue?", "Enter")
+        chat.wait_for("Cut off at the token limit")
+        shown = chat.wait_for("tok/s")  # the status line, once the "Loaded" notification is gone
+        assert "Why is the sky blue?" in shown and "ctx " in shown
+        chat.send("C-q")
+        assert chat.exit_code(15) == "0"
     finally:
-        subprocess.run([*tmux, "kill-server"], capture_output=True)
+        chat.close()
     assert list((tmp_path / "data" / "conversations").glob("*.json"))
 
 
@@ -99,33 +116,17 @@ def test_ctrl_q_while_the_model_generates_exits_cleanly(tiny_r1, tmp_path):
     Now the generation stops, the conversation is saved and the process exits 0."""
     import json
 
-    session = f"localr1-quit-{os.getpid()}"
-    env = {**os.environ, "LOCALR1_DATA_DIR": str(tmp_path / "data"), "TERM": "xterm-256color"}
-    done = tmp_path / "exit-code"
-    cmd = f"{sys.executable} -m localr1 chat {tiny_r1} --ctx 16384; echo $? > {done}"
-    tmux = ["tmux", "-L", session]
-    subprocess.run([*tmux, "new-session", "-d", "-s", session, "-x", "100", "-y", "30", cmd], env=env, check=True)
-
-    def screen() -> str:
-        return subprocess.run([*tmux, "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
-
+    chat = TmuxChat(tmp_path, f"{tiny_r1} --ctx 4096")
     try:
-        end = time.time() + 30
-        while "ctx 0/16,384" not in screen() and time.time() < end:
-            time.sleep(0.2)
-        subprocess.run([*tmux, "send-keys", "-t", session, "Tell me a very long story.", "Enter"], check=True)
-        end = time.time() + 30
-        while "Thinking" not in screen() and time.time() < end:
-            time.sleep(0.05)
+        chat.wait_for("ctx 0/4,096")
+        chat.send("Tell me a very long story.", "Enter")
+        chat.wait_for("Thinking")
         time.sleep(0.5)
-        assert "Cut off" not in screen()  # still generating
-        subprocess.run([*tmux, "send-keys", "-t", session, "C-q"], check=True)
-        end = time.time() + 20
-        while not done.exists() and time.time() < end:
-            time.sleep(0.2)
-        assert done.read_text().strip() == "0"
+        assert "Cut off" not in chat.screen()  # still generating
+        chat.send("C-q")
+        assert chat.exit_code() == "0"
     finally:
-        subprocess.run([*tmux, "kill-server"], capture_output=True)
+        chat.close()
     saved = [json.loads(p.read_text()) for p in (tmp_path / "data" / "conversations").glob("*.json")]
     assert saved and saved[0]["turns"][0]["user"] == "Tell me a very long story."
     assert saved[0]["turns"][0]["finish_reason"] == "cancelled" and saved[0]["turns"][0]["reasoning"]
