@@ -150,5 +150,6 @@ def register(app: typer.Typer) -> None:
             spec=model,
             sampling=sampling,
             hide_thinking=hide_thinking or config.hide_thinking,
+            quit_on_signals=True,
         )
         tui.run()

@@ -106,8 +106,10 @@ class ChatApp(App):
         hide_thinking: bool = False,
         clock: Callable[[], float] = time.monotonic,
         export_dir: Path | None = None,
+        quit_on_signals: bool = False,
     ) -> None:
         super().__init__()
+        self.quit_on_signals = quit_on_signals
         self.loader = loader
         self.store = store
         self.picker_entries = picker_entries
@@ -137,10 +139,31 @@ class ChatApp(App):
         self.query_one(PromptInput).focus()
         self.set_interval(0.05, self._flush)
         self._load(self.spec)
+        if self.quit_on_signals:
+            self._handle_signals(install=True)
+
+    def _handle_signals(self, *, install: bool) -> None:
+        """The terminal closing (SIGHUP) or a polite kill (SIGTERM) quits as Ctrl+Q does: the reply stops, the
+        conversation is saved, the model is freed in order. The handler runs in the event loop (asyncio's
+        own signal handling), never inside whatever the main thread was doing when the signal came."""
+        import asyncio
+        import signal
+
+        loop = asyncio.get_running_loop()
+        for sig in (getattr(signal, "SIGHUP", None), signal.SIGTERM):
+            if sig is None:
+                continue
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # Windows, or not main
+                if install:
+                    loop.add_signal_handler(sig, self.exit)
+                else:
+                    loop.remove_signal_handler(sig)
 
     def on_unmount(self) -> None:
         """Quitting (Ctrl+Q, or the terminal closing) mid-reply: stop the generation, keep what was said,
         then free the model (the engine waits for its generation thread to stop before it frees anything)."""
+        if self.quit_on_signals:
+            self._handle_signals(install=False)
         self._cancel.set()
         if self.generating and self.conversation.turns and self._view is not None:
             turn = self.conversation.turns[-1]

@@ -130,3 +130,30 @@ def test_ctrl_q_while_the_model_generates_exits_cleanly(tiny_r1, tmp_path):
     saved = [json.loads(p.read_text()) for p in (tmp_path / "data" / "conversations").glob("*.json")]
     assert saved and saved[0]["turns"][0]["user"] == "Tell me a very long story."
     assert saved[0]["turns"][0]["finish_reason"] == "cancelled" and saved[0]["turns"][0]["reasoning"]
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_closing_the_terminal_mid_reply_saves_and_exits(tiny_r1, tmp_path):
+    """The terminal closing (SIGHUP) while the model generates quits as Ctrl+Q does: the reply stops, the
+    conversation is saved, and the process ends (it died mid-decode before, with the turn lost)."""
+    import json
+
+    chat = TmuxChat(tmp_path, f"{tiny_r1} --ctx 4096")
+    try:
+        chat.wait_for("ctx 0/4,096")
+        chat.send("Tell me a very long story.", "Enter")
+        chat.wait_for("Thinking")
+        time.sleep(0.5)
+        pids = subprocess.run(["pgrep", "-f", f"localr1 chat {tiny_r1}"], capture_output=True, text=True).stdout.split()
+    finally:
+        chat.close()  # the terminal goes away
+    folder = tmp_path / "data" / "conversations"
+    end = time.time() + 20
+    while not list(folder.glob("*.json")) and time.time() < end:
+        time.sleep(0.2)
+    saved = [json.loads(p.read_text()) for p in folder.glob("*.json")]
+    assert saved and saved[0]["turns"][0]["finish_reason"] == "cancelled"
+    end = time.time() + 20
+    while any(os.path.exists(f"/proc/{p}") for p in pids) and time.time() < end:
+        time.sleep(0.2)
+    assert not [p for p in pids if os.path.exists(f"/proc/{p}")]
