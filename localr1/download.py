@@ -31,8 +31,8 @@ from localr1.errors import DownloadError, ModelNotFoundError, UsageError
 from localr1.gguf_info import split_siblings
 from localr1.paths import data_dir
 from localr1.resolve import hf_hub_cache
+from localr1.units import GiB
 
-GiB = 1 << 30
 _REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 _SPLIT_PART = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 

@@ -17,8 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from localr1.errors import UsageError
-
-GiB = 1 << 30
+from localr1.units import GiB
 
 # Memory bandwidth (GB/s) of common GPUs, for the decode-speed estimate; matched by substring of the name.
 GPU_BANDWIDTH_GBS: tuple[tuple[str, float], ...] = (

@@ -13,12 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from localr1.errors import DownloadError, InvalidModelFileError, ModelTooBigError
-
-GiB = 1 << 30
-
-
-def gib(n: int | float | None) -> str:
-    return "unknown" if n is None else f"{n / GiB:.1f} GiB"
+from localr1.units import gib
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,6 @@ from dataclasses import dataclass
 
 from localr1.arch import Architecture
 
-MiB = 1 << 20
-GiB = 1 << 30
-
 # Bits per weight of llama.cpp's quant mixes, from llama-quantize's own size figures (Llama-3-8B) and,
 # for the dynamic MoE quants, the published file sizes of DeepSeek-R1 (671B).
 BITS_PER_WEIGHT: dict[str, float] = {

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from localr1.hardware import GiB, Hardware
+from localr1.hardware import Hardware
 from localr1.memory import estimate
 from localr1.planner import Budget, Candidate, tokens_per_s
+from localr1.units import GiB
 
 MODES = ("auto", "gpu", "ram", "disk", "off")
 

@@ -9,8 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from localr1.errors import LocalR1Error, UsageError
+from localr1.units import GiB
 
-GiB = 1 << 30
 MARGIN = 64 << 20  # headers, page-cache slack, the filesystem's own blocks
 
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from localr1.arch import Architecture
-from localr1.hardware import GiB, Hardware
-from localr1.memory import MemoryEstimate, MiB, WeightLayout, estimate
+from localr1.hardware import Hardware
+from localr1.memory import MemoryEstimate, WeightLayout, estimate
+from localr1.units import GiB, MiB
 
 MIN_CTX = 8192  # R1 often thinks past 4k tokens; an explicit --ctx may still go lower
 DEFAULT_CTX = 16384  # R1 thinks for thousands of tokens before it answers

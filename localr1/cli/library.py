@@ -13,8 +13,8 @@ import typer
 
 from localr1.cli.helptext import command_help
 from localr1.errors import ModelNotFoundError, UsageError
+from localr1.units import GiB
 
-GiB = 1 << 30
 OUTPUT_OPTION = typer.Option(None, "-o", "--output", help="The output file.")
 IMATRIX_OPTION = typer.Option(
     None, "--imatrix", help="An importance matrix from llama-imatrix (.gguf or .dat): better low-bit quants."

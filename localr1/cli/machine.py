@@ -10,8 +10,7 @@ import typer
 
 from localr1.cli.helptext import command_help
 from localr1.errors import UsageError
-
-GiB = 1 << 30
+from localr1.units import gib
 
 # The simulation flags, shared by every command that plans.
 VRAM = typer.Option(None, "--vram", help="Simulate GPU memory per GPU (e.g. 12GiB).", rich_help_panel="Simulate")
@@ -36,9 +35,6 @@ def simulation(vram: str | None, ram: str | None, gpus: int | None, gpu: str | N
         gpu=gpu.lower() if gpu else None,
         disk=parse_size(disk) if disk else None,
     )
-
-
-from localr1.loader import gib  # noqa: E402  (one formatter for sizes)
 
 
 def hardware_lines(hw) -> list[str]:

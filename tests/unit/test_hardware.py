@@ -9,7 +9,8 @@ import pytest
 
 from localr1 import hardware
 from localr1.errors import UsageError
-from localr1.hardware import GiB, Simulation, parse_size
+from localr1.hardware import Simulation, parse_size
+from localr1.units import GiB
 
 
 @pytest.fixture

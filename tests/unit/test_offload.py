@@ -9,9 +9,10 @@ import pytest
 
 from localr1.candidates import from_catalog
 from localr1.catalog import load_catalog
-from localr1.hardware import GiB, Simulation, machine
+from localr1.hardware import Simulation, machine
 from localr1.offload import OffloadError, expert_rule, number_pattern, plan_offload
 from localr1.planner import Budget
+from localr1.units import GiB
 
 R1 = next(
     c for c in from_catalog(load_catalog(include_user=False), include_local=False) if c.label == "r1:671b:UD-IQ1_S"

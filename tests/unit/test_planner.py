@@ -7,9 +7,10 @@ import pytest
 from localr1.candidates import from_catalog
 from localr1.catalog import load_catalog
 from localr1.errors import ModelTooBigError
-from localr1.hardware import GiB, Simulation, machine
+from localr1.hardware import Simulation, machine
 from localr1.memory import WeightLayout, estimate
 from localr1.planner import MIN_CTX, Budget, Fallbacks, NoPlanError, choose, ctx_ladder, plan_candidate
+from localr1.units import GiB
 
 CATALOG = load_catalog(include_user=False)
 CANDIDATES = from_catalog(CATALOG, include_local=False)
