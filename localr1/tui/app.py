@@ -144,32 +144,46 @@ class ChatApp(App):
 
     def _handle_signals(self, *, install: bool) -> None:
         """The terminal closing (SIGHUP) or a polite kill (SIGTERM) quits as Ctrl+Q does: the reply stops, the
-        conversation is saved, the model is freed in order. The handler runs in the event loop (asyncio's
+        conversation is saved, the model is freed in order. The handlers run in the event loop (asyncio's
         own signal handling), never inside whatever the main thread was doing when the signal came."""
         import asyncio
         import signal
 
         loop = asyncio.get_running_loop()
-        for sig in (getattr(signal, "SIGHUP", None), signal.SIGTERM):
+        handlers = {getattr(signal, "SIGHUP", None): self._hang_up, signal.SIGTERM: self.exit}
+        for sig, handler in handlers.items():
             if sig is None:
                 continue
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # Windows, or not main
                 if install:
-                    loop.add_signal_handler(sig, self.exit)
+                    loop.add_signal_handler(sig, handler)
                 else:
                     loop.remove_signal_handler(sig)
+
+    def _hang_up(self) -> None:
+        """The terminal is gone: save and free in order, then end the process. Textual's own shutdown would
+        write to the dead terminal, and its writer thread, dead on the first failed write, can leave the
+        shutdown waiting on a full queue for ever (the process outlived its terminal)."""
+        import os
+
+        self._stop_and_save()
+        os._exit(0)
 
     def on_unmount(self) -> None:
         """Quitting (Ctrl+Q, or the terminal closing) mid-reply: stop the generation, keep what was said,
         then free the model (the engine waits for its generation thread to stop before it frees anything)."""
         if self.quit_on_signals:
             self._handle_signals(install=False)
+        self._stop_and_save()
+
+    def _stop_and_save(self) -> None:
         self._cancel.set()
         if self.generating and self.conversation.turns and self._view is not None:
             turn = self.conversation.turns[-1]
             turn.answer = self._view.answer
             turn.reasoning = self._view.thinking.content if self._view.thinking else ""
             turn.finish_reason = "cancelled"
+            self.generating = False
         if self.conversation.turns:
             with contextlib.suppress(OSError):  # quitting: nowhere left to say so
                 self.store.save(self.conversation)
