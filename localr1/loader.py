@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from localr1.errors import DownloadError, InvalidModelFileError, ModelTooBigError
+from localr1.request import LoadRequest
 from localr1.units import gib
 
 
@@ -204,36 +205,30 @@ def _not_on_disk(label: str, *, chosen: bool, offline: bool, cause: DownloadErro
 
 
 def open_model(
-    spec: str | None,
+    request: LoadRequest,
     config,
     *,
-    simulation=None,
-    ctx: int | None = None,
-    gpu_layers: int | None = None,
-    threads: int | None = None,
-    offline: bool = False,
-    offload: str = "auto",
-    gpu_experts: int | None = None,
-    debug: bool = False,
     cancel: threading.Event | None = None,
     fetch: Callable | None = None,
     say: Callable[[str], None] | None = None,
 ) -> LoadedModel:
-    """Plan (unless both --ctx and --gpu-layers are given), fetch with ``fetch(target, offline)`` if the
+    """Plan (unless both a context and GPU layers are given), fetch with ``fetch(target, offline)`` if the
     planned build is not on disk, and load it, retrying smaller if llama.cpp runs out of memory."""
     from localr1.download import offline_mode, pull, resolve_target
     from localr1.gguf_info import inspect_model
     from localr1.hardware import machine
     from localr1.resolve import resolve_model
 
-    n_ctx = ctx or config.ctx
-    layers = gpu_layers if gpu_layers is not None else config.gpu_layers
+    request = request.validated()
+    spec = request.spec
+    n_ctx = request.ctx or config.ctx
+    layers = request.gpu_layers if request.gpu_layers is not None else config.gpu_layers
     overrides, mlock, plan = (), False, None
     if n_ctx and layers is not None:  # both given: load exactly that, no planning
         local = resolve_model(spec, config)
         path, label = local.path, local.name
     else:
-        hw = machine(simulation)
+        hw = machine(request.simulation)
         plan = plan_for_spec(
             spec,
             hw,
@@ -241,13 +236,13 @@ def open_model(
             want_ctx=n_ctx,
             gpu_layers=layers,
             prefer_local=True,
-            offload=offload,
-            gpu_experts=gpu_experts,
+            offload=request.offload,
+            gpu_experts=request.gpu_experts,
         )
         path, label = plan.candidate.path, plan.candidate.label
         n_ctx, layers, overrides, mlock = plan.n_ctx, plan.n_gpu_layers, plan.overrides, plan.mlock
         if path is None:  # the chosen build is not on disk yet
-            off = offline_mode(offline)
+            off = offline_mode(request.offline)
             try:
                 target = resolve_target(label, offline=off)
                 path = fetch(target, off) if fetch else pull(target, offline=off, show_progress=False)
@@ -255,9 +250,9 @@ def open_model(
                 raise _not_on_disk(label, chosen=spec is None, offline=off, cause=exc) from exc
     options = EngineOptions(
         n_ctx=n_ctx,
-        n_threads=threads or config.threads,
+        n_threads=request.threads or config.threads,
         n_gpu_layers=layers,
-        debug=debug,
+        debug=request.debug,
         tensor_overrides=overrides,
         mlock=mlock,
     )

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from localr1.hardware import Hardware
 from localr1.memory import estimate
 from localr1.planner import Budget, Candidate, tokens_per_s
+from localr1.request import OFFLOAD_MODES
 from localr1.units import GiB
 
-MODES = ("auto", "gpu", "ram", "disk", "off")
+MODES = OFFLOAD_MODES
 
 
 @dataclass(frozen=True)

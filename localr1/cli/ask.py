@@ -13,9 +13,20 @@ from collections.abc import Iterator
 
 import typer
 
-from localr1 import limits
 from localr1.cli.helptext import command_help
-from localr1.cli.machine import CTX, DISK, GPU_KIND, GPUS, RAM, VRAM
+from localr1.cli.options import (
+    CtxOpt,
+    DiskOpt,
+    GpuExpertsOpt,
+    GpuKindOpt,
+    GpusOpt,
+    OfflineOpt,
+    OffloadOpt,
+    RamOpt,
+    ThreadsOpt,
+    VramOpt,
+    load_request,
+)
 from localr1.errors import UsageError
 from localr1.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Sampling
 
@@ -108,7 +119,7 @@ def cancel_on_sigint(cancel: threading.Event) -> Iterator[None]:
 
 
 def register(app: typer.Typer) -> None:
-    from localr1.cli.app import handle_errors, state
+    from localr1.cli.state import handle_errors
 
     @app.command(help=command_help(HELP), no_args_is_help=False)
     @handle_errors
@@ -126,54 +137,39 @@ def register(app: typer.Typer) -> None:
         top_p: float = typer.Option(DEFAULT_TOP_P, "--top-p", help="Nucleus sampling threshold."),
         seed: int | None = typer.Option(None, "--seed", help="Random seed, for repeatable answers."),
         max_tokens: int | None = typer.Option(None, "--max-tokens", help="Stop after this many tokens."),
-        ctx: int | None = CTX,
-        threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: physical cores)."),
+        ctx: CtxOpt = None,
+        threads: ThreadsOpt = None,
         gpu_layers: int | None = typer.Option(
             None,
             "--gpu-layers",
             help="Layers to offload to the GPU (-1: all; default: as planned for this machine).",
         ),
-        offline: bool = typer.Option(False, "--offline", help="Never download: use only models on disk."),
-        offload_mode: str = typer.Option("auto", "--offload", help="MoE placement: auto, gpu, ram, disk or off."),
-        gpu_experts: int | None = typer.Option(None, "--gpu-experts", help="MoE: layers of experts on the GPU."),
-        vram: str | None = VRAM,
-        ram: str | None = RAM,
-        gpus: int | None = GPUS,
-        gpu: str | None = GPU_KIND,
-        disk: str | None = DISK,
+        offline: OfflineOpt = False,
+        offload_mode: OffloadOpt = "auto",
+        gpu_experts: GpuExpertsOpt = None,
+        vram: VramOpt = None,
+        ram: RamOpt = None,
+        gpus: GpusOpt = None,
+        gpu: GpuKindOpt = None,
+        disk: DiskOpt = None,
     ) -> None:
         from localr1.cli.library import pull_target
-        from localr1.cli.machine import simulation
         from localr1.cli.render import TerminalRenderer, collect, dump_json, result_object, stats_line
         from localr1.config import load_config
         from localr1.loader import open_model
-        from localr1.offload import MODES
         from localr1.prompt import render, user_turn
 
         text = read_question(question)  # before anything slow: an empty question fails at once
-
-        if offload_mode not in MODES:
-            raise UsageError(f"--offload must be one of {', '.join(MODES)}")
         sampling = Sampling(temperature=temperature, top_p=top_p, seed=seed, max_tokens=max_tokens).validate()
-        limits.ctx(ctx)
-        limits.threads(threads)
-        limits.gpu_layers(gpu_layers)
+        request = load_request(
+            model, ctx=ctx, gpu_layers=gpu_layers, threads=threads, offline=offline, offload=offload_mode,
+            gpu_experts=gpu_experts, vram=vram, ram=ram, gpus=gpus, gpu=gpu, disk=disk,
+        )  # fmt: skip
         config = load_config()
         cancel = threading.Event()
         with cancel_on_sigint(cancel):
             loaded = open_model(
-                model,
-                config,
-                simulation=simulation(vram, ram, gpus, gpu, disk),
-                ctx=ctx,
-                gpu_layers=gpu_layers,
-                threads=threads,
-                offline=offline,
-                offload=offload_mode,
-                gpu_experts=gpu_experts,
-                debug=state.debug,
-                cancel=cancel,
-                fetch=lambda target, off: pull_target(target, off, cancel=cancel),
+                request, config, cancel=cancel, fetch=lambda target, off: pull_target(target, off, cancel=cancel)
             )
             engine, name, path = loaded.engine, loaded.label, loaded.path
             try:

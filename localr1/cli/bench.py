@@ -8,6 +8,7 @@ import sys
 import typer
 
 from localr1.cli.helptext import command_help
+from localr1.cli.options import JsonOpt, ThreadsOpt, load_request
 from localr1.errors import UsageError
 from localr1.sampling import Sampling
 
@@ -31,7 +32,7 @@ $ localr1 bench --greedy
 
 
 def register(app: typer.Typer) -> None:
-    from localr1.cli.app import handle_errors, state
+    from localr1.cli.state import handle_errors
 
     @app.command(help=command_help(HELP))
     @handle_errors
@@ -45,10 +46,10 @@ def register(app: typer.Typer) -> None:
         llama_bench_path: str | None = typer.Option(None, "--llama-bench", help="The llama-bench binary."),
         greedy: bool = typer.Option(False, "--greedy", help="Argmax decoding instead of ask's R1 sampling."),
         _r1_sampling: bool = typer.Option(False, "--r1-sampling", hidden=True, help="The default now."),
-        threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: physical cores)."),
+        threads: ThreadsOpt = None,
         gpu_layers: int | None = typer.Option(None, "--gpu-layers", help="Layers on the GPU (default: planned)."),
         flash_attn: str = typer.Option("auto", "--flash-attn", help="on, off or auto (llama.cpp decides)."),
-        json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+        json_out: JsonOpt = False,
     ) -> None:
         from localr1 import bench as bench_mod
         from localr1.cli.machine import hardware_lines
@@ -60,30 +61,29 @@ def register(app: typer.Typer) -> None:
 
         if prompt < 1 or gen < 2 or reps < 1 or rounds < 1:
             raise UsageError("--prompt must be at least 1, --gen at least 2, --reps and --rounds at least 1")
-        from localr1 import limits
-
-        limits.threads(threads)
-        limits.gpu_layers(gpu_layers)
+        request = load_request(model, threads=threads, gpu_layers=gpu_layers)
         if flash_attn not in ("on", "off", "auto"):
             raise UsageError(f"--flash-attn must be on, off or auto, not {flash_attn!r}")
         fa = None if flash_attn == "auto" else flash_attn == "on"
         config = load_config()
         hw = machine()
-        plan = plan_for_spec(model, hw, config, want_ctx=prompt + gen + 64, gpu_layers=gpu_layers, prefer_local=True)
+        plan = plan_for_spec(
+            request.spec, hw, config, want_ctx=prompt + gen + 64, gpu_layers=request.gpu_layers, prefer_local=True
+        )
         if plan.candidate.path is None:
             raise UsageError(f"{plan.label} is not downloaded", hint=f"localr1 pull {plan.label}")
         path = plan.candidate.path
         sampling = Sampling(temperature=0.0) if greedy else Sampling(seed=1)
         sampling_label = "greedy" if greedy else "R1 sampling (temperature 0.6, top-p 0.95)"
         n_ctx = prompt + gen + 64
-        n_threads = threads or config.threads or physical_cores()
+        n_threads = request.threads or config.threads or physical_cores()
         n_batch = min(DEFAULT_BATCH, n_ctx)
         header = inspect_model(path)
         options = EngineOptions(
             n_ctx=n_ctx,
             n_threads=n_threads,
             n_gpu_layers=plan.n_gpu_layers,
-            debug=state.debug,
+            debug=request.debug,
             tensor_overrides=plan.overrides,
             mlock=plan.mlock,
             n_batch=n_batch,

@@ -7,7 +7,19 @@ import sys
 import typer
 
 from localr1.cli.helptext import command_help
-from localr1.cli.machine import CTX, DISK, GPU_KIND, GPUS, RAM, VRAM
+from localr1.cli.options import (
+    CtxOpt,
+    DiskOpt,
+    GpuExpertsOpt,
+    GpuKindOpt,
+    GpusOpt,
+    OfflineOpt,
+    OffloadOpt,
+    RamOpt,
+    ThreadsOpt,
+    VramOpt,
+    load_request,
+)
 from localr1.errors import UsageError
 from localr1.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Sampling
 
@@ -27,8 +39,9 @@ def is_terminal() -> bool:
     return sys.stdin.isatty() and sys.stdout.isatty()
 
 
-def real_loader(*, ctx, gpu_layers, threads, sim, offline, debug, notice, offload="auto", gpu_experts=None):
-    """Plan, download if needed (progress into the app), and load, retrying smaller on out-of-memory."""
+def real_loader(request, notice):
+    """Plan, download if needed (progress into the app), and load, retrying smaller on out-of-memory: the
+    chat's ``loader(spec, progress)``, with the settings of ``request`` for whichever model is chosen."""
 
     def load(spec, progress):
         from localr1.config import load_config
@@ -36,16 +49,8 @@ def real_loader(*, ctx, gpu_layers, threads, sim, offline, debug, notice, offloa
         from localr1.loader import open_model
 
         return open_model(
-            spec,
+            request.for_spec(spec),
             load_config(),
-            simulation=sim,
-            ctx=ctx,
-            gpu_layers=gpu_layers,
-            threads=threads,
-            offline=offline,
-            offload=offload,
-            gpu_experts=gpu_experts,
-            debug=debug,
             fetch=lambda target, off: pull(target, offline=off, show_progress=False, progress=progress),
             say=notice,
         ).engine
@@ -88,45 +93,39 @@ def picker_entries(sim):
 
 
 def register(app: typer.Typer) -> None:
-    from localr1.cli.app import handle_errors, state
-    from localr1.cli.machine import simulation
+    from localr1.cli.state import handle_errors
 
     @app.command(help=command_help(HELP))
     @handle_errors
     def chat(
         model: str | None = typer.Argument(None, help="A catalog name or .gguf file (default: the best that fits)."),
-        ctx: int | None = CTX,
+        ctx: CtxOpt = None,
         gpu_layers: int | None = typer.Option(None, "--gpu-layers", help="Layers on the GPU (default: as planned)."),
-        threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: physical cores)."),
+        threads: ThreadsOpt = None,
         temperature: float = typer.Option(DEFAULT_TEMPERATURE, "--temperature", help="Sampling temperature."),
         top_p: float = typer.Option(DEFAULT_TOP_P, "--top-p", help="Nucleus sampling threshold."),
         max_tokens: int | None = typer.Option(None, "--max-tokens", help="Longest reply in tokens."),
         hide_thinking: bool = typer.Option(False, "--hide-thinking", help="Hide the thinking blocks entirely."),
-        offline: bool = typer.Option(False, "--offline", help="Never download: use only models on disk."),
-        offload_mode: str = typer.Option("auto", "--offload", help="MoE placement: auto, gpu, ram, disk or off."),
-        gpu_experts: int | None = typer.Option(None, "--gpu-experts", help="MoE: layers of experts on the GPU."),
-        vram: str | None = VRAM,
-        ram: str | None = RAM,
-        gpus: int | None = GPUS,
-        gpu: str | None = GPU_KIND,
-        disk: str | None = DISK,
+        offline: OfflineOpt = False,
+        offload_mode: OffloadOpt = "auto",
+        gpu_experts: GpuExpertsOpt = None,
+        vram: VramOpt = None,
+        ram: RamOpt = None,
+        gpus: GpusOpt = None,
+        gpu: GpuKindOpt = None,
+        disk: DiskOpt = None,
     ) -> None:
         from localr1.config import load_config
         from localr1.conversations import ConversationStore
-        from localr1.offload import MODES
         from localr1.resolve import check_spec
 
         if not is_terminal():
             raise UsageError("chat needs a terminal", hint='For pipes and scripts: localr1 ask "..." (or --json).')
-        from localr1 import limits
-
-        limits.ctx(ctx)
-        limits.threads(threads)
-        limits.gpu_layers(gpu_layers)
-        if offload_mode not in MODES:
-            raise UsageError(f"--offload must be one of {', '.join(MODES)}")
+        request = load_request(
+            model, ctx=ctx, gpu_layers=gpu_layers, threads=threads, offline=offline, offload=offload_mode,
+            gpu_experts=gpu_experts, vram=vram, ram=ram, gpus=gpus, gpu=gpu, disk=disk,
+        )  # fmt: skip
         sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens).validate()
-        sim = simulation(vram, ram, gpus, gpu, disk)
         config = load_config()
         if model or config.default_model:
             check_spec(model or config.default_model)  # a typo fails here, not inside the full-screen app
@@ -134,19 +133,9 @@ def register(app: typer.Typer) -> None:
         from localr1.tui.app import make_app
 
         tui = make_app(
-            loader=real_loader(
-                ctx=ctx,
-                gpu_layers=gpu_layers,
-                threads=threads,
-                sim=sim,
-                offline=offline,
-                debug=state.debug,
-                notice=lambda text: tui.call_from_thread(tui.notify, text, severity="warning"),
-                offload=offload_mode,
-                gpu_experts=gpu_experts,
-            ),
+            loader=real_loader(request, lambda text: tui.call_from_thread(tui.notify, text, severity="warning")),
             store=ConversationStore(),
-            picker_entries=picker_entries(sim),
+            picker_entries=picker_entries(request.simulation),
             spec=model,
             sampling=sampling,
             hide_thinking=hide_thinking or config.hide_thinking,

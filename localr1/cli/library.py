@@ -118,7 +118,7 @@ def remove_files(paths: list[Path]) -> int:
 
 
 def register(app: typer.Typer) -> None:
-    from localr1.cli.app import handle_errors
+    from localr1.cli.state import handle_errors
 
     @app.command(
         help=command_help(

@@ -9,32 +9,19 @@ from dataclasses import replace
 import typer
 
 from localr1.cli.helptext import command_help
-from localr1.errors import UsageError
+from localr1.cli.options import (
+    CtxOpt,
+    DiskOpt,
+    GpuExpertsOpt,
+    GpuKindOpt,
+    GpusOpt,
+    OffloadOpt,
+    RamOpt,
+    VramOpt,
+    load_request,
+    simulation,
+)
 from localr1.units import gib
-
-# The simulation flags, shared by every command that plans.
-VRAM = typer.Option(None, "--vram", help="Simulate GPU memory per GPU (e.g. 12GiB).", rich_help_panel="Simulate")
-RAM = typer.Option(None, "--ram", help="Simulate RAM (e.g. 32GiB).", rich_help_panel="Simulate")
-GPUS = typer.Option(None, "--gpus", help="Simulate this many GPUs (0: none).", rich_help_panel="Simulate")
-GPU_KIND = typer.Option(None, "--gpu", help="Simulate nvidia, amd, apple or none.", rich_help_panel="Simulate")
-DISK = typer.Option(None, "--disk", help="Simulate free disk (e.g. 2TiB).", rich_help_panel="Simulate")
-CTX = typer.Option(None, "--ctx", help="Context size in tokens (default: 16384, less if memory is short).")
-
-
-def simulation(vram: str | None, ram: str | None, gpus: int | None, gpu: str | None, disk: str | None):
-    from localr1.hardware import Simulation, parse_size
-
-    if gpu is not None and gpu.lower() not in ("nvidia", "amd", "apple", "none"):
-        raise UsageError(f"--gpu {gpu!r} is not one of nvidia, amd, apple, none")
-    if gpus is not None and gpus < 0:
-        raise UsageError("--gpus cannot be negative")
-    return Simulation(
-        vram=parse_size(vram) if vram else None,
-        ram=parse_size(ram) if ram else None,
-        gpus=gpus,
-        gpu=gpu.lower() if gpu else None,
-        disk=parse_size(disk) if disk else None,
-    )
 
 
 def hardware_lines(hw) -> list[str]:
@@ -138,7 +125,7 @@ def _placement(plan, hw, mode: str, gpu_experts: int | None):
 
 
 def register(app: typer.Typer) -> None:
-    from localr1.cli.app import handle_errors
+    from localr1.cli.state import handle_errors
 
     @app.command(
         help=command_help(
@@ -154,11 +141,11 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def hw(
         json_out: bool = typer.Option(False, "--json", help="Print JSON."),
-        vram: str | None = VRAM,
-        ram: str | None = RAM,
-        gpus: int | None = GPUS,
-        gpu: str | None = GPU_KIND,
-        disk: str | None = DISK,
+        vram: VramOpt = None,
+        ram: RamOpt = None,
+        gpus: GpusOpt = None,
+        gpu: GpuKindOpt = None,
+        disk: DiskOpt = None,
     ) -> None:
         from localr1.hardware import machine
 
@@ -182,11 +169,11 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def models(
         json_out: bool = typer.Option(False, "--json", help="Print JSON."),
-        vram: str | None = VRAM,
-        ram: str | None = RAM,
-        gpus: int | None = GPUS,
-        gpu: str | None = GPU_KIND,
-        disk: str | None = DISK,
+        vram: VramOpt = None,
+        ram: RamOpt = None,
+        gpus: GpusOpt = None,
+        gpu: GpuKindOpt = None,
+        disk: DiskOpt = None,
     ) -> None:
         from localr1 import candidates as cands
         from localr1.catalog import load_catalog
@@ -251,28 +238,26 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def plan(
         model: str | None = typer.Argument(None, help="A catalog name or .gguf file (default: the best that fits)."),
-        ctx: int | None = CTX,
+        ctx: CtxOpt = None,
         explain: bool = typer.Option(False, "--explain", help="Show every option tried and why it was rejected."),
         json_out: bool = typer.Option(False, "--json", help="Print JSON."),
-        offload: str = typer.Option("auto", "--offload", help="MoE placement: auto, gpu, ram, disk or off."),
-        gpu_experts: int | None = typer.Option(None, "--gpu-experts", help="MoE: layers of experts on the GPU."),
+        offload: OffloadOpt = "auto",
+        gpu_experts: GpuExpertsOpt = None,
         measure_disk: bool = typer.Option(False, "--measure-disk", help="Measure disk read speed (reads 256 MiB)."),
-        vram: str | None = VRAM,
-        ram: str | None = RAM,
-        gpus: int | None = GPUS,
-        gpu: str | None = GPU_KIND,
-        disk: str | None = DISK,
+        vram: VramOpt = None,
+        ram: RamOpt = None,
+        gpus: GpusOpt = None,
+        gpu: GpuKindOpt = None,
+        disk: DiskOpt = None,
     ) -> None:
         from localr1.config import load_config
         from localr1.hardware import machine
         from localr1.loader import plan_for_spec
-        from localr1.offload import MODES
 
-        if ctx is not None and ctx <= 0:
-            raise UsageError(f"--ctx must be positive, not {ctx}")
-        machine_info = machine(simulation(vram, ram, gpus, gpu, disk))
-        if offload not in MODES:
-            raise UsageError(f"--offload must be one of {', '.join(MODES)}")
+        request = load_request(
+            model, ctx=ctx, offload=offload, gpu_experts=gpu_experts, vram=vram, ram=ram, gpus=gpus, gpu=gpu, disk=disk
+        )
+        machine_info = machine(request.simulation)
         if measure_disk:
             from localr1.hardware import measure_disk_read
             from localr1.paths import models_dir
@@ -282,14 +267,14 @@ def register(app: typer.Typer) -> None:
             if not json_out:
                 sys.stdout.write(f"Disk reads: {speed:.2f} GB/s (measured in {models_dir()})\n")
         chosen = plan_for_spec(
-            model,
+            request.spec,
             machine_info,
             load_config(),
-            want_ctx=ctx,
+            want_ctx=request.ctx,
             gpu_layers=None,
             prefer_local=False,
-            offload=offload,
-            gpu_experts=gpu_experts,
+            offload=request.offload,
+            gpu_experts=request.gpu_experts,
         )
         placement, why_not = (
             (chosen.placement, None) if chosen.placement else _placement(chosen, machine_info, offload, gpu_experts)

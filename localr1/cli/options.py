@@ -1,0 +1,90 @@
+"""Command-line options that several commands share, declared once (``Annotated`` aliases), and the
+``LoadRequest`` they build.
+
+A command that opens a model takes ``ctx: CtxOpt = None`` and the rest, then calls ``load_request(...)``:
+the values are checked in one place (``LoadRequest.validated``) and travel as one value to the loader.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from localr1.errors import UsageError
+from localr1.request import LoadRequest
+
+_SIMULATE = "Simulate"
+
+CtxOpt = Annotated[
+    int | None, typer.Option("--ctx", help="Context size in tokens (default: 16384, less if memory is short).")
+]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads (default: physical cores).")]
+OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never download: use only models on disk.")]
+OffloadOpt = Annotated[str, typer.Option("--offload", help="MoE placement: auto, gpu, ram, disk or off.")]
+GpuExpertsOpt = Annotated[int | None, typer.Option("--gpu-experts", help="MoE: layers of experts on the GPU.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+JsonResultOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+# The simulation flags, shared by every command that plans.
+VramOpt = Annotated[
+    str | None, typer.Option("--vram", help="Simulate GPU memory per GPU (e.g. 12GiB).", rich_help_panel=_SIMULATE)
+]
+RamOpt = Annotated[str | None, typer.Option("--ram", help="Simulate RAM (e.g. 32GiB).", rich_help_panel=_SIMULATE)]
+GpusOpt = Annotated[
+    int | None, typer.Option("--gpus", help="Simulate this many GPUs (0: none).", rich_help_panel=_SIMULATE)
+]
+GpuKindOpt = Annotated[
+    str | None, typer.Option("--gpu", help="Simulate nvidia, amd, apple or none.", rich_help_panel=_SIMULATE)
+]
+DiskOpt = Annotated[
+    str | None, typer.Option("--disk", help="Simulate free disk (e.g. 2TiB).", rich_help_panel=_SIMULATE)
+]
+
+
+def simulation(vram: str | None, ram: str | None, gpus: int | None, gpu: str | None, disk: str | None):
+    """The simulated machine the flags describe (None where nothing is simulated)."""
+    from localr1.hardware import Simulation, parse_size
+
+    if gpu is not None and gpu.lower() not in ("nvidia", "amd", "apple", "none"):
+        raise UsageError(f"--gpu {gpu!r} is not one of nvidia, amd, apple, none")
+    if gpus is not None and gpus < 0:
+        raise UsageError("--gpus cannot be negative")
+    return Simulation(
+        vram=parse_size(vram) if vram else None,
+        ram=parse_size(ram) if ram else None,
+        gpus=gpus,
+        gpu=gpu.lower() if gpu else None,
+        disk=parse_size(disk) if disk else None,
+    )
+
+
+def load_request(
+    spec: str | None,
+    *,
+    ctx: int | None = None,
+    gpu_layers: int | None = None,
+    threads: int | None = None,
+    offline: bool = False,
+    offload: str = "auto",
+    gpu_experts: int | None = None,
+    vram: str | None = None,
+    ram: str | None = None,
+    gpus: int | None = None,
+    gpu: str | None = None,
+    disk: str | None = None,
+) -> LoadRequest:
+    """The checked request the options describe."""
+    from localr1.cli.state import state
+
+    return LoadRequest(
+        spec=spec,
+        ctx=ctx,
+        gpu_layers=gpu_layers,
+        threads=threads,
+        offline=offline,
+        offload=offload,
+        gpu_experts=gpu_experts,
+        simulation=simulation(vram, ram, gpus, gpu, disk),
+        debug=state.debug,
+    ).validated()
