@@ -515,12 +515,13 @@ def inspect_model(path: str | os.PathLike[str], *, keep_arrays: Iterable[str] = 
     key = json.dumps(disk_key) if disk_key is not None else None
     if key is not None and key in _INSPECTED:
         return _INSPECTED[key]
-    info = header_cache.load(disk_key) if disk_key is not None else None
+    stored = header_cache.load(disk_key) if disk_key is not None else None
+    info = _from_json(stored) if stored is not None else None
     if info is None:
         info = _inspect(path, keep)
         check_hparams(info)
         if disk_key is not None:
-            header_cache.store(disk_key, info)
+            header_cache.store(disk_key, _to_json(info))
     else:
         check_hparams(info)  # the cache is a file too: what it says is checked like the header itself
     if key is not None:
@@ -531,6 +532,41 @@ def inspect_model(path: str | os.PathLike[str], *, keep_arrays: Iterable[str] = 
 
 
 _INSPECTED: dict[tuple, GGUFInfo] = {}
+
+
+def _to_json(info: GGUFInfo) -> dict:
+    def encode(value: Any) -> Any:
+        return {"array": [value.element_type, value.length]} if isinstance(value, ArraySummary) else value
+
+    return {
+        "path": str(info.path),
+        "version": info.version,
+        "metadata": {k: encode(v) for k, v in info.metadata.items()},
+        "tensors": [[t.name, list(t.shape), t.ggml_type, t.offset, t.nbytes] for t in info.tensors],
+        "data_offset": info.data_offset,
+        "file_size": info.file_size,
+        "split_paths": [str(p) for p in info.split_paths],
+    }
+
+
+def _from_json(raw: dict) -> GGUFInfo | None:
+    """A header from the cache, or None if the entry is not what ``_to_json`` writes (then it is read again)."""
+
+    def decode(value: Any) -> Any:
+        return ArraySummary(*value["array"]) if isinstance(value, dict) else value
+
+    try:
+        return GGUFInfo(
+            path=Path(raw["path"]),
+            version=raw["version"],
+            metadata={k: decode(v) for k, v in raw["metadata"].items()},
+            tensors=[TensorInfo(n, tuple(s), t, o, b) for n, s, t, o, b in raw["tensors"]],
+            data_offset=raw["data_offset"],
+            file_size=raw["file_size"],
+            split_paths=[Path(p) for p in raw["split_paths"]],
+        )
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
 
 
 # --- the hyperparameters llama.cpp reads, checked for type and range before it sees them ----------------

@@ -7,7 +7,6 @@ simulate another machine (``--vram 12GiB --ram 32GiB --gpus 2``, or ``LOCALR1_HW
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import platform
 import re
@@ -16,6 +15,7 @@ import subprocess
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from localr1.cpu import physical_cores
 from localr1.errors import UsageError
 from localr1.units import GiB
 
@@ -107,32 +107,6 @@ class Hardware:
 
 
 # --- probes ------------------------------------------------------------------------------------------------
-
-
-@functools.cache
-def physical_cores() -> int:
-    """Physical CPU cores available to this process: llama.cpp runs best with one thread per core (on Apple
-    Silicon, per performance core: a thread on an efficiency core holds the others up at every step).
-    The same rules as llama.cpp's own default (``cpu_get_num_math``)."""
-    try:
-        allowed = os.sched_getaffinity(0)
-    except AttributeError:  # macOS, Windows
-        logical = os.cpu_count() or 1
-        if platform.system() == "Darwin":
-            for key in ("hw.perflevel0.physicalcpu", "hw.physicalcpu"):
-                try:
-                    return max(1, int(_run(["sysctl", "-n", key]).strip()))
-                except (OSError, ValueError, subprocess.SubprocessError):
-                    continue
-        return logical // 2 if logical > 4 else logical  # SMT is the rule on x86 desktops; no portable probe
-    cores: set[str] = set()
-    for cpu in allowed:
-        sibling = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
-        try:
-            cores.add(sibling.read_text().strip())
-        except OSError:
-            return max(1, len(allowed))
-    return max(1, len(cores))
 
 
 def _run(cmd: list[str], timeout: float = 5.0) -> str:

@@ -4,7 +4,8 @@ Reading an R1 header walks 152k token strings and 151k merges (~50 ms, every ``a
 full validation is stored as JSON under the cache folder, keyed by each file's path, size, modification
 time and inode; any change to a file (or an unreadable entry) means the header is read and validated
 again. The files hold only what ``gguf_info`` kept: metadata (large arrays as their type and length),
-tensor names, shapes, types and offsets.
+tensor names, shapes, types and offsets. This module stores JSON objects and knows nothing of GGUF:
+``gguf_info`` turns its headers into them and back (and checks what comes back like a header).
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from localr1.gguf_info import ArraySummary, GGUFInfo, TensorInfo
 from localr1.paths import cache_dir
 
-FORMAT = 2  # 2: per-layer arrays kept, hyperparameters checked
+FORMAT = 3  # 2: per-layer arrays kept, hyperparameters checked; 3: {key, value} entries
 MAX_ENTRIES = 64
 
 
@@ -44,53 +44,25 @@ def _entry_path(key: list[Any]) -> Path:
     return _folder() / (hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32] + ".json")
 
 
-def _encode(value: Any) -> Any:
-    if isinstance(value, ArraySummary):
-        return {"array": [value.element_type, value.length]}
-    return value
-
-
-def _decode(value: Any) -> Any:
-    if isinstance(value, dict):
-        return ArraySummary(*value["array"])
-    return value
-
-
-def load(key: list[Any]) -> GGUFInfo | None:
+def load(key: list[Any]) -> dict | None:
+    """The object stored under ``key``, or None (absent, unreadable, or stored for another key)."""
     path = _entry_path(key)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-        if raw["key"] != key:
-            return None
-        return GGUFInfo(
-            path=Path(raw["path"]),
-            version=raw["version"],
-            metadata={k: _decode(v) for k, v in raw["metadata"].items()},
-            tensors=[TensorInfo(n, tuple(s), t, o, b) for n, s, t, o, b in raw["tensors"]],
-            data_offset=raw["data_offset"],
-            file_size=raw["file_size"],
-            split_paths=[Path(p) for p in raw["split_paths"]],
-        )
+        if not isinstance(raw, dict) or raw.get("key") != key or not isinstance(raw.get("value"), dict):
+            raise ValueError("not an entry of this key")
+        return raw["value"]
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, RecursionError):
         with contextlib.suppress(OSError):
             path.unlink()  # unreadable or from another version: read the header again
         return None
 
 
-def store(key: list[Any], info: GGUFInfo) -> None:
+def store(key: list[Any], value: dict) -> None:
     """Best effort: a cache that cannot be written only costs the next run a header read."""
-    raw = {
-        "key": key,
-        "path": str(info.path),
-        "version": info.version,
-        "metadata": {k: _encode(v) for k, v in info.metadata.items()},
-        "tensors": [[t.name, list(t.shape), t.ggml_type, t.offset, t.nbytes] for t in info.tensors],
-        "data_offset": info.data_offset,
-        "file_size": info.file_size,
-        "split_paths": [str(p) for p in info.split_paths],
-    }
+    raw = {"key": key, "value": value}
     folder = _folder()
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from localr1.budget import Budget, Candidate, tokens_per_s
 from localr1.hardware import Hardware
 from localr1.memory import estimate
-from localr1.planner import Budget, Candidate, tokens_per_s
 from localr1.request import OFFLOAD_MODES
 from localr1.units import GiB
 

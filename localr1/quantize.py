@@ -228,7 +228,7 @@ def _worker(source: str, dest: str, ftype: int, threads: int, requantize: bool, 
     """In the child: run llama_model_quantize and print progress lines the parent reads."""
     import ctypes
 
-    from localr1.engine.llama_cpp import init_backend, set_fields
+    from localr1.engine.backend import init_backend, set_fields
 
     lib = init_backend()
     extra = _imatrix_params(imatrix) if imatrix else {}

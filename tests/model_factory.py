@@ -253,7 +253,7 @@ def high_level_llama(path: Path | str, **kwargs):
     import llama_cpp
     import llama_cpp.llama_cpp as lib
 
-    from localr1.engine.llama_cpp import weight_repacking
+    from localr1.engine.backend import weight_repacking
 
     default = lib.llama_model_default_params
     repack = weight_repacking(lib)

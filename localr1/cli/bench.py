@@ -54,9 +54,10 @@ def register(app: typer.Typer) -> None:
         from localr1 import bench as bench_mod
         from localr1.cli.machine import hardware_lines
         from localr1.config import load_config
+        from localr1.cpu import physical_cores
         from localr1.engine.llama_cpp import DEFAULT_BATCH
         from localr1.gguf_info import inspect_model
-        from localr1.hardware import machine, physical_cores
+        from localr1.hardware import machine
         from localr1.loader import EngineOptions, load_engine, plan_for_spec
 
         if prompt < 1 or gen < 2 or reps < 1 or rounds < 1:

@@ -30,8 +30,8 @@ class Device:
 
 @functools.lru_cache(maxsize=1)
 def ggml_library() -> Any:
+    from localr1.engine.backend import init_backend
     from localr1.engine.bindings import load_submodule
-    from localr1.engine.llama_cpp import init_backend
 
     g = load_submodule("_ggml")  # loads libggml from llama-cpp-python's own lib folder
 

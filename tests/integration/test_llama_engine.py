@@ -230,7 +230,7 @@ def test_sigint_stops_generation_cleanly(tiny_r1):
 def test_native_struct_fields_are_checked():
     import llama_cpp.llama_cpp as lib
 
-    from localr1.engine.llama_cpp import set_fields
+    from localr1.engine.backend import set_fields
     from localr1.errors import EngineError
 
     params = set_fields(lib.llama_model_default_params(), n_gpu_layers=3, load_mode=0)

@@ -92,7 +92,7 @@ def test_a_tampered_header_cache_is_checked_too(tmp_path):
     gguf_info._INSPECTED.clear()
     for entry in header_cache._folder().glob("*.json"):
         raw = json.loads(entry.read_text())
-        raw["metadata"]["llama.block_count"] = 100000
+        raw["value"]["metadata"]["llama.block_count"] = 100000
         entry.write_text(json.dumps(raw))
     with pytest.raises(InvalidModelFileError, match="block_count"):
         inspect_model(path)

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from localr1 import hardware
+from localr1 import cpu, hardware
 from localr1.errors import UsageError
 from localr1.hardware import Simulation, parse_size
 from localr1.units import GiB
@@ -102,13 +102,13 @@ def test_measure_disk_read(tmp_path):
 
 @pytest.fixture
 def fresh_cores():
-    hardware.physical_cores.cache_clear()
+    cpu.physical_cores.cache_clear()
     yield
-    hardware.physical_cores.cache_clear()
+    cpu.physical_cores.cache_clear()
 
 
 def test_physical_cores_on_linux_are_within_the_allowed_cpus(fresh_cores):
-    assert 1 <= hardware.physical_cores() <= len(os.sched_getaffinity(0))
+    assert 1 <= cpu.physical_cores() <= len(os.sched_getaffinity(0))
 
 
 @pytest.mark.parametrize(
@@ -123,12 +123,12 @@ def test_physical_cores_on_linux_are_within_the_allowed_cpus(fresh_cores):
 def test_physical_cores_elsewhere(fresh_cores, monkeypatch, system, logical, sysctl, expected):
     monkeypatch.delattr(os, "sched_getaffinity")
     monkeypatch.setattr(os, "cpu_count", lambda: logical)
-    monkeypatch.setattr(hardware.platform, "system", lambda: system)
+    monkeypatch.setattr(cpu.platform, "system", lambda: system)
 
     def run(cmd, timeout=5.0):
         if cmd[:2] != ["sysctl", "-n"] or cmd[2] not in sysctl:
-            raise hardware.subprocess.CalledProcessError(1, cmd)
+            raise cpu.subprocess.CalledProcessError(1, cmd)
         return sysctl[cmd[2]] + "\n"
 
-    monkeypatch.setattr(hardware, "_run", run)
-    assert hardware.physical_cores() == expected
+    monkeypatch.setattr(cpu, "_run", run)
+    assert cpu.physical_cores() == expected

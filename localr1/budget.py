@@ -1,0 +1,83 @@
+"""What a build needs and what a machine offers: planner candidates, memory budgets, and decode speed from
+memory bandwidth. Below both the planner and the MoE offload placement, which each use them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from localr1.arch import Architecture
+from localr1.hardware import Hardware
+from localr1.memory import WeightLayout
+from localr1.units import GiB, MiB
+
+GPU_RESERVE = 600 * MiB  # per GPU: the CUDA/Metal context and allocator slack
+GPU_MARGIN = 0.95
+RAM_RESERVE = int(1.5 * GiB)  # the OS, localr1 itself, the page cache it needs to breathe
+RAM_MARGIN = 0.90
+GPU_EFFICIENCY = 0.70  # share of memory bandwidth decoding reaches in practice
+CPU_EFFICIENCY = 0.60
+
+# Expected quality kept by a quant, relative to the original weights (llama.cpp's perplexity figures; the
+# "UD" dynamic quants keep the sensitive layers at higher precision).
+QUANT_QUALITY = {
+    "F16": 1.0,
+    "BF16": 1.0,
+    "Q8_0": 1.0,
+    "Q6_K": 0.995,
+    "Q5_K_M": 0.99,
+    "Q4_K_M": 0.975,
+    "Q3_K_M": 0.93,
+    "Q2_K": 0.85,
+    "UD-Q2_K_XL": 0.97,
+    "UD-IQ2_XXS": 0.95,
+    "UD-IQ1_M": 0.93,
+    "UD-IQ1_S": 0.91,
+}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str  # catalog name, or the file name of a loose GGUF
+    quant: str
+    arch: Architecture
+    weights: WeightLayout
+    quality: float  # expected benchmark score (catalog score x quant factor), 0 when unknown
+    path: Path | None = None  # on disk already
+    exact: bool = False  # weights from the file's header, not estimated
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}:{self.quant}" if ":" in self.name else self.name
+
+
+@dataclass(frozen=True)
+class Budget:
+    gpu: int  # bytes all GPUs together may take
+    ram: int
+    disk: int | None
+    n_gpus: int
+    unified: bool
+
+    @classmethod
+    def of(cls, hw: Hardware) -> Budget:
+        gpu = 0
+        for g in hw.gpus:
+            gpu += max(0, int(g.free * GPU_MARGIN) - GPU_RESERVE)
+        ram = max(0, int(hw.ram_available * RAM_MARGIN) - RAM_RESERVE)
+        if hw.unified:
+            gpu = min(gpu, ram)  # one pool of memory
+        return cls(gpu=gpu, ram=ram, disk=hw.disk_free, n_gpus=len(hw.gpus), unified=hw.unified)
+
+
+def tokens_per_s(hw: Hardware, gpu_read: float, cpu_read: float, disk_read: float) -> float:
+    """Decode speed when each token reads these bytes from the GPU, RAM and disk tiers."""
+    seconds = 0.0
+    if gpu_read > 0 and hw.gpus:
+        bw = sum(g.bandwidth_gbs for g in hw.gpus) / len(hw.gpus)
+        seconds += gpu_read / (bw * 1e9 * GPU_EFFICIENCY)
+    if cpu_read > 0:
+        seconds += cpu_read / (hw.ram_bandwidth_gbs * 1e9 * CPU_EFFICIENCY)
+    if disk_read > 0:
+        seconds += disk_read / (hw.disk_bandwidth_gbs * 1e9)
+    return 1.0 / seconds if seconds > 0 else float("inf")
