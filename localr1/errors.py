@@ -63,6 +63,11 @@ class ModelLoadError(EngineError):
     """llama.cpp could not load the model (out of memory, unsupported architecture, ...)."""
 
 
+class OutOfMemoryError(ModelLoadError):
+    """The model or its context did not fit in the memory llama.cpp could allocate (the loader then retries
+    with fewer GPU layers or a smaller context)."""
+
+
 class ContextOverflowError(EngineError):
     """The prompt does not fit in the context window."""
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from localr1.engine.base import Engine
 from localr1.errors import DownloadError, InvalidModelFileError, ModelTooBigError
 from localr1.request import LoadRequest
 from localr1.units import gib
@@ -27,28 +28,14 @@ class EngineOptions:
     mlock: bool = False
     n_batch: int | None = None  # None: the engine's default
     flash_attn: bool | None = None  # None: llama.cpp decides
+    engine: str = "llama.cpp"  # a name in localr1.engine.registry
 
 
-def load_engine(path: Path, header, options: EngineOptions, cancel: threading.Event | None = None):
-    """Open the real engine (imported here: llama.cpp loads only when a model is used)."""
-    from localr1.engine.llama_cpp import DEFAULT_BATCH, LlamaCppEngine
+def load_engine(path: Path, header, options: EngineOptions, cancel: threading.Event | None = None) -> Engine:
+    """Open the engine registered as ``options.engine`` (llama.cpp unless a test or a plug-in says otherwise)."""
+    from localr1.engine import registry
 
-    return LlamaCppEngine(
-        path,
-        n_ctx=options.n_ctx,
-        n_threads=options.n_threads,
-        n_gpu_layers=options.n_gpu_layers,
-        n_batch=options.n_batch or DEFAULT_BATCH,
-        flash_attn=options.flash_attn,
-        debug=options.debug,
-        gguf=header,
-        cancel=cancel,
-        tensor_overrides=options.tensor_overrides,
-        use_mlock=options.mlock,
-    )
-
-
-OOM_WORDS = ("out of memory", "failed to allocate", "unable to allocate", "cudamalloc", "not enough memory")
+    return registry.get(options.engine)(path, header, options, cancel)
 
 
 def load_with_fallback(path: Path, header, options: EngineOptions, plan, cancel: threading.Event, say=None):
@@ -57,15 +44,15 @@ def load_with_fallback(path: Path, header, options: EngineOptions, plan, cancel:
     ``say`` receives the retry notice (default: stderr)."""
     from dataclasses import replace
 
-    from localr1.errors import ModelLoadError
+    from localr1.errors import OutOfMemoryError
     from localr1.planner import Fallbacks
 
     fallbacks = Fallbacks(plan) if plan is not None else None
     while True:
         try:
             return load_engine(path, header, options, cancel)
-        except ModelLoadError as exc:
-            smaller = fallbacks.next() if fallbacks and any(w in str(exc).lower() for w in OOM_WORDS) else None
+        except OutOfMemoryError:
+            smaller = fallbacks.next() if fallbacks else None
             if smaller is None:
                 raise
             n_ctx, layers = smaller

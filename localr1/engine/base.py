@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from localr1.events import Answer, Done, Event, FinishReason, Reasoning, Timings, Usage
 from localr1.prompt import ChatFormat, Prompt
@@ -30,16 +30,34 @@ class ModelInfo:
     extra: dict = field(default_factory=dict)
 
 
+@runtime_checkable
 class Engine(Protocol):
+    """What ``ask``, ``chat``, ``bench`` (and the coming ``serve``) use of an engine: the real one
+    (``engine/llama_cpp.py``) and the scripted one (``engine/fake.py``) both provide all of it."""
+
     info: ModelInfo
 
     def stream(self, prompt: Prompt, sampling: Sampling, *, cancel: threading.Event | None = None) -> Iterator[Event]:
         """Generate a continuation of ``prompt``; the last event is always ``Done``."""
         ...
 
-    def count_tokens(self, text: str) -> int: ...
+    def count_tokens(self, text: str) -> int:
+        """How many tokens ``text`` is (the context a prompt takes)."""
+        ...
 
-    def close(self) -> None: ...
+    def tokenize(self, text: str, *, add_bos: bool) -> list[int]: ...
+
+    def end_tokens(self) -> list[int]:
+        """End-of-stream and end-of-turn tokens (to bias off where a fixed length is wanted)."""
+        ...
+
+    def reset(self) -> None:
+        """Forget the KV cache: the next prompt is processed from its first token."""
+        ...
+
+    def close(self) -> None:
+        """Free the model; a generation running in another thread is stopped and waited for first."""
+        ...
 
 
 class EventAssembler:

@@ -70,6 +70,16 @@ class FakeEngine:
     def count_tokens(self, text: str) -> int:
         return max(1, len(text.split()))
 
+    def tokenize(self, text: str, *, add_bos: bool = False) -> list[int]:
+        """One "token" per word (ids are the words' positions): enough for the front ends' counting."""
+        return list(range(int(add_bos) + len(text.split())))
+
+    def end_tokens(self) -> list[int]:
+        return []
+
+    def reset(self) -> None:
+        pass
+
     def stream(self, prompt: Prompt, sampling: Sampling, *, cancel: threading.Event | None = None) -> Iterator[Event]:
         with self._lock:  # as the real engine: close() waits for a generation to stop
             yield from self._stream(prompt, sampling, cancel)
@@ -113,3 +123,17 @@ class FakeEngine:
         if self._lock.acquire(timeout=timeout):
             self.closed = True
             self._lock.release()
+
+
+def _fake_factory(path, header, options, cancel=None) -> FakeEngine:
+    """The registry's ``fake`` engine: a default script, named after the file it was asked to open."""
+    return FakeEngine(info=fake_model_info(path.name if path is not None else None, n_ctx=options.n_ctx or 4096))
+
+
+def _register() -> None:
+    from localr1.engine import registry
+
+    registry.register("fake", _fake_factory)
+
+
+_register()

@@ -31,7 +31,7 @@ from localr1.engine.backend import (
     weight_repacking,
 )
 from localr1.engine.base import EventAssembler, ModelInfo
-from localr1.errors import ContextOverflowError, EngineError, ModelLoadError, UsageError
+from localr1.errors import ContextOverflowError, EngineError, ModelLoadError, OutOfMemoryError, UsageError
 from localr1.events import Event, FinishReason, Timings
 from localr1.gguf_info import GGUFInfo, inspect_model
 from localr1.prompt import Prompt, chat_format_for
@@ -43,6 +43,14 @@ CLOSE_TIMEOUT_S = 10.0  # how long close() waits for a generation in another thr
 _UNSEEN = object()
 # Generated text is handed to the front end at most this often (one 60 Hz display frame); 0: every token.
 STREAM_INTERVAL_S = 1 / 60
+
+
+# How llama.cpp and its backends say that an allocation failed (the only place that reads their wording)
+_OOM_WORDS = ("out of memory", "failed to allocate", "unable to allocate", "cudamalloc", "not enough memory")
+
+
+def _is_oom(log_tail: str) -> bool:
+    return any(w in log_tail.lower() for w in _OOM_WORDS)
 
 
 def _import_numpy_meanwhile() -> None:
@@ -209,7 +217,7 @@ class LlamaCppEngine:
         if not self._model:
             reason = _LOG.tail() or "no reason given"
             unsupported = any(w in reason for w in ("unknown model architecture", "key not found", "wrong number"))
-            raise ModelLoadError(
+            raise (OutOfMemoryError if _is_oom(reason) else ModelLoadError)(
                 f"llama.cpp could not load {self.path.name}: {reason}",
                 hint="This llama.cpp does not support the file (or it is incomplete): try another GGUF build."
                 if unsupported
@@ -237,9 +245,9 @@ class LlamaCppEngine:
         self._ctx = lib.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             self.close(timeout=0)
-            raise ModelLoadError(
-                f"llama.cpp could not create a {n_ctx}-token context for {self.path.name}: "
-                f"{_LOG.tail() or 'out of memory?'}",
+            reason = _LOG.tail() or "out of memory?"
+            raise (OutOfMemoryError if _is_oom(reason) else ModelLoadError)(
+                f"llama.cpp could not create a {n_ctx}-token context for {self.path.name}: {reason}",
                 hint="Try a smaller --ctx.",
             )
         self._threadpool = None

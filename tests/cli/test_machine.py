@@ -9,7 +9,7 @@ from ggufs import write_gguf
 from localr1 import loader as loader_module
 from localr1.cli.app import app
 from localr1.engine.fake import FakeEngine
-from localr1.errors import ModelLoadError
+from localr1.errors import ModelLoadError, OutOfMemoryError
 
 SIM = ["--vram", "12GiB", "--ram", "32GiB", "--disk", "2TiB"]
 
@@ -94,7 +94,7 @@ def test_ask_retries_smaller_after_out_of_memory(runner, monkeypatch, tmp_path):
     def fake_load(p, header, options, cancel=None):
         seen.append(options)
         if len(seen) == 1:
-            raise ModelLoadError("llama.cpp could not load m.gguf: cudaMalloc failed: out of memory")
+            raise OutOfMemoryError("llama.cpp could not load m.gguf: cudaMalloc failed: out of memory")
         return FakeEngine([["</think>", "fine"]])
 
     monkeypatch.setattr(loader_module, "load_engine", fake_load)

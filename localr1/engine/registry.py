@@ -1,0 +1,56 @@
+"""Engines by name: how ``loader.load_engine`` finds the one to open.
+
+``llama.cpp`` (the real engine) is registered here, imported only when a model is opened; the scripted
+``FakeEngine`` registers itself as ``fake`` the same way, so tests (and plug-ins) swap engines without
+patching the loader. A factory takes ``(path, header, EngineOptions, cancel)`` and returns an ``Engine``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from localr1.errors import UsageError
+
+Factory = Callable[..., Any]
+_FACTORIES: dict[str, Factory] = {}
+
+
+def register(name: str, factory: Factory) -> None:
+    _FACTORIES[name] = factory
+
+
+# Engines in the package that register themselves when imported (imported on first use, by name).
+_BUILT_IN = {"fake": "localr1.engine.fake"}
+
+
+def get(name: str) -> Factory:
+    if name not in _FACTORIES and name in _BUILT_IN:
+        import importlib
+
+        importlib.import_module(_BUILT_IN[name])
+    if name not in _FACTORIES:
+        known = ", ".join(sorted({*_FACTORIES, *_BUILT_IN}))
+        raise UsageError(f"no engine named {name!r}", hint=f"Known engines: {known}.")
+    return _FACTORIES[name]
+
+
+def _llama_cpp(path, header, options, cancel=None):
+    from localr1.engine.llama_cpp import DEFAULT_BATCH, LlamaCppEngine
+
+    return LlamaCppEngine(
+        path,
+        n_ctx=options.n_ctx,
+        n_threads=options.n_threads,
+        n_gpu_layers=options.n_gpu_layers,
+        n_batch=options.n_batch or DEFAULT_BATCH,
+        flash_attn=options.flash_attn,
+        debug=options.debug,
+        gguf=header,
+        cancel=cancel,
+        tensor_overrides=options.tensor_overrides,
+        use_mlock=options.mlock,
+    )
+
+
+register("llama.cpp", _llama_cpp)
