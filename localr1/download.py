@@ -494,7 +494,6 @@ def _fetch(
     """
     from filelock import FileLock
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
     url = hf_hub_url(repo_id, safe_repo_path(f.path), revision=revision, endpoint=endpoint())
     with hub_errors(f"{repo_id}/{f.path}"):
@@ -514,65 +513,7 @@ def _fetch(
     with FileLock(str(blob) + ".lock"):
         if not blob.exists():
             partial = blob.with_name(etag + ".incomplete")
-            bar = None
-            if show_progress:
-                from tqdm.auto import tqdm
-
-                have = partial.stat().st_size if partial.exists() else 0
-                bar = tqdm(
-                    total=size, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=Path(f.path).name
-                )
-            net_errors = _http_errors()
-            try:
-                attempts = retries
-                while True:
-                    have = partial.stat().st_size if partial.exists() else 0
-                    if size is not None and have > size:  # left by a server that sent too much: start over
-                        partial.unlink()
-                        have = 0
-                    if size is not None and have == size:
-                        break
-                    headers = build_hf_headers()
-                    if have:
-                        headers["Range"] = f"bytes={have}-"
-                    try:
-                        with get_session().stream("GET", meta.location, headers=headers, follow_redirects=True) as r:
-                            with hub_errors(f"{repo_id}/{f.path}"):
-                                hf_raise_for_status(r)
-                            mode = "ab" if have and r.status_code == 206 else "wb"  # a server may ignore Range
-                            if bar is not None and mode == "wb":
-                                bar.reset(total=size)
-                            with open(partial, mode) as out:
-                                for chunk in r.iter_bytes(1 << 20):
-                                    if size is not None and out.tell() + len(chunk) > size:
-                                        out.truncate(0)
-                                        raise DownloadError(
-                                            f"the server sent more than the {size:,} bytes it announced for "
-                                            f"{f.path}; the partial file was discarded",
-                                            hint="Run pull again; if it repeats, a proxy or the server is at fault.",
-                                        )
-                                    out.write(chunk)
-                                    attempts = retries  # progress was made: the retry budget starts over
-                                    if bar is not None:
-                                        bar.update(len(chunk))
-                                    if progress is not None:
-                                        progress(Path(f.path).name, out.tell(), size or 0)
-                        if size is None:
-                            break
-                    except net_errors as exc:
-                        attempts -= 1
-                        if attempts < 0:
-                            with hub_errors(f"{repo_id}/{f.path}", transfer=True):
-                                raise exc
-            finally:
-                if bar is not None:
-                    bar.close()
-            got = partial.stat().st_size
-            if size is not None and got != size:
-                raise DownloadError(
-                    f"{f.path}: received {got:,} bytes, expected {size:,}",
-                    hint="Run pull again: it resumes where it stopped.",
-                )
+            _transfer(meta.location, partial, size, f"{repo_id}/{f.path}", show_progress, progress, retries)
             os.replace(partial, blob)
         if not pointer.exists():
             pointer.parent.mkdir(parents=True, exist_ok=True)
@@ -587,6 +528,79 @@ def _fetch(
             ref.parent.mkdir(parents=True, exist_ok=True)
             ref.write_text(commit)
     return pointer
+
+
+def _transfer(
+    location: str,
+    partial: Path,
+    size: int | None,
+    what: str,
+    show_progress: bool,
+    progress: ProgressFn | None,
+    retries: int,
+) -> None:
+    """Fill ``partial`` up to ``size`` bytes from ``location``: Range requests continue what is there (from this
+    run or an earlier one), a dropped connection is retried while bytes keep coming, and a server that sends
+    more than it announced is refused (the partial file is discarded, so it cannot block the next pull)."""
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+    name = Path(what).name
+    bar = None
+    if show_progress:
+        from tqdm.auto import tqdm
+
+        have = partial.stat().st_size if partial.exists() else 0
+        bar = tqdm(total=size, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=name)
+    net_errors = _http_errors()
+    try:
+        attempts = retries
+        while True:
+            have = partial.stat().st_size if partial.exists() else 0
+            if size is not None and have > size:  # left by a server that sent too much: start over
+                partial.unlink()
+                have = 0
+            if size is not None and have == size:
+                break
+            headers = build_hf_headers()
+            if have:
+                headers["Range"] = f"bytes={have}-"
+            try:
+                with get_session().stream("GET", location, headers=headers, follow_redirects=True) as r:
+                    with hub_errors(what):
+                        hf_raise_for_status(r)
+                    mode = "ab" if have and r.status_code == 206 else "wb"  # a server may ignore Range
+                    if bar is not None and mode == "wb":
+                        bar.reset(total=size)
+                    with open(partial, mode) as out:
+                        for chunk in r.iter_bytes(1 << 20):
+                            if size is not None and out.tell() + len(chunk) > size:
+                                out.truncate(0)
+                                raise DownloadError(
+                                    f"the server sent more than the {size:,} bytes it announced for "
+                                    f"{name}; the partial file was discarded",
+                                    hint="Run pull again; if it repeats, a proxy or the server is at fault.",
+                                )
+                            out.write(chunk)
+                            attempts = retries  # progress was made: the retry budget starts over
+                            if bar is not None:
+                                bar.update(len(chunk))
+                            if progress is not None:
+                                progress(name, out.tell(), size or 0)
+                if size is None:
+                    break
+            except net_errors as exc:
+                attempts -= 1
+                if attempts < 0:
+                    with hub_errors(what, transfer=True):
+                        raise exc
+    finally:
+        if bar is not None:
+            bar.close()
+    got = partial.stat().st_size
+    if size is not None and got != size:
+        raise DownloadError(
+            f"{name}: received {got:,} bytes, expected {size:,}", hint="Run pull again: it resumes where it stopped."
+        )
 
 
 def pull(

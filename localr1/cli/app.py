@@ -52,14 +52,13 @@ def root(
 
 
 def _register() -> None:
+    """Every command, in the order --help lists them (everyday first)."""
     from localr1.cli import ask, bench, chat, library, machine
+    from localr1.cli.state import COMMANDS
 
-    # the order --help lists them in: everyday first
-    ask.register(app)
-    chat.register(app)
-    library.register(app)
-    machine.register(app)
-    bench.register(app)
+    for module in (ask, chat, library, machine, bench):
+        for func, args, kwargs in COMMANDS[module.__name__]:
+            app.command(*args, **kwargs)(func)
 
 
 _register()

@@ -27,6 +27,7 @@ from localr1.cli.options import (
     VramOpt,
     load_request,
 )
+from localr1.cli.state import command, handle_errors
 from localr1.errors import UsageError
 from localr1.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Sampling
 
@@ -118,82 +119,79 @@ def cancel_on_sigint(cancel: threading.Event) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def register(app: typer.Typer) -> None:
-    from localr1.cli.state import handle_errors
+@command(help=command_help(HELP), no_args_is_help=False)
+@handle_errors
+def ask(
+    question: str | None = typer.Argument(None, help='The question; "-" or a pipe reads it from stdin.'),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="A .gguf file or a catalog name (r1:7b, r1:14b:Q5_K_M, ...)."
+    ),
+    show_thinking: bool = typer.Option(False, "--show-thinking", "-t", help="Stream the thinking to stderr."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object with reasoning and answer."),
+    stats: bool = typer.Option(False, "--stats", help="Then print tokens, speed and times on stderr."),
+    system: str | None = typer.Option(None, "--system", help="Instructions, folded into the question."),
+    math: bool = typer.Option(False, "--math", help="Ask for step-by-step reasoning and a \\boxed{} answer."),
+    temperature: float = typer.Option(DEFAULT_TEMPERATURE, "--temperature", help="Sampling temperature."),
+    top_p: float = typer.Option(DEFAULT_TOP_P, "--top-p", help="Nucleus sampling threshold."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed, for repeatable answers."),
+    max_tokens: int | None = typer.Option(None, "--max-tokens", help="Stop after this many tokens."),
+    ctx: CtxOpt = None,
+    threads: ThreadsOpt = None,
+    gpu_layers: int | None = typer.Option(
+        None,
+        "--gpu-layers",
+        help="Layers to offload to the GPU (-1: all; default: as planned for this machine).",
+    ),
+    offline: OfflineOpt = False,
+    offload_mode: OffloadOpt = "auto",
+    gpu_experts: GpuExpertsOpt = None,
+    vram: VramOpt = None,
+    ram: RamOpt = None,
+    gpus: GpusOpt = None,
+    gpu: GpuKindOpt = None,
+    disk: DiskOpt = None,
+) -> None:
+    from localr1.cli.library import pull_target
+    from localr1.cli.render import TerminalRenderer, collect, dump_json, result_object, stats_line
+    from localr1.config import load_config
+    from localr1.loader import open_model
+    from localr1.prompt import render, user_turn
 
-    @app.command(help=command_help(HELP), no_args_is_help=False)
-    @handle_errors
-    def ask(
-        question: str | None = typer.Argument(None, help='The question; "-" or a pipe reads it from stdin.'),
-        model: str | None = typer.Option(
-            None, "--model", "-m", help="A .gguf file or a catalog name (r1:7b, r1:14b:Q5_K_M, ...)."
-        ),
-        show_thinking: bool = typer.Option(False, "--show-thinking", "-t", help="Stream the thinking to stderr."),
-        json_out: bool = typer.Option(False, "--json", help="Print one JSON object with reasoning and answer."),
-        stats: bool = typer.Option(False, "--stats", help="Then print tokens, speed and times on stderr."),
-        system: str | None = typer.Option(None, "--system", help="Instructions, folded into the question."),
-        math: bool = typer.Option(False, "--math", help="Ask for step-by-step reasoning and a \\boxed{} answer."),
-        temperature: float = typer.Option(DEFAULT_TEMPERATURE, "--temperature", help="Sampling temperature."),
-        top_p: float = typer.Option(DEFAULT_TOP_P, "--top-p", help="Nucleus sampling threshold."),
-        seed: int | None = typer.Option(None, "--seed", help="Random seed, for repeatable answers."),
-        max_tokens: int | None = typer.Option(None, "--max-tokens", help="Stop after this many tokens."),
-        ctx: CtxOpt = None,
-        threads: ThreadsOpt = None,
-        gpu_layers: int | None = typer.Option(
-            None,
-            "--gpu-layers",
-            help="Layers to offload to the GPU (-1: all; default: as planned for this machine).",
-        ),
-        offline: OfflineOpt = False,
-        offload_mode: OffloadOpt = "auto",
-        gpu_experts: GpuExpertsOpt = None,
-        vram: VramOpt = None,
-        ram: RamOpt = None,
-        gpus: GpusOpt = None,
-        gpu: GpuKindOpt = None,
-        disk: DiskOpt = None,
-    ) -> None:
-        from localr1.cli.library import pull_target
-        from localr1.cli.render import TerminalRenderer, collect, dump_json, result_object, stats_line
-        from localr1.config import load_config
-        from localr1.loader import open_model
-        from localr1.prompt import render, user_turn
-
-        text = read_question(question)  # before anything slow: an empty question fails at once
-        sampling = Sampling(temperature=temperature, top_p=top_p, seed=seed, max_tokens=max_tokens).validate()
-        request = load_request(
-            model, ctx=ctx, gpu_layers=gpu_layers, threads=threads, offline=offline, offload=offload_mode,
-            gpu_experts=gpu_experts, vram=vram, ram=ram, gpus=gpus, gpu=gpu, disk=disk,
-        )  # fmt: skip
-        config = load_config()
-        cancel = threading.Event()
-        with cancel_on_sigint(cancel):
-            loaded = open_model(
-                request, config, cancel=cancel, fetch=lambda target, off: pull_target(target, off, cancel=cancel)
-            )
-            engine, name, path = loaded.engine, loaded.label, loaded.path
-            try:
-                prompt = render(user_turn(text, system=system, math=math), engine.info.chat_format)
-                events = engine.stream(prompt, sampling, cancel=cancel)
-                if json_out:
-                    reasoning, answer, done = collect(events)
-                    if done is not None:
-                        info = engine.info
-                        meta = {
-                            "name": name,
-                            "path": str(path),
-                            "quant": info.quant,
-                            "n_ctx": info.n_ctx,
-                            "n_gpu_layers": info.n_gpu_layers,
-                        }
-                        dump_json(result_object(meta, reasoning, answer, done))
-                else:
-                    renderer = TerminalRenderer(show_thinking=show_thinking)
-                    done = renderer.render(events)
-                    if stats and done is not None:
-                        renderer.note(stats_line(name, done))
-            finally:
-                engine.close()
-        if done is not None and done.finish_reason == "cancelled":
-            sys.stderr.write("Stopped.\n")
-            raise typer.Exit(130)
+    text = read_question(question)  # before anything slow: an empty question fails at once
+    sampling = Sampling(temperature=temperature, top_p=top_p, seed=seed, max_tokens=max_tokens).validate()
+    request = load_request(
+        model, ctx=ctx, gpu_layers=gpu_layers, threads=threads, offline=offline, offload=offload_mode,
+        gpu_experts=gpu_experts, vram=vram, ram=ram, gpus=gpus, gpu=gpu, disk=disk,
+    )  # fmt: skip
+    config = load_config()
+    cancel = threading.Event()
+    with cancel_on_sigint(cancel):
+        loaded = open_model(
+            request, config, cancel=cancel, fetch=lambda target, off: pull_target(target, off, cancel=cancel)
+        )
+        engine, name, path = loaded.engine, loaded.label, loaded.path
+        try:
+            prompt = render(user_turn(text, system=system, math=math), engine.info.chat_format)
+            events = engine.stream(prompt, sampling, cancel=cancel)
+            if json_out:
+                reasoning, answer, done = collect(events)
+                if done is not None:
+                    info = engine.info
+                    meta = {
+                        "name": name,
+                        "path": str(path),
+                        "quant": info.quant,
+                        "n_ctx": info.n_ctx,
+                        "n_gpu_layers": info.n_gpu_layers,
+                    }
+                    dump_json(result_object(meta, reasoning, answer, done))
+            else:
+                renderer = TerminalRenderer(show_thinking=show_thinking)
+                done = renderer.render(events)
+                if stats and done is not None:
+                    renderer.note(stats_line(name, done))
+        finally:
+            engine.close()
+    if done is not None and done.finish_reason == "cancelled":
+        sys.stderr.write("Stopped.\n")
+        raise typer.Exit(130)

@@ -20,6 +20,7 @@ from localr1.cli.options import (
     VramOpt,
     load_request,
 )
+from localr1.cli.state import command, handle_errors
 from localr1.errors import UsageError
 from localr1.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Sampling
 
@@ -92,53 +93,50 @@ def picker_entries(sim):
     return entries
 
 
-def register(app: typer.Typer) -> None:
-    from localr1.cli.state import handle_errors
+@command(help=command_help(HELP))
+@handle_errors
+def chat(
+    model: str | None = typer.Argument(None, help="A catalog name or .gguf file (default: the best that fits)."),
+    ctx: CtxOpt = None,
+    gpu_layers: int | None = typer.Option(None, "--gpu-layers", help="Layers on the GPU (default: as planned)."),
+    threads: ThreadsOpt = None,
+    temperature: float = typer.Option(DEFAULT_TEMPERATURE, "--temperature", help="Sampling temperature."),
+    top_p: float = typer.Option(DEFAULT_TOP_P, "--top-p", help="Nucleus sampling threshold."),
+    max_tokens: int | None = typer.Option(None, "--max-tokens", help="Longest reply in tokens."),
+    hide_thinking: bool = typer.Option(False, "--hide-thinking", help="Hide the thinking blocks entirely."),
+    offline: OfflineOpt = False,
+    offload_mode: OffloadOpt = "auto",
+    gpu_experts: GpuExpertsOpt = None,
+    vram: VramOpt = None,
+    ram: RamOpt = None,
+    gpus: GpusOpt = None,
+    gpu: GpuKindOpt = None,
+    disk: DiskOpt = None,
+) -> None:
+    from localr1.config import load_config
+    from localr1.conversations import ConversationStore
+    from localr1.resolve import check_spec
 
-    @app.command(help=command_help(HELP))
-    @handle_errors
-    def chat(
-        model: str | None = typer.Argument(None, help="A catalog name or .gguf file (default: the best that fits)."),
-        ctx: CtxOpt = None,
-        gpu_layers: int | None = typer.Option(None, "--gpu-layers", help="Layers on the GPU (default: as planned)."),
-        threads: ThreadsOpt = None,
-        temperature: float = typer.Option(DEFAULT_TEMPERATURE, "--temperature", help="Sampling temperature."),
-        top_p: float = typer.Option(DEFAULT_TOP_P, "--top-p", help="Nucleus sampling threshold."),
-        max_tokens: int | None = typer.Option(None, "--max-tokens", help="Longest reply in tokens."),
-        hide_thinking: bool = typer.Option(False, "--hide-thinking", help="Hide the thinking blocks entirely."),
-        offline: OfflineOpt = False,
-        offload_mode: OffloadOpt = "auto",
-        gpu_experts: GpuExpertsOpt = None,
-        vram: VramOpt = None,
-        ram: RamOpt = None,
-        gpus: GpusOpt = None,
-        gpu: GpuKindOpt = None,
-        disk: DiskOpt = None,
-    ) -> None:
-        from localr1.config import load_config
-        from localr1.conversations import ConversationStore
-        from localr1.resolve import check_spec
+    if not is_terminal():
+        raise UsageError("chat needs a terminal", hint='For pipes and scripts: localr1 ask "..." (or --json).')
+    request = load_request(
+        model, ctx=ctx, gpu_layers=gpu_layers, threads=threads, offline=offline, offload=offload_mode,
+        gpu_experts=gpu_experts, vram=vram, ram=ram, gpus=gpus, gpu=gpu, disk=disk,
+    )  # fmt: skip
+    sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens).validate()
+    config = load_config()
+    if model or config.default_model:
+        check_spec(model or config.default_model)  # a typo fails here, not inside the full-screen app
 
-        if not is_terminal():
-            raise UsageError("chat needs a terminal", hint='For pipes and scripts: localr1 ask "..." (or --json).')
-        request = load_request(
-            model, ctx=ctx, gpu_layers=gpu_layers, threads=threads, offline=offline, offload=offload_mode,
-            gpu_experts=gpu_experts, vram=vram, ram=ram, gpus=gpus, gpu=gpu, disk=disk,
-        )  # fmt: skip
-        sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens).validate()
-        config = load_config()
-        if model or config.default_model:
-            check_spec(model or config.default_model)  # a typo fails here, not inside the full-screen app
+    from localr1.tui.app import make_app
 
-        from localr1.tui.app import make_app
-
-        tui = make_app(
-            loader=real_loader(request, lambda text: tui.call_from_thread(tui.notify, text, severity="warning")),
-            store=ConversationStore(),
-            picker_entries=picker_entries(request.simulation),
-            spec=model,
-            sampling=sampling,
-            hide_thinking=hide_thinking or config.hide_thinking,
-            quit_on_signals=True,
-        )
-        tui.run()
+    tui = make_app(
+        loader=real_loader(request, lambda text: tui.call_from_thread(tui.notify, text, severity="warning")),
+        store=ConversationStore(),
+        picker_entries=picker_entries(request.simulation),
+        spec=model,
+        sampling=sampling,
+        hide_thinking=hide_thinking or config.hide_thinking,
+        quit_on_signals=True,
+    )
+    tui.run()

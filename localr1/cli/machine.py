@@ -21,6 +21,7 @@ from localr1.cli.options import (
     load_request,
     simulation,
 )
+from localr1.cli.state import command, handle_errors
 from localr1.units import gib
 
 
@@ -124,188 +125,185 @@ def _placement(plan, hw, mode: str, gpu_experts: int | None):
         return None, str(exc)
 
 
-def register(app: typer.Typer) -> None:
-    from localr1.cli.state import handle_errors
+@command(
+    help=command_help(
+        """Show the machine as localr1 sees it: GPUs, memory, llama.cpp backends, disk.
 
-    @app.command(
-        help=command_help(
-            """Show the machine as localr1 sees it: GPUs, memory, llama.cpp backends, disk.
-
-            Examples:
-            $ localr1 hw
-            $ localr1 hw --json
-            $ localr1 hw --vram 12GiB --ram 32GiB      # simulate another machine
-            """
-        )
+        Examples:
+        $ localr1 hw
+        $ localr1 hw --json
+        $ localr1 hw --vram 12GiB --ram 32GiB      # simulate another machine
+        """
     )
-    @handle_errors
-    def hw(
-        json_out: bool = typer.Option(False, "--json", help="Print JSON."),
-        vram: VramOpt = None,
-        ram: RamOpt = None,
-        gpus: GpusOpt = None,
-        gpu: GpuKindOpt = None,
-        disk: DiskOpt = None,
-    ) -> None:
-        from localr1.hardware import machine
+)
+@handle_errors
+def hw(
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    vram: VramOpt = None,
+    ram: RamOpt = None,
+    gpus: GpusOpt = None,
+    gpu: GpuKindOpt = None,
+    disk: DiskOpt = None,
+) -> None:
+    from localr1.hardware import machine
 
-        machine_info = machine(simulation(vram, ram, gpus, gpu, disk))
-        if json_out:
-            sys.stdout.write(json.dumps(machine_info.to_dict(), indent=2) + "\n")
-        else:
-            sys.stdout.write("\n".join(hardware_lines(machine_info)) + "\n")
+    machine_info = machine(simulation(vram, ram, gpus, gpu, disk))
+    if json_out:
+        sys.stdout.write(json.dumps(machine_info.to_dict(), indent=2) + "\n")
+    else:
+        sys.stdout.write("\n".join(hardware_lines(machine_info)) + "\n")
 
-    @app.command(
-        help=command_help(
-            """List the R1 models localr1 knows, with what fits this machine and what is downloaded.
 
-            Examples:
-            $ localr1 models
-            $ localr1 models --json
-            $ localr1 models --vram 24GiB --ram 64GiB
-            """
-        )
+@command(
+    help=command_help(
+        """List the R1 models localr1 knows, with what fits this machine and what is downloaded.
+
+        Examples:
+        $ localr1 models
+        $ localr1 models --json
+        $ localr1 models --vram 24GiB --ram 64GiB
+        """
     )
-    @handle_errors
-    def models(
-        json_out: bool = typer.Option(False, "--json", help="Print JSON."),
-        vram: VramOpt = None,
-        ram: RamOpt = None,
-        gpus: GpusOpt = None,
-        gpu: GpuKindOpt = None,
-        disk: DiskOpt = None,
-    ) -> None:
-        from localr1 import candidates as cands
-        from localr1.catalog import load_catalog
-        from localr1.hardware import machine
-        from localr1.planner import NoPlanError, choose
+)
+@handle_errors
+def models(
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    vram: VramOpt = None,
+    ram: RamOpt = None,
+    gpus: GpusOpt = None,
+    gpu: GpuKindOpt = None,
+    disk: DiskOpt = None,
+) -> None:
+    from localr1 import candidates as cands
+    from localr1.catalog import load_catalog
+    from localr1.hardware import machine
+    from localr1.planner import NoPlanError, choose
 
-        machine_info = machine(simulation(vram, ram, gpus, gpu, disk))
-        catalog = load_catalog()
-        rows = []
-        for name, model in catalog.items():
-            pool = cands.from_catalog({name: model})
-            mark = None
-            try:
-                plan = choose(pool, machine_info)
-            except NoPlanError as exc:
-                plan = None
-                speeds = [
-                    float(a.reason.split("about ")[1].split()[0])
-                    for a in exc.attempts
-                    if a.reason.startswith("fits, but")
-                ]
-                mark = f"too slow (~{max(speeds):.1f} tok/s at best)" if speeds else "too big"
-            downloaded = [c.quant for c in pool if c.path is not None]
-            rows.append((model, plan, downloaded, mark))
-        if json_out:
-            out = [
-                {
-                    "name": m.name,
-                    "title": m.title,
-                    "params_b": m.params_b,
-                    "aime2024": m.aime2024,
-                    "gpqa": m.gpqa,
-                    "license": m.license,
-                    "quants": m.quants,
-                    "downloaded": d,
-                    "fit": mark or fit_mark(p),
-                    "plan": p.to_dict() if p else None,
-                }
-                for m, p, d, mark in rows
+    machine_info = machine(simulation(vram, ram, gpus, gpu, disk))
+    catalog = load_catalog()
+    rows = []
+    for name, model in catalog.items():
+        pool = cands.from_catalog({name: model})
+        mark = None
+        try:
+            plan = choose(pool, machine_info)
+        except NoPlanError as exc:
+            plan = None
+            speeds = [
+                float(a.reason.split("about ")[1].split()[0]) for a in exc.attempts if a.reason.startswith("fits, but")
             ]
-            sys.stdout.write(json.dumps(out, indent=2) + "\n")
-            return
-        header = f"{'NAME':14} {'MODEL':40} {'AIME':>5} {'GPQA':>5}  {'THIS MACHINE':34} DOWNLOADED"
-        sys.stdout.write(header + "\n")
-        for m, p, d, mark in rows:
-            fit = mark or f"{fit_mark(p)} ({p.candidate.quant}, ~{p.decode_tps:.0f} tok/s)"
-            aime = f"{m.aime2024:.1f}" if m.aime2024 else "-"
-            gpqa = f"{m.gpqa:.1f}" if m.gpqa else "-"
-            sys.stdout.write(f"{m.name:14} {m.title[:40]:40} {aime:>5} {gpqa:>5}  {fit:34} {', '.join(d) or '-'}\n")
+            mark = f"too slow (~{max(speeds):.1f} tok/s at best)" if speeds else "too big"
+        downloaded = [c.quant for c in pool if c.path is not None]
+        rows.append((model, plan, downloaded, mark))
+    if json_out:
+        out = [
+            {
+                "name": m.name,
+                "title": m.title,
+                "params_b": m.params_b,
+                "aime2024": m.aime2024,
+                "gpqa": m.gpqa,
+                "license": m.license,
+                "quants": m.quants,
+                "downloaded": d,
+                "fit": mark or fit_mark(p),
+                "plan": p.to_dict() if p else None,
+            }
+            for m, p, d, mark in rows
+        ]
+        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+        return
+    header = f"{'NAME':14} {'MODEL':40} {'AIME':>5} {'GPQA':>5}  {'THIS MACHINE':34} DOWNLOADED"
+    sys.stdout.write(header + "\n")
+    for m, p, d, mark in rows:
+        fit = mark or f"{fit_mark(p)} ({p.candidate.quant}, ~{p.decode_tps:.0f} tok/s)"
+        aime = f"{m.aime2024:.1f}" if m.aime2024 else "-"
+        gpqa = f"{m.gpqa:.1f}" if m.gpqa else "-"
+        sys.stdout.write(f"{m.name:14} {m.title[:40]:40} {aime:>5} {gpqa:>5}  {fit:34} {', '.join(d) or '-'}\n")
 
-    @app.command(
-        help=command_help(
-            """Choose the model, quant, context and GPU layers for this machine, and say why.
 
-            Examples:
-            $ localr1 plan
-            $ localr1 plan r1:70b --ctx 32768 --explain
-            $ localr1 plan --vram 8GiB --ram 16GiB --json
-            """
-        )
+@command(
+    help=command_help(
+        """Choose the model, quant, context and GPU layers for this machine, and say why.
+
+        Examples:
+        $ localr1 plan
+        $ localr1 plan r1:70b --ctx 32768 --explain
+        $ localr1 plan --vram 8GiB --ram 16GiB --json
+        """
     )
-    @handle_errors
-    def plan(
-        model: str | None = typer.Argument(None, help="A catalog name or .gguf file (default: the best that fits)."),
-        ctx: CtxOpt = None,
-        explain: bool = typer.Option(False, "--explain", help="Show every option tried and why it was rejected."),
-        json_out: bool = typer.Option(False, "--json", help="Print JSON."),
-        offload: OffloadOpt = "auto",
-        gpu_experts: GpuExpertsOpt = None,
-        measure_disk: bool = typer.Option(False, "--measure-disk", help="Measure disk read speed (reads 256 MiB)."),
-        vram: VramOpt = None,
-        ram: RamOpt = None,
-        gpus: GpusOpt = None,
-        gpu: GpuKindOpt = None,
-        disk: DiskOpt = None,
-    ) -> None:
-        from localr1.config import load_config
-        from localr1.hardware import machine
-        from localr1.loader import plan_for_spec
+)
+@handle_errors
+def plan(
+    model: str | None = typer.Argument(None, help="A catalog name or .gguf file (default: the best that fits)."),
+    ctx: CtxOpt = None,
+    explain: bool = typer.Option(False, "--explain", help="Show every option tried and why it was rejected."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    offload: OffloadOpt = "auto",
+    gpu_experts: GpuExpertsOpt = None,
+    measure_disk: bool = typer.Option(False, "--measure-disk", help="Measure disk read speed (reads 256 MiB)."),
+    vram: VramOpt = None,
+    ram: RamOpt = None,
+    gpus: GpusOpt = None,
+    gpu: GpuKindOpt = None,
+    disk: DiskOpt = None,
+) -> None:
+    from localr1.config import load_config
+    from localr1.hardware import machine
+    from localr1.loader import plan_for_spec
 
-        request = load_request(
-            model, ctx=ctx, offload=offload, gpu_experts=gpu_experts, vram=vram, ram=ram, gpus=gpus, gpu=gpu, disk=disk
-        )
-        machine_info = machine(request.simulation)
-        if measure_disk:
-            from localr1.hardware import measure_disk_read
-            from localr1.paths import models_dir
+    request = load_request(
+        model, ctx=ctx, offload=offload, gpu_experts=gpu_experts, vram=vram, ram=ram, gpus=gpus, gpu=gpu, disk=disk
+    )
+    machine_info = machine(request.simulation)
+    if measure_disk:
+        from localr1.hardware import measure_disk_read
+        from localr1.paths import models_dir
 
-            speed = measure_disk_read(models_dir())
-            machine_info = replace(machine_info, disk_bandwidth_gbs=speed)
-            if not json_out:
-                sys.stdout.write(f"Disk reads: {speed:.2f} GB/s (measured in {models_dir()})\n")
-        chosen = plan_for_spec(
-            request.spec,
-            machine_info,
-            load_config(),
-            want_ctx=request.ctx,
-            gpu_layers=None,
-            prefer_local=False,
-            offload=request.offload,
-            gpu_experts=request.gpu_experts,
-        )
-        placement, why_not = (
-            (chosen.placement, None) if chosen.placement else _placement(chosen, machine_info, offload, gpu_experts)
-        )
-        if json_out:
-            out = {**chosen.to_dict(), "hardware": machine_info.to_dict()}
-            if placement is not None:
-                out["offload"] = {
-                    "gpu_bytes": placement.gpu_bytes,
-                    "ram_bytes": placement.ram_bytes,
-                    "disk_bytes": placement.disk_bytes,
-                    "gpu_expert_layers": placement.gpu_expert_layers,
-                    "ram_expert_layers": placement.ram_expert_layers,
-                    "disk_expert_layers": placement.disk_expert_layers,
-                    "decode_tokens_per_s": round(placement.decode_tps, 1),
-                    "llama_cpp_args": placement.ot_args(),
-                }
-            sys.stdout.write(json.dumps(out, indent=2) + "\n")
-            return
-        lines = plan_lines(chosen, explain=explain)
+        speed = measure_disk_read(models_dir())
+        machine_info = replace(machine_info, disk_bandwidth_gbs=speed)
+        if not json_out:
+            sys.stdout.write(f"Disk reads: {speed:.2f} GB/s (measured in {models_dir()})\n")
+    chosen = plan_for_spec(
+        request.spec,
+        machine_info,
+        load_config(),
+        want_ctx=request.ctx,
+        gpu_layers=None,
+        prefer_local=False,
+        offload=request.offload,
+        gpu_experts=request.gpu_experts,
+    )
+    placement, why_not = (
+        (chosen.placement, None) if chosen.placement else _placement(chosen, machine_info, offload, gpu_experts)
+    )
+    if json_out:
+        out = {**chosen.to_dict(), "hardware": machine_info.to_dict()}
         if placement is not None:
-            used = "this plan" if chosen.placement is placement else "if you want it: --offload with ask and chat"
-            lines += ["", f"Offload placement ({offload}, {used}):"] + ["  " + line for line in placement.describe()]
-            if placement.decode_tps < 5:
-                lines.append(
-                    "  slow: more RAM (keeps experts off the disk), a smaller quant, or a shorter context would help"
-                )
-            lines += [
-                "  the same with llama.cpp:",
-                "  llama-cli -m MODEL.gguf " + " ".join(f"'{a}'" if "(" in a else a for a in placement.ot_args()),
-            ]
-        elif why_not:
-            lines += ["", f"Offload placement: {why_not}"]
-        sys.stdout.write("\n".join(lines) + "\n")
+            out["offload"] = {
+                "gpu_bytes": placement.gpu_bytes,
+                "ram_bytes": placement.ram_bytes,
+                "disk_bytes": placement.disk_bytes,
+                "gpu_expert_layers": placement.gpu_expert_layers,
+                "ram_expert_layers": placement.ram_expert_layers,
+                "disk_expert_layers": placement.disk_expert_layers,
+                "decode_tokens_per_s": round(placement.decode_tps, 1),
+                "llama_cpp_args": placement.ot_args(),
+            }
+        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+        return
+    lines = plan_lines(chosen, explain=explain)
+    if placement is not None:
+        used = "this plan" if chosen.placement is placement else "if you want it: --offload with ask and chat"
+        lines += ["", f"Offload placement ({offload}, {used}):"] + ["  " + line for line in placement.describe()]
+        if placement.decode_tps < 5:
+            lines.append(
+                "  slow: more RAM (keeps experts off the disk), a smaller quant, or a shorter context would help"
+            )
+        lines += [
+            "  the same with llama.cpp:",
+            "  llama-cli -m MODEL.gguf " + " ".join(f"'{a}'" if "(" in a else a for a in placement.ot_args()),
+        ]
+    elif why_not:
+        lines += ["", f"Offload placement: {why_not}"]
+    sys.stdout.write("\n".join(lines) + "\n")

@@ -24,6 +24,21 @@ class State:
 state = State()
 
 
+# Commands are top-level functions marked with @command(...): cli/app.py registers them with Typer, in one
+# place, and nothing imports cli/app.py back.
+COMMANDS: dict[str, list[tuple[Callable[..., Any], tuple, dict]]] = {}
+
+
+def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
+    """Mark a function as a ``localr1`` command; ``args``/``kwargs`` go to Typer's ``app.command``."""
+
+    def mark(func: F) -> F:
+        COMMANDS.setdefault(func.__module__, []).append((func, args, kwargs))
+        return func
+
+    return mark
+
+
 def print_error(exc: LocalR1Error) -> None:
     color = sys.stderr.isatty() and not os.environ.get("NO_COLOR")
     red, dim, reset = ("\x1b[31m", "\x1b[2m", "\x1b[0m") if color else ("", "", "")

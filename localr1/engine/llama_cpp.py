@@ -194,6 +194,39 @@ class LlamaCppEngine:
             from localr1.cpu import physical_cores
 
             n_threads = physical_cores()
+        self._load_model(header, n_gpu_layers, use_mmap, use_mlock, tensor_overrides, cancel)
+        n_ctx_train = lib.llama_model_n_ctx_train(self._model)
+        if n_ctx is None or n_ctx <= 0:
+            n_ctx = min(n_ctx_train, 8192) if n_ctx_train > 0 else 4096
+        n_batch = max(1, min(n_batch, n_ctx))
+        self._make_context(n_ctx, n_batch, n_threads, flash_attn, threadpool)
+        self.n_ctx = lib.llama_n_ctx(self._ctx)
+        self.n_batch = n_batch
+        self._mem = lib.llama_get_memory(self._ctx)
+        self._cached: list[int] = []  # tokens whose KV entries are in the context, for prefix reuse
+        self._cancel: threading.Event | None = None
+        self._abort_cb = lib.ggml_abort_callback(self._should_abort)
+        self._no_abort = ctypes.cast(None, lib.ggml_abort_callback)
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self._token_buf = (lib.llama_token * 1)()
+        self._pieces: dict[int, bytes | None] = {}  # token -> its text, None for end-of-generation tokens
+        self.info = ModelInfo(
+            name=header.name,
+            path=self.path,
+            architecture=header.architecture,
+            quant=header.quant_name,
+            n_ctx=self.n_ctx,
+            n_ctx_train=n_ctx_train,
+            chat_format=self._chat_format(header),
+            n_gpu_layers=n_gpu_layers,
+            n_threads=n_threads,
+            load_s=time.perf_counter() - started,
+            extra={"n_vocab": self.n_vocab, "n_batch": n_batch, "file_size": header.file_size},
+        )
+
+    def _load_model(self, header: GGUFInfo, n_gpu_layers: int, use_mmap: bool, use_mlock: bool,
+                    tensor_overrides: Sequence[tuple[str, str]], cancel: threading.Event | None) -> None:  # fmt: skip
+        lib = self._lib
         # Loading a large model takes a while: Ctrl-C (the cancel event) aborts it through this callback.
         progress = lib.llama_progress_callback(lambda _p, _d: not (cancel is not None and cancel.is_set()))
         mparams = set_fields(
@@ -225,11 +258,11 @@ class LlamaCppEngine:
             )
         self._vocab = lib.llama_model_get_vocab(self._model)
         self.n_vocab = lib.llama_vocab_n_tokens(self._vocab)
-        n_ctx_train = lib.llama_model_n_ctx_train(self._model)
-        if n_ctx is None or n_ctx <= 0:
-            n_ctx = min(n_ctx_train, 8192) if n_ctx_train > 0 else 4096
-        n_batch = max(1, min(n_batch, n_ctx))
 
+    def _make_context(
+        self, n_ctx: int, n_batch: int, n_threads: int, flash_attn: bool | None, threadpool: bool
+    ) -> None:
+        lib = self._lib
         cparams = set_fields(
             lib.llama_context_default_params(),
             n_ctx=n_ctx,
@@ -259,41 +292,21 @@ class LlamaCppEngine:
                 attach = lib._lib["llama_attach_threadpool"]  # not in llama-cpp-python's bindings
                 attach.argtypes, attach.restype = [ctypes.c_void_p] * 3, None
                 attach(self._ctx, self._threadpool.handle, None)  # the same pool for prompt and generation
-        self.n_ctx = lib.llama_n_ctx(self._ctx)
-        self.n_batch = n_batch
-        self._mem = lib.llama_get_memory(self._ctx)
-        self._cached: list[int] = []  # tokens whose KV entries are in the context, for prefix reuse
-        self._cancel: threading.Event | None = None
-        self._abort_cb = lib.ggml_abort_callback(self._should_abort)
-        self._no_abort = ctypes.cast(None, lib.ggml_abort_callback)
-        self._piece_buf = ctypes.create_string_buffer(256)
-        self._token_buf = (lib.llama_token * 1)()
-        self._pieces: dict[int, bytes | None] = {}  # token -> its text, None for end-of-generation tokens
 
+    def _chat_format(self, header: GGUFInfo):
+        """The model's chat template (from llama.cpp's view of the file, else the header) and special tokens."""
+        lib = self._lib
         template = self._meta("tokenizer.chat_template") or header.chat_template
         bos = lib.llama_vocab_bos(self._vocab)
         eos = lib.llama_vocab_eos(self._vocab)
         self._think_ids = {t for t in (self._single_token(THINK_OPEN), self._single_token(THINK_CLOSE)) if t >= 0}
-        fmt = chat_format_for(
+        return chat_format_for(
             template,
             bos_token=self._token_text(bos) if bos >= 0 else "",
             eos_token=self._token_text(eos) if eos >= 0 else "",
             add_bos=bool(lib.llama_vocab_get_add_bos(self._vocab)),
             has_token=lambda text: self._single_token(text) >= 0,
             name=header.name,
-        )
-        self.info = ModelInfo(
-            name=header.name,
-            path=self.path,
-            architecture=header.architecture,
-            quant=header.quant_name,
-            n_ctx=self.n_ctx,
-            n_ctx_train=n_ctx_train,
-            chat_format=fmt,
-            n_gpu_layers=n_gpu_layers,
-            n_threads=n_threads,
-            load_s=time.perf_counter() - started,
-            extra={"n_vocab": self.n_vocab, "n_batch": n_batch, "file_size": header.file_size},
         )
 
     # --- vocabulary helpers --------------------------------------------------------------------------
