@@ -16,16 +16,12 @@ import typer
 from localr1.cli.helptext import command_help
 from localr1.cli.options import (
     CtxOpt,
-    DiskOpt,
     GpuExpertsOpt,
-    GpuKindOpt,
-    GpusOpt,
     OfflineOpt,
     OffloadOpt,
-    RamOpt,
     ThreadsOpt,
-    VramOpt,
     load_request,
+    simulated,
 )
 from localr1.cli.state import command, handle_errors
 from localr1.errors import UsageError
@@ -121,6 +117,7 @@ def cancel_on_sigint(cancel: threading.Event) -> Iterator[None]:
 
 @command(help=command_help(HELP), no_args_is_help=False)
 @handle_errors
+@simulated
 def ask(
     question: str | None = typer.Argument(None, help='The question; "-" or a pipe reads it from stdin.'),
     model: str | None = typer.Option(
@@ -145,11 +142,7 @@ def ask(
     offline: OfflineOpt = False,
     offload_mode: OffloadOpt = "auto",
     gpu_experts: GpuExpertsOpt = None,
-    vram: VramOpt = None,
-    ram: RamOpt = None,
-    gpus: GpusOpt = None,
-    gpu: GpuKindOpt = None,
-    disk: DiskOpt = None,
+    simulate=None,  # the simulation flags, as one Simulation (see options.simulated)
 ) -> None:
     from localr1.cli.library import pull_target
     from localr1.cli.render import TerminalRenderer, collect, dump_json, result_object, stats_line
@@ -161,7 +154,7 @@ def ask(
     sampling = Sampling(temperature=temperature, top_p=top_p, seed=seed, max_tokens=max_tokens).validate()
     request = load_request(
         model, ctx=ctx, gpu_layers=gpu_layers, threads=threads, offline=offline, offload=offload_mode,
-        gpu_experts=gpu_experts, vram=vram, ram=ram, gpus=gpus, gpu=gpu, disk=disk,
+        gpu_experts=gpu_experts, simulate=simulate,
     )  # fmt: skip
     config = load_config()
     cancel = threading.Event()

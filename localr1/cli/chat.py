@@ -9,16 +9,12 @@ import typer
 from localr1.cli.helptext import command_help
 from localr1.cli.options import (
     CtxOpt,
-    DiskOpt,
     GpuExpertsOpt,
-    GpuKindOpt,
-    GpusOpt,
     OfflineOpt,
     OffloadOpt,
-    RamOpt,
     ThreadsOpt,
-    VramOpt,
     load_request,
+    simulated,
 )
 from localr1.cli.state import command, handle_errors
 from localr1.errors import UsageError
@@ -95,6 +91,7 @@ def picker_entries(sim):
 
 @command(help=command_help(HELP))
 @handle_errors
+@simulated
 def chat(
     model: str | None = typer.Argument(None, help="A catalog name or .gguf file (default: the best that fits)."),
     ctx: CtxOpt = None,
@@ -107,11 +104,7 @@ def chat(
     offline: OfflineOpt = False,
     offload_mode: OffloadOpt = "auto",
     gpu_experts: GpuExpertsOpt = None,
-    vram: VramOpt = None,
-    ram: RamOpt = None,
-    gpus: GpusOpt = None,
-    gpu: GpuKindOpt = None,
-    disk: DiskOpt = None,
+    simulate=None,  # the simulation flags, as one Simulation (see options.simulated)
 ) -> None:
     from localr1.config import load_config
     from localr1.conversations import ConversationStore
@@ -121,7 +114,7 @@ def chat(
         raise UsageError("chat needs a terminal", hint='For pipes and scripts: localr1 ask "..." (or --json).')
     request = load_request(
         model, ctx=ctx, gpu_layers=gpu_layers, threads=threads, offline=offline, offload=offload_mode,
-        gpu_experts=gpu_experts, vram=vram, ram=ram, gpus=gpus, gpu=gpu, disk=disk,
+        gpu_experts=gpu_experts, simulate=simulate,
     )  # fmt: skip
     sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens).validate()
     config = load_config()

@@ -11,15 +11,10 @@ import typer
 from localr1.cli.helptext import command_help
 from localr1.cli.options import (
     CtxOpt,
-    DiskOpt,
     GpuExpertsOpt,
-    GpuKindOpt,
-    GpusOpt,
     OffloadOpt,
-    RamOpt,
-    VramOpt,
     load_request,
-    simulation,
+    simulated,
 )
 from localr1.cli.state import command, handle_errors
 from localr1.units import gib
@@ -137,17 +132,14 @@ def _placement(plan, hw, mode: str, gpu_experts: int | None):
     )
 )
 @handle_errors
+@simulated
 def hw(
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
-    vram: VramOpt = None,
-    ram: RamOpt = None,
-    gpus: GpusOpt = None,
-    gpu: GpuKindOpt = None,
-    disk: DiskOpt = None,
+    simulate=None,  # the simulation flags, as one Simulation (see options.simulated)
 ) -> None:
     from localr1.hardware import machine
 
-    machine_info = machine(simulation(vram, ram, gpus, gpu, disk))
+    machine_info = machine(simulate)
     if json_out:
         sys.stdout.write(json.dumps(machine_info.to_dict(), indent=2) + "\n")
     else:
@@ -166,20 +158,17 @@ def hw(
     )
 )
 @handle_errors
+@simulated
 def models(
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
-    vram: VramOpt = None,
-    ram: RamOpt = None,
-    gpus: GpusOpt = None,
-    gpu: GpuKindOpt = None,
-    disk: DiskOpt = None,
+    simulate=None,  # the simulation flags, as one Simulation (see options.simulated)
 ) -> None:
     from localr1 import candidates as cands
     from localr1.catalog import load_catalog
     from localr1.hardware import machine
     from localr1.planner import NoPlanError, choose
 
-    machine_info = machine(simulation(vram, ram, gpus, gpu, disk))
+    machine_info = machine(simulate)
     catalog = load_catalog()
     rows = []
     for name, model in catalog.items():
@@ -234,6 +223,7 @@ def models(
     )
 )
 @handle_errors
+@simulated
 def plan(
     model: str | None = typer.Argument(None, help="A catalog name or .gguf file (default: the best that fits)."),
     ctx: CtxOpt = None,
@@ -242,19 +232,13 @@ def plan(
     offload: OffloadOpt = "auto",
     gpu_experts: GpuExpertsOpt = None,
     measure_disk: bool = typer.Option(False, "--measure-disk", help="Measure disk read speed (reads 256 MiB)."),
-    vram: VramOpt = None,
-    ram: RamOpt = None,
-    gpus: GpusOpt = None,
-    gpu: GpuKindOpt = None,
-    disk: DiskOpt = None,
+    simulate=None,  # the simulation flags, as one Simulation (see options.simulated)
 ) -> None:
     from localr1.config import load_config
     from localr1.hardware import machine
     from localr1.loader import plan_for_spec
 
-    request = load_request(
-        model, ctx=ctx, offload=offload, gpu_experts=gpu_experts, vram=vram, ram=ram, gpus=gpus, gpu=gpu, disk=disk
-    )
+    request = load_request(model, ctx=ctx, offload=offload, gpu_experts=gpu_experts, simulate=simulate)
     machine_info = machine(request.simulation)
     if measure_disk:
         from localr1.hardware import measure_disk_read

@@ -7,7 +7,10 @@ the values are checked in one place (``LoadRequest.validated``) and travel as on
 
 from __future__ import annotations
 
-from typing import Annotated
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
@@ -59,6 +62,26 @@ def simulation(vram: str | None, ram: str | None, gpus: int | None, gpu: str | N
     )
 
 
+def simulated(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command the five simulation flags (--vram --ram --gpus --gpu --disk, last in its --help); the
+    function receives them as one ``simulate`` argument (a ``Simulation``) instead."""
+    signature = inspect.signature(func, eval_str=True)
+    flags = {"vram": VramOpt, "ram": RamOpt, "gpus": GpusOpt, "gpu": GpuKindOpt, "disk": DiskOpt}
+    params = [p for p in signature.parameters.values() if p.name != "simulate"]
+    params += [
+        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=a) for n, a in flags.items()
+    ]
+
+    @functools.wraps(func)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        values = [kwargs.pop(name, None) for name in flags]
+        return func(*args, simulate=simulation(*values), **kwargs)
+
+    command.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}  # resolved: Typer reads them as they are
+    return command
+
+
 def load_request(
     spec: str | None,
     *,
@@ -68,11 +91,7 @@ def load_request(
     offline: bool = False,
     offload: str = "auto",
     gpu_experts: int | None = None,
-    vram: str | None = None,
-    ram: str | None = None,
-    gpus: int | None = None,
-    gpu: str | None = None,
-    disk: str | None = None,
+    simulate=None,
 ) -> LoadRequest:
     """The checked request the options describe."""
     from localr1.cli.state import state
@@ -85,6 +104,6 @@ def load_request(
         offline=offline,
         offload=offload,
         gpu_experts=gpu_experts,
-        simulation=simulation(vram, ram, gpus, gpu, disk),
+        simulation=simulate,
         debug=state.debug,
     ).validated()
