@@ -40,6 +40,7 @@ class Attempt:
     n_gpu_layers: int
     ok: bool
     reason: str
+    decode_tps: float | None = None  # the estimated speed where it fitted (too slow, or chosen)
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ class Plan:
             "budget_bytes": {"gpu": self.budget.gpu, "ram": self.budget.ram, "disk": self.budget.disk},
             "tensor_overrides": [f"{pattern}={device}" for pattern, device in self.overrides],
             "mlock": self.mlock,
-            "attempts": [a.__dict__ for a in self.attempts],
+            "attempts": [{k: v for k, v in a.__dict__.items() if k != "decode_tps"} for a in self.attempts],
             "notes": list(self.notes),
         }
 
@@ -213,7 +214,7 @@ def plan_candidate(
                 continue
             tps = decode_speed(c, est, hw, disk_bytes)
             if tps < min_tps:
-                attempts.append(Attempt(c.label, n_ctx, k, False, f"fits, but {_too_slow(tps, min_tps)}"))
+                attempts.append(Attempt(c.label, n_ctx, k, False, f"fits, but {_too_slow(tps, min_tps)}", tps))
                 if slow is None:
                     slow = (n_ctx, tps)
                 break  # fewer GPU layers would only be slower
@@ -225,7 +226,7 @@ def plan_candidate(
                 mode = "cpu"
             if disk_bytes:
                 mode = "offload"
-            attempts.append(Attempt(c.label, n_ctx, k, True, f"fits: about {tps:.1f} tokens/s"))
+            attempts.append(Attempt(c.label, n_ctx, k, True, f"fits: about {tps:.1f} tokens/s", tps))
             notes = [reduced] if reduced else []
             if disk_bytes:
                 notes.append(f"{disk_bytes / GiB:.1f} GiB of routed experts stream from disk")
@@ -273,7 +274,8 @@ def _offload_plan(
         attempts.append(Attempt(c.label, n_ctx, -1, False, f"offload: {exc}"))
         return None
     if p.decode_tps < min_tps:
-        attempts.append(Attempt(c.label, n_ctx, -1, False, f"offload fits, but {_too_slow(p.decode_tps, min_tps)}"))
+        why = f"offload fits, but {_too_slow(p.decode_tps, min_tps)}"
+        attempts.append(Attempt(c.label, n_ctx, -1, False, why, p.decode_tps))
         return p.decode_tps
     gpu_weights = p.gpu_bytes - full.gpu_kv - full.gpu_compute
     memory = MemoryEstimate(
@@ -358,3 +360,29 @@ class Fallbacks:
             return None
         self.tried.append((n_ctx, layers))
         return n_ctx, layers
+
+
+@dataclass(frozen=True)
+class ModelFit:
+    """One catalog model on one machine: its best plan, or why there is none."""
+
+    model: object  # catalog.CatalogModel
+    plan: Plan | None
+    downloaded: list[str]  # quants on disk
+    best_slow_tps: float | None = None  # no plan because too slow: the best speed any build reached
+
+
+def catalog_fits(catalog: dict, hw: Hardware) -> list[ModelFit]:
+    """Every catalog model's best plan on ``hw`` (what `models` lists and the chat's model picker offers)."""
+    from localr1 import candidates as cands
+
+    out = []
+    for name, model in catalog.items():
+        pool = cands.from_catalog({name: model})
+        downloaded = [c.quant for c in pool if c.path is not None]
+        try:
+            out.append(ModelFit(model, choose(pool, hw), downloaded))
+        except NoPlanError as exc:
+            speeds = [a.decode_tps for a in exc.attempts if not a.ok and a.decode_tps is not None]
+            out.append(ModelFit(model, None, downloaded, max(speeds) if speeds else None))
+    return out

@@ -57,28 +57,25 @@ def real_loader(request, notice):
 
 def picker_entries(sim):
     def entries():
-        from localr1 import candidates as cands
         from localr1.catalog import load_catalog
         from localr1.cli.machine import fit_mark
         from localr1.hardware import machine
-        from localr1.planner import NoPlanError, choose
+        from localr1.planner import catalog_fits
         from localr1.resolve import local_models
         from localr1.tui.screens import PickerEntry
+        from localr1.units import GiB
 
-        hw = machine(sim)
         catalog = load_catalog()
         out = []
-        for name, model in catalog.items():
-            pool = cands.from_catalog({name: model})
-            try:
-                plan = choose(pool, hw)
-            except NoPlanError:
+        for fit in catalog_fits(catalog, machine(sim)):
+            name, model, plan = fit.model.name, fit.model, fit.plan
+            if plan is None:
                 out.append(PickerEntry(name, f"{name:14} {model.title} · too big for this machine", False, False))
                 continue
             c = plan.candidate
             label = (
                 f"{c.label:24} {model.title} · {fit_mark(plan)} · ~{plan.decode_tps:.0f} tok/s · "
-                f"{c.weights.total / (1 << 30):.1f} GiB"
+                f"{c.weights.total / GiB:.1f} GiB"
             )
             out.append(PickerEntry(c.label, label, c.path is not None, True))
         for m in local_models(catalog):

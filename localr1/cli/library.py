@@ -88,36 +88,6 @@ def pull_target(target, offline: bool = False, *, announce: bool = True, cancel=
         raise
 
 
-def _blob_of(path: Path) -> Path:
-    return Path(os.path.realpath(path))
-
-
-def remove_files(paths: list[Path]) -> int:
-    """Delete model files; in the HF cache, the snapshot links and every blob no other link uses."""
-    freed = 0
-    for path in paths:
-        blob = _blob_of(path)
-        in_cache = path.is_symlink() and blob.parent.name == "blobs"
-        if in_cache:
-            repo_dir = blob.parent.parent
-            path.unlink()
-            still_used = any(
-                p.is_symlink() and _blob_of(p) == blob for p in (repo_dir / "snapshots").rglob("*") if p != path
-            )
-            if not still_used and blob.exists():
-                freed += blob.stat().st_size
-                blob.unlink()
-                Path(str(blob) + ".lock").unlink(missing_ok=True)
-            for parent in path.parents:  # empty folders of the snapshot
-                if parent == repo_dir or not parent.is_dir() or any(parent.iterdir()):
-                    break
-                parent.rmdir()
-        elif path.exists():
-            freed += path.stat().st_size
-            path.unlink()
-    return freed
-
-
 @command(
     help=command_help(
         """Download a model into the Hugging Face cache, verified by sha256 and resumable.
@@ -238,6 +208,8 @@ def rm(
         names = ", ".join(m.name for m in matches)
         if not typer.confirm(f"Delete {names} ({size / GiB:.2f} GiB)?", default=False, err=True):
             raise typer.Exit(1)
+    from localr1.hf_cache import remove_files
+
     freed = remove_files(files)
     if json_out:
         sys.stdout.write(json.dumps({"removed": [m.name for m in matches], "freed_bytes": freed}) + "\n")

@@ -163,27 +163,16 @@ def models(
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
     simulate=None,  # the simulation flags, as one Simulation (see options.simulated)
 ) -> None:
-    from localr1 import candidates as cands
     from localr1.catalog import load_catalog
     from localr1.hardware import machine
-    from localr1.planner import NoPlanError, choose
+    from localr1.planner import catalog_fits
 
-    machine_info = machine(simulate)
-    catalog = load_catalog()
     rows = []
-    for name, model in catalog.items():
-        pool = cands.from_catalog({name: model})
+    for fit in catalog_fits(load_catalog(), machine(simulate)):
         mark = None
-        try:
-            plan = choose(pool, machine_info)
-        except NoPlanError as exc:
-            plan = None
-            speeds = [
-                float(a.reason.split("about ")[1].split()[0]) for a in exc.attempts if a.reason.startswith("fits, but")
-            ]
-            mark = f"too slow (~{max(speeds):.1f} tok/s at best)" if speeds else "too big"
-        downloaded = [c.quant for c in pool if c.path is not None]
-        rows.append((model, plan, downloaded, mark))
+        if fit.plan is None:
+            mark = f"too slow (~{fit.best_slow_tps:.1f} tok/s at best)" if fit.best_slow_tps else "too big"
+        rows.append((fit.model, fit.plan, fit.downloaded, mark))
     if json_out:
         out = [
             {

@@ -199,3 +199,21 @@ def test_context_reduced_for_speed_says_so():
     assert slow.reason == "offload fits, but about 4.9 tokens/s (< 5)"
     assert plan.notes[0] == "context reduced to 8192 tokens for speed: 16384 would run at about 4.9 tokens/s"
     assert plan_candidate(c, hw, want_ctx=16384, keep_ctx=True) is None  # kept: too slow is too slow
+
+
+def test_catalog_fits_gives_every_model_its_plan_or_its_best_slow_speed():
+    """What `models` lists and the chat's picker offers, computed below the CLI: a plan, or why none (too
+    slow: with the best speed reached, carried as a number, not parsed back out of a message)."""
+    from dataclasses import replace
+
+    from localr1.catalog import load_catalog
+    from localr1.planner import catalog_fits
+
+    catalog = load_catalog(include_user=False)
+    roomy = machine(Simulation(gpus=0, ram=64 * GiB, disk=8 << 40))
+    fits = {f.model.name: f for f in catalog_fits(catalog, roomy)}
+    assert set(fits) == set(catalog)
+    assert fits["r1:1.5b"].plan is not None and fits["r1:1.5b"].best_slow_tps is None
+    crawling = replace(roomy, ram_bandwidth_gbs=0.05)
+    slow = {f.model.name: f for f in catalog_fits(catalog, crawling)}
+    assert slow["r1:1.5b"].plan is None and 0 < slow["r1:1.5b"].best_slow_tps < 5
