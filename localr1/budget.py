@@ -9,6 +9,7 @@ from pathlib import Path
 from localr1.arch import Architecture
 from localr1.hardware import Hardware
 from localr1.memory import WeightLayout
+from localr1.quants import QUANT_QUALITY  # noqa: F401  (also read from here)
 from localr1.units import GiB, MiB
 
 GPU_RESERVE = 600 * MiB  # per GPU: the CUDA/Metal context and allocator slack
@@ -17,23 +18,6 @@ RAM_RESERVE = int(1.5 * GiB)  # the OS, localr1 itself, the page cache it needs 
 RAM_MARGIN = 0.90
 GPU_EFFICIENCY = 0.70  # share of memory bandwidth decoding reaches in practice
 CPU_EFFICIENCY = 0.60
-
-# Expected quality kept by a quant, relative to the original weights (llama.cpp's perplexity figures; the
-# "UD" dynamic quants keep the sensitive layers at higher precision).
-QUANT_QUALITY = {
-    "F16": 1.0,
-    "BF16": 1.0,
-    "Q8_0": 1.0,
-    "Q6_K": 0.995,
-    "Q5_K_M": 0.99,
-    "Q4_K_M": 0.975,
-    "Q3_K_M": 0.93,
-    "Q2_K": 0.85,
-    "UD-Q2_K_XL": 0.97,
-    "UD-IQ2_XXS": 0.95,
-    "UD-IQ1_M": 0.93,
-    "UD-IQ1_S": 0.91,
-}
 
 
 @dataclass(frozen=True)

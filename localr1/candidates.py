@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from localr1.arch import SUPPORTED, Architecture
-from localr1.budget import QUANT_QUALITY, Candidate
+from localr1.budget import Candidate
 from localr1.catalog import CatalogModel
 from localr1.errors import InvalidModelFileError
 from localr1.gguf_info import GGUFInfo, inspect_model
-from localr1.memory import BITS_PER_WEIGHT, WeightLayout
+from localr1.memory import WeightLayout
+from localr1.quants import BITS_PER_WEIGHT, QUANT_QUALITY
 from localr1.resolve import LocalModel, find_catalog_file
 
 

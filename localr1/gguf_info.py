@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from localr1.errors import InvalidModelFileError
+from localr1.quants import FILE_TYPE_NAMES  # noqa: F401  (llama_ftype names; also read from here)
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -153,44 +154,6 @@ class GGUFInfo:
         for t in weights:
             by_type[t.ggml_type] = by_type.get(t.ggml_type, 0) + t.nbytes
         return ggml_type_name(max(by_type, key=by_type.__getitem__))
-
-
-# llama.cpp's enum llama_ftype, for the names users know (Q4_K_M, ...).
-FILE_TYPE_NAMES = {
-    0: "F32",
-    1: "F16",
-    2: "Q4_0",
-    3: "Q4_1",
-    7: "Q8_0",
-    8: "Q5_0",
-    9: "Q5_1",
-    10: "Q2_K",
-    11: "Q3_K_S",
-    12: "Q3_K_M",
-    13: "Q3_K_L",
-    14: "Q4_K_S",
-    15: "Q4_K_M",
-    16: "Q5_K_S",
-    17: "Q5_K_M",
-    18: "Q6_K",
-    19: "IQ2_XXS",
-    20: "IQ2_XS",
-    21: "Q2_K_S",
-    22: "IQ3_XS",
-    23: "IQ3_XXS",
-    24: "IQ1_S",
-    25: "IQ4_NL",
-    26: "IQ3_S",
-    27: "IQ3_M",
-    28: "IQ2_S",
-    29: "IQ2_M",
-    30: "IQ4_XS",
-    31: "IQ1_M",
-    32: "BF16",
-    36: "TQ1_0",
-    37: "TQ2_0",
-    38: "MXFP4_MOE",
-}
 
 
 # ggml's tensor types: id -> (name, elements per block, bytes per block). A copy of the gguf package's

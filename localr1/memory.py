@@ -19,33 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from localr1.arch import Architecture
-
-# Bits per weight of llama.cpp's quant mixes, from llama-quantize's own size figures (Llama-3-8B) and,
-# for the dynamic MoE quants, the published file sizes of DeepSeek-R1 (671B).
-BITS_PER_WEIGHT: dict[str, float] = {
-    "F32": 32.0,
-    "F16": 16.0,
-    "BF16": 16.0,
-    "Q8_0": 8.50,
-    "Q6_K": 6.57,
-    "Q5_K_M": 5.70,
-    "Q5_K_S": 5.57,
-    "Q5_0": 5.50,
-    "Q4_K_M": 4.89,
-    "Q4_K_S": 4.67,
-    "Q4_0": 4.55,
-    "Q4_1": 5.00,
-    "IQ4_XS": 4.42,
-    "Q3_K_L": 4.30,
-    "Q3_K_M": 4.00,
-    "Q3_K_S": 3.64,
-    "Q2_K": 3.17,
-    "UD-Q2_K_XL": 2.53,
-    "UD-IQ2_XXS": 2.18,
-    "UD-IQ1_M": 1.88,
-    "UD-IQ1_S": 1.56,
-}
-
+from localr1.quants import BITS_PER_WEIGHT  # noqa: F401  (also read from here)
 
 MLA_FLOATS_PER_HEAD = 1632
 

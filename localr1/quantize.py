@@ -17,22 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from localr1.errors import InvalidModelFileError, LocalR1Error, UsageError
-from localr1.gguf_info import FILE_TYPE_NAMES, inspect_model
-from localr1.memory import BITS_PER_WEIGHT
+from localr1.gguf_info import inspect_model
 from localr1.output_file import check_new_output, partial_file
+from localr1.quants import BY_NAME, FILE_TYPE_NAMES, NEEDS_IMATRIX
 
 # llama.cpp's llama_ftype values, by the names llama-quantize uses (the table GGUF headers are read with).
 QUANT_TYPES: dict[str, int] = {name: ftype for ftype, name in FILE_TYPE_NAMES.items() if name != "MXFP4_MOE"}
-# Types whose quality needs an importance matrix (llama.cpp refuses or degrades badly without one).
-NEEDS_IMATRIX = {"IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_S", "IQ1_M"}
-_APPROX_BPW = {"Q5_0": 5.5, "Q5_1": 6.0, "IQ2_XXS": 2.06, "IQ2_XS": 2.31, "IQ2_S": 2.5, "IQ2_M": 2.7, "IQ1_S": 1.56,
-               "IQ1_M": 1.75, "TQ1_0": 1.69, "TQ2_0": 2.06, "Q2_K_S": 2.96, "IQ3_XXS": 3.06, "IQ3_XS": 3.3,
-               "IQ3_S": 3.44, "IQ3_M": 3.66, "IQ4_NL": 4.5}  # fmt: skip
 _PROGRESS = re.compile(r"\[\s*(\d+)/\s*(\d+)\]")
 
 
 def bits_per_weight(name: str) -> float:
-    return BITS_PER_WEIGHT.get(name, _APPROX_BPW.get(name, 8.0))
+    return BY_NAME[name].bpw if name in BY_NAME else 8.0
 
 
 @dataclass(frozen=True)
