@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from localr1.arch import SUPPORTED, Architecture
@@ -50,4 +51,30 @@ def from_catalog(catalog: dict[str, CatalogModel], *, include_local: bool = True
                 continue
             weights = WeightLayout.from_arch(model.arch, quant)
             out.append(Candidate(model.name, quant, model.arch, weights, quality(model, quant)))
+    return out
+
+
+@dataclass(frozen=True)
+class ModelFit:
+    """One catalog model on one machine: its best plan, or why there is none."""
+
+    model: object  # catalog.CatalogModel
+    plan: object | None  # planner.Plan
+    downloaded: list[str]  # quants on disk
+    best_slow_tps: float | None = None  # no plan because too slow: the best speed any build reached
+
+
+def catalog_fits(catalog: dict, hw) -> list[ModelFit]:
+    """Every catalog model's best plan on ``hw`` (what `models` lists and the chat's model picker offers)."""
+    from localr1.planner import NoPlanError, choose
+
+    out = []
+    for name, model in catalog.items():
+        pool = from_catalog({name: model})
+        downloaded = [c.quant for c in pool if c.path is not None]
+        try:
+            out.append(ModelFit(model, choose(pool, hw), downloaded))
+        except NoPlanError as exc:
+            speeds = [a.decode_tps for a in exc.attempts if not a.ok and a.decode_tps is not None]
+            out.append(ModelFit(model, None, downloaded, max(speeds) if speeds else None))
     return out

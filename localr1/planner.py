@@ -360,29 +360,3 @@ class Fallbacks:
             return None
         self.tried.append((n_ctx, layers))
         return n_ctx, layers
-
-
-@dataclass(frozen=True)
-class ModelFit:
-    """One catalog model on one machine: its best plan, or why there is none."""
-
-    model: object  # catalog.CatalogModel
-    plan: Plan | None
-    downloaded: list[str]  # quants on disk
-    best_slow_tps: float | None = None  # no plan because too slow: the best speed any build reached
-
-
-def catalog_fits(catalog: dict, hw: Hardware) -> list[ModelFit]:
-    """Every catalog model's best plan on ``hw`` (what `models` lists and the chat's model picker offers)."""
-    from localr1 import candidates as cands
-
-    out = []
-    for name, model in catalog.items():
-        pool = cands.from_catalog({name: model})
-        downloaded = [c.quant for c in pool if c.path is not None]
-        try:
-            out.append(ModelFit(model, choose(pool, hw), downloaded))
-        except NoPlanError as exc:
-            speeds = [a.decode_tps for a in exc.attempts if not a.ok and a.decode_tps is not None]
-            out.append(ModelFit(model, None, downloaded, max(speeds) if speeds else None))
-    return out

@@ -13,16 +13,8 @@ from collections.abc import Iterator
 
 import typer
 
+from localr1.cli import options as opt
 from localr1.cli.helptext import command_help
-from localr1.cli.options import (
-    CtxOpt,
-    GpuExpertsOpt,
-    OfflineOpt,
-    OffloadOpt,
-    ThreadsOpt,
-    load_request,
-    simulated,
-)
 from localr1.cli.state import command, handle_errors
 from localr1.errors import UsageError
 from localr1.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Sampling
@@ -117,7 +109,7 @@ def cancel_on_sigint(cancel: threading.Event) -> Iterator[None]:
 
 @command(help=command_help(HELP), no_args_is_help=False)
 @handle_errors
-@simulated
+@opt.simulated
 def ask(
     question: str | None = typer.Argument(None, help='The question; "-" or a pipe reads it from stdin.'),
     model: str | None = typer.Option(
@@ -132,16 +124,16 @@ def ask(
     top_p: float = typer.Option(DEFAULT_TOP_P, "--top-p", help="Nucleus sampling threshold."),
     seed: int | None = typer.Option(None, "--seed", help="Random seed, for repeatable answers."),
     max_tokens: int | None = typer.Option(None, "--max-tokens", help="Stop after this many tokens."),
-    ctx: CtxOpt = None,
-    threads: ThreadsOpt = None,
+    ctx: opt.CtxOpt = None,
+    threads: opt.ThreadsOpt = None,
     gpu_layers: int | None = typer.Option(
         None,
         "--gpu-layers",
         help="Layers to offload to the GPU (-1: all; default: as planned for this machine).",
     ),
-    offline: OfflineOpt = False,
-    offload_mode: OffloadOpt = "auto",
-    gpu_experts: GpuExpertsOpt = None,
+    offline: opt.OfflineOpt = False,
+    offload_mode: opt.OffloadOpt = "auto",
+    gpu_experts: opt.GpuExpertsOpt = None,
     simulate=None,  # the simulation flags, as one Simulation (see options.simulated)
 ) -> None:
     from localr1.cli.library import pull_target
@@ -152,7 +144,7 @@ def ask(
 
     text = read_question(question)  # before anything slow: an empty question fails at once
     sampling = Sampling(temperature=temperature, top_p=top_p, seed=seed, max_tokens=max_tokens).validate()
-    request = load_request(
+    request = opt.load_request(
         model, ctx=ctx, gpu_layers=gpu_layers, threads=threads, offline=offline, offload=offload_mode,
         gpu_experts=gpu_experts, simulate=simulate,
     )  # fmt: skip

@@ -6,16 +6,8 @@ import sys
 
 import typer
 
+from localr1.cli import options as opt
 from localr1.cli.helptext import command_help
-from localr1.cli.options import (
-    CtxOpt,
-    GpuExpertsOpt,
-    OfflineOpt,
-    OffloadOpt,
-    ThreadsOpt,
-    load_request,
-    simulated,
-)
 from localr1.cli.state import command, handle_errors
 from localr1.errors import UsageError
 from localr1.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Sampling
@@ -57,10 +49,10 @@ def real_loader(request, notice):
 
 def picker_entries(sim):
     def entries():
+        from localr1.candidates import catalog_fits
         from localr1.catalog import load_catalog
         from localr1.cli.machine import fit_mark
         from localr1.hardware import machine
-        from localr1.planner import catalog_fits
         from localr1.resolve import local_models
         from localr1.tui.screens import PickerEntry
         from localr1.units import GiB
@@ -88,19 +80,19 @@ def picker_entries(sim):
 
 @command(help=command_help(HELP))
 @handle_errors
-@simulated
+@opt.simulated
 def chat(
     model: str | None = typer.Argument(None, help="A catalog name or .gguf file (default: the best that fits)."),
-    ctx: CtxOpt = None,
+    ctx: opt.CtxOpt = None,
     gpu_layers: int | None = typer.Option(None, "--gpu-layers", help="Layers on the GPU (default: as planned)."),
-    threads: ThreadsOpt = None,
+    threads: opt.ThreadsOpt = None,
     temperature: float = typer.Option(DEFAULT_TEMPERATURE, "--temperature", help="Sampling temperature."),
     top_p: float = typer.Option(DEFAULT_TOP_P, "--top-p", help="Nucleus sampling threshold."),
     max_tokens: int | None = typer.Option(None, "--max-tokens", help="Longest reply in tokens."),
     hide_thinking: bool = typer.Option(False, "--hide-thinking", help="Hide the thinking blocks entirely."),
-    offline: OfflineOpt = False,
-    offload_mode: OffloadOpt = "auto",
-    gpu_experts: GpuExpertsOpt = None,
+    offline: opt.OfflineOpt = False,
+    offload_mode: opt.OffloadOpt = "auto",
+    gpu_experts: opt.GpuExpertsOpt = None,
     simulate=None,  # the simulation flags, as one Simulation (see options.simulated)
 ) -> None:
     from localr1.config import load_config
@@ -109,7 +101,7 @@ def chat(
 
     if not is_terminal():
         raise UsageError("chat needs a terminal", hint='For pipes and scripts: localr1 ask "..." (or --json).')
-    request = load_request(
+    request = opt.load_request(
         model, ctx=ctx, gpu_layers=gpu_layers, threads=threads, offline=offline, offload=offload_mode,
         gpu_experts=gpu_experts, simulate=simulate,
     )  # fmt: skip

@@ -163,9 +163,9 @@ def models(
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
     simulate=None,  # the simulation flags, as one Simulation (see options.simulated)
 ) -> None:
+    from localr1.candidates import catalog_fits
     from localr1.catalog import load_catalog
     from localr1.hardware import machine
-    from localr1.planner import catalog_fits
 
     rows = []
     for fit in catalog_fits(load_catalog(), machine(simulate)):

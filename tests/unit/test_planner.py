@@ -206,8 +206,8 @@ def test_catalog_fits_gives_every_model_its_plan_or_its_best_slow_speed():
     slow: with the best speed reached, carried as a number, not parsed back out of a message)."""
     from dataclasses import replace
 
+    from localr1.candidates import catalog_fits
     from localr1.catalog import load_catalog
-    from localr1.planner import catalog_fits
 
     catalog = load_catalog(include_user=False)
     roomy = machine(Simulation(gpus=0, ram=64 * GiB, disk=8 << 40))
