@@ -69,36 +69,27 @@ def _describe(n_ctx: int | None, layers: int | None) -> str:
     return f"a {n_ctx or 0:,}-token context and {where}"
 
 
-def plan_for_spec(
-    spec: str | None,
-    hw,
-    config,
-    *,
-    want_ctx: int | None,
-    gpu_layers: int | None,
-    prefer_local: bool,
-    offload: str = "auto",
-    gpu_experts: int | None = None,
-):
-    """The plan for what the user named (a catalog name, a file) or, with nothing named, the best R1 for the
-    machine. With ``prefer_local``, builds already on disk win when one fits. The plan's candidate has no
-    path when it still has to be downloaded."""
+def plan_for(request: LoadRequest, hw, config, *, prefer_local: bool):
+    """The plan for what the request names (a catalog name, a file) or, with nothing named, the best R1 for
+    the machine, with the request's context (else the config's), GPU layers and MoE placement. With
+    ``prefer_local``, builds already on disk win when one fits. The plan's candidate has no path when it
+    still has to be downloaded."""
     from localr1 import candidates as cands
     from localr1.catalog import load_catalog, split_name
     from localr1.planner import DEFAULT_CTX, NoPlanError, choose, plan_candidate
     from localr1.resolve import resolve_model
 
-    want = want_ctx or config.ctx or DEFAULT_CTX
-    keep = bool(want_ctx or config.ctx)  # a context the user set is kept; the default may shrink to fit
+    want = request.ctx or config.ctx or DEFAULT_CTX
+    keep = bool(request.ctx or config.ctx)  # a context the user set is kept; the default may shrink to fit
     catalog = load_catalog()
-    spec = spec or config.default_model
+    spec = request.spec or config.default_model
 
     opts = {
         "want_ctx": want,
         "keep_ctx": keep,
-        "gpu_layers": gpu_layers,
-        "offload": offload,
-        "gpu_experts": gpu_experts,
+        "gpu_layers": request.gpu_layers,
+        "offload": request.offload,
+        "gpu_experts": request.gpu_experts,
     }
 
     def best(pool, what):
@@ -216,16 +207,7 @@ def open_model(
         path, label = local.path, local.name
     else:
         hw = machine(request.simulation)
-        plan = plan_for_spec(
-            spec,
-            hw,
-            config,
-            want_ctx=n_ctx,
-            gpu_layers=layers,
-            prefer_local=True,
-            offload=request.offload,
-            gpu_experts=request.gpu_experts,
-        )
+        plan = plan_for(replace(request, gpu_layers=layers), hw, config, prefer_local=True)
         path, label = plan.candidate.path, plan.candidate.label
         n_ctx, layers, overrides, mlock = plan.n_ctx, plan.n_gpu_layers, plan.overrides, plan.mlock
         if path is None:  # the chosen build is not on disk yet

@@ -114,13 +114,15 @@ def bench(
 
 def _setup(request, hw, *, n_ctx: int, flash_attn: bool | None):
     """The plan for the model (it must be on disk) and the engine options ask would load it with."""
+    from dataclasses import replace
+
     from localr1.config import load_config
     from localr1.cpu import physical_cores
     from localr1.engine.llama_cpp import DEFAULT_BATCH
-    from localr1.loader import EngineOptions, plan_for_spec
+    from localr1.loader import EngineOptions, plan_for
 
     config = load_config()
-    plan = plan_for_spec(request.spec, hw, config, want_ctx=n_ctx, gpu_layers=request.gpu_layers, prefer_local=True)
+    plan = plan_for(replace(request, ctx=n_ctx), hw, config, prefer_local=True)
     if plan.candidate.path is None:
         raise UsageError(f"{plan.label} is not downloaded", hint=f"localr1 pull {plan.label}")
     options = EngineOptions(

@@ -225,7 +225,7 @@ def plan(
 ) -> None:
     from localr1.config import load_config
     from localr1.hardware import machine
-    from localr1.loader import plan_for_spec
+    from localr1.loader import plan_for
 
     request = load_request(model, ctx=ctx, offload=offload, gpu_experts=gpu_experts, simulate=simulate)
     machine_info = machine(request.simulation)
@@ -237,16 +237,7 @@ def plan(
         machine_info = replace(machine_info, disk_bandwidth_gbs=speed)
         if not json_out:
             sys.stdout.write(f"Disk reads: {speed:.2f} GB/s (measured in {models_dir()})\n")
-    chosen = plan_for_spec(
-        request.spec,
-        machine_info,
-        load_config(),
-        want_ctx=request.ctx,
-        gpu_layers=None,
-        prefer_local=False,
-        offload=request.offload,
-        gpu_experts=request.gpu_experts,
-    )
+    chosen = plan_for(request, machine_info, load_config(), prefer_local=False)
     placement, why_not = (
         (chosen.placement, None) if chosen.placement else _placement(chosen, machine_info, offload, gpu_experts)
     )

@@ -171,7 +171,11 @@ def test_estimated_weights_track_bits_per_weight():
 
 def test_a_context_the_user_set_is_kept_and_a_default_one_may_shrink():
     from localr1.config import Config
-    from localr1.loader import plan_for_spec
+    from localr1.loader import plan_for
+    from localr1.request import LoadRequest
+
+    def plan_for_spec(spec, hw, config, *, want_ctx, gpu_layers, prefer_local):
+        return plan_for(LoadRequest(spec, ctx=want_ctx, gpu_layers=gpu_layers), hw, config, prefer_local=prefer_local)
 
     hw = machine(MACHINES["nvidia-8g-16g"])
     kept = plan_for_spec("r1:7b", hw, Config(), want_ctx=131072, gpu_layers=None, prefer_local=False)
