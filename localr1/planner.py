@@ -57,6 +57,7 @@ class Plan:
     overrides: tuple[tuple[str, str], ...] = ()  # llama.cpp tensor-override rules (offload mode)
     mlock: bool = False
     placement: object | None = None  # offload.Placement, for MoE models placed across tiers
+    disk_bytes: int = 0  # weights left memory-mapped on disk (read as tokens need them, not held in RAM)
 
     @property
     def label(self) -> str:
@@ -230,7 +231,8 @@ def plan_candidate(
             notes = [reduced] if reduced else []
             if disk_bytes:
                 notes.append(f"{disk_bytes / GiB:.1f} GiB of routed experts stream from disk")
-            return Plan(c, n_ctx, -1 if k > n_layer else k, est, tps, mode, budget, tuple(attempts), tuple(notes))
+            k = -1 if k > n_layer else k
+            return Plan(c, n_ctx, k, est, tps, mode, budget, tuple(attempts), tuple(notes), disk_bytes=disk_bytes)
     return None
 
 
@@ -302,8 +304,9 @@ def _offload_plan(
     if p.disk_bytes:
         notes.append(f"{p.disk_bytes / GiB:.1f} GiB of routed experts stream from disk")
     return Plan(
-        c, n_ctx, -1, memory, p.decode_tps, "offload", budget, tuple(attempts), tuple(notes), p.rules, p.mlock, p
-    )
+        c, n_ctx, -1, memory, p.decode_tps, "offload", budget, tuple(attempts), tuple(notes), p.rules, p.mlock, p,
+        disk_bytes=p.disk_bytes,
+    )  # fmt: skip
 
 
 def choose(

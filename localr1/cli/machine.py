@@ -83,12 +83,17 @@ def plan_lines(plan, *, explain: bool) -> list[str]:
     if plan.placement is not None:
         layers = f"hot tensors and {len(plan.placement.gpu_expert_layers)} layers' experts on the GPU"
     lines = [f"{c.label}: {plan.n_ctx:,}-token context, {layers} ({fit_mark(plan)})"]
+    # weights left memory-mapped on disk are not held in memory: shown on a line of their own
     if b.unified:
-        lines.append(f"  memory   {gib(m.gpu_total + m.cpu_total)} of {gib(b.gpu)} usable unified memory")
+        lines.append(
+            f"  memory   {gib(m.gpu_total + m.cpu_total - plan.disk_bytes)} of {gib(b.gpu)} usable unified memory"
+        )
     else:
         if m.gpu_total:
             lines.append(f"  GPU      {gib(m.gpu_total)} of {gib(b.gpu)} usable")
-        lines.append(f"  RAM      {gib(m.cpu_total)} of {gib(b.ram)} usable")
+        lines.append(f"  RAM      {gib(m.cpu_total - plan.disk_bytes)} of {gib(b.ram)} usable")
+    if plan.disk_bytes:
+        lines.append(f"  disk     {gib(plan.disk_bytes)} of weights memory-mapped, read as tokens need them")
     lines.append(
         f"  parts    weights {gib(c.weights.total)}{'' if c.exact else ' (estimated)'}, "
         f"KV cache {gib(m.kv_total)}, compute buffers {gib(m.compute_total)}"

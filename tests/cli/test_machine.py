@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from ggufs import write_gguf
 
 from localr1 import loader as loader_module
@@ -151,3 +152,20 @@ def test_plan_shows_the_moe_placement_and_llama_cpp_rules(runner):
     assert runner.invoke(app, [*args, "--offload", "warp"]).exit_code == 2
     assert "Offload placement" not in runner.invoke(app, [*args, "--offload", "off"]).stdout
     assert "Offload placement" not in runner.invoke(app, ["plan", "r1:7b", *SIM]).stdout
+
+
+@pytest.mark.parametrize(
+    "machine_args",
+    [["--vram", "24GiB", "--ram", "64GiB", "--disk", "2TiB"], ["--gpus", "0", "--ram", "64GiB", "--disk", "2TiB"]],
+    ids=["gpu", "cpu"],
+)
+def test_plan_never_shows_more_ram_in_use_than_usable(runner, machine_args):
+    """Experts left memory-mapped on disk are not RAM in use: they get a line of their own (#19's display bug,
+    'RAM 102.6 GiB of 56.1 GiB usable')."""
+    import re
+
+    result = runner.invoke(app, ["plan", "r1:671b", *machine_args])
+    assert result.exit_code == 0, result.output
+    used, usable = map(float, re.search(r"RAM\s+([\d.]+) GiB of ([\d.]+) GiB usable", result.stdout).groups())
+    assert used <= usable
+    assert re.search(r"disk\s+[\d.]+ GiB of weights memory-mapped", result.stdout)
