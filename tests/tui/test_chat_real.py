@@ -92,6 +92,15 @@ class TmuxChat:
             time.sleep(0.2)
         return self.done.read_text().strip()
 
+    def start_long_reply(self) -> bool:
+        """Ask for a long story once the model is loaded; True if the reply ended already (random weights may
+        end it early, and then there is nothing left to stop)."""
+        self.wait_for("ctx 0/4,096")
+        self.send("Tell me a very long story.", "Enter")
+        self.wait_for("Thinking")
+        time.sleep(0.5)
+        return "tok/s" in self.screen()
+
     def close(self) -> None:
         subprocess.run([*self.tmux, "kill-server"], capture_output=True)
 
@@ -120,11 +129,7 @@ def test_ctrl_q_while_the_model_generates_exits_cleanly(tiny_r1, tmp_path):
 
     chat = TmuxChat(tmp_path, f"{tiny_r1} --ctx 4096")
     try:
-        chat.wait_for("ctx 0/4,096")
-        chat.send("Tell me a very long story.", "Enter")
-        chat.wait_for("Thinking")
-        time.sleep(0.5)
-        done_before = "tok/s" in chat.screen()  # random weights may end the reply early (then nothing to stop)
+        done_before = chat.start_long_reply()
         chat.send("C-q")
         assert chat.exit_code() == "0"
     finally:
@@ -143,11 +148,7 @@ def test_closing_the_terminal_mid_reply_saves_and_exits(tiny_r1, tmp_path):
 
     chat = TmuxChat(tmp_path, f"{tiny_r1} --ctx 4096")
     try:
-        chat.wait_for("ctx 0/4,096")
-        chat.send("Tell me a very long story.", "Enter")
-        chat.wait_for("Thinking")
-        time.sleep(0.5)
-        done_before = "tok/s" in chat.screen()  # random weights may end the reply early (then nothing to stop)
+        done_before = chat.start_long_reply()
         pids = subprocess.run(["pgrep", "-f", f"localr1 chat {tiny_r1}"], capture_output=True, text=True).stdout.split()
     finally:
         chat.close()  # the terminal goes away
