@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from localr1.cli.helptext import command_help
+from localr1.cli.options import JsonOpt, JsonResultOpt
 from localr1.cli.state import command, handle_errors
 from localr1.errors import ModelNotFoundError, UsageError
 from localr1.units import GiB
@@ -105,7 +106,7 @@ def pull(
     quant: str | None = typer.Option(None, "--quant", "-q", help="The quant, if not in the name."),
     offline: bool = typer.Option(False, "--offline", help="Use only the local cache; open no connection."),
     revision: str = typer.Option("main", "--revision", help="Branch, tag or commit of the repository."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    json_out: JsonResultOpt = False,
 ) -> None:
     from localr1.download import offline_mode, resolve_target
 
@@ -135,7 +136,7 @@ def pull(
     ),
 )
 @handle_errors
-def list_models(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def list_models(json_out: JsonOpt = False) -> None:
     from localr1.gguf_info import split_siblings
     from localr1.resolve import local_models
 
@@ -177,7 +178,7 @@ def list_models(json_out: bool = typer.Option(False, "--json", help="Print JSON.
 def rm(
     model: str = typer.Argument(..., help="A catalog name, a name from `localr1 list`, or a file."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    json_out: JsonOpt = False,
 ) -> None:
     from localr1.gguf_info import split_siblings
     from localr1.resolve import local_models
@@ -238,7 +239,7 @@ def quantize(
     output: Path | None = OUTPUT_OPTION,
     imatrix: Path | None = IMATRIX_OPTION,
     threads: int | None = typer.Option(None, "--threads", help="Threads (default: all cores)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    json_out: JsonResultOpt = False,
 ) -> None:
     from localr1 import limits
     from localr1 import quantize as q
@@ -305,7 +306,7 @@ def convert(
     name: str | None = typer.Option(None, "--name", help="The model's name inside the file (general.name)."),
     offline: bool = typer.Option(False, "--offline", help="Use only the local cache; open no connection."),
     revision: str = typer.Option("main", "--revision", help="Branch, tag or commit, for a Hub repository."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    json_out: JsonResultOpt = False,
 ) -> None:
     from localr1 import convert as cv
     from localr1.download import free_disk, offline_mode

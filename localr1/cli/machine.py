@@ -12,6 +12,7 @@ from localr1.cli.helptext import command_help
 from localr1.cli.options import (
     CtxOpt,
     GpuExpertsOpt,
+    JsonOpt,
     OffloadOpt,
     load_request,
     simulated,
@@ -139,7 +140,7 @@ def _placement(plan, hw, mode: str, gpu_experts: int | None):
 @handle_errors
 @simulated
 def hw(
-    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    json_out: JsonOpt = False,
     simulate=None,  # the simulation flags, as one Simulation (see options.simulated)
 ) -> None:
     from localr1.hardware import machine
@@ -165,7 +166,7 @@ def hw(
 @handle_errors
 @simulated
 def models(
-    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    json_out: JsonOpt = False,
     simulate=None,  # the simulation flags, as one Simulation (see options.simulated)
 ) -> None:
     from localr1.candidates import catalog_fits
@@ -222,7 +223,7 @@ def plan(
     model: str | None = typer.Argument(None, help="A catalog name or .gguf file (default: the best that fits)."),
     ctx: CtxOpt = None,
     explain: bool = typer.Option(False, "--explain", help="Show every option tried and why it was rejected."),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    json_out: JsonOpt = False,
     offload: OffloadOpt = "auto",
     gpu_experts: GpuExpertsOpt = None,
     measure_disk: bool = typer.Option(False, "--measure-disk", help="Measure disk read speed (reads 256 MiB)."),
