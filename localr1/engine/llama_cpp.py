@@ -168,6 +168,7 @@ class LlamaCppEngine:
         tensor_overrides: Sequence[tuple[str, str]] = (),
         stream_interval_s: float = STREAM_INTERVAL_S,
         threadpool: bool = True,
+        n_seq: int = 1,
     ) -> None:
         from localr1 import limits
 
@@ -199,8 +200,9 @@ class LlamaCppEngine:
         if n_ctx is None or n_ctx <= 0:
             n_ctx = min(n_ctx_train, 8192) if n_ctx_train > 0 else 4096
         n_batch = max(1, min(n_batch, n_ctx))
-        self._make_context(n_ctx, n_batch, n_threads, flash_attn, threadpool)
+        self._make_context(n_ctx, n_batch, n_threads, flash_attn, threadpool, n_seq)
         self.n_ctx = lib.llama_n_ctx(self._ctx)
+        self.n_seq = n_seq
         self.n_batch = n_batch
         self._mem = lib.llama_get_memory(self._ctx)
         self._cached: list[int] = []  # tokens whose KV entries are in the context, for prefix reuse
@@ -260,7 +262,7 @@ class LlamaCppEngine:
         self.n_vocab = lib.llama_vocab_n_tokens(self._vocab)
 
     def _make_context(
-        self, n_ctx: int, n_batch: int, n_threads: int, flash_attn: bool | None, threadpool: bool
+        self, n_ctx: int, n_batch: int, n_threads: int, flash_attn: bool | None, threadpool: bool, n_seq: int = 1
     ) -> None:
         lib = self._lib
         cparams = set_fields(
@@ -268,7 +270,10 @@ class LlamaCppEngine:
             n_ctx=n_ctx,
             n_batch=n_batch,
             n_ubatch=n_batch,
-            n_seq_max=1,
+            # n_seq > 1: sequences decoded together (serve's slots), each with its own KV stream of
+            # n_ctx / n_seq cells (kv_unified off: one sequence cannot crowd out another)
+            n_seq_max=n_seq,
+            kv_unified=False,
             n_threads=n_threads,
             n_threads_batch=n_threads,
             no_perf=False,
