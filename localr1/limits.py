@@ -15,6 +15,7 @@ GGML_MAX_THREADS = 512  # ggml's own limit (GGML_MAX_N_THREADS)
 MAX_CTX = 1 << 20  # 1M tokens: far beyond R1's 128k; the planner then checks that it fits in memory
 MAX_GPU_LAYERS = 4096  # more than any model has; -1 means all
 MAX_BATCH = 1 << 16
+MAX_PARALLEL = 64  # llama.cpp keeps at most 256 sequences; 64 slots already split memory thin
 
 
 def max_threads() -> int:

@@ -29,6 +29,7 @@ class EngineOptions:
     n_batch: int | None = None  # None: the engine's default
     flash_attn: bool | None = None  # None: llama.cpp decides
     engine: str = "llama.cpp"  # a name in localr1.engine.registry
+    n_seq: int = 1  # sequences decoded together; n_ctx is each one's context
 
 
 def load_engine(path: Path, header, options: EngineOptions, cancel: threading.Event | None = None) -> Engine:
@@ -90,6 +91,7 @@ def plan_for(request: LoadRequest, hw, config, *, prefer_local: bool):
         "gpu_layers": request.gpu_layers,
         "offload": request.offload,
         "gpu_experts": request.gpu_experts,
+        "slots": request.parallel,
     }
 
     def best(pool, what):
@@ -224,6 +226,7 @@ def open_model(
         debug=request.debug,
         tensor_overrides=overrides,
         mlock=mlock,
+        n_seq=request.parallel,
     )
     engine = load_with_fallback(path, inspect_model(path), options, plan, cancel or threading.Event(), say=say)
     return LoadedModel(engine, label, path, plan)

@@ -10,7 +10,7 @@ estimated decode speed stays usable. Every budget keeps a safety margin. Each tr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from localr1.budget import (  # noqa: F401  (re-exported: planner.Budget, planner.Candidate, ...)
     CPU_EFFICIENCY,
@@ -58,6 +58,7 @@ class Plan:
     mlock: bool = False
     placement: object | None = None  # offload.Placement, for MoE models placed across tiers
     disk_bytes: int = 0  # weights left memory-mapped on disk (read as tokens need them, not held in RAM)
+    slots: int = 1  # sequences decoded together (serve --parallel), each with n_ctx tokens of KV cache
 
     @property
     def label(self) -> str:
@@ -173,7 +174,11 @@ def plan_candidate(
     offload: str = "auto",
     gpu_experts: int | None = None,
     keep_ctx: bool = False,
+    slots: int = 1,
 ) -> Plan | None:
+    """The plan for one candidate, or None. ``want_ctx`` is per sequence; with ``slots`` > 1 (a server's
+    parallel requests) the KV cache holds ``slots`` times as much and the plan's ``n_ctx`` is still per
+    sequence."""
     budget = budget or Budget.of(hw)
     attempts = attempts if attempts is not None else []
     n_layer = c.arch.n_layer
@@ -190,8 +195,9 @@ def plan_candidate(
         )
         return None
     slow: tuple[int, float] | None = None  # the largest context that fitted, and its speed, when too slow
-    for n_ctx in ctx_ladder(want_ctx, c.arch.ctx_train, keep=keep_ctx):
-        reduced = _ctx_note(n_ctx, want_ctx, c.arch.ctx_train, slow, min_tps, keep_ctx)
+    for per_seq in ctx_ladder(want_ctx, c.arch.ctx_train, keep=keep_ctx):
+        reduced = _ctx_note(per_seq, want_ctx, c.arch.ctx_train, slow, min_tps, keep_ctx)
+        n_ctx = per_seq * slots  # the KV cache holds every sequence's context
         if gpu_layers is not None:
             layer_options = [gpu_layers if gpu_layers >= 0 else n_layer + 1]
         elif on_gpu:
@@ -201,9 +207,9 @@ def plan_candidate(
         if c.arch.is_moe and on_gpu and gpu_layers is None and offload != "off" and not budget.unified:
             placed = _offload_plan(c, hw, n_ctx, budget, offload, gpu_experts, min_tps, attempts, flash_attn, reduced)
             if isinstance(placed, Plan):
-                return placed
+                return replace(placed, n_ctx=per_seq, slots=slots)
             if placed is not None and slow is None:
-                slow = (n_ctx, placed)
+                slow = (per_seq, placed)
             if offload != "auto":
                 continue  # a forced placement mode: no plain layer offload instead
         for k in layer_options:
@@ -217,7 +223,7 @@ def plan_candidate(
             if tps < min_tps:
                 attempts.append(Attempt(c.label, n_ctx, k, False, f"fits, but {_too_slow(tps, min_tps)}", tps))
                 if slow is None:
-                    slow = (n_ctx, tps)
+                    slow = (per_seq, tps)
                 break  # fewer GPU layers would only be slower
             if budget.unified or (on_gpu and k > n_layer):
                 mode = "unified" if budget.unified else "gpu"
@@ -232,7 +238,10 @@ def plan_candidate(
             if disk_bytes:
                 notes.append(f"{disk_bytes / GiB:.1f} GiB of routed experts stream from disk")
             k = -1 if k > n_layer else k
-            return Plan(c, n_ctx, k, est, tps, mode, budget, tuple(attempts), tuple(notes), disk_bytes=disk_bytes)
+            return Plan(
+                c, per_seq, k, est, tps, mode, budget, tuple(attempts), tuple(notes), disk_bytes=disk_bytes,
+                slots=slots,
+            )  # fmt: skip
     return None
 
 
@@ -320,6 +329,7 @@ def choose(
     offload: str = "auto",
     gpu_experts: int | None = None,
     keep_ctx: bool = False,
+    slots: int = 1,
 ) -> Plan:
     """The best expected quality that fits; raises NoPlanError with every attempt when nothing does."""
     budget = Budget.of(hw)
@@ -338,6 +348,7 @@ def choose(
             offload=offload,
             gpu_experts=gpu_experts,
             keep_ctx=keep_ctx,
+            slots=slots,
         )
         if plan is not None:
             return plan

@@ -31,6 +31,7 @@ class LoadRequest:
     gpu_experts: int | None = None  # MoE: layers of routed experts on the GPU
     simulation: Simulation | None = None  # plan for this machine instead of the real one
     debug: bool = False
+    parallel: int = 1  # sequences decoded together (serve); ``ctx`` is each one's context
 
     def validated(self) -> LoadRequest:
         """This request, if every value is in range (else a one-line UsageError naming the option)."""
@@ -40,6 +41,9 @@ class LoadRequest:
         if self.offload not in OFFLOAD_MODES:
             raise UsageError(f"--offload must be one of {', '.join(OFFLOAD_MODES)}")
         limits.bounded("--gpu-experts", self.gpu_experts, 0, limits.MAX_GPU_LAYERS)
+        limits.bounded("--parallel", self.parallel, 1, limits.MAX_PARALLEL, hint="Each request needs its own context.")
+        if self.ctx is not None:
+            limits.ctx(self.ctx * self.parallel, "--ctx times --parallel")
         return self
 
     def for_spec(self, spec: str | None) -> LoadRequest:

@@ -40,7 +40,8 @@ def _llama_cpp(path, header, options, cancel=None):
 
     return LlamaCppEngine(
         path,
-        n_ctx=options.n_ctx,
+        n_ctx=options.n_ctx * options.n_seq if options.n_ctx else None,
+        n_seq=options.n_seq,
         n_threads=options.n_threads,
         n_gpu_layers=options.n_gpu_layers,
         n_batch=options.n_batch or DEFAULT_BATCH,
