@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Build llama.cpp's own llama-bench from the source inside the installed llama-cpp-python's sdist, so that
-# `localr1 bench --compare` measures against the very same llama.cpp. Cached in benchmarks/.cache/.
+# Build llama.cpp's own llama-bench (or another of its tools, e.g. llama-server) from the source inside the
+# installed llama-cpp-python's sdist, so that `localr1 bench --compare` and benchmarks/serve.py measure
+# against the very same llama.cpp. Cached in benchmarks/.cache/.
 #
-#   bash benchmarks/build_llama_bench.sh [PYTHON]      # prints the path of the llama-bench binary
+#   bash benchmarks/build_llama_bench.sh [PYTHON] [TARGET]   # prints the path of the binary (default llama-bench)
 #
 # Extra CMake flags (e.g. -DGGML_CUDA=on for a GPU build) can be passed in CMAKE_ARGS.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 python="${1:-python3}"
+target="${2:-llama-bench}"
 version="$("$python" -c 'import importlib.metadata as m; print(m.version("llama-cpp-python"))')"
 cache="$here/.cache/llama-cpp-python-$version"
-bin="$cache/build/bin/llama-bench"
+bin="$cache/build/bin/$target"
 if [ -x "$bin" ]; then echo "$bin"; exit 0; fi
 mkdir -p "$cache"
 if [ ! -d "$cache/src" ]; then
@@ -19,6 +21,6 @@ if [ ! -d "$cache/src" ]; then
   tar -xzf "$cache"/llama_cpp_python-*.tar.gz -C "$cache/src" --strip-components=1
 fi
 cmake -S "$cache/src/vendor/llama.cpp" -B "$cache/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
-  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF ${CMAKE_ARGS:-} >&2
-cmake --build "$cache/build" --target llama-bench -j "$(nproc 2>/dev/null || echo 2)" >&2
+  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_OPENSSL=OFF ${CMAKE_ARGS:-} >&2
+cmake --build "$cache/build" --target "$target" -j "$(nproc 2>/dev/null || echo 2)" >&2
 echo "$bin"

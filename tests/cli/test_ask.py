@@ -222,7 +222,7 @@ def test_help_imports_no_heavy_libraries():
         "import sys\n"
         "from localr1.cli.app import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('llama_cpp', 'textual', 'huggingface_hub', 'numpy', 'gguf', 'jinja2') if m in sys.modules]\n"
+        "heavy = [m for m in ('llama_cpp', 'textual', 'huggingface_hub', 'numpy', 'gguf', 'jinja2', 'starlette', 'uvicorn', 'httpx') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -1,0 +1,407 @@
+"""The OpenAI and Ollama request bodies, checked and turned into one ``Generation``.
+
+Pure logic, no web framework: every field a client may send is named here, with its type and range. A
+field that asks for something localr1 does not do (tools, n > 1, logprobs, JSON mode) is refused with a
+``RequestError`` naming it, as OpenAI refuses an argument it does not recognise; nothing is ignored
+silently except fields that change nothing (``user``, ``metadata``, ``keep_alive``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from localr1 import limits
+from localr1.prompt import Message
+from localr1.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Sampling
+
+MAX_BODY_BYTES = 8 << 20  # a 128k-token conversation is ~0.5 MB of text
+MAX_MESSAGES = 4096
+MAX_STOPS = 8
+MAX_STOP_CHARS = 256
+MAX_TOKENS = limits.MAX_CTX
+MAX_GRAMMAR_CHARS = 64 << 10
+
+ReasoningFormat = Literal["separate", "inline", "hidden"]
+REASONING_FORMATS = ("separate", "inline", "hidden")
+
+
+class RequestError(Exception):
+    """A bad request: the HTTP status, a message for the client, and the parameter at fault."""
+
+    def __init__(self, message: str, *, status: int = 400, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message, self.status, self.param, self.code = message, status, param, code
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What one request asks for, whichever API it came through."""
+
+    model: str | None
+    messages: tuple[Message, ...] = ()  # chat requests
+    raw_prompt: str | None = None  # completion requests: text the model continues as it is
+    system: str | None = None  # Ollama's /api/generate "system"
+    sampling: Sampling = field(default_factory=Sampling)
+    stream: bool = False
+    stop: tuple[str, ...] = ()
+    reasoning: ReasoningFormat = "separate"
+    include_usage: bool = False  # OpenAI stream_options.include_usage
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or a RequestError (bad JSON, not an object, not UTF-8, too deep)."""
+    try:
+        value = json.loads(body)
+    except UnicodeDecodeError:
+        raise RequestError("the body is not UTF-8") from None
+    except RecursionError:
+        raise RequestError("the JSON body is nested too deeply") from None
+    except ValueError as exc:
+        raise RequestError(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise RequestError("the body must be a JSON object")
+    return value
+
+
+# --- typed field readers ---------------------------------------------------------------------------------
+def _number(body: dict, name: str, low: float, high: float, default: float | None) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise RequestError(f"'{name}' must be a number", param=name)
+    if not low <= value <= high:
+        raise RequestError(f"'{name}' must be from {low:g} to {high:g}, not {value:g}", param=name)
+    return float(value)
+
+
+def _integer(body: dict, name: str, low: int, high: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(f"'{name}' must be an integer", param=name)
+    if not low <= value <= high:
+        raise RequestError(f"'{name}' must be from {low:,} to {high:,}, not {value:,}", param=name)
+    return value
+
+
+def _boolean(body: dict, name: str, default: bool) -> bool:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise RequestError(f"'{name}' must be true or false", param=name)
+    return value
+
+
+def _string(body: dict, name: str, *, required: bool = False) -> str | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise RequestError(f"'{name}' is required", param=name)
+        return None
+    if not isinstance(value, str):
+        raise RequestError(f"'{name}' must be a string", param=name)
+    return value
+
+
+def _stops(value: Any, name: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise RequestError(f"'{name}' must be a string or a list of strings", param=name)
+    if len(stops) > MAX_STOPS:
+        raise RequestError(f"'{name}' holds at most {MAX_STOPS} strings", param=name)
+    if any(not s or len(s) > MAX_STOP_CHARS for s in stops):
+        raise RequestError(f"each '{name}' string must have 1 to {MAX_STOP_CHARS} characters", param=name)
+    return tuple(stops)
+
+
+def _refuse(body: dict, name: str, allowed: Any = None, why: str = "") -> None:
+    """Refuse ``name`` unless it is absent or one of the values that change nothing."""
+    value = body.get(name)
+    if value is None or value == allowed or (isinstance(allowed, tuple) and value in allowed):
+        return
+    raise RequestError(f"'{name}' is not supported by localr1{why}", param=name, code="unsupported_parameter")
+
+
+def _unknown(body: dict, known: set[str]) -> None:
+    extra = sorted(set(body) - known)
+    if extra:
+        raise RequestError(f"unrecognized request argument: {extra[0]}", param=extra[0], code="unknown_parameter")
+
+
+def _reasoning_format(body: dict, default: ReasoningFormat) -> ReasoningFormat:
+    value = _string(body, "reasoning_format") or default
+    if value not in REASONING_FORMATS:
+        raise RequestError(
+            f"'reasoning_format' must be one of {', '.join(REASONING_FORMATS)}", param="reasoning_format"
+        )
+    return value  # type: ignore[return-value]
+
+
+def _logit_bias(value: Any) -> dict[int, float]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > 1024:
+        raise RequestError("'logit_bias' must map at most 1024 token ids to numbers", param="logit_bias")
+    out: dict[int, float] = {}
+    for key, bias in value.items():
+        try:
+            token = int(key)
+        except (TypeError, ValueError):
+            raise RequestError(f"'logit_bias' key {key!r} is not a token id", param="logit_bias") from None
+        if isinstance(bias, bool) or not isinstance(bias, int | float) or not -100 <= bias <= 100:
+            raise RequestError("'logit_bias' values must be numbers from -100 to 100", param="logit_bias")
+        out[token] = -math.inf if bias <= -100 else float(bias)
+    return out
+
+
+def _sampling(body: dict, *, max_tokens: int | None, seed: int | None) -> Sampling:
+    grammar = _string(body, "grammar")  # llama-server's extension: a GBNF grammar the output must follow
+    if grammar is not None and len(grammar) > MAX_GRAMMAR_CHARS:
+        raise RequestError(f"'grammar' is longer than {MAX_GRAMMAR_CHARS >> 10} KiB", param="grammar")
+    return Sampling(
+        grammar=grammar or None,
+        temperature=_number(body, "temperature", 0.0, 2.0, DEFAULT_TEMPERATURE),
+        top_p=_number(body, "top_p", 1e-6, 1.0, DEFAULT_TOP_P),
+        top_k=_integer(body, "top_k", 0, 1 << 20) or 0,
+        min_p=_number(body, "min_p", 0.0, 0.999, 0.0),
+        seed=seed,
+        max_tokens=max_tokens,
+        logit_bias=_logit_bias(body.get("logit_bias")),
+    )
+
+
+def _messages(value: Any, *, ollama: bool = False) -> tuple[Message, ...]:
+    if not isinstance(value, list) or not value:
+        raise RequestError("'messages' must be a non-empty list", param="messages")
+    if len(value) > MAX_MESSAGES:
+        raise RequestError(f"'messages' holds at most {MAX_MESSAGES:,} messages", param="messages")
+    out = []
+    for i, m in enumerate(value):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise RequestError(f"'{where}' must be an object", param=where)
+        role = m.get("role")
+        if role == "developer":  # OpenAI's newer name for the system role
+            role = "system"
+        if role not in ("system", "user", "assistant"):
+            hint = " (tool calls are not supported)" if role in ("tool", "function") else ""
+            raise RequestError(f"'{where}.role' must be system, user or assistant{hint}", param=f"{where}.role")
+        if m.get("tool_calls") or m.get("images"):
+            what = "tool_calls" if m.get("tool_calls") else "images"
+            raise RequestError(f"'{where}.{what}' is not supported by localr1", param=f"{where}.{what}")
+        out.append(Message(role, _content(m.get("content"), f"{where}.content")))
+    if out[-1].role != "user":
+        raise RequestError("the last message must be the user's", param=f"messages[{len(out) - 1}].role")
+    return tuple(out)
+
+
+def _content(value: Any, where: str) -> str:
+    """A message's text: a string, or OpenAI's list of parts (text parts only)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        texts = []
+        for part in value:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise RequestError(f"'{where}' may hold only text parts (images are not supported)", param=where)
+            texts.append(part["text"])
+        return "\n".join(texts)
+    raise RequestError(f"'{where}' must be a string or a list of text parts", param=where)
+
+
+# --- OpenAI --------------------------------------------------------------------------------------------
+_OPENAI_COMMON = {
+    "model", "stream", "stream_options", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "n",
+    "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "user", "metadata",
+    "store", "service_tier", "reasoning_format", "grammar",
+}  # fmt: skip
+_OPENAI_CHAT = _OPENAI_COMMON | {
+    "messages", "max_tokens", "max_completion_tokens", "tools", "tool_choice", "functions", "function_call",
+    "parallel_tool_calls", "response_format", "modalities", "audio", "prediction", "reasoning_effort",
+    "web_search_options",
+}  # fmt: skip
+_OPENAI_COMPLETION = _OPENAI_COMMON | {"prompt", "max_tokens", "echo", "suffix", "best_of"}
+
+
+def _openai_common(body: dict) -> dict[str, Any]:
+    _refuse(body, "n", 1, " (one choice per request; send requests in parallel instead)")
+    for name in ("presence_penalty", "frequency_penalty"):
+        _number(body, name, -2.0, 2.0, 0.0)
+        _refuse(body, name, (0, 0.0))
+    _refuse(body, "logprobs", (False, None, 0))
+    _refuse(body, "top_logprobs", (None, 0))
+    options = body.get("stream_options")
+    if options is not None and not (isinstance(options, dict) and set(options) <= {"include_usage"}):
+        raise RequestError("'stream_options' may only hold include_usage", param="stream_options")
+    return {
+        "model": _string(body, "model"),
+        "stream": _boolean(body, "stream", False),
+        "include_usage": _boolean(options or {}, "include_usage", False),
+        "stop": _stops(body.get("stop"), "stop"),
+    }
+
+
+def openai_chat(body: dict) -> Generation:
+    _unknown(body, _OPENAI_CHAT)
+    common = _openai_common(body)
+    for name in ("tools", "functions"):
+        if body.get(name):
+            raise RequestError(f"'{name}' is not supported by localr1 (no tool calling)", param=name)
+    _refuse(body, "tool_choice", ("none", None))
+    _refuse(body, "function_call", ("none", None))
+    _refuse(body, "modalities", (["text"], None))
+    for name in ("audio", "prediction", "web_search_options"):
+        _refuse(body, name)
+    response_format = body.get("response_format")
+    if response_format is not None and response_format != {"type": "text"}:
+        raise RequestError('\'response_format\' may only be {"type": "text"}', param="response_format")
+    effort = body.get("reasoning_effort")
+    if effort is not None and effort not in ("minimal", "low", "medium", "high"):
+        raise RequestError("'reasoning_effort' must be minimal, low, medium or high", param="reasoning_effort")
+    max_tokens = _integer(body, "max_completion_tokens", 1, MAX_TOKENS)
+    if max_tokens is None:
+        max_tokens = _integer(body, "max_tokens", 1, MAX_TOKENS)
+    seed = _integer(body, "seed", -(2**63), 2**64 - 1)
+    return Generation(
+        model=common["model"],
+        messages=_messages(body.get("messages")),
+        sampling=_sampling(body, max_tokens=max_tokens, seed=None if seed is None else seed % 2**32),
+        stream=common["stream"],
+        stop=common["stop"],
+        reasoning=_reasoning_format(body, "separate"),
+        include_usage=common["include_usage"],
+    )
+
+
+def openai_completion(body: dict) -> Generation:
+    _unknown(body, _OPENAI_COMPLETION)
+    common = _openai_common(body)
+    _refuse(body, "echo", False)
+    _refuse(body, "suffix", ("",))
+    _refuse(body, "best_of", 1)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or not prompt:
+        raise RequestError("'prompt' must be a non-empty string (one prompt per request)", param="prompt")
+    seed = _integer(body, "seed", -(2**63), 2**64 - 1)
+    return Generation(
+        model=common["model"],
+        raw_prompt=prompt,
+        sampling=_sampling(
+            body, max_tokens=_integer(body, "max_tokens", 1, MAX_TOKENS), seed=None if seed is None else seed % 2**32
+        ),
+        stream=common["stream"],
+        stop=common["stop"],
+        reasoning=_reasoning_format(body, "inline"),  # the text as the model wrote it
+        include_usage=common["include_usage"],
+    )
+
+
+# --- Ollama --------------------------------------------------------------------------------------------
+_OLLAMA_OPTIONS = {
+    "temperature", "top_p", "top_k", "min_p", "seed", "num_predict", "stop", "num_ctx", "num_thread", "num_gpu",
+    "num_batch", "repeat_penalty", "presence_penalty", "frequency_penalty", "repeat_last_n", "mirostat",
+    "typical_p", "tfs_z", "numa", "use_mmap", "use_mlock", "num_keep", "penalize_newline", "low_vram", "main_gpu",
+}  # fmt: skip
+# load-time options the running server has already settled; a client's value is ignored (as Ollama does
+# when the model is loaded) -- except a context larger than a slot's, which is refused
+_OLLAMA_LOAD_TIME = {"num_thread", "num_gpu", "num_batch", "numa", "use_mmap", "use_mlock", "low_vram", "main_gpu"}
+
+
+def _ollama_options(body: dict, n_ctx_slot: int) -> tuple[Sampling, tuple[str, ...]]:
+    options = body.get("options")
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        raise RequestError("'options' must be an object", param="options")
+    _unknown(options, _OLLAMA_OPTIONS)
+    for name in ("presence_penalty", "frequency_penalty"):
+        _refuse(options, name, (0, 0.0))
+    _refuse(options, "repeat_penalty", (1, 1.0))
+    _refuse(options, "mirostat", 0)
+    _refuse(options, "typical_p", (1, 1.0))
+    _refuse(options, "tfs_z", (1, 1.0))
+    num_ctx = _integer(options, "num_ctx", 1, limits.MAX_CTX)
+    if num_ctx is not None and num_ctx > n_ctx_slot:
+        raise RequestError(
+            f"'num_ctx' {num_ctx:,} is larger than this server's context ({n_ctx_slot:,} tokens per request); "
+            "restart `localr1 serve` with a larger --ctx",
+            param="options.num_ctx",
+        )
+    num_predict = _integer(options, "num_predict", -2, MAX_TOKENS)
+    seed = _integer(options, "seed", -(2**63), 2**64 - 1)
+    sampling = _sampling(
+        options,
+        max_tokens=num_predict if num_predict and num_predict > 0 else None,
+        seed=None if seed is None or seed < 0 else seed % 2**32,
+    )
+    return sampling, _stops(options.get("stop"), "options.stop")
+
+
+def _think(body: dict) -> ReasoningFormat:
+    think = body.get("think")
+    if think is None or think is True or think in ("low", "medium", "high"):
+        return "separate"
+    if think is False:
+        return "hidden"
+    raise RequestError("'think' must be true or false", param="think")
+
+
+_OLLAMA_COMMON = {"model", "stream", "options", "keep_alive", "think", "format", "tools", "context", "images"}
+
+
+def _ollama_refusals(body: dict) -> None:
+    if body.get("format") not in (None, ""):
+        raise RequestError("'format' (structured output) is not supported by localr1", param="format")
+    for name in ("tools", "images", "context"):
+        if body.get(name):
+            raise RequestError(f"'{name}' is not supported by localr1", param=name)
+
+
+def ollama_chat(body: dict, n_ctx_slot: int) -> Generation:
+    _unknown(body, _OLLAMA_COMMON | {"messages"})
+    _ollama_refusals(body)
+    sampling, stops = _ollama_options(body, n_ctx_slot)
+    return Generation(
+        model=_string(body, "model"),
+        messages=_messages(body.get("messages"), ollama=True),
+        sampling=sampling,
+        stream=_boolean(body, "stream", True),  # Ollama streams unless told not to
+        stop=stops,
+        reasoning=_think(body),
+    )
+
+
+def ollama_generate(body: dict, n_ctx_slot: int) -> Generation:
+    _unknown(body, _OLLAMA_COMMON | {"prompt", "system", "raw", "suffix", "template"})
+    _ollama_refusals(body)
+    _refuse(body, "suffix", "")
+    _refuse(body, "template", "")
+    sampling, stops = _ollama_options(body, n_ctx_slot)
+    prompt = _string(body, "prompt") or ""
+    raw = _boolean(body, "raw", False)
+    if not prompt.strip():
+        raise RequestError("'prompt' must not be empty", param="prompt")
+    system = _string(body, "system")
+    return Generation(
+        model=_string(body, "model"),
+        messages=() if raw else tuple([*([Message("system", system)] if system else []), Message("user", prompt)]),
+        raw_prompt=prompt if raw else None,
+        sampling=sampling,
+        stream=_boolean(body, "stream", True),
+        stop=stops,
+        reasoning=_think(body),
+    )

@@ -1,0 +1,54 @@
+"""A real ``localr1 serve`` app on 127.0.0.1 (uvicorn in a thread, a free port) for the server tests."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+from localr1.server.app import Settings, build_app
+from localr1.server.service import Service
+
+
+class RunningServer:
+    def __init__(self, service: Service, settings: Settings) -> None:
+        import uvicorn
+
+        self.service = service
+        self.lines: list[str] = []
+        settings = Settings(**{**settings.__dict__, "log": self.lines.append})
+        self.app = build_app(service, settings)
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off", ws="none",
+                                timeout_graceful_shutdown=2)  # fmt: skip
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def start(self) -> RunningServer:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+
+
+@contextlib.contextmanager
+def running(engine, name: str = "tiny-r1", *, queue: int = 8, **settings) -> Iterator[RunningServer]:
+    server = RunningServer(Service(engine, name, queue=queue), Settings(**settings)).start()
+    try:
+        yield server
+    finally:
+        server.stop()

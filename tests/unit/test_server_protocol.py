@@ -1,0 +1,184 @@
+"""The OpenAI and Ollama request bodies: what is accepted, what is refused, and with which message."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from localr1.server import protocol
+from localr1.server.protocol import RequestError
+
+USER = [{"role": "user", "content": "hi"}]
+
+
+def chat(**body):
+    return protocol.openai_chat({"messages": USER, **body})
+
+
+def refused(func, body, param=None, status=400):
+    with pytest.raises(RequestError) as info:
+        func(body)
+    assert info.value.status == status
+    if param is not None:
+        assert info.value.param == param, info.value.message
+    return info.value.message
+
+
+def test_defaults_are_deepseeks_advice():
+    gen = chat()
+    assert (gen.sampling.temperature, gen.sampling.top_p, gen.sampling.max_tokens) == (0.6, 0.95, None)
+    assert gen.reasoning == "separate" and not gen.stream and gen.stop == ()
+
+
+def test_sampling_fields_are_honoured():
+    gen = chat(temperature=0, top_p=0.5, top_k=40, min_p=0.05, seed=7, max_completion_tokens=9, stop="###")
+    s = gen.sampling
+    assert (s.temperature, s.top_p, s.top_k, s.min_p, s.seed, s.max_tokens) == (0.0, 0.5, 40, 0.05, 7, 9)
+    assert gen.stop == ("###",)
+    assert chat(max_tokens=5).sampling.max_tokens == 5
+    assert chat(seed=-1).sampling.seed == 2**32 - 1  # OpenAI seeds are 64-bit: folded into llama.cpp's 32
+    assert chat(logit_bias={"42": -100, "7": 3}).sampling.logit_bias == {42: -math.inf, 7: 3.0}
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"temperature": "hot"}, "temperature"),
+        ({"temperature": 3}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": "10"}, "max_tokens"),
+        ({"max_tokens": True}, "max_tokens"),
+        ({"max_tokens": 10**12}, "max_tokens"),
+        ({"seed": 1.5}, "seed"),
+        ({"stream": "yes"}, "stream"),
+        ({"stop": ["a"] * 9}, "stop"),
+        ({"stop": [""]}, "stop"),
+        ({"stop": 5}, "stop"),
+        ({"model": ["a"]}, "model"),
+        ({"logit_bias": {"x": 1}}, "logit_bias"),
+        ({"stream_options": {"include_usage": True, "other": 1}}, "stream_options"),
+    ],
+)
+def test_wrong_types_and_ranges_name_the_parameter(body, param):
+    refused(protocol.openai_chat, {"messages": USER, **body}, param)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"n": 2}, "n"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"tool_choice": "auto"}, "tool_choice"),
+        ({"logprobs": True}, "logprobs"),
+        ({"top_logprobs": 3}, "top_logprobs"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"audio": {"voice": "x"}}, "audio"),
+        ({"made_up_option": 1}, "made_up_option"),
+    ],
+)
+def test_what_localr1_does_not_do_is_refused_not_ignored(body, param):
+    message = refused(protocol.openai_chat, {"messages": USER, **body}, param)
+    assert param in message
+
+
+def test_harmless_values_of_unsupported_fields_pass():
+    gen = chat(n=1, logprobs=False, presence_penalty=0, frequency_penalty=0.0, tool_choice="none", user="me")
+    assert gen.sampling.temperature == 0.6
+    assert chat(response_format={"type": "text"}, metadata={"a": "b"}, store=False).messages
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [],
+        "hi",
+        [{"role": "user"}, "x"],
+        [{"role": "robot", "content": "x"}],
+        [{"role": "tool", "content": "x"}],
+        [{"role": "user", "content": 5}],
+        [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+        [{"role": "user", "content": "x"}] * (protocol.MAX_MESSAGES + 1),
+    ],
+)
+def test_bad_messages(messages):
+    refused(protocol.openai_chat, {"messages": messages})
+
+
+def test_messages_keep_roles_and_text_parts():
+    gen = protocol.openai_chat(
+        {
+            "messages": [
+                {"role": "developer", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+            ]
+        }
+    )
+    assert [(m.role, m.content) for m in gen.messages] == [("system", "Be brief."), ("user", "a\nb")]
+
+
+def test_reasoning_format():
+    assert chat(reasoning_format="inline").reasoning == "inline"
+    assert chat(reasoning_format="hidden").reasoning == "hidden"
+    refused(protocol.openai_chat, {"messages": USER, "reasoning_format": "xml"}, "reasoning_format")
+
+
+def test_completion_requests():
+    gen = protocol.openai_completion({"prompt": ["text"], "max_tokens": 3})
+    assert gen.raw_prompt == "text" and gen.sampling.max_tokens == 3 and gen.reasoning == "inline"
+    refused(protocol.openai_completion, {"prompt": ["a", "b"]}, "prompt")
+    refused(protocol.openai_completion, {"prompt": "a", "echo": True}, "echo")
+    refused(protocol.openai_completion, {"prompt": "a", "messages": USER}, "messages")
+
+
+def test_ollama_chat():
+    gen = protocol.ollama_chat({"model": "r1", "messages": USER, "options": {"num_predict": 5, "seed": 3}}, 4096)
+    assert gen.stream and gen.reasoning == "separate" and gen.sampling.max_tokens == 5 and gen.sampling.seed == 3
+    assert protocol.ollama_chat({"messages": USER, "think": False}, 4096).reasoning == "hidden"
+    assert protocol.ollama_chat({"messages": USER, "options": {"num_predict": -1}}, 4096).sampling.max_tokens is None
+    assert protocol.ollama_chat({"messages": USER, "keep_alive": "5m", "options": {"num_gpu": 99}}, 4096)
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"format": "json"}, "format"),
+        ({"tools": [{}]}, "tools"),
+        ({"think": "maybe"}, "think"),
+        ({"options": {"num_ctx": 999999}}, "num_ctx"),
+        ({"options": {"repeat_penalty": 1.3}}, "repeat_penalty"),
+        ({"options": {"temperature": "x"}}, "temperature"),
+        ({"options": {"warp": 9}}, "warp"),
+        ({"options": []}, "options"),
+    ],
+)
+def test_ollama_refusals(body, fragment):
+    with pytest.raises(RequestError) as info:
+        protocol.ollama_chat({"messages": USER, **body}, 4096)
+    assert fragment in info.value.message
+
+
+def test_ollama_generate():
+    gen = protocol.ollama_generate({"prompt": "why?", "system": "be brief"}, 4096)
+    assert [m.role for m in gen.messages] == ["system", "user"] and gen.raw_prompt is None
+    raw = protocol.ollama_generate({"prompt": "<｜User｜>x<｜Assistant｜>", "raw": True}, 4096)
+    assert raw.raw_prompt.startswith("<｜User｜>") and raw.messages == ()
+    with pytest.raises(RequestError):
+        protocol.ollama_generate({"prompt": "  "}, 4096)
+
+
+@pytest.mark.parametrize(
+    "body", [b"{", b"[1, 2]", b"\xff\xfe", b"null", b"[" * 100_000 + b"]" * 100_000, b'{"a": 1e999999}']
+)
+def test_bad_json_is_a_request_error(body):
+    try:
+        value = protocol.parse_json(body)
+    except RequestError as exc:
+        assert exc.status == 400
+    else:  # a huge exponent parses (to inf): the field readers refuse it
+        with pytest.raises(RequestError):
+            protocol.openai_chat({"messages": USER, "temperature": value["a"]})
