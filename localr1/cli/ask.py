@@ -134,6 +134,7 @@ def ask(
     offline: opt.OfflineOpt = False,
     offload_mode: opt.OffloadOpt = "auto",
     gpu_experts: opt.GpuExpertsOpt = None,
+    server: opt.ServerOpt = None,
     simulate=None,  # the simulation flags, as one Simulation (see options.simulated)
 ) -> None:
     from localr1.cli.library import pull_target
@@ -148,13 +149,16 @@ def ask(
         model, ctx=ctx, gpu_layers=gpu_layers, threads=threads, offline=offline, offload=offload_mode,
         gpu_experts=gpu_experts, simulate=simulate,
     )  # fmt: skip
-    config = load_config()
     cancel = threading.Event()
     with cancel_on_sigint(cancel):
-        loaded = open_model(
-            request, config, cancel=cancel, fetch=lambda target, off: pull_target(target, off, cancel=cancel)
-        )
-        engine, name, path = loaded.engine, loaded.label, loaded.path
+        if server:
+            engine = opt.remote_engine(server, model)
+            name, path = engine.info.name, server
+        else:
+            loaded = open_model(
+                request, load_config(), cancel=cancel, fetch=lambda target, off: pull_target(target, off, cancel=cancel)
+            )
+            engine, name, path = loaded.engine, loaded.label, loaded.path
         try:
             prompt = render(user_turn(text, system=system, math=math), engine.info.chat_format)
             events = engine.stream(prompt, sampling, cancel=cancel)

@@ -78,6 +78,18 @@ def picker_entries(sim):
     return entries
 
 
+def server_entries(remote):
+    """The picker with a server: just the model it serves."""
+
+    def entries():
+        from localr1.tui.screens import PickerEntry
+
+        name = remote.info.name
+        return [PickerEntry(name, f"{name} (served at {remote.url})", True, True)]
+
+    return entries
+
+
 @command(help=command_help(HELP))
 @handle_errors
 @opt.simulated
@@ -93,6 +105,7 @@ def chat(
     offline: opt.OfflineOpt = False,
     offload_mode: opt.OffloadOpt = "auto",
     gpu_experts: opt.GpuExpertsOpt = None,
+    server: opt.ServerOpt = None,
     simulate=None,  # the simulation flags, as one Simulation (see options.simulated)
 ) -> None:
     from localr1.config import load_config
@@ -107,15 +120,21 @@ def chat(
     )  # fmt: skip
     sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens).validate()
     config = load_config()
-    if model or config.default_model:
-        check_spec(model or config.default_model)  # a typo fails here, not inside the full-screen app
+    if server:
+        remote = opt.remote_engine(server, model)  # an unreachable server fails here, before the app starts
+        loader, entries, model = (lambda spec, progress: remote), server_entries(remote), remote.info.name
+    else:
+        if model or config.default_model:
+            check_spec(model or config.default_model)  # a typo fails here, not inside the full-screen app
+        loader = real_loader(request, lambda text: tui.call_from_thread(tui.notify, text, severity="warning"))
+        entries = picker_entries(request.simulation)
 
     from localr1.tui.app import make_app
 
     tui = make_app(
-        loader=real_loader(request, lambda text: tui.call_from_thread(tui.notify, text, severity="warning")),
+        loader=loader,
         store=ConversationStore(),
-        picker_entries=picker_entries(request.simulation),
+        picker_entries=entries,
         spec=model,
         sampling=sampling,
         hide_thinking=hide_thinking or config.hide_thinking,

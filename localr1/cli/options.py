@@ -26,6 +26,14 @@ ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads (
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never download: use only models on disk.")]
 OffloadOpt = Annotated[str, typer.Option("--offload", help="MoE placement: auto, gpu, ram, disk or off.")]
 GpuExpertsOpt = Annotated[int | None, typer.Option("--gpu-experts", help="MoE: layers of experts on the GPU.")]
+ServerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        envvar="LOCALR1_SERVER",
+        help="Use a running `localr1 serve` at this address (e.g. 127.0.0.1:11435) instead of loading a model.",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 JsonResultOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
@@ -107,3 +115,16 @@ def load_request(
         simulation=simulate,
         debug=state.debug,
     ).validated()
+
+
+def remote_engine(server: str, model: str | None):
+    """The engine of a running ``localr1 serve`` (``--server``); ``model``, if given, must be the one it serves."""
+    from localr1.engine.remote import RemoteEngine
+
+    engine = RemoteEngine(server)
+    if model and model != engine.info.name:
+        raise UsageError(
+            f"the server at {server} serves {engine.info.name!r}, not {model!r}",
+            hint="Drop --model, or start `localr1 serve` with that model.",
+        )
+    return engine
