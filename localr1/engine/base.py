@@ -32,8 +32,9 @@ class ModelInfo:
 
 @runtime_checkable
 class Engine(Protocol):
-    """What ``ask``, ``chat``, ``bench`` (and the coming ``serve``) use of an engine: the real one
-    (``engine/llama_cpp.py``) and the scripted one (``engine/fake.py``) both provide all of it."""
+    """What ``ask``, ``chat``, ``bench`` and ``serve`` use of an engine: the real one (``engine/llama_cpp.py``),
+    its batched form for serving (``engine/batching.py``), a running server (``engine/remote.py``) and the
+    scripted one (``engine/fake.py``) all provide it."""
 
     info: ModelInfo
 

@@ -1,7 +1,7 @@
 """Continuous batching: several generations share one llama.cpp context and decode together.
 
-``serve`` opens the model with ``slots`` sequences (``n_seq_max``; each sequence its own KV stream of
-``n_ctx / slots`` cells) and wraps it in a :class:`BatchedEngine`. One scheduler thread owns the context.
+``serve`` opens the model with ``slots`` sequences (``n_seq_max``, one unified KV cache of ``n_ctx`` cells,
+each sequence bounded here to ``n_ctx / slots`` of them) and wraps it in a :class:`BatchedEngine`. One scheduler thread owns the context.
 Each step it builds one ``llama_batch`` holding the next token of every generating sequence plus, in the
 room left (``n_batch``), a chunk of the prompt of each newly admitted request, decodes it once, and chooses
 every sequence's token from its own row of logits with that request's own sampler (the same greedy and
@@ -68,7 +68,8 @@ class BatchedEngine:
         self.info = engine.info
         self.slots = engine.n_seq
         self._lib = engine._lib
-        self.n_ctx_slot = self._lib.llama_n_ctx_seq(engine._ctx)  # the KV cells of one sequence
+        # one KV cache for all sequences (kv_unified): each may use its share, so none crowds out another
+        self.n_ctx_slot = self._lib.llama_n_ctx(engine._ctx) // self.slots
         self.n_batch = engine.n_batch
         self._cv = threading.Condition()
         self._pending: collections.deque[_Job] = collections.deque()
@@ -308,7 +309,7 @@ class BatchedEngine:
             if rc == 2:  # aborted: the server is closing
                 for job in jobs:
                     self._finish(job, "cancelled")
-            elif rc == 1:  # no KV room (each slot is bounded by its budget, so this is not expected)
+            elif rc == 1:  # no KV room (each slot is bounded to its share, so this is not expected)
                 for job in jobs:
                     self._finish(job, "length")
             else:

@@ -267,9 +267,7 @@ def openai_chat(body: dict) -> Generation:
     response_format = body.get("response_format")
     if response_format is not None and response_format != {"type": "text"}:
         raise RequestError('\'response_format\' may only be {"type": "text"}', param="response_format")
-    effort = body.get("reasoning_effort")
-    if effort is not None and effort not in ("minimal", "low", "medium", "high"):
-        raise RequestError("'reasoning_effort' must be minimal, low, medium or high", param="reasoning_effort")
+    _refuse(body, "reasoning_effort", why=" yet: R1 thinks until it is done (max_tokens bounds the whole reply)")
     max_tokens = _integer(body, "max_completion_tokens", 1, MAX_TOKENS)
     if max_tokens is None:
         max_tokens = _integer(body, "max_tokens", 1, MAX_TOKENS)

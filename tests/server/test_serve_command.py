@@ -94,14 +94,14 @@ def test_serve_end_to_end_and_sigterm_drains(tiny_r1, tmp_path):
         health = httpx.get(url + "/health").json()
         assert health["slots"] == 2 and health["context_per_request"] == 1024
         with httpx.stream(
-            "POST", url + "/api/generate", json={"prompt": "hi", "options": {"num_predict": 400}}, timeout=60
+            "POST", url + "/api/generate", json={"prompt": "hi", "options": {"num_predict": 150}}, timeout=60
         ) as response:
             lines = response.iter_lines()
             first = next(lines)
             proc.send_signal(signal.SIGTERM)
             rest = list(lines)
         assert json.loads(first)["thinking"]
-        assert json.loads(rest[-1])["done"] and json.loads(rest[-1])["eval_count"] == 400  # drained, not cut
+        assert json.loads(rest[-1])["done"] and json.loads(rest[-1])["eval_count"] == 150  # drained, not cut
         assert proc.wait(timeout=30) == 0
         log = proc.stderr.read()
         assert "POST /api/generate 200" in log and log.rstrip().endswith("Stopped.")
@@ -109,3 +109,68 @@ def test_serve_end_to_end_and_sigterm_drains(tiny_r1, tmp_path):
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+def test_serve_opens_the_model_for_its_slots(runner, small_gguf, monkeypatch):
+    """--parallel reaches the loader as sequences of --ctx tokens each; the app serves the loaded engine."""
+    from localr1 import loader as loader_module
+    from localr1.server import run as run_module
+
+    seen = {}
+
+    def load(path, header, options, cancel=None):
+        seen["options"] = options
+        seen["engine"] = FakeEngine(info=fake_model_info("fake-r1", n_ctx=options.n_ctx))
+        return seen["engine"]
+
+    def fake_serve(app, sock, **kwargs):
+        seen["port"] = sock.getsockname()[1]
+        kwargs["on_started"]()
+
+    monkeypatch.setattr(loader_module, "load_engine", load)
+    monkeypatch.setattr(run_module, "serve", fake_serve)
+    result = runner.invoke(app, ["serve", str(small_gguf), "--parallel", "3", "--ctx", "2048", "--port", "0"])
+    assert result.exit_code == 0, result.output
+    assert (seen["options"].n_seq, seen["options"].n_ctx) == (3, 2048)
+    assert f"at http://127.0.0.1:{seen['port']}" in result.stderr and result.stderr.rstrip().endswith("Stopped.")
+    assert seen["engine"].closed
+
+
+def test_chat_through_a_server(runner, monkeypatch):
+    """chat --server: the app gets the server's engine and a picker holding only the served model."""
+    from localr1.cli import chat as chat_module
+    from localr1.tui import app as tui_app
+
+    made = {}
+
+    class App:
+        def run(self):
+            made["engine"] = made["loader"](None, None)
+            made["entries"] = made["picker_entries"]()
+
+    def make_app(**kwargs):
+        made.update(kwargs)
+        return App()
+
+    monkeypatch.setattr(chat_module, "is_terminal", lambda: True)
+    monkeypatch.setattr(tui_app, "make_app", make_app)
+    engine = FakeEngine([SCRIPT], info=fake_model_info("fake-r1"))
+    with running(engine, "fake-r1") as server:
+        result = runner.invoke(app, ["chat", "--server", server.url])
+        assert result.exit_code == 0, result.output
+        assert made["spec"] == "fake-r1" and made["engine"].info.name == "fake-r1"
+        assert [e.spec for e in made["entries"]] == ["fake-r1"]
+        events = list(made["engine"].stream(_prompt(made["engine"]), _sampling()))
+        assert "".join(e.text for e in events[:-1] if type(e).__name__ == "Answer") == "It is 4."
+
+
+def _prompt(engine):
+    from localr1.prompt import render, user_turn
+
+    return render(user_turn("hi"), engine.info.chat_format)
+
+
+def _sampling():
+    from localr1.sampling import Sampling
+
+    return Sampling()

@@ -349,3 +349,37 @@ def test_template_renderer(template):
 
     with contextlib.suppress(LocalR1Error):
         render(user_turn("hi", system="be brief"), chat_format_for(template, name="fuzz"))
+
+
+# --- server request bodies -------------------------------------------------------------------------------
+_REQUEST_KEYS = [
+    "model", "messages", "prompt", "stream", "stream_options", "temperature", "top_p", "top_k", "min_p", "seed",
+    "stop", "n", "max_tokens", "max_completion_tokens", "logit_bias", "logprobs", "tools", "response_format",
+    "reasoning_format", "grammar", "options", "think", "format", "system", "raw", "keep_alive", "role",
+    "content", "num_predict", "num_ctx", "include_usage",
+]  # fmt: skip
+REQUEST_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8) | st.sampled_from(_REQUEST_KEYS),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.sampled_from(_REQUEST_KEYS) | st.text(max_size=6), children, max_size=5)
+    ),
+    max_leaves=24,
+)
+REQUEST_BODY = st.dictionaries(st.sampled_from(_REQUEST_KEYS), REQUEST_JSON, max_size=6)
+
+
+@FIXED
+@given(REQUEST_BODY, st.sampled_from(["openai_chat", "openai_completion", "ollama_chat", "ollama_generate"]))
+def test_server_request_bodies(body, kind):
+    """Any JSON object gives a Generation (whose sampling then validates) or a RequestError, nothing else."""
+    from localr1.server import protocol
+
+    parse = getattr(protocol, kind)
+    try:
+        gen = parse(body) if kind.startswith("openai") else parse(body, 4096)
+    except protocol.RequestError as exc:
+        assert 400 <= exc.status < 500
+        return
+    with contextlib.suppress(LocalR1Error):
+        gen.sampling.validate()

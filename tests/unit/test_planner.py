@@ -128,6 +128,22 @@ def test_context_is_the_largest_that_fits_up_to_the_request():
     assert estimate(c.arch, c.weights, plan.n_ctx * 2, -1).gpu_total > plan.budget.gpu
 
 
+def test_parallel_slots_get_each_their_context_in_the_kv_cache():
+    """serve --parallel N: the KV cache holds N contexts; the plan's n_ctx stays per request."""
+    c = next(c for c in CANDIDATES if c.label == "r1:7b:Q4_K_M")
+    hw = machine(MACHINES["nvidia-24g-64g"])
+    one = plan_candidate(c, hw, want_ctx=8192, min_tps=0, keep_ctx=True)
+    four = plan_candidate(c, hw, want_ctx=8192, min_tps=0, keep_ctx=True, slots=4)
+    assert (one.n_ctx, one.slots, four.n_ctx, four.slots) == (8192, 1, 8192, 4)
+    assert four.memory.kv_total == estimate(c.arch, c.weights, 4 * 8192, four.n_gpu_layers).kv_total
+    assert four.memory.kv_total == 4 * one.memory.kv_total
+    # where four contexts do not fit, a default context shrinks per request, as it does for one
+    small = machine(MACHINES["nvidia-8g-16g"])
+    shrunk = plan_candidate(c, small, want_ctx=32768, min_tps=0, gpu_layers=-1, slots=4)
+    assert shrunk.slots == 4 and shrunk.n_ctx < 32768
+    assert estimate(c.arch, c.weights, 4 * shrunk.n_ctx, -1).gpu_total <= shrunk.budget.gpu
+
+
 def test_ctx_ladder():
     assert ctx_ladder(16384, 131072) == [16384, 8192]
     assert ctx_ladder(65536, 131072, keep=True) == [65536]  # a context the user set

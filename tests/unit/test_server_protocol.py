@@ -77,6 +77,7 @@ def test_wrong_types_and_ranges_name_the_parameter(body, param):
         ({"presence_penalty": 0.5}, "presence_penalty"),
         ({"response_format": {"type": "json_object"}}, "response_format"),
         ({"audio": {"voice": "x"}}, "audio"),
+        ({"reasoning_effort": "low"}, "reasoning_effort"),
         ({"made_up_option": 1}, "made_up_option"),
     ],
 )
