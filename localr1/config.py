@@ -6,6 +6,7 @@ Example ``config.toml``::
     ctx = 8192                # context size for ask/chat
     threads = 8               # CPU threads (default: physical cores)
     hide_thinking = false     # chat: hide the thinking blocks entirely
+    kv_type = "q8_0"          # KV cache type: f16, q8_0 or q4_0 (default: f16 unless q8_0 is needed to fit)
 """
 
 from __future__ import annotations
@@ -18,9 +19,19 @@ from localr1 import limits
 from localr1.errors import ConfigError, UsageError
 from localr1.paths import config_file
 
-_FIELDS: dict[str, type] = {"default_model": str, "ctx": int, "threads": int, "gpu_layers": int, "hide_thinking": bool}
+_FIELDS: dict[str, type] = {
+    "default_model": str, "ctx": int, "threads": int, "gpu_layers": int, "hide_thinking": bool, "kv_type": str,
+}  # fmt: skip
 
-_BOUNDS = {"ctx": limits.ctx, "threads": limits.threads, "gpu_layers": limits.gpu_layers}
+
+def _kv_type(value: str, name: str) -> None:
+    from localr1.memory import KV_TYPES
+
+    if value not in KV_TYPES:
+        raise UsageError(f"{name} must be one of {', '.join(KV_TYPES)}, not {value!r}")
+
+
+_BOUNDS = {"ctx": limits.ctx, "threads": limits.threads, "gpu_layers": limits.gpu_layers, "kv_type": _kv_type}
 
 
 @dataclass(frozen=True)
@@ -30,6 +41,7 @@ class Config:
     threads: int | None = None
     gpu_layers: int | None = None
     hide_thinking: bool = False
+    kv_type: str | None = None
     path: Path | None = None
 
 

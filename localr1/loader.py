@@ -30,6 +30,7 @@ class EngineOptions:
     flash_attn: bool | None = None  # None: llama.cpp decides
     engine: str = "llama.cpp"  # a name in localr1.engine.registry
     n_seq: int = 1  # sequences decoded together; n_ctx is each one's context
+    kv_type: str = "f16"  # the KV cache's type: f16, q8_0 or q4_0
 
 
 def load_engine(path: Path, header, options: EngineOptions, cancel: threading.Event | None = None) -> Engine:
@@ -92,6 +93,7 @@ def plan_for(request: LoadRequest, hw, config, *, prefer_local: bool):
         "offload": request.offload,
         "gpu_experts": request.gpu_experts,
         "slots": request.parallel,
+        "kv_type": request.kv_type or config.kv_type,
     }
 
     def best(pool, what):
@@ -121,9 +123,12 @@ def plan_for(request: LoadRequest, hw, config, *, prefer_local: bool):
             if quant is not None:
                 model.file_for(quant)  # an unknown quant is a clear error
             pool = [c for c in cands.from_catalog({name: model}) if quant is None or c.quant == quant]
+            if pool:
+                _check_kv_type(pool[0], opts["kv_type"])
             return best(pool, spec)
         local = resolve_model(spec, config, catalog)
         candidate = cands.from_file(local.path, local=local)
+        _check_kv_type(candidate, opts["kv_type"])
         attempts: list = []
         plan = plan_candidate(candidate, hw, min_tps=0.0, attempts=attempts, **opts)
         if plan is None:
@@ -141,6 +146,17 @@ def plan_for(request: LoadRequest, hw, config, *, prefer_local: bool):
             skipped.append(f"{m.path.name} was left out: {exc.message}")
     plan = best(pool, None)
     return replace(plan, notes=(*plan.notes, *skipped)) if skipped else plan
+
+
+def _check_kv_type(candidate, kv_type: str | None) -> None:
+    from localr1.errors import UsageError
+    from localr1.memory import kv_type_fits
+
+    if kv_type and not kv_type_fits(candidate.arch, kv_type):
+        raise UsageError(
+            f"{candidate.label} cannot keep a {kv_type} KV cache: its attention heads are not a multiple of 32 values",
+            hint="Use --kv-type f16.",
+        )
 
 
 def _loose_local_models(catalog):
@@ -204,6 +220,7 @@ def open_model(
     n_ctx = request.ctx or config.ctx
     layers = request.gpu_layers if request.gpu_layers is not None else config.gpu_layers
     overrides, mlock, plan = (), False, None
+    kv_type = request.kv_type or config.kv_type or "f16"
     if n_ctx and layers is not None:  # both given: load exactly that, no planning
         local = resolve_model(spec, config)
         path, label = local.path, local.name
@@ -212,6 +229,7 @@ def open_model(
         plan = plan_for(replace(request, gpu_layers=layers), hw, config, prefer_local=True)
         path, label = plan.candidate.path, plan.candidate.label
         n_ctx, layers, overrides, mlock = plan.n_ctx, plan.n_gpu_layers, plan.overrides, plan.mlock
+        kv_type = plan.kv_type
         if path is None:  # the chosen build is not on disk yet
             off = offline_mode(request.offline)
             try:
@@ -227,6 +245,7 @@ def open_model(
         tensor_overrides=overrides,
         mlock=mlock,
         n_seq=request.parallel,
+        kv_type=kv_type,
     )
     engine = load_with_fallback(path, inspect_model(path), options, plan, cancel or threading.Event(), say=say)
     return LoadedModel(engine, label, path, plan)

@@ -105,15 +105,37 @@ class MemoryEstimate:
         return self.cpu_weights + self.cpu_kv + self.cpu_compute + self.output
 
 
+# KV cache types llama.cpp can keep (-ctk/-ctv): ggml type id and bytes per element (a q8_0 block holds 32
+# values in 34 bytes, a q4_0 block in 18). A quantized V cache needs flash attention.
+KV_TYPES: dict[str, tuple[int, float]] = {"f16": (1, 2.0), "q8_0": (8, 34 / 32), "q4_0": (2, 18 / 32)}
+
+
+def kv_type_bytes(kv_type: str) -> float:
+    from localr1.errors import UsageError
+
+    if kv_type not in KV_TYPES:
+        raise UsageError(f"--kv-type must be one of {', '.join(KV_TYPES)}, not {kv_type!r}")
+    return KV_TYPES[kv_type][1]
+
+
+def kv_type_fits(arch: Architecture, kv_type: str) -> bool:
+    """Whether llama.cpp can keep this model's KV cache as ``kv_type``: a quantized type's 32-value blocks
+    must divide each head's K and V rows."""
+    if kv_type == "f16":
+        return True
+    rows = (arch.kv_lora_rank + arch.rope_dim,) if arch.is_mla else (arch.head_dim,)
+    return all(r > 0 and r % 32 == 0 for r in rows)
+
+
 def kv_bytes_per_layer_token(arch: Architecture, kv_type_bytes: float = 2.0) -> float:
     if arch.is_mla:
         return (arch.kv_lora_rank + arch.rope_dim) * kv_type_bytes
     return 2 * arch.n_head_kv * arch.head_dim * kv_type_bytes
 
 
-def kv_cache_bytes(arch: Architecture, n_ctx: int, n_layers: int | None = None) -> int:
+def kv_cache_bytes(arch: Architecture, n_ctx: int, n_layers: int | None = None, kv_type: str = "f16") -> int:
     layers = arch.n_layer if n_layers is None else n_layers
-    return int(layers * n_ctx * kv_bytes_per_layer_token(arch))
+    return int(layers * n_ctx * kv_bytes_per_layer_token(arch, kv_type_bytes(kv_type)))
 
 
 def compute_bytes(arch: Architecture, n_ctx: int, *, n_ubatch: int = 512, flash_attn: bool = True) -> int:
@@ -145,16 +167,18 @@ def estimate(
     *,
     n_ubatch: int = 512,
     flash_attn: bool = True,
+    kv_type: str = "f16",
 ) -> MemoryEstimate:
-    """Memory per device for ``n_gpu_layers`` offloaded (-1 or > n_layer: everything)."""
+    """Memory per device for ``n_gpu_layers`` offloaded (-1 or > n_layer: everything), with the KV cache
+    kept as ``kv_type`` (f16, q8_0 or q4_0)."""
     n_layer = arch.n_layer
     k = n_layer + 1 if n_gpu_layers < 0 else min(n_gpu_layers, n_layer + 1)
     gpu_layers = min(k, n_layer)
     first_gpu = n_layer - gpu_layers
     gpu_w = sum(weights.layers[first_gpu:]) + (weights.output if k > n_layer else 0)
     cpu_w = weights.total - gpu_w
-    kv_total = kv_cache_bytes(arch, n_ctx)
-    kv_gpu = kv_cache_bytes(arch, n_ctx, gpu_layers)
+    kv_total = kv_cache_bytes(arch, n_ctx, kv_type=kv_type)
+    kv_gpu = kv_cache_bytes(arch, n_ctx, gpu_layers, kv_type=kv_type)
     compute = compute_bytes(arch, n_ctx, n_ubatch=n_ubatch, flash_attn=flash_attn)
     output = 4 * arch.n_vocab
     if k == 0:

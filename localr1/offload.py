@@ -120,6 +120,7 @@ def plan_offload(
     mode: str = "auto",
     gpu_experts: int | None = None,
     budget: Budget | None = None,
+    kv_type: str = "f16",
 ) -> Placement:
     """Place a MoE model's tensors; raises OffloadError (with the reason) when the hot part does not fit."""
     if mode not in MODES:
@@ -131,7 +132,7 @@ def plan_offload(
     experts = list(w.expert_layers)
     moe_layers = [i for i, b in enumerate(experts) if b > 0]
     # everything on the GPU except the routed experts (token embeddings stay on the CPU, as llama.cpp does)
-    full = estimate(c.arch, w, n_ctx, -1)
+    full = estimate(c.arch, w, n_ctx, -1, kv_type=kv_type)
     hot_gpu = full.gpu_total - sum(experts)
     if hot_gpu > budget.gpu:
         raise OffloadError(

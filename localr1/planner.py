@@ -25,7 +25,7 @@ from localr1.budget import (  # noqa: F401  (re-exported: planner.Budget, planne
     tokens_per_s,
 )
 from localr1.hardware import Hardware
-from localr1.memory import MemoryEstimate, estimate
+from localr1.memory import MemoryEstimate, estimate, kv_type_fits
 from localr1.units import GiB
 
 MIN_CTX = 8192  # R1 often thinks past 4k tokens; an explicit --ctx may still go lower
@@ -59,6 +59,7 @@ class Plan:
     placement: object | None = None  # offload.Placement, for MoE models placed across tiers
     disk_bytes: int = 0  # weights left memory-mapped on disk (read as tokens need them, not held in RAM)
     slots: int = 1  # sequences decoded together (serve --parallel), each with n_ctx tokens of KV cache
+    kv_type: str = "f16"  # how the KV cache is kept: f16, q8_0 or q4_0
 
     @property
     def label(self) -> str:
@@ -73,6 +74,7 @@ class Plan:
             "downloaded": self.candidate.path is not None,
             "n_ctx": self.n_ctx,
             "n_gpu_layers": self.n_gpu_layers,
+            "kv_type": self.kv_type,
             "mode": self.mode,
             "expected_score": round(self.candidate.quality, 1) or None,
             "decode_tokens_per_s": round(self.decode_tps, 1),
@@ -175,11 +177,18 @@ def plan_candidate(
     gpu_experts: int | None = None,
     keep_ctx: bool = False,
     slots: int = 1,
+    kv_type: str | None = None,
 ) -> Plan | None:
     """The plan for one candidate, or None. ``want_ctx`` is per sequence; with ``slots`` > 1 (a server's
     parallel requests) the KV cache holds ``slots`` times as much and the plan's ``n_ctx`` is still per
-    sequence."""
+    sequence. ``kv_type`` None lets the planner keep the KV cache in q8_0 (half of f16, with flash attention)
+    where f16 does not fit at a context, before it shrinks the context or takes a smaller build."""
     budget = budget or Budget.of(hw)
+    kv_options = [kv_type] if kv_type else (["f16", "q8_0"] if flash_attn else ["f16"])
+    kv_options = [kv for kv in kv_options if kv_type_fits(c.arch, kv)]
+    if not kv_options:
+        attempts.append(Attempt(c.label, 0, 0, False, f"its head size does not allow a {kv_type} KV cache"))
+        return None
     attempts = attempts if attempts is not None else []
     n_layer = c.arch.n_layer
     on_gpu = bool(hw.gpus) and (hw.gpu_offload_built or hw.simulated)
@@ -205,43 +214,56 @@ def plan_candidate(
         else:
             layer_options = [0]
         if c.arch.is_moe and on_gpu and gpu_layers is None and offload != "off" and not budget.unified:
-            placed = _offload_plan(c, hw, n_ctx, budget, offload, gpu_experts, min_tps, attempts, flash_attn, reduced)
-            if isinstance(placed, Plan):
-                return replace(placed, n_ctx=per_seq, slots=slots)
-            if placed is not None and slow is None:
-                slow = (per_seq, placed)
+            for kv in kv_options:
+                placed = _offload_plan(
+                    c, hw, n_ctx, budget, offload, gpu_experts, min_tps, attempts, flash_attn, reduced, kv
+                )
+                if isinstance(placed, Plan):
+                    return replace(placed, n_ctx=per_seq, slots=slots, kv_type=kv)
+                if placed is not None and slow is None:
+                    slow = (per_seq, placed)
             if offload != "auto":
                 continue  # a forced placement mode: no plain layer offload instead
+        too_slow = False
         for k in layer_options:
-            est = estimate(c.arch, c.weights, n_ctx, k, flash_attn=flash_attn)
-            ok, why, disk_bytes = _fits(est, budget, c, allow_disk)
-            if not ok:
-                if k in (layer_options[0], layer_options[-1]):  # full offload and CPU only, not every count
-                    attempts.append(Attempt(c.label, n_ctx, k, False, why))
-                continue
-            tps = decode_speed(c, est, hw, disk_bytes)
-            if tps < min_tps:
-                attempts.append(Attempt(c.label, n_ctx, k, False, f"fits, but {_too_slow(tps, min_tps)}", tps))
-                if slow is None:
-                    slow = (per_seq, tps)
-                break  # fewer GPU layers would only be slower
-            if budget.unified or (on_gpu and k > n_layer):
-                mode = "unified" if budget.unified else "gpu"
-            elif k > 0:
-                mode = "partial"
-            else:
-                mode = "cpu"
-            if disk_bytes:
-                mode = "offload"
-            attempts.append(Attempt(c.label, n_ctx, k, True, f"fits: about {tps:.1f} tokens/s", tps))
-            notes = [reduced] if reduced else []
-            if disk_bytes:
-                notes.append(f"{disk_bytes / GiB:.1f} GiB of routed experts stream from disk")
-            k = -1 if k > n_layer else k
-            return Plan(
-                c, per_seq, k, est, tps, mode, budget, tuple(attempts), tuple(notes), disk_bytes=disk_bytes,
-                slots=slots,
-            )  # fmt: skip
+            # at each GPU layer count, an f16 KV cache first, then q8_0 (more layers on the GPU beat an f16 cache)
+            for kv in kv_options:
+                est = estimate(c.arch, c.weights, n_ctx, k, flash_attn=flash_attn, kv_type=kv)
+                ok, why, disk_bytes = _fits(est, budget, c, allow_disk)
+                kv_note = "" if kv == "f16" else f" (KV cache {kv})"
+                if not ok:
+                    if k in (layer_options[0], layer_options[-1]):  # full offload and CPU only, not every count
+                        attempts.append(Attempt(c.label, n_ctx, k, False, why + kv_note))
+                    continue
+                tps = decode_speed(c, est, hw, disk_bytes)
+                if tps < min_tps:
+                    reason = f"fits{kv_note}, but {_too_slow(tps, min_tps)}"
+                    attempts.append(Attempt(c.label, n_ctx, k, False, reason, tps))
+                    if slow is None:
+                        slow = (per_seq, tps)
+                    too_slow = True
+                    break  # fewer GPU layers would only be slower
+                if budget.unified or (on_gpu and k > n_layer):
+                    mode = "unified" if budget.unified else "gpu"
+                elif k > 0:
+                    mode = "partial"
+                else:
+                    mode = "cpu"
+                if disk_bytes:
+                    mode = "offload"
+                attempts.append(Attempt(c.label, n_ctx, k, True, f"fits{kv_note}: about {tps:.1f} tokens/s", tps))
+                notes = [reduced] if reduced else []
+                if kv != "f16" and not kv_type:
+                    notes.append(f"KV cache kept in {kv} (half the memory of f16) so that it fits")
+                if disk_bytes:
+                    notes.append(f"{disk_bytes / GiB:.1f} GiB of routed experts stream from disk")
+                k = -1 if k > n_layer else k
+                return Plan(
+                    c, per_seq, k, est, tps, mode, budget, tuple(attempts), tuple(notes), disk_bytes=disk_bytes,
+                    slots=slots, kv_type=kv,
+                )  # fmt: skip
+            if too_slow:
+                break
     return None
 
 
@@ -270,17 +292,20 @@ def _ctx_note(
 
 
 def _offload_plan(
-    c, hw, n_ctx, budget, mode, gpu_experts, min_tps, attempts, flash_attn, reduced
+    c, hw, n_ctx, budget, mode, gpu_experts, min_tps, attempts, flash_attn, reduced, kv_type="f16"
 ) -> Plan | float | None:
     """A MoE model that does not fit on the GPU whole: hot tensors there, experts by tier (see offload.py).
     The plan, or its speed when it fits but is too slow, or None."""
     from localr1.offload import OffloadError, plan_offload
 
-    full = estimate(c.arch, c.weights, n_ctx, -1, flash_attn=flash_attn)
+    full = estimate(c.arch, c.weights, n_ctx, -1, flash_attn=flash_attn, kv_type=kv_type)
     if mode == "auto" and full.gpu_total <= budget.gpu and full.cpu_total <= budget.ram:
         return None  # it all fits on the GPU: the plain plan is simpler and as fast
     try:
-        p = plan_offload(c, hw, n_ctx, mode="auto" if mode == "disk" else mode, gpu_experts=gpu_experts, budget=budget)
+        p = plan_offload(
+            c, hw, n_ctx, mode="auto" if mode == "disk" else mode, gpu_experts=gpu_experts, budget=budget,
+            kv_type=kv_type,
+        )  # fmt: skip
     except OffloadError as exc:
         attempts.append(Attempt(c.label, n_ctx, -1, False, f"offload: {exc}"))
         return None
@@ -330,6 +355,7 @@ def choose(
     gpu_experts: int | None = None,
     keep_ctx: bool = False,
     slots: int = 1,
+    kv_type: str | None = None,
 ) -> Plan:
     """The best expected quality that fits; raises NoPlanError with every attempt when nothing does."""
     budget = Budget.of(hw)
@@ -349,6 +375,7 @@ def choose(
             gpu_experts=gpu_experts,
             keep_ctx=keep_ctx,
             slots=slots,
+            kv_type=kv_type,
         )
         if plan is not None:
             return plan

@@ -32,6 +32,7 @@ class LoadRequest:
     simulation: Simulation | None = None  # plan for this machine instead of the real one
     debug: bool = False
     parallel: int = 1  # sequences decoded together (serve); ``ctx`` is each one's context
+    kv_type: str | None = None  # f16, q8_0 or q4_0; None: the config's, else f16 unless q8_0 is needed to fit
 
     def validated(self) -> LoadRequest:
         """This request, if every value is in range (else a one-line UsageError naming the option)."""
@@ -44,6 +45,10 @@ class LoadRequest:
         limits.bounded("--parallel", self.parallel, 1, limits.MAX_PARALLEL, hint="Each request needs its own context.")
         if self.ctx is not None:
             limits.ctx(self.ctx * self.parallel, "--ctx times --parallel")
+        if self.kv_type is not None:
+            from localr1.memory import kv_type_bytes
+
+            kv_type_bytes(self.kv_type)
         return self
 
     def for_spec(self, spec: str | None) -> LoadRequest:

@@ -134,6 +134,7 @@ def ask(
     offline: opt.OfflineOpt = False,
     offload_mode: opt.OffloadOpt = "auto",
     gpu_experts: opt.GpuExpertsOpt = None,
+    kv_type: opt.KvTypeOpt = None,
     server: opt.ServerOpt = None,
     simulate=None,  # the simulation flags, as one Simulation (see options.simulated)
 ) -> None:
@@ -147,7 +148,7 @@ def ask(
     sampling = Sampling(temperature=temperature, top_p=top_p, seed=seed, max_tokens=max_tokens).validate()
     request = opt.load_request(
         model, ctx=ctx, gpu_layers=gpu_layers, threads=threads, offline=offline, offload=offload_mode,
-        gpu_experts=gpu_experts, simulate=simulate,
+        gpu_experts=gpu_experts, simulate=simulate, kv_type=kv_type,
     )  # fmt: skip
     cancel = threading.Event()
     with cancel_on_sigint(cancel):

@@ -105,6 +105,7 @@ def chat(
     offline: opt.OfflineOpt = False,
     offload_mode: opt.OffloadOpt = "auto",
     gpu_experts: opt.GpuExpertsOpt = None,
+    kv_type: opt.KvTypeOpt = None,
     server: opt.ServerOpt = None,
     simulate=None,  # the simulation flags, as one Simulation (see options.simulated)
 ) -> None:
@@ -116,7 +117,7 @@ def chat(
         raise UsageError("chat needs a terminal", hint='For pipes and scripts: localr1 ask "..." (or --json).')
     request = opt.load_request(
         model, ctx=ctx, gpu_layers=gpu_layers, threads=threads, offline=offline, offload=offload_mode,
-        gpu_experts=gpu_experts, simulate=simulate,
+        gpu_experts=gpu_experts, simulate=simulate, kv_type=kv_type,
     )  # fmt: skip
     sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens).validate()
     config = load_config()

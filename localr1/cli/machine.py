@@ -13,6 +13,7 @@ from localr1.cli.options import (
     CtxOpt,
     GpuExpertsOpt,
     JsonOpt,
+    KvTypeOpt,
     OffloadOpt,
     load_request,
     simulated,
@@ -71,7 +72,7 @@ def fit_mark(plan) -> str:
     }[plan.mode]
 
 
-def plan_lines(plan, *, explain: bool) -> list[str]:
+def plan_lines(plan, *, explain: bool, hw=None) -> list[str]:
     c, m, b = plan.candidate, plan.memory, plan.budget
     n_layer = c.arch.n_layer
     layers = (
@@ -97,12 +98,15 @@ def plan_lines(plan, *, explain: bool) -> list[str]:
         lines.append(f"  disk     {gib(plan.disk_bytes)} of weights memory-mapped, read as tokens need them")
     lines.append(
         f"  parts    weights {gib(c.weights.total)}{'' if c.exact else ' (estimated)'}, "
-        f"KV cache {gib(m.kv_total)}, compute buffers {gib(m.compute_total)}"
+        f"KV cache {gib(m.kv_total)} ({plan.kv_type}), compute buffers {gib(m.compute_total)}"
     )
     lines.append(f"  speed    about {plan.decode_tps:.0f} tokens/s decode (estimate from memory bandwidth)")
     lines.append(f"  file     {c.path}" if c.path else "  file     not downloaded yet")
     lines += [f"  note     {n}" for n in plan.notes]
     if explain:
+        if hw is not None:
+            gpus = ", ".join(f"{g.name} ({g.bandwidth_gbs:.0f} GB/s)" for g in hw.gpus) or "none"
+            lines.append(f"  assumed  GPUs: {gpus}; RAM {hw.ram_bandwidth_gbs:.0f} GB/s")
         lines.append("")
         lines.append("What was tried, best expected quality first:")
         for a in plan.attempts:
@@ -120,8 +124,9 @@ def _placement(plan, hw, mode: str, gpu_experts: int | None):
         return None, None
     try:
         return plan_offload(
-            plan.candidate, hw, plan.n_ctx, mode=mode, gpu_experts=gpu_experts, budget=plan.budget
-        ), None
+            plan.candidate, hw, plan.n_ctx, mode=mode, gpu_experts=gpu_experts, budget=plan.budget,
+            kv_type=plan.kv_type,
+        ), None  # fmt: skip
     except OffloadError as exc:
         return None, str(exc)
 
@@ -226,6 +231,7 @@ def plan(
     json_out: JsonOpt = False,
     offload: OffloadOpt = "auto",
     gpu_experts: GpuExpertsOpt = None,
+    kv_type: KvTypeOpt = None,
     measure_disk: bool = typer.Option(False, "--measure-disk", help="Measure disk read speed (reads 256 MiB)."),
     simulate=None,  # the simulation flags, as one Simulation (see options.simulated)
 ) -> None:
@@ -233,7 +239,7 @@ def plan(
     from localr1.hardware import machine
     from localr1.loader import plan_for
 
-    request = load_request(model, ctx=ctx, offload=offload, gpu_experts=gpu_experts, simulate=simulate)
+    request = load_request(model, ctx=ctx, offload=offload, gpu_experts=gpu_experts, simulate=simulate, kv_type=kv_type)
     machine_info = machine(request.simulation)
     if measure_disk:
         from localr1.hardware import measure_disk_read
@@ -262,7 +268,7 @@ def plan(
             }
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
         return
-    lines = plan_lines(chosen, explain=explain)
+    lines = plan_lines(chosen, explain=explain, hw=machine_info)
     if placement is not None:
         used = "this plan" if chosen.placement is placement else "if you want it: --offload with ask and chat"
         lines += ["", f"Offload placement ({offload}, {used}):"] + ["  " + line for line in placement.describe()]

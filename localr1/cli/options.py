@@ -23,6 +23,10 @@ CtxOpt = Annotated[
     int | None, typer.Option("--ctx", help="Context size in tokens (default: 16384, less if memory is short).")
 ]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads (default: physical cores).")]
+KvTypeOpt = Annotated[
+    str | None,
+    typer.Option("--kv-type", help="KV cache type: f16, q8_0 or q4_0 (default: f16, q8_0 where f16 does not fit)."),
+]
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never download: use only models on disk.")]
 OffloadOpt = Annotated[str, typer.Option("--offload", help="MoE placement: auto, gpu, ram, disk or off.")]
 GpuExpertsOpt = Annotated[int | None, typer.Option("--gpu-experts", help="MoE: layers of experts on the GPU.")]
@@ -100,6 +104,7 @@ def load_request(
     offload: str = "auto",
     gpu_experts: int | None = None,
     simulate=None,
+    kv_type: str | None = None,
 ) -> LoadRequest:
     """The checked request the options describe."""
     from localr1.cli.state import state
@@ -114,6 +119,7 @@ def load_request(
         gpu_experts=gpu_experts,
         simulation=simulate,
         debug=state.debug,
+        kv_type=kv_type,
     ).validated()
 
 

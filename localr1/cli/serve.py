@@ -56,6 +56,7 @@ def serve(
     offline: opt.OfflineOpt = False,
     offload_mode: opt.OffloadOpt = "auto",
     gpu_experts: opt.GpuExpertsOpt = None,
+    kv_type: opt.KvTypeOpt = None,
     simulate=None,
 ) -> None:
     from localr1 import limits
@@ -67,7 +68,7 @@ def serve(
     limits.bounded("--queue", queue, 0, 4096)
     request = opt.load_request(
         model, ctx=ctx, gpu_layers=gpu_layers, threads=threads, offline=offline, offload=offload_mode,
-        gpu_experts=gpu_experts, simulate=simulate,
+        gpu_experts=gpu_experts, simulate=simulate, kv_type=kv_type,
     )  # fmt: skip
     from dataclasses import replace
 

@@ -107,6 +107,7 @@ def measure_allocation(
     n_ubatch: int = DEFAULT_BATCH,
     n_gpu_layers: int = 0,
     flash_attn: bool | None = None,
+    kv_type: str = "f16",
 ) -> dict[str, float]:
     """What llama.cpp would allocate for this model and context, in MiB, without reading any weights.
 
@@ -130,8 +131,13 @@ def measure_allocation(
             cparams = set_fields(
                 lib.llama_context_default_params(), n_ctx=n_ctx, n_batch=n_ubatch, n_ubatch=n_ubatch, n_seq_max=1
             )
+            flash_attn = _flash_attn_for(kv_type, flash_attn)
             if flash_attn is not None:
                 set_fields(cparams, flash_attn_type=1 if flash_attn else 0)
+            if kv_type != "f16":
+                from localr1.memory import KV_TYPES
+
+                set_fields(cparams, type_k=KV_TYPES[kv_type][0], type_v=KV_TYPES[kv_type][0])
             ctx = lib.llama_init_from_model(model, cparams)
             if not ctx:
                 raise ModelLoadError(f"llama.cpp could not reserve a {n_ctx}-token context: {_LOG.tail()}")
@@ -146,6 +152,20 @@ def measure_allocation(
             key = f"{m['what'].lower()}:{m['dev']}"
             out[key] = out.get(key, 0.0) + float(m["mib"])
     return out
+
+
+def _flash_attn_for(kv_type: str, flash_attn: bool | None) -> bool | None:
+    """The flash-attention setting for a KV cache type: llama.cpp keeps a quantized V cache only with it."""
+    from localr1.memory import kv_type_bytes
+
+    kv_type_bytes(kv_type)  # an unknown type is a one-line error before llama.cpp sees it
+    if kv_type == "f16":
+        return flash_attn
+    if flash_attn is False:
+        raise UsageError(
+            f"a {kv_type} KV cache needs flash attention", hint="Drop --flash-attn off, or use --kv-type f16."
+        )
+    return True
 
 
 class LlamaCppEngine:
@@ -169,6 +189,7 @@ class LlamaCppEngine:
         stream_interval_s: float = STREAM_INTERVAL_S,
         threadpool: bool = True,
         n_seq: int = 1,
+        kv_type: str = "f16",
     ) -> None:
         from localr1 import limits
 
@@ -200,6 +221,8 @@ class LlamaCppEngine:
         if n_ctx is None or n_ctx <= 0:
             n_ctx = min(n_ctx_train, 8192) if n_ctx_train > 0 else 4096
         n_batch = max(1, min(n_batch, n_ctx))
+        flash_attn = _flash_attn_for(kv_type, flash_attn)
+        self.kv_type = kv_type
         self._make_context(n_ctx, n_batch, n_threads, flash_attn, threadpool, n_seq)
         self.n_ctx = lib.llama_n_ctx(self._ctx)
         self.n_seq = n_seq
@@ -282,10 +305,20 @@ class LlamaCppEngine:
         )
         if flash_attn is not None:  # None: llama.cpp decides per backend (auto)
             set_fields(cparams, flash_attn_type=1 if flash_attn else 0)
+        if self.kv_type != "f16":
+            from localr1.memory import KV_TYPES
+
+            set_fields(cparams, type_k=KV_TYPES[self.kv_type][0], type_v=KV_TYPES[self.kv_type][0])
         self._ctx = lib.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             self.close(timeout=0)
             reason = _LOG.tail() or "out of memory?"
+            if "does not divide" in reason:  # a quantized KV cache's blocks do not fit this model's heads
+                raise UsageError(
+                    f"{self.path.name} cannot keep a {self.kv_type} KV cache: its attention heads are not a "
+                    "multiple of 32 values",
+                    hint="Use --kv-type f16.",
+                )
             raise (OutOfMemoryError if _is_oom(reason) else ModelLoadError)(
                 f"llama.cpp could not create a {n_ctx}-token context for {self.path.name}: {reason}",
                 hint="Try a smaller --ctx.",

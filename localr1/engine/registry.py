@@ -42,6 +42,7 @@ def _llama_cpp(path, header, options, cancel=None):
         path,
         n_ctx=options.n_ctx * options.n_seq if options.n_ctx else None,
         n_seq=options.n_seq,
+        kv_type=options.kv_type,
         n_threads=options.n_threads,
         n_gpu_layers=options.n_gpu_layers,
         n_batch=options.n_batch or DEFAULT_BATCH,

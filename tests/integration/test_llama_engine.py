@@ -323,3 +323,27 @@ def test_close_from_another_thread_waits_for_the_generation(tiny_r1):
 
     with pytest.raises(EngineError, match="closed"):
         next(engine.stream(prompt, Sampling(seed=1)))
+
+
+@pytest.mark.parametrize("kv_type", ["f16", "q8_0", "q4_0"])
+def test_each_kv_cache_type_generates(smollm2, tiny_r1, kv_type):
+    """--kv-type: a real model runs with each cache type (a quantized V cache turns flash attention on); a
+    model whose heads the type's blocks do not divide (the tiny R1's 16) is one line, not a crash."""
+    result = CliRunner().invoke(
+        app,
+        ["ask", "hello", "-m", str(smollm2), "--ctx", "1024", "--max-tokens", "16", "--seed", "2", "--json",
+         "--kv-type", kv_type],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert 0 < json.loads(result.stdout)["usage"]["completion_tokens"] <= 16
+    from localr1.engine.llama_cpp import LlamaCppEngine
+
+    with LlamaCppEngine(smollm2, n_ctx=512, kv_type=kv_type) as engine:
+        assert engine.kv_type == kv_type
+        prompt = render(user_turn("hi"), engine.info.chat_format)
+        done = list(engine.stream(prompt, Sampling(temperature=0, max_tokens=8, logit_bias={
+            t: float("-inf") for t in engine.end_tokens()})))[-1]  # fmt: skip
+        assert done.usage.completion_tokens == 8
+    if kv_type != "f16":
+        result = CliRunner().invoke(app, ["ask", "hi", "-m", str(tiny_r1), "--ctx", "1024", "--kv-type", kv_type])
+        assert result.exit_code == 2 and "cannot keep a" in result.stderr and "--kv-type f16" in result.stderr

@@ -61,6 +61,30 @@ def test_kv_and_compute_agree_with_llamacpp(layouts, name, flash_attn):
         assert _close(4 * arch.n_vocab / MiB, theirs["output:CPU"], 0.05)
 
 
+@pytest.mark.parametrize("name", ["r1:7b", "r1:8b", "r1:671b", "qwen3-odd-shape"])
+@pytest.mark.parametrize("kv_type", ["q8_0", "q4_0"])
+def test_quantized_kv_caches_agree_with_llamacpp(layouts, name, kv_type):
+    """--kv-type q8_0 / q4_0: llama.cpp's KV cache (flash attention on, as it needs for a quantized V)."""
+    from localr1.engine.llama_cpp import measure_allocation
+
+    arch = ARCHS[name]
+    for n_ctx in (4096, 32768):
+        theirs = measure_allocation(layouts[name], n_ctx=n_ctx, kv_type=kv_type)
+        ours = kv_cache_bytes(arch, n_ctx, kv_type=kv_type) / MiB
+        assert _close(ours, theirs["kv"]), (name, n_ctx, ours, theirs)
+        assert ours < kv_cache_bytes(arch, n_ctx) / MiB * (0.55 if kv_type == "q8_0" else 0.3)
+
+
+def test_a_quantized_v_cache_without_flash_attention_is_refused(layouts):
+    from localr1.engine.llama_cpp import measure_allocation
+    from localr1.errors import UsageError
+
+    with pytest.raises(UsageError, match="needs flash attention"):
+        measure_allocation(layouts["r1:7b"], n_ctx=4096, kv_type="q8_0", flash_attn=False)
+    with pytest.raises(UsageError, match="--kv-type must be one of"):
+        measure_allocation(layouts["r1:7b"], n_ctx=4096, kv_type="q2_k")
+
+
 def test_real_r1_7b_layout(r1_header, tmp_path):
     """The real 7B header, extended to its full size as a sparse file."""
     from localr1.engine.llama_cpp import measure_allocation

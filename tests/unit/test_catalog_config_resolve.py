@@ -101,6 +101,11 @@ def test_config(isolated_dirs, monkeypatch):
     path.write_text("ctx = [\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config()
+    path.write_text('kv_type = "q8_0"\n')
+    assert load_config().kv_type == "q8_0"
+    path.write_text('kv_type = "q3_k"\n')
+    with pytest.raises(ConfigError, match="kv_type must be one of f16, q8_0, q4_0"):
+        load_config()
 
 
 def test_resolve_paths(tmp_path, small_gguf):

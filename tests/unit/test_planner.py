@@ -141,7 +141,24 @@ def test_parallel_slots_get_each_their_context_in_the_kv_cache():
     small = machine(MACHINES["nvidia-8g-16g"])
     shrunk = plan_candidate(c, small, want_ctx=32768, min_tps=0, gpu_layers=-1, slots=4)
     assert shrunk.slots == 4 and shrunk.n_ctx < 32768
-    assert estimate(c.arch, c.weights, 4 * shrunk.n_ctx, -1).gpu_total <= shrunk.budget.gpu
+    kv = shrunk.kv_type
+    assert estimate(c.arch, c.weights, 4 * shrunk.n_ctx, -1, kv_type=kv).gpu_total <= shrunk.budget.gpu
+
+
+def test_a_q8_0_kv_cache_where_f16_does_not_fit():
+    """The planner keeps the KV cache in q8_0 (half of f16) before it gives up GPU layers or context."""
+    c = next(c for c in CANDIDATES if c.label == "r1:7b:Q8_0")
+    hw = machine(MACHINES["nvidia-8g-16g"])
+    auto = plan_candidate(c, hw, want_ctx=32768, min_tps=0, keep_ctx=True)
+    assert auto.kv_type == "q8_0" and any("q8_0" in n for n in auto.notes)
+    assert auto.memory.kv_total == estimate(c.arch, c.weights, 32768, auto.n_gpu_layers, kv_type="q8_0").kv_total
+    forced = plan_candidate(c, hw, want_ctx=32768, min_tps=0, keep_ctx=True, kv_type="f16")
+    assert forced.kv_type == "f16" and forced.n_gpu_layers < auto.n_gpu_layers  # fewer layers fit beside f16
+    q4 = plan_candidate(c, hw, want_ctx=32768, min_tps=0, keep_ctx=True, kv_type="q4_0")
+    assert q4.kv_type == "q4_0" and q4.memory.kv_total < auto.memory.kv_total
+    roomy = plan_candidate(c, machine(MACHINES["nvidia-80g-256g"]), want_ctx=32768, min_tps=0)
+    assert roomy.kv_type == "f16"  # f16 whenever it fits
+    assert roomy.to_dict()["kv_type"] == "f16"
 
 
 def test_ctx_ladder():
@@ -213,12 +230,15 @@ def test_context_reduced_for_speed_says_so():
     hw = machine(Simulation(vram=24 * GiB, ram=256 * GiB, disk=2048 * GiB))
     c = next(c for c in CANDIDATES if c.label == "r1:671b:UD-IQ1_M")
     attempts = []
-    plan = plan_candidate(c, hw, want_ctx=16384, attempts=attempts)
+    plan = plan_candidate(c, hw, want_ctx=16384, attempts=attempts, kv_type="f16")
     assert plan.n_ctx == 8192 and plan.mode == "offload"
     slow = next(a for a in attempts if a.n_ctx == 16384 and "tokens/s" in a.reason)
     assert slow.reason == "offload fits, but about 4.9 tokens/s (< 5)"
     assert plan.notes[0] == "context reduced to 8192 tokens for speed: 16384 would run at about 4.9 tokens/s"
-    assert plan_candidate(c, hw, want_ctx=16384, keep_ctx=True) is None  # kept: too slow is too slow
+    assert plan_candidate(c, hw, want_ctx=16384, keep_ctx=True, kv_type="f16") is None  # kept: too slow is too slow
+    # left to choose, the planner keeps the context and halves the KV cache instead: more experts on the GPU
+    auto = plan_candidate(c, hw, want_ctx=16384)
+    assert (auto.n_ctx, auto.kv_type, auto.mode) == (16384, "q8_0", "offload") and auto.decode_tps >= 5
 
 
 def test_catalog_fits_gives_every_model_its_plan_or_its_best_slow_speed():
