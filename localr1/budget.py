@@ -54,6 +54,32 @@ class Budget:
         return cls(gpu=gpu, ram=ram, disk=hw.disk_free, n_gpus=len(hw.gpus), unified=hw.unified)
 
 
+def placement_tps(
+    hw: Hardware,
+    arch: Architecture,
+    *,
+    gpu_dense: float,
+    cpu_dense: float,
+    gpu_experts: float = 0.0,
+    cpu_experts: float = 0.0,
+    disk_experts: float = 0.0,
+    gpu_kv: float = 0.0,
+    cpu_kv: float = 0.0,
+) -> float:
+    """Decode tokens/s for a placement: the one speed model for plain layer offload and MoE offload alike.
+
+    Each token reads every dense weight (attention, shared experts, dense FFNs, the output matrix) where it
+    lies, only the active share (``n_expert_used / n_expert``) of the routed experts in each tier, and on
+    average a quarter of the KV cache. The token embeddings are not counted: a token reads one row of them.
+    Callers pass weights without the embeddings."""
+    active = arch.n_expert_used / arch.n_expert if arch.is_moe and arch.n_expert else 1.0
+    gpu_read = gpu_dense + active * gpu_experts + gpu_kv / 4
+    cpu_read = cpu_dense + active * cpu_experts + cpu_kv / 4
+    if not hw.gpus:  # nothing is on a GPU: every byte comes from RAM
+        gpu_read, cpu_read = 0.0, gpu_read + cpu_read
+    return tokens_per_s(hw, gpu_read, cpu_read, active * disk_experts)
+
+
 def tokens_per_s(hw: Hardware, gpu_read: float, cpu_read: float, disk_read: float) -> float:
     """Decode speed when each token reads these bytes from the GPU, RAM and disk tiers."""
     seconds = 0.0

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from localr1.budget import Budget, Candidate, tokens_per_s
+from localr1.budget import Budget, Candidate, placement_tps
 from localr1.hardware import Hardware
 from localr1.memory import estimate
 from localr1.request import OFFLOAD_MODES
@@ -169,13 +169,19 @@ def plan_offload(
     gpu_bytes = hot_gpu + sum(experts[i] for i in on_gpu)
     ram_bytes = full.cpu_total + sum(experts[i] for i in in_ram)
     disk_bytes = sum(experts[i] for i in on_disk)
-    active = c.arch.n_expert_used / c.arch.n_expert
-    ram_experts_read = active * sum(experts[i] for i in in_ram)
-    if hw.gpus:
-        gpu_read, cpu_read = hot_gpu + active * sum(experts[i] for i in on_gpu), ram_experts_read
-    else:  # no GPU: the "hot" part is read from RAM too
-        gpu_read, cpu_read = 0.0, hot_gpu + ram_experts_read
-    decode_tps = tokens_per_s(hw, gpu_read, cpu_read, active * disk_bytes)
+    # the same speed model as a plain plan: dense weights and the active experts where they lie, a quarter of
+    # the KV cache (the hot part's figure also holds the KV cache and compute buffer, which are not weights)
+    decode_tps = placement_tps(
+        hw,
+        c.arch,
+        gpu_dense=full.gpu_weights - sum(experts),
+        cpu_dense=max(full.cpu_weights - w.embd, 0),
+        gpu_experts=sum(experts[i] for i in on_gpu),
+        cpu_experts=sum(experts[i] for i in in_ram),
+        disk_experts=disk_bytes,
+        gpu_kv=full.gpu_kv,
+        cpu_kv=full.cpu_kv,
+    )
     cpu_layers = tuple(sorted(in_ram + on_disk))
     rules = ((expert_rule(cpu_layers), "CPU"),) if cpu_layers else ()
     return Placement(

@@ -22,6 +22,7 @@ from localr1.budget import (  # noqa: F401  (re-exported: planner.Budget, planne
     RAM_RESERVE,
     Budget,
     Candidate,
+    placement_tps,
     tokens_per_s,
 )
 from localr1.hardware import Hardware
@@ -114,26 +115,27 @@ def ctx_ladder(want: int, ctx_train: int, *, keep: bool = False) -> list[int]:
     return out
 
 
-def decode_speed(c: Candidate, est: MemoryEstimate, hw: Hardware, disk_bytes: int = 0) -> float:
-    """Tokens/s from the bytes each token reads from each tier and that tier's bandwidth."""
+def decode_speed(c: Candidate, est: MemoryEstimate, hw: Hardware, disk_bytes: int = 0, n_gpu_layers: int = 0) -> float:
+    """Tokens/s of a plain layer-offload plan (``disk_bytes`` of routed experts left on disk): the
+    bytes each tier holds, split into dense weights and routed experts, through ``placement_tps``."""
     w = c.weights
-    active = 1.0
-    expert_total = sum(w.expert_layers)
-    if c.arch.is_moe and c.arch.n_expert:
-        active = c.arch.n_expert_used / c.arch.n_expert
-
-    def read(weight_bytes: int, expert_share: float) -> float:
-        # routed experts are read only for the experts a token uses
-        experts = expert_total * expert_share
-        return (weight_bytes - experts) + experts * active
-
-    total_w = max(w.total, 1)
-    gpu_share = est.gpu_weights / total_w
-    gpu_read = read(est.gpu_weights, gpu_share) + est.gpu_kv / 4  # the KV cache is a quarter full on average
-    cpu_read = read(est.cpu_weights, 1 - gpu_share) + est.cpu_kv / 4
-    disk_read = disk_bytes * active if c.arch.is_moe else disk_bytes
-    cpu_read -= disk_read
-    return tokens_per_s(hw, gpu_read, cpu_read, disk_read)
+    n_layer = c.arch.n_layer
+    on_gpu = n_layer if n_gpu_layers < 0 else min(n_gpu_layers, n_layer)
+    experts = w.expert_layers or (0,) * n_layer
+    gpu_experts = sum(experts[n_layer - on_gpu :]) if on_gpu else 0
+    cpu_experts = sum(experts) - gpu_experts - disk_bytes
+    cpu_weights = est.cpu_weights - w.embd  # the embeddings stay on the CPU; a token reads one row
+    return placement_tps(
+        hw,
+        c.arch,
+        gpu_dense=est.gpu_weights - gpu_experts,
+        cpu_dense=cpu_weights - cpu_experts - disk_bytes,
+        gpu_experts=gpu_experts,
+        cpu_experts=cpu_experts,
+        disk_experts=disk_bytes,
+        gpu_kv=est.gpu_kv,
+        cpu_kv=est.cpu_kv,
+    )
 
 
 def _fits(est: MemoryEstimate, budget: Budget, c: Candidate, allow_disk: bool) -> tuple[bool, str, int]:
@@ -227,6 +229,7 @@ def plan_candidate(
         too_slow = False
         for k in layer_options:
             # at each GPU layer count, an f16 KV cache first, then q8_0 (more layers on the GPU beat an f16 cache)
+            f16_failed = "to fit"  # why an f16 cache was not taken at this layer count, for the note
             for kv in kv_options:
                 est = estimate(c.arch, c.weights, n_ctx, k, flash_attn=flash_attn, kv_type=kv)
                 ok, why, disk_bytes = _fits(est, budget, c, allow_disk)
@@ -235,14 +238,15 @@ def plan_candidate(
                     if k in (layer_options[0], layer_options[-1]):  # full offload and CPU only, not every count
                         attempts.append(Attempt(c.label, n_ctx, k, False, why + kv_note))
                     continue
-                tps = decode_speed(c, est, hw, disk_bytes)
+                tps = decode_speed(c, est, hw, disk_bytes, k)
                 if tps < min_tps:
                     reason = f"fits{kv_note}, but {_too_slow(tps, min_tps)}"
                     attempts.append(Attempt(c.label, n_ctx, k, False, reason, tps))
                     if slow is None:
                         slow = (per_seq, tps)
-                    too_slow = True
-                    break  # fewer GPU layers would only be slower
+                    too_slow = True  # fewer GPU layers would only be slower; a smaller KV cache may not be
+                    f16_failed = "for speed"
+                    continue
                 if budget.unified or (on_gpu and k > n_layer):
                     mode = "unified" if budget.unified else "gpu"
                 elif k > 0:
@@ -254,7 +258,7 @@ def plan_candidate(
                 attempts.append(Attempt(c.label, n_ctx, k, True, f"fits{kv_note}: about {tps:.1f} tokens/s", tps))
                 notes = [reduced] if reduced else []
                 if kv != "f16" and not kv_type:
-                    notes.append(f"KV cache kept in {kv} (half the memory of f16) so that it fits")
+                    notes.append(f"KV cache kept in {kv} (half the memory of f16) {f16_failed}")
                 if disk_bytes:
                     notes.append(f"{disk_bytes / GiB:.1f} GiB of routed experts stream from disk")
                 k = -1 if k > n_layer else k
@@ -262,7 +266,7 @@ def plan_candidate(
                     c, per_seq, k, est, tps, mode, budget, tuple(attempts), tuple(notes), disk_bytes=disk_bytes,
                     slots=slots, kv_type=kv,
                 )  # fmt: skip
-            if too_slow:
+            if too_slow:  # every cache type tried at this layer count: fewer layers would only be slower
                 break
     return None
 

@@ -94,3 +94,24 @@ def test_number_pattern_matches_exactly_its_numbers():
         for i in range(1000):
             assert bool(pattern.fullmatch(str(i))) == (i in numbers), (sorted(numbers), i, pattern.pattern)
         assert not pattern.fullmatch(f"0{min(numbers)}")  # no leading zeros: "blk.03" is not layer 3
+
+
+def test_one_speed_model_for_every_placement():
+    """Everything on the GPU estimates the same whether planned as plain layers or as an offload placement,
+    and each step down the tiers (experts to RAM, then to disk) is slower, never faster."""
+    from localr1.memory import estimate
+    from localr1.planner import decode_speed
+
+    big = hw(1024, 2048)
+    on_gpu = plan_offload(R1, big, 8192, mode="gpu")
+    plain = decode_speed(R1, estimate(R1.arch, R1.weights, 8192, -1), big, 0, -1)
+    assert on_gpu.decode_tps == pytest.approx(plain, rel=1e-9)
+    in_ram = plan_offload(R1, big, 8192, mode="ram")
+    assert in_ram.decode_tps < on_gpu.decode_tps
+    some_on_disk = plan_offload(R1, hw(24, 96), 8192, mode="auto")
+    assert some_on_disk.disk_bytes > 0
+    all_in_ram = plan_offload(R1, hw(24, 512), 8192, mode="ram")
+    assert some_on_disk.decode_tps < all_in_ram.decode_tps < on_gpu.decode_tps
+    # only the active experts count: 8 of 256 routed experts per token
+    dense_share = (R1.weights.total - sum(R1.weights.expert_layers)) / R1.weights.total
+    assert dense_share < 0.1 and on_gpu.decode_tps > 3 * (big.gpus[0].bandwidth_gbs * 1e9 * 0.7) / R1.weights.total
