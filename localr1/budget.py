@@ -65,6 +65,7 @@ def placement_tps(
     disk_experts: float = 0.0,
     gpu_kv: float = 0.0,
     cpu_kv: float = 0.0,
+    quant: str = "",
 ) -> float:
     """Decode tokens/s for a placement: the one speed model for plain layer offload and MoE offload alike.
 
@@ -77,17 +78,29 @@ def placement_tps(
     cpu_read = cpu_dense + active * cpu_experts + cpu_kv / 4
     if not hw.gpus:  # nothing is on a GPU: every byte comes from RAM
         gpu_read, cpu_read = 0.0, gpu_read + cpu_read
-    return tokens_per_s(hw, gpu_read, cpu_read, active * disk_experts)
+    return tokens_per_s(hw, gpu_read, cpu_read, active * disk_experts, quant=quant)
 
 
-def tokens_per_s(hw: Hardware, gpu_read: float, cpu_read: float, disk_read: float) -> float:
+def cpu_rate(hw: Hardware, quant: str = "") -> float:
+    """Bytes/s the CPU gets through when it computes with weights in RAM: its measured kernel speed for the
+    quant's family where measured, else the RAM bandwidth times an efficiency."""
+    if hw.cpu_decode_gbs:
+        from localr1.engine.cpu_speed import family
+
+        measured = hw.cpu_decode_gbs.get(family(quant) if quant else "q4_k")
+        if measured:
+            return measured * 1e9
+    return hw.ram_bandwidth_gbs * 1e9 * CPU_EFFICIENCY
+
+
+def tokens_per_s(hw: Hardware, gpu_read: float, cpu_read: float, disk_read: float, *, quant: str = "") -> float:
     """Decode speed when each token reads these bytes from the GPU, RAM and disk tiers."""
     seconds = 0.0
     if gpu_read > 0 and hw.gpus:
         bw = sum(g.bandwidth_gbs for g in hw.gpus) / len(hw.gpus)
         seconds += gpu_read / (bw * 1e9 * GPU_EFFICIENCY)
     if cpu_read > 0:
-        seconds += cpu_read / (hw.ram_bandwidth_gbs * 1e9 * CPU_EFFICIENCY)
+        seconds += cpu_read / cpu_rate(hw, quant)
     if disk_read > 0:
         seconds += disk_read / (hw.disk_bandwidth_gbs * 1e9)
     return 1.0 / seconds if seconds > 0 else float("inf")

@@ -85,6 +85,9 @@ class Hardware:
     disk_bandwidth_gbs: float = DEFAULT_DISK_BANDWIDTH  # sequential reads, for experts streamed from disk
     notes: tuple[str, ...] = ()  # probes that failed, and why
     simulated: bool = False
+    # GB/s of weights llama.cpp's CPU kernels get through per quant family (q4_k, q6_k, q8_0), measured on
+    # this machine (engine/cpu_speed.py); empty: unknown, the RAM bandwidth model applies
+    cpu_decode_gbs: dict = field(default_factory=dict)
 
     @property
     def vram_total(self) -> int:
@@ -293,6 +296,17 @@ def probe_disk(path: Path, notes: list[str]) -> int | None:
         return None
 
 
+def probe_cpu_speed(cpu: str, notes: list[str]) -> dict:
+    """This CPU's measured kernel speeds (cached after the first time), or {} where they cannot be measured."""
+    try:
+        from localr1.engine.cpu_speed import cpu_speed
+
+        return cpu_speed(cpu, physical_cores()) or {}
+    except Exception as exc:  # noqa: BLE001 - a failed measurement only means the estimate stays generic
+        notes.append(f"CPU speed: not measured ({type(exc).__name__}: {exc})")
+        return {}
+
+
 def probe(*, disk_path: Path | None = None, backends: bool = True) -> Hardware:
     from localr1.paths import models_dir
 
@@ -314,6 +328,8 @@ def probe(*, disk_path: Path | None = None, backends: bool = True) -> Hardware:
         backends=probe_backends(notes) if backends else (),
         notes=tuple(notes),
     )
+    if backends:  # llama.cpp is loaded anyway: measure (once per machine) how fast its CPU kernels run
+        hw = replace(hw, cpu_decode_gbs=probe_cpu_speed(cpu, notes), notes=tuple(notes))
     return hw
 
 

@@ -181,6 +181,7 @@ def plan_offload(
         disk_experts=disk_bytes,
         gpu_kv=full.gpu_kv,
         cpu_kv=full.cpu_kv,
+        quant=c.quant,
     )
     cpu_layers = tuple(sorted(in_ram + on_disk))
     rules = ((expert_rule(cpu_layers), "CPU"),) if cpu_layers else ()

@@ -135,6 +135,7 @@ def decode_speed(c: Candidate, est: MemoryEstimate, hw: Hardware, disk_bytes: in
         disk_experts=disk_bytes,
         gpu_kv=est.gpu_kv,
         cpu_kv=est.cpu_kv,
+        quant=c.quant,
     )
 
 

@@ -27,6 +27,9 @@ def hardware_lines(hw) -> list[str]:
         f"{'Machine':12} {hw.os} · {hw.cpu} ({hw.physical_cores} cores{', ' + ' '.join(hw.simd) if hw.simd else ''})"
     ]
     lines.append(f"{'RAM':12} {gib(hw.ram_total)} total, {gib(hw.ram_available)} available")
+    if hw.cpu_decode_gbs:
+        rates = ", ".join(f"{k.upper()} {v:.1f}" for k, v in hw.cpu_decode_gbs.items())
+        lines.append(f"{'CPU kernels':12} {rates} GB/s of weights (measured with {hw.physical_cores} threads)")
     if not hw.gpus:
         lines.append(f"{'GPU':12} none")
     for i, g in enumerate(hw.gpus):
@@ -100,13 +103,20 @@ def plan_lines(plan, *, explain: bool, hw=None) -> list[str]:
         f"  parts    weights {gib(c.weights.total)}{'' if c.exact else ' (estimated)'}, "
         f"KV cache {gib(m.kv_total)} ({plan.kv_type}), compute buffers {gib(m.compute_total)}"
     )
-    lines.append(f"  speed    about {plan.decode_tps:.0f} tokens/s decode (estimate from memory bandwidth)")
+    measured = hw is not None and bool(hw.cpu_decode_gbs) and plan.mode == "cpu"
+    basis = "this CPU's measured kernel speed" if measured else "memory bandwidth"
+    lines.append(f"  speed    about {plan.decode_tps:.0f} tokens/s decode (estimate from {basis})")
     lines.append(f"  file     {c.path}" if c.path else "  file     not downloaded yet")
     lines += [f"  note     {n}" for n in plan.notes]
     if explain:
         if hw is not None:
             gpus = ", ".join(f"{g.name} ({g.bandwidth_gbs:.0f} GB/s)" for g in hw.gpus) or "none"
-            lines.append(f"  assumed  GPUs: {gpus}; RAM {hw.ram_bandwidth_gbs:.0f} GB/s")
+            cpu = (
+                f"CPU kernels {hw.cpu_decode_gbs.get('q4_k', 0):.1f} GB/s (Q4_K, measured)"
+                if hw.cpu_decode_gbs
+                else f"RAM {hw.ram_bandwidth_gbs:.0f} GB/s"
+            )
+            lines.append(f"  assumed  GPUs: {gpus}; {cpu}")
         lines.append("")
         lines.append("What was tried, best expected quality first:")
         for a in plan.attempts:

@@ -1,0 +1,145 @@
+"""How fast this CPU streams quantized weights through llama.cpp's own kernels: the planner's CPU speed.
+
+A token's decode on the CPU is one matrix-vector product per weight matrix. Whether that is bound by
+memory bandwidth or, on a few cores, by the dequantize-and-multiply arithmetic, the rate at which ggml's
+CPU kernels get through weight bytes is what sets the speed. This measures it directly: ggml multiplies
+a ~96 MiB matrix of each quant family (zeros: the kernels' speed does not depend on the values) by a vector
+with the threads the engine would use, a few times, and keeps the best. It takes well under a second and
+is cached per CPU, thread count and llama.cpp version (``cache_dir()/cpu-speed.json``).
+
+Kernels with repacked weights (llama.cpp's CPU_REPACK buffers, used where the engine allows repacking)
+can be faster than the plain tensors measured here: on such CPUs the estimate errs on the slow side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+# ggml type ids of the families the planner tells apart (their kernels differ in cost per byte)
+FAMILIES = {"q4_k": 12, "q6_k": 14, "q8_0": 8}
+_F32 = 0
+MATRIX_BYTES = 96 << 20  # beyond the last-level cache of desktop CPUs
+VERSION = 1
+
+
+class _InitParams(ctypes.Structure):
+    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
+
+
+def family(quant: str) -> str:
+    """The measured family whose kernel cost a quant type is closest to."""
+    q = quant.upper()
+    if q.startswith(("Q8", "F16", "BF16", "F32")):
+        return "q8_0"
+    if q.startswith(("Q5", "Q6")):
+        return "q6_k"
+    return "q4_k"
+
+
+def _libraries() -> tuple[Any, Any] | None:
+    from localr1.engine.devices import ggml_base_library
+
+    base = ggml_base_library()
+    folder = Path(base._name).parent if getattr(base, "_name", None) else None
+    candidates = sorted(folder.glob("libggml-cpu*.so*")) + sorted(folder.glob("libggml-cpu*.dylib")) if folder else []
+    candidates += sorted(folder.glob("ggml-cpu*.dll")) if folder else []
+    for path in candidates:
+        try:
+            cpu = ctypes.CDLL(str(path))
+            cpu.ggml_graph_compute_with_ctx  # noqa: B018 - present only in a CPU backend library
+        except (OSError, AttributeError):
+            continue
+        return base, cpu
+    return None
+
+
+def _bind(base: Any, cpu: Any) -> None:
+    vp = ctypes.c_void_p
+    base.ggml_init.argtypes, base.ggml_init.restype = [_InitParams], vp
+    base.ggml_new_tensor_2d.argtypes = [vp, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    base.ggml_new_tensor_2d.restype = vp
+    base.ggml_mul_mat.argtypes, base.ggml_mul_mat.restype = [vp, vp, vp], vp
+    base.ggml_new_graph.argtypes, base.ggml_new_graph.restype = [vp], vp
+    base.ggml_build_forward_expand.argtypes, base.ggml_build_forward_expand.restype = [vp, vp], None
+    base.ggml_get_data.argtypes, base.ggml_get_data.restype = [vp], vp
+    base.ggml_nbytes.argtypes, base.ggml_nbytes.restype = [vp], ctypes.c_size_t
+    base.ggml_row_size.argtypes, base.ggml_row_size.restype = [ctypes.c_int, ctypes.c_int64], ctypes.c_size_t
+    base.ggml_free.argtypes, base.ggml_free.restype = [vp], None
+    cpu.ggml_graph_compute_with_ctx.argtypes = [vp, vp, ctypes.c_int]
+    cpu.ggml_graph_compute_with_ctx.restype = ctypes.c_int
+    with contextlib.suppress(AttributeError):
+        cpu.ggml_cpu_init()
+
+
+def _measure_one(base: Any, cpu: Any, ggml_type: int, threads: int, reps: int) -> float:
+    cols = 4096
+    rows = max(256, MATRIX_BYTES // base.ggml_row_size(ggml_type, cols))
+    ctx = base.ggml_init(_InitParams(MATRIX_BYTES + (64 << 20), None, False))
+    if not ctx:
+        raise MemoryError("ggml_init failed")
+    try:
+        a = base.ggml_new_tensor_2d(ctx, ggml_type, cols, rows)
+        x = base.ggml_new_tensor_2d(ctx, _F32, cols, 1)
+        ctypes.memset(base.ggml_get_data(a), 0, base.ggml_nbytes(a))
+        ctypes.memset(base.ggml_get_data(x), 0, base.ggml_nbytes(x))
+        graph = base.ggml_new_graph(ctx)
+        base.ggml_build_forward_expand(graph, base.ggml_mul_mat(ctx, a, x))
+        cpu.ggml_graph_compute_with_ctx(ctx, graph, threads)  # warm-up: pages touched, threads started
+        best = float("inf")
+        for _ in range(reps):
+            started = time.perf_counter()
+            cpu.ggml_graph_compute_with_ctx(ctx, graph, threads)
+            best = min(best, time.perf_counter() - started)
+        return base.ggml_nbytes(a) / best / 1e9
+    finally:
+        base.ggml_free(ctx)
+
+
+def measure(threads: int, *, reps: int = 8) -> dict[str, float] | None:
+    """GB/s of weights each family's matrix-vector kernel gets through with ``threads``; None when this
+    llama.cpp build offers no CPU library to measure with."""
+    libs = _libraries()
+    if libs is None:
+        return None
+    base, cpu = libs
+    _bind(base, cpu)
+    return {name: round(_measure_one(base, cpu, t, threads, reps), 3) for name, t in FAMILIES.items()}
+
+
+def cpu_speed(cpu_name: str, threads: int, *, cache: Path | None = None) -> dict[str, float] | None:
+    """The measured rates for this CPU and thread count, from the cache or measured now (and cached)."""
+    import importlib.metadata
+
+    from localr1.paths import cache_dir
+
+    try:
+        version = importlib.metadata.version("llama-cpp-python")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    path = cache or cache_dir() / "cpu-speed.json"
+    key = f"v{VERSION}|{cpu_name}|{threads}|{version}"
+    stored: dict = {}
+    with contextlib.suppress(OSError, ValueError):
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    entry = stored.get(key) if isinstance(stored, dict) else None
+    if isinstance(entry, dict) and all(isinstance(entry.get(f), int | float) and entry[f] > 0 for f in FAMILIES):
+        return {f: float(entry[f]) for f in FAMILIES}
+    try:
+        rates = measure(threads)
+    except (OSError, MemoryError, AttributeError):
+        return None
+    if rates is None:
+        return None
+    stored = stored if isinstance(stored, dict) else {}
+    stored[key] = rates
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(stored, indent=1), encoding="utf-8")
+        tmp.replace(path)
+    return rates
