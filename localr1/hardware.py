@@ -19,32 +19,73 @@ from localr1.cpu import physical_cores
 from localr1.errors import UsageError
 from localr1.units import GiB
 
-# Memory bandwidth (GB/s) of common GPUs, for the decode-speed estimate; matched by substring of the name.
-GPU_BANDWIDTH_GBS: tuple[tuple[str, float], ...] = (
-    ("H200", 4800),
-    ("H100", 3350),
-    ("A100", 1935),
-    ("RTX 5090", 1792),
-    ("RTX 4090", 1008),
-    ("RTX 3090", 936),
-    ("RTX 5080", 960),
-    ("RTX 4080", 717),
-    ("RTX 3080", 760),
-    ("RTX 4070", 504),
-    ("RTX 3070", 448),
-    ("RTX 4060", 272),
-    ("RTX 3060", 360),
-    ("L40", 864),
-    ("A6000", 768),
-    ("RX 7900", 960),
-    ("M4 Max", 546),
-    ("M3 Max", 400),
-    ("M2 Max", 400),
-    ("M1 Max", 400),
-    ("Ultra", 800),
-    ("M4 Pro", 273),
-    ("Pro", 200),
-)
+
+@dataclass(frozen=True)
+class KnownGPU:
+    """A GPU model's published memory and bandwidth (vendor spec sheets), for detected GPUs (matched by
+    name) and for simulating one (``--gpu "RTX 4090"``). Apple chips share RAM: no fixed memory."""
+
+    name: str
+    vendor: str  # nvidia | amd | apple
+    memory_gib: float | None
+    bandwidth_gbs: float
+
+
+KNOWN_GPUS: tuple[KnownGPU, ...] = tuple(
+    KnownGPU(name, vendor, mem, bw)
+    for vendor, rows in (
+        ("nvidia", (
+            ("H200", 141, 4800), ("H100", 80, 3350), ("A100", 80, 1935), ("A100 40GB", 40, 1555),
+            ("L40S", 48, 864), ("L40", 48, 864), ("L4", 24, 300), ("A6000", 48, 768), ("RTX 6000 Ada", 48, 960),
+            ("A5000", 24, 768), ("A4000", 16, 448), ("V100", 32, 900), ("T4", 16, 320),
+            ("RTX 5090", 32, 1792), ("RTX 5080", 16, 960), ("RTX 5070 Ti", 16, 896), ("RTX 5070", 12, 672),
+            ("RTX 5060 Ti", 16, 448), ("RTX 5060", 8, 448),
+            ("RTX 4090", 24, 1008), ("RTX 4080 SUPER", 16, 736), ("RTX 4080", 16, 717),
+            ("RTX 4070 Ti SUPER", 16, 672), ("RTX 4070 Ti", 12, 504), ("RTX 4070 SUPER", 12, 504),
+            ("RTX 4070", 12, 504), ("RTX 4060 Ti", 16, 288), ("RTX 4060", 8, 272),
+            ("RTX 3090 Ti", 24, 1008), ("RTX 3090", 24, 936), ("RTX 3080 Ti", 12, 912), ("RTX 3080", 10, 760),
+            ("RTX 3070 Ti", 8, 608), ("RTX 3070", 8, 448), ("RTX 3060 Ti", 8, 448), ("RTX 3060", 12, 360),
+            ("RTX 2080 Ti", 11, 616), ("RTX 2080", 8, 448), ("RTX 2070", 8, 448), ("RTX 2060", 6, 336),
+        )),
+        ("amd", (
+            ("MI300X", 192, 5300), ("MI250X", 128, 3277), ("RX 9070 XT", 16, 640), ("RX 9070", 16, 640),
+            ("RX 7900 XTX", 24, 960), ("RX 7900 XT", 20, 800), ("RX 7900 GRE", 16, 576), ("RX 7800 XT", 16, 624),
+            ("RX 7700 XT", 12, 432), ("RX 7600", 8, 288), ("RX 6950 XT", 16, 576), ("RX 6900 XT", 16, 512),
+            ("RX 6800 XT", 16, 512), ("RX 6800", 16, 512), ("RX 6700 XT", 12, 384),
+        )),
+        ("apple", (  # where a chip came with two GPU sizes, the plain name is the smaller
+            ("M1", None, 68), ("M1 Pro", None, 200), ("M1 Max", None, 400), ("M1 Ultra", None, 800),
+            ("M2", None, 100), ("M2 Pro", None, 200), ("M2 Max", None, 400), ("M2 Ultra", None, 800),
+            ("M3", None, 100), ("M3 Pro", None, 150), ("M3 Max", None, 300), ("M3 Max 30-core", None, 300),
+            ("M3 Max 40-core", None, 400), ("M3 Ultra", None, 819), ("M4", None, 120), ("M4 Pro", None, 273),
+            ("M4 Max", None, 410), ("M4 Max 32-core", None, 410), ("M4 Max 40-core", None, 546),
+        )),
+    )
+    for name, mem, bw in rows
+)  # fmt: skip
+
+
+def _words(text: str) -> str:
+    return " " + re.sub(r"[^a-z0-9]+", " ", text.lower()).strip() + " "
+
+
+GPU_KINDS = ("nvidia", "amd", "apple", "none")
+
+
+def gpu_hint() -> str:
+    return 'Use nvidia, amd, apple, none, or a model such as "RTX 4090", "RX 7900 XTX", "M2 Max" (localr1 hw --known-gpus lists them).'
+
+
+def known_gpu(name: str) -> KnownGPU | None:
+    """The table's entry for a GPU name ("NVIDIA GeForce RTX 4090", "rtx 3090", "Apple M2 Max", "M2 Max
+    38-core"): the longest entry name found in it as whole words, or None."""
+    words = _words(name)
+    for gpu in sorted(KNOWN_GPUS, key=lambda g: -len(g.name)):
+        if _words(gpu.name) in words:
+            return gpu
+    return None
+
+
 DEFAULT_GPU_BANDWIDTH = {"nvidia": 400.0, "amd": 400.0, "apple": 100.0}
 DEFAULT_RAM_BANDWIDTH = 40.0  # GB/s: dual-channel DDR4/DDR5 as measured by memory-bound decoding
 DEFAULT_DISK_BANDWIDTH = 2.0  # GB/s: an NVMe SSD; `localr1 plan --measure-disk` measures it
@@ -63,9 +104,8 @@ class GPU:
     def with_bandwidth(self) -> GPU:
         if self.bandwidth_gbs:
             return self
-        for key, bw in GPU_BANDWIDTH_GBS:
-            if key.lower() in self.name.lower():
-                return replace(self, bandwidth_gbs=bw)
+        if (known := known_gpu(self.name)) is not None:
+            return replace(self, bandwidth_gbs=known.bandwidth_gbs)
         return replace(self, bandwidth_gbs=DEFAULT_GPU_BANDWIDTH.get(self.vendor, 300.0))
 
 
@@ -433,13 +473,26 @@ class Simulation:
             return hw
         ram_total = self.ram if self.ram is not None else hw.ram_total
         ram_available = self.ram if self.ram is not None else hw.ram_available
-        kind = self.gpu or (hw.gpus[0].vendor if hw.gpus else ("nvidia" if self.vram or self.gpus else "none"))
+        model = known_gpu(self.gpu) if self.gpu and self.gpu not in GPU_KINDS else None
+        if self.gpu and self.gpu not in GPU_KINDS and model is None:
+            raise UsageError(f"unknown GPU {self.gpu!r}", hint=gpu_hint())
+        kind = model.vendor if model else self.gpu
+        kind = kind or (hw.gpus[0].vendor if hw.gpus else ("nvidia" if self.vram or self.gpus else "none"))
         gpus = list(hw.gpus)
         if kind == "none" or self.gpus == 0:
             gpus = []
         elif kind == "apple":
             share = self.vram if self.vram is not None else apple_gpu_share(ram_total)
-            gpus = [GPU("Apple GPU (simulated)", "apple", share, share, unified=True).with_bandwidth()]
+            name = f"Apple {model.name} (simulated)" if model else "Apple GPU (simulated)"
+            bw = model.bandwidth_gbs if model else 0.0
+            gpus = [GPU(name, "apple", share, share, unified=True, bandwidth_gbs=bw).with_bandwidth()]
+        elif model is not None:
+            count = self.gpus if self.gpus is not None else 1
+            vram = self.vram if self.vram is not None else int((model.memory_gib or 8) * GiB)
+            gpus = [
+                GPU(f"{model.name} (simulated)", kind, vram, vram, bandwidth_gbs=model.bandwidth_gbs)
+                for _ in range(count)
+            ]
         elif self.vram is not None or self.gpus is not None or self.gpu is not None:
             count = self.gpus if self.gpus is not None else max(1, len(gpus))
             vram = self.vram if self.vram is not None else (gpus[0].total if gpus else 8 * GiB)

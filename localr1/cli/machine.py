@@ -149,6 +149,7 @@ def _placement(plan, hw, mode: str, gpu_experts: int | None):
         $ localr1 hw
         $ localr1 hw --json
         $ localr1 hw --vram 12GiB --ram 32GiB      # simulate another machine
+        $ localr1 hw --known-gpus                  # the GPU models --gpu accepts by name
         """
     )
 )
@@ -156,10 +157,21 @@ def _placement(plan, hw, mode: str, gpu_experts: int | None):
 @simulated
 def hw(
     json_out: JsonOpt = False,
+    known_gpus: bool = typer.Option(
+        False, "--known-gpus", help="List the GPUs localr1 knows by name (memory, bandwidth), for --gpu."
+    ),
     simulate=None,  # the simulation flags, as one Simulation (see options.simulated)
 ) -> None:
-    from localr1.hardware import machine
+    from localr1.hardware import KNOWN_GPUS, machine
 
+    if known_gpus:
+        if json_out:
+            sys.stdout.write(json.dumps([g.__dict__ for g in KNOWN_GPUS], indent=2) + "\n")
+            return
+        for g in KNOWN_GPUS:
+            memory = f"{g.memory_gib:g} GB" if g.memory_gib else "unified"
+            sys.stdout.write(f"{g.vendor:7} {g.name:20} {memory:>9}  {g.bandwidth_gbs:6.0f} GB/s\n")
+        return
     machine_info = machine(simulate)
     if json_out:
         sys.stdout.write(json.dumps(machine_info.to_dict(), indent=2) + "\n")
@@ -229,6 +241,7 @@ def models(
         $ localr1 plan
         $ localr1 plan r1:70b --ctx 32768 --explain
         $ localr1 plan --vram 8GiB --ram 16GiB --json
+        $ localr1 plan r1:32b --gpu "RTX 4090" --ram 64GiB       # a GPU by name: its memory and bandwidth
         """
     )
 )

@@ -50,7 +50,10 @@ GpusOpt = Annotated[
     int | None, typer.Option("--gpus", help="Simulate this many GPUs (0: none).", rich_help_panel=_SIMULATE)
 ]
 GpuKindOpt = Annotated[
-    str | None, typer.Option("--gpu", help="Simulate nvidia, amd, apple or none.", rich_help_panel=_SIMULATE)
+    str | None,
+    typer.Option(
+        "--gpu", help='Simulate nvidia, amd, apple, none, or a model ("RTX 4090", "M2 Max").', rich_help_panel=_SIMULATE
+    ),
 ]
 DiskOpt = Annotated[
     str | None, typer.Option("--disk", help="Simulate free disk (e.g. 2TiB).", rich_help_panel=_SIMULATE)
@@ -59,10 +62,10 @@ DiskOpt = Annotated[
 
 def simulation(vram: str | None, ram: str | None, gpus: int | None, gpu: str | None, disk: str | None):
     """The simulated machine the flags describe (None where nothing is simulated)."""
-    from localr1.hardware import Simulation, parse_size
+    from localr1.hardware import GPU_KINDS, Simulation, gpu_hint, known_gpu, parse_size
 
-    if gpu is not None and gpu.lower() not in ("nvidia", "amd", "apple", "none"):
-        raise UsageError(f"--gpu {gpu!r} is not one of nvidia, amd, apple, none")
+    if gpu is not None and gpu.lower() not in GPU_KINDS and known_gpu(gpu) is None:
+        raise UsageError(f"--gpu {gpu!r} is neither a vendor nor a GPU localr1 knows", hint=gpu_hint())
     if gpus is not None and gpus < 0:
         raise UsageError("--gpus cannot be negative")
     return Simulation(

@@ -67,7 +67,10 @@ def test_plan_for_a_named_model(runner):
 
 
 def test_plan_bad_simulation_flags(runner):
-    for args, message in ((["--vram", "lots"], "cannot read the size"), (["--gpu", "tpu"], "not one of")):
+    for args, message in (
+        (["--vram", "lots"], "cannot read the size"),
+        (["--gpu", "tpu"], "neither a vendor nor a GPU"),
+    ):
         result = runner.invoke(app, ["plan", *args])
         assert result.exit_code == 2 and message in result.stderr
 
@@ -169,3 +172,16 @@ def test_plan_never_shows_more_ram_in_use_than_usable(runner, machine_args):
     used, usable = map(float, re.search(r"RAM\s+([\d.]+) GiB of ([\d.]+) GiB usable", result.stdout).groups())
     assert used <= usable
     assert re.search(r"disk\s+[\d.]+ GiB of weights memory-mapped", result.stdout)
+
+
+def test_plan_for_a_gpu_by_name(runner):
+    result = runner.invoke(app, ["plan", "r1-0528:8b:Q8_0", "--gpu", "RTX 4090", "--ram", "64GiB", "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["hardware"]["gpus"][0]["bandwidth_gbs"] == 1008 and plan["mode"] == "gpu"
+    generic = json.loads(runner.invoke(app, ["plan", "r1-0528:8b:Q8_0", "--vram", "24GiB", "--json"]).stdout)
+    assert plan["decode_tokens_per_s"] > 2 * generic["decode_tokens_per_s"]  # 1008 GB/s, not a generic 400
+    bad = runner.invoke(app, ["plan", "--gpu", "RTX 9999"])
+    assert bad.exit_code == 2 and "--known-gpus" in bad.stderr
+    listing = runner.invoke(app, ["hw", "--known-gpus"])
+    assert "RTX 4090" in listing.stdout and "1008 GB/s" in listing.stdout and "M2 Max" in listing.stdout

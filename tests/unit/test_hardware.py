@@ -132,3 +132,49 @@ def test_physical_cores_elsewhere(fresh_cores, monkeypatch, system, logical, sys
 
     monkeypatch.setattr(cpu, "_run", run)
     assert cpu.physical_cores() == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "known", "bandwidth"),
+    [
+        ("NVIDIA GeForce RTX 4090", "RTX 4090", 1008),
+        ("NVIDIA GeForce RTX 4070 Ti SUPER", "RTX 4070 Ti SUPER", 672),  # not the RTX 4070's figure
+        ("NVIDIA GeForce RTX 4070", "RTX 4070", 504),
+        ("rtx 3090", "RTX 3090", 936),
+        ("AMD Radeon RX 7900 XTX", "RX 7900 XTX", 960),
+        ("Apple M2 Max", "M2 Max", 400),
+        ("M4 Max 40-core", "M4 Max 40-core", 546),
+        ("Apple M1", "M1", 68),
+        ("NVIDIA H100 80GB HBM3", "H100", 3350),
+        ("NVIDIA L4", "L4", 300),
+    ],
+)
+def test_gpus_are_known_by_name(name, known, bandwidth):
+    gpu = hardware.known_gpu(name)
+    assert gpu is not None and gpu.name == known and gpu.bandwidth_gbs == bandwidth
+    vendor = gpu.vendor
+    assert hardware.GPU(name, vendor, 1, 1).with_bandwidth().bandwidth_gbs == bandwidth
+
+
+def test_unknown_gpu_names():
+    assert hardware.known_gpu("NVIDIA GeForce GTX 1050") is None
+    assert hardware.known_gpu("SuperL40SX") is None  # whole words only
+    assert hardware.GPU("Mystery GPU", "amd", 1, 1).with_bandwidth().bandwidth_gbs == 400
+
+
+def test_simulating_a_gpu_by_name(monkeypatch):
+    monkeypatch.delenv("LOCALR1_HW", raising=False)
+    hw = hardware.machine(hardware.Simulation(gpu="RTX 3090", gpus=2, ram=64 * GiB, disk=GiB))
+    assert [(g.name, g.vendor, g.total, g.bandwidth_gbs) for g in hw.gpus] == [
+        ("RTX 3090 (simulated)", "nvidia", 24 * GiB, 936)
+    ] * 2
+    mac = hardware.machine(hardware.Simulation(gpu="m2 max 38-core", ram=64 * GiB, disk=GiB))
+    (gpu,) = mac.gpus
+    assert gpu.unified and gpu.vendor == "apple" and gpu.bandwidth_gbs == 400
+    assert gpu.total == hardware.apple_gpu_share(64 * GiB)
+    smaller = hardware.machine(hardware.Simulation(gpu="RTX 4090", vram=12 * GiB, disk=GiB, ram=32 * GiB))
+    assert smaller.gpus[0].total == 12 * GiB and smaller.gpus[0].bandwidth_gbs == 1008  # --vram still wins
+    monkeypatch.setenv("LOCALR1_HW", "gpu=RX 7900 XTX,ram=32GiB")
+    assert hardware.machine().gpus[0].name == "RX 7900 XTX (simulated)"
+    with pytest.raises(hardware.UsageError, match="unknown GPU"):
+        hardware.machine(hardware.Simulation(gpu="RTX 9999", ram=GiB))
