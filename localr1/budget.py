@@ -16,7 +16,7 @@ GPU_RESERVE = 600 * MiB  # per GPU: the CUDA/Metal context and allocator slack
 GPU_MARGIN = 0.95
 RAM_RESERVE = int(1.5 * GiB)  # the OS, localr1 itself, the page cache it needs to breathe
 RAM_MARGIN = 0.90
-GPU_EFFICIENCY = 0.70  # share of memory bandwidth decoding reaches in practice
+GPU_EFFICIENCY = 0.61  # share of memory bandwidth llama.cpp decoding reaches: calibrated, see docs/performance.md
 CPU_EFFICIENCY = 0.60
 
 
