@@ -50,6 +50,8 @@ def from_catalog(catalog: dict[str, CatalogModel], *, include_local: bool = True
             if quant.upper() not in BITS_PER_WEIGHT:
                 continue
             weights = WeightLayout.from_arch(model.arch, quant)
+            if quant in model.sizes:  # the size the Hub lists: the download and the memory it takes
+                weights = weights.scaled_to(model.sizes[quant])
             out.append(Candidate(model.name, quant, model.arch, weights, quality(model, quant)))
     return out
 

@@ -33,6 +33,8 @@ _OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "aime2024": (int, float),
     "math500": (int, float),
     "gpqa": (int, float),
+    "sizes": dict,  # quant -> bytes of the whole build (all split parts), as the Hub lists them
+    "sizes_note": str,  # where the sizes come from, and whether they are exact or rounded
 }
 _FAMILIES = ("distill", "moe")
 
@@ -57,6 +59,8 @@ class CatalogModel:
     gpqa: float | None = None
     source: str = "built-in"
     arch: Architecture | None = None
+    sizes: dict[str, int] = field(default_factory=dict)
+    sizes_note: str | None = None
 
     @property
     def quants(self) -> list[str]:
@@ -111,6 +115,12 @@ def _entry(name: str, raw: Any, origin: str) -> CatalogModel:
     for quant, file in files.items():
         if any(ord(ch) < 32 for ch in file + quant) or "\\" in file:
             raise CatalogError(f"{where}: file {file!r} must be a plain relative path inside the repo")
+    sizes = raw.get("sizes", {})
+    for quant, size in sizes.items():
+        if quant not in files:
+            raise CatalogError(f"{where}: sizes names {quant!r}, which is not among its files")
+        if isinstance(size, bool) or not isinstance(size, int) or not 0 < size < 1 << 50:
+            raise CatalogError(f"{where}: sizes.{quant} must be a positive number of bytes, not {size!r}")
     arch = Architecture.from_dict(raw["arch"], where)
     if arch.arch != raw["architecture"]:
         raise CatalogError(f"{where}: architecture {raw['architecture']!r} differs from arch.arch {arch.arch!r}")

@@ -59,6 +59,19 @@ class WeightLayout:
             output += embd  # llama.cpp duplicates the embeddings as the output matrix on the GPU
         return cls(tuple(layers), embd, output, tuple(experts))
 
+    def scaled_to(self, total: int) -> WeightLayout:
+        """The same layout with every part scaled so that the whole is ``total`` bytes (a size the Hub
+        lists for the file, truer than bits-per-weight arithmetic for mixed quants)."""
+        if self.total <= 0:
+            return self
+        f = total / self.total
+        return WeightLayout(
+            tuple(int(b * f) for b in self.layers),
+            int(self.embd * f),
+            int(self.output * f),
+            tuple(int(b * f) for b in self.expert_layers),
+        )
+
     @classmethod
     def from_gguf(cls, tensors, n_layer: int) -> WeightLayout:
         """Exact sizes from a GGUF header's tensor table (``gguf_info.TensorInfo`` items)."""

@@ -71,12 +71,32 @@ def test_user_catalog_extends_the_builtin(isolated_dirs):
         (lambda s: s.replace('arch = "qwen2"', 'arch = "gpt2"'), "'gpt2' is not one of"),
         (lambda s: s.replace('arch = "qwen2"', 'arch = "llama"'), "differs from arch.arch"),
         (lambda s: s + "\n[[[", "not valid TOML"),
+        (lambda s: s + '[models."mine:1b".sizes]\nQ9 = 5\n', "sizes names 'Q9'"),
+        (lambda s: s + '[models."mine:1b".sizes]\nQ4_K_M = -5\n', "positive number of bytes"),
+        (lambda s: s + '[models."mine:1b".sizes]\nQ4_K_M = "1GB"\n', "positive number of bytes"),
     ],
 )
 def test_catalog_errors_name_the_entry(edit, message):
     with pytest.raises(CatalogError, match=message) as exc:
         parse_catalog(edit(ENTRY), "user.toml")
     assert "user.toml" in str(exc.value)
+
+
+def test_listed_sizes_are_what_the_planner_plans_with():
+    """A build whose size the Hub lists is planned at that size (the 671B builds: unsloth's "GB" are GiB)."""
+    from localr1.candidates import from_catalog
+    from localr1.catalog import load_catalog
+
+    catalog = load_catalog(include_user=False)
+    listed = {(m.name, q): size for m in catalog.values() for q, size in m.sizes.items()}
+    assert listed[("r1:671b", "UD-IQ1_S")] == 140_200_000_000
+    assert listed[("r1-0528:671b", "UD-IQ1_S")] > 1.3 * listed[("r1:671b", "UD-IQ1_S")]
+    for c in from_catalog(catalog, include_local=False):
+        if (c.name, c.quant) in listed:
+            assert abs(c.weights.total - listed[(c.name, c.quant)]) < 1000  # scaled, to the byte but rounding
+    assert all(m.sizes_note for m in catalog.values() if m.sizes)  # exact or rounded: each entry says
+    parsed = parse_catalog(ENTRY + '[models."mine:1b".sizes]\nQ4_K_M = 1_234_567\n', "user.toml")
+    assert parsed["mine:1b"].sizes == {"Q4_K_M": 1_234_567}
 
 
 def test_split_name():

@@ -18,9 +18,9 @@ CANDIDATES = from_catalog(CATALOG, include_local=False)
 MACHINES = {
     "laptop-8g-cpu": Simulation(gpu="none", ram=8 * GiB, disk=256 * GiB),
     "desktop-32g-cpu": Simulation(gpu="none", ram=32 * GiB, disk=1024 * GiB),
-    "apple-16g": Simulation(gpu="apple", ram=16 * GiB, disk=512 * GiB),
-    "apple-64g": Simulation(gpu="apple", ram=64 * GiB, disk=1024 * GiB),
-    "apple-192g": Simulation(gpu="apple", ram=192 * GiB, disk=2048 * GiB),
+    "apple-16g": Simulation(gpu="M2", ram=16 * GiB, disk=512 * GiB),
+    "apple-64g": Simulation(gpu="M2 Max", ram=64 * GiB, disk=1024 * GiB),
+    "apple-192g": Simulation(gpu="M2 Ultra", ram=192 * GiB, disk=2048 * GiB),
     "nvidia-8g-16g": Simulation(vram=8 * GiB, ram=16 * GiB, disk=1024 * GiB),
     "nvidia-12g-32g": Simulation(vram=12 * GiB, ram=32 * GiB, disk=1024 * GiB),
     "nvidia-24g-64g": Simulation(vram=24 * GiB, ram=64 * GiB, disk=2048 * GiB),
@@ -100,7 +100,11 @@ def test_671b_only_where_memory_and_disk_allow(name):
 
 
 def test_671b_is_offered_on_big_machines_and_not_on_laptops():
-    assert plan_for("apple-192g").candidate.arch.is_moe
+    # a 192 GB Mac holds R1's 140 GB IQ1_S (not R1-0528's 185 GB one); R1-0528-Qwen3-8B at Q8_0 ranks above it
+    r1 = [c for c in CANDIDATES if c.label == "r1:671b:UD-IQ1_S"]
+    assert plan_candidate(r1[0], machine(MACHINES["apple-192g"])) is not None
+    r1_0528 = [c for c in CANDIDATES if c.label == "r1-0528:671b:UD-IQ1_S"]
+    assert plan_candidate(r1_0528[0], machine(MACHINES["apple-192g"]), allow_disk=False) is None
     assert plan_for("nvidia-80g-256g").candidate.arch.is_moe
     with pytest.raises(NoPlanError) as exc:  # memory-mapped from disk it would run, but far too slowly
         choose([c for c in CANDIDATES if c.arch.is_moe], machine(MACHINES["laptop-8g-cpu"]))
@@ -227,7 +231,7 @@ def test_a_context_the_user_set_is_kept_and_a_default_one_may_shrink():
 def test_context_reduced_for_speed_says_so():
     """Offloaded experts compete with the KV cache for the GPU: a smaller context leaves room for more experts
     there, which can be what makes a plan fast enough, and the note must not claim the larger one did not fit."""
-    hw = machine(Simulation(vram=24 * GiB, ram=256 * GiB, disk=2048 * GiB))
+    hw = machine(Simulation(vram=20 * GiB, ram=256 * GiB, disk=2048 * GiB))
     c = next(c for c in CANDIDATES if c.label == "r1:671b:UD-IQ1_M")
     at16 = plan_candidate(c, hw, want_ctx=16384, keep_ctx=True, min_tps=0, kv_type="f16")
     at8 = plan_candidate(c, hw, want_ctx=8192, keep_ctx=True, min_tps=0, kv_type="f16")
