@@ -52,6 +52,7 @@ class PullTarget:
     label: str  # what the user will see: r1:14b:Q4_K_M, or owner/repo/file.gguf
     catalog: CatalogModel | None = None
     quant: str | None = None
+    notes: tuple[str, ...] = ()  # where the Hub's listing differs from the catalog
 
     @property
     def size(self) -> int:
@@ -177,6 +178,32 @@ def list_remote(repo_id: str, revision: str = "main", accept: Callable[[str], bo
     return out
 
 
+def listed_build(files: list[RemoteFile], rel: str) -> tuple[str, tuple[str, ...]]:
+    """The first file of the build the catalog names ``rel``, as the Hub lists it now: the same name, or the
+    same build split into another number of parts (``NAME-00001-of-*.gguf``), or no longer split (one
+    ``NAME.gguf``), or newly split. With a note when it is not the catalog's name."""
+    paths = {f.path for f in files}
+    if rel in paths:
+        return rel, ()
+    posix = PurePosixPath(rel)
+    m = _SPLIT_PART.search(posix.name)
+    stem = posix.name[: m.start()] if m else posix.name.removesuffix(".gguf")
+    folders = {str(posix.parent), str(posix.parent.parent) if m else str(posix.parent), stem, "."}
+    candidates = sorted(
+        p
+        for p in paths
+        if str(PurePosixPath(p).parent) in folders
+        and (
+            re.fullmatch(re.escape(stem) + r"-00001-of-\d{5}\.gguf", PurePosixPath(p).name)
+            or PurePosixPath(p).name == f"{stem}.gguf"
+        )
+    )
+    if len(candidates) != 1:
+        return rel, ()  # _with_parts names what is missing
+    found = candidates[0]
+    return found, (f"the Hub now lists this build as {found} (the catalog says {rel})",)
+
+
 def _with_parts(files: list[RemoteFile], first: str) -> list[RemoteFile]:
     """The file and, for a split model, all of its parts (checked to be complete)."""
     siblings = [str(PurePosixPath(p)) for p in split_siblings(Path(first))]
@@ -222,8 +249,17 @@ def resolve_target(
             return PullTarget(
                 model.gguf_repo, revision, tuple(_cached_files(model.gguf_repo, rel)), label, model, quant
             )
-        files = _with_parts(list_remote(model.gguf_repo, revision), rel)
-        return PullTarget(model.gguf_repo, revision, tuple(files), label, model, quant)
+        remote = list_remote(model.gguf_repo, revision)
+        live, notes = listed_build(remote, rel)
+        files = _with_parts(remote, live)
+        listed = model.sizes.get(quant)
+        total = sum(f.size for f in files)
+        if listed and abs(total - listed) > 0.02 * listed:
+            notes += (
+                f"the Hub's {label} is {total / 1e9:.1f} GB, not the {listed / 1e9:.1f} GB the catalog lists "
+                "(re-uploaded?): the disk check and the plan after download use the real size",
+            )
+        return PullTarget(model.gguf_repo, revision, tuple(files), label, model, quant, notes)
     if "/" not in spec:
         known = ", ".join(sorted(catalog)[:8])
         raise ModelNotFoundError(f"unknown model {spec!r}", hint=f"Use a catalog name ({known}) or owner/repo.")

@@ -148,6 +148,25 @@ def plan_for(request: LoadRequest, hw, config, *, prefer_local: bool):
     return replace(plan, notes=(*plan.notes, *skipped)) if skipped else plan
 
 
+def _replan_if_different(plan, path: Path, request: LoadRequest, hw, config, say):
+    """After a download: when the file is not the size the catalog planned with (a re-upload, a build the
+    Hub lists differently), plan again for the file itself, and say so. None when the plan stands."""
+    from localr1 import candidates as cands
+    from localr1.resolve import resolve_model
+
+    local = resolve_model(str(path), config)
+    exact = cands.from_file(local.path, local=local)
+    planned = plan.candidate.weights.total
+    if abs(exact.weights.total - planned) <= 0.02 * planned:
+        return None
+    fresh = plan_for(replace(request, spec=str(path)), hw, config, prefer_local=True)
+    (say or (lambda text: sys.stderr.write(text + "\n")))(
+        f"{plan.candidate.label} is {gib(exact.weights.total)}, not the {gib(planned)} planned: "
+        f"re-planned for the file ({fresh.n_ctx:,}-token context, GPU layers {fresh.n_gpu_layers})."
+    )
+    return fresh, fresh.n_ctx, fresh.n_gpu_layers, fresh.overrides, fresh.mlock, fresh.kv_type
+
+
 def _check_kv_type(candidate, kv_type: str | None) -> None:
     from localr1.errors import UsageError
     from localr1.memory import kv_type_fits
@@ -221,6 +240,7 @@ def open_model(
     layers = request.gpu_layers if request.gpu_layers is not None else config.gpu_layers
     overrides, mlock, plan = (), False, None
     kv_type = request.kv_type or config.kv_type or "f16"
+    asked_layers = layers
     if n_ctx and layers is not None:  # both given: load exactly that, no planning
         local = resolve_model(spec, config)
         path, label = local.path, local.name
@@ -237,6 +257,9 @@ def open_model(
                 path = fetch(target, off) if fetch else pull(target, offline=off, show_progress=False)
             except DownloadError as exc:
                 raise _not_on_disk(label, chosen=spec is None, offline=off, cause=exc) from exc
+            plan, n_ctx, layers, overrides, mlock, kv_type = _replan_if_different(
+                plan, path, replace(request, gpu_layers=asked_layers), hw, config, say
+            ) or (plan, n_ctx, layers, overrides, mlock, kv_type)
     options = EngineOptions(
         n_ctx=n_ctx,
         n_threads=request.threads or config.threads,

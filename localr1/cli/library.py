@@ -70,6 +70,8 @@ def pull_target(target, offline: bool = False, *, announce: bool = True, cancel=
         what = f"{len(target.files)} files, " if len(target.files) > 1 else ""
         state = "already downloaded" if left == 0 else f"{left / GiB:.2f} GiB to download"
         sys.stderr.write(f"Pulling {target.label} from {target.repo_id} ({what}{target.size / GiB:.2f} GiB, {state})\n")
+        for note in target.notes:
+            sys.stderr.write(f"Note: {note}\n")
 
     def check_cancel(_name: str, _done: int, _total: int) -> None:
         if cancel is not None and cancel.is_set():

@@ -217,6 +217,8 @@ def test_ask_pulls_the_model_on_first_use(runner, hub, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "Pulling tiny:1b:Q8_0" in result.stderr and "GiB to download" in result.stderr
     assert result.stdout == "hello\n"
+    # the planner estimated the build from its architecture; the file it got is another size: planned again
+    assert "not the" in result.stderr and "re-planned for the file" in result.stderr
     # offline, the same question works from the cache
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     result = runner.invoke(app, ["ask", "hi", "-m", "tiny:1b:Q8_0", "--offline"])
@@ -249,3 +251,33 @@ def test_ctrl_c_in_asks_download_stops_it_and_the_next_run_resumes(hub, isolated
     path = pull_target(target, cancel=threading.Event())
     assert path.read_bytes() == data
     assert hub.downloads("stop.gguf")[-1] == f"bytes={1 << 20}-"
+
+
+def test_the_hubs_listing_wins_over_the_catalogs_split_names(runner, fake_hub, isolated_dirs, tmp_path):
+    """A build the Hub re-uploaded in another number of parts, or as one file, is found by listing; the pull
+    says what changed; a size the catalog lists that the Hub no longer matches is named."""
+    (isolated_dirs / "config").mkdir(parents=True, exist_ok=True)
+    catalog = tiny_entry(
+        "tiny:1b", REPO,
+        {"Q4_K_M": "split/tiny-Q4_K_M-00001-of-00002.gguf", "Q8_0": "Q8/tiny-Q8_0-00001-of-00002.gguf",
+         "Q6_K": "tiny-Q6_K.gguf"},
+    ) + '[models."tiny:1b".sizes]\nQ4_K_M = 999999\n'  # fmt: skip
+    (isolated_dirs / "config" / "models.toml").write_text(catalog)
+    for i in (1, 2, 3):  # now three parts
+        fake_hub.add(REPO, f"split/tiny-Q4_K_M-0000{i}-of-00003.gguf", write_gguf(tmp_path / f"p{i}.gguf").read_bytes())
+    fake_hub.add(REPO, "tiny-Q8_0.gguf", write_gguf(tmp_path / "q8.gguf").read_bytes())  # no longer split
+    for i in (1, 2):  # now split
+        fake_hub.add(
+            REPO, f"tiny-Q6_K/tiny-Q6_K-0000{i}-of-00002.gguf", write_gguf(tmp_path / f"s{i}.gguf").read_bytes()
+        )
+
+    target = download.resolve_target("tiny:1b:Q4_K_M")
+    assert [f.path for f in target.files] == [f"split/tiny-Q4_K_M-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+    assert "now lists this build as split/tiny-Q4_K_M-00001-of-00003.gguf" in target.notes[0]
+    assert "the catalog lists" in target.notes[1]
+    assert [f.path for f in download.resolve_target("tiny:1b:Q8_0").files] == ["tiny-Q8_0.gguf"]
+    q6 = download.resolve_target("tiny:1b:Q6_K").files
+    assert [f.path for f in q6] == [f"tiny-Q6_K/tiny-Q6_K-0000{i}-of-00002.gguf" for i in (1, 2)]
+    result = runner.invoke(app, ["pull", "tiny:1b:Q4_K_M"])
+    assert result.exit_code == 0, result.output
+    assert "Note: the Hub now lists this build as split/tiny-Q4_K_M-00001-of-00003.gguf" in result.stderr
