@@ -14,6 +14,7 @@ import os
 import threading
 import urllib.parse
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from localr1.engine.base import ModelInfo
@@ -207,12 +208,5 @@ class RemoteEngine:
             ) from None
         finally:
             conn.close()
-        timings = Timings(
-            load_s=timings.load_s,
-            prefill_s=timings.prefill_s,
-            decode_s=timings.decode_s,
-            thinking_s=timings.thinking_s,
-            prompt_tokens=usage.prompt_tokens,
-            decode_tokens=usage.completion_tokens,
-        )
+        timings = replace(timings, prompt_tokens=usage.prompt_tokens, decode_tokens=usage.completion_tokens)
         yield Done(finish, usage, timings, reasoning_unfinished=unfinished)  # type: ignore[arg-type]
