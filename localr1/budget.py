@@ -29,6 +29,7 @@ class Candidate:
     quality: float  # expected benchmark score (catalog score x quant factor), 0 when unknown
     path: Path | None = None  # on disk already
     exact: bool = False  # weights from the file's header, not estimated
+    listed: bool = False  # weights scaled to the size the catalog lists for the build (the Hub's listing)
 
     @property
     def label(self) -> str:

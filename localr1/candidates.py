@@ -50,9 +50,10 @@ def from_catalog(catalog: dict[str, CatalogModel], *, include_local: bool = True
             if quant.upper() not in BITS_PER_WEIGHT:
                 continue
             weights = WeightLayout.from_arch(model.arch, quant)
-            if quant in model.sizes:  # the size the Hub lists: the download and the memory it takes
+            listed = quant in model.sizes
+            if listed:  # the size the Hub lists: the download and the memory it takes
                 weights = weights.scaled_to(model.sizes[quant])
-            out.append(Candidate(model.name, quant, model.arch, weights, quality(model, quant)))
+            out.append(Candidate(model.name, quant, model.arch, weights, quality(model, quant), listed=listed))
     return out
 
 

@@ -100,7 +100,7 @@ def plan_lines(plan, *, explain: bool, hw=None) -> list[str]:
     if plan.disk_bytes:
         lines.append(f"  disk     {gib(plan.disk_bytes)} of weights memory-mapped, read as tokens need them")
     lines.append(
-        f"  parts    weights {gib(c.weights.total)}{'' if c.exact else ' (estimated)'}, "
+        f"  parts    weights {gib(c.weights.total)}{'' if c.exact else ' (Hub listing)' if c.listed else ' (estimated)'}, "
         f"KV cache {gib(m.kv_total)} ({plan.kv_type}), compute buffers {gib(m.compute_total)}"
     )
     measured = hw is not None and bool(hw.cpu_decode_gbs) and plan.mode == "cpu"
