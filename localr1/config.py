@@ -24,11 +24,10 @@ _FIELDS: dict[str, type] = {
 }  # fmt: skip
 
 
-def _kv_type(value: str, name: str) -> None:
-    from localr1.memory import KV_TYPES
+def _kv_type(value: str, name: str) -> str:
+    from localr1.memory import check_kv_type  # memory.py is imported only where a setting needs it
 
-    if value not in KV_TYPES:
-        raise UsageError(f"{name} must be one of {', '.join(KV_TYPES)}, not {value!r}")
+    return check_kv_type(value, name)
 
 
 _BOUNDS = {"ctx": limits.ctx, "threads": limits.threads, "gpu_layers": limits.gpu_layers, "kv_type": _kv_type}

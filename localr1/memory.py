@@ -123,12 +123,17 @@ class MemoryEstimate:
 KV_TYPES: dict[str, tuple[int, float]] = {"f16": (1, 2.0), "q8_0": (8, 34 / 32), "q4_0": (2, 18 / 32)}
 
 
-def kv_type_bytes(kv_type: str) -> float:
+def check_kv_type(kv_type: str, name: str = "--kv-type") -> str:
+    """``kv_type`` if llama.cpp can keep a KV cache as it, else a UsageError naming where it came from."""
     from localr1.errors import UsageError
 
     if kv_type not in KV_TYPES:
-        raise UsageError(f"--kv-type must be one of {', '.join(KV_TYPES)}, not {kv_type!r}")
-    return KV_TYPES[kv_type][1]
+        raise UsageError(f"{name} must be one of {', '.join(KV_TYPES)}, not {kv_type!r}")
+    return kv_type
+
+
+def kv_type_bytes(kv_type: str) -> float:
+    return KV_TYPES[check_kv_type(kv_type)][1]
 
 
 def kv_type_fits(arch: Architecture, kv_type: str) -> bool:

@@ -46,9 +46,9 @@ class LoadRequest:
         if self.ctx is not None:
             limits.ctx(self.ctx * self.parallel, "--ctx times --parallel")
         if self.kv_type is not None:
-            from localr1.memory import kv_type_bytes
+            from localr1.memory import check_kv_type
 
-            kv_type_bytes(self.kv_type)
+            check_kv_type(self.kv_type)
         return self
 
     def for_spec(self, spec: str | None) -> LoadRequest:

@@ -61,6 +61,16 @@ class Engine(Protocol):
         ...
 
 
+def common_prefix(cached: list[int], tokens: list[int]) -> int:
+    """How many leading tokens two token lists share: what a KV cache holding ``cached`` can keep."""
+    n = 0
+    for a, b in zip(cached, tokens):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
 class EventAssembler:
     """Token bytes in, typed events out: UTF-8 reassembly, the reasoning split and the counting.
 

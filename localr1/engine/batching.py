@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from localr1.engine.backend import _LOG
-from localr1.engine.base import EventAssembler
+from localr1.engine.base import EventAssembler, common_prefix
 from localr1.errors import ContextOverflowError, EngineError, LocalR1Error
 from localr1.events import Done, Event, FinishReason, Timings
 from localr1.prompt import Prompt
@@ -105,11 +105,6 @@ class BatchedEngine:
         """Requests generating now."""
         with self._cv:
             return len(self._active)
-
-    @property
-    def waiting(self) -> int:
-        with self._cv:
-            return len(self._pending)
 
     def stream(self, prompt: Prompt, sampling: Sampling, *, cancel: threading.Event | None = None) -> Iterator[Event]:
         """Generate as ``LlamaCppEngine.stream`` does; waits for a free slot first."""
@@ -198,14 +193,14 @@ class BatchedEngine:
                 self._finish(job, "cancelled")
                 continue
             # the free slot whose cache shares the longest prefix with this prompt (a chat's next turn)
-            slot = max(free, key=lambda s: (_common_prefix(self._cached[s], job.tokens), -s))
+            slot = max(free, key=lambda s: (common_prefix(self._cached[s], job.tokens), -s))
             free.remove(slot)
             self._start(job, slot)
 
     def _start(self, job: _Job, slot: int) -> None:
         engine, lib = self._engine, self._lib
         mem = engine._mem
-        keep = min(_common_prefix(self._cached[slot], job.tokens), len(job.tokens) - 1)
+        keep = min(common_prefix(self._cached[slot], job.tokens), len(job.tokens) - 1)
         if not lib.llama_memory_seq_rm(mem, slot, keep, -1):
             lib.llama_memory_seq_rm(mem, slot, -1, -1)  # this model's cache cannot be cut: start over
             keep = 0
@@ -218,13 +213,7 @@ class BatchedEngine:
         if sampling.max_tokens is not None:
             job.budget = min(job.budget, sampling.max_tokens)
         try:
-            if sampling.grammar:
-                job.chain = engine._sampler(sampling)
-                job.sample = lib.llama_sampler_sample
-            elif sampling.temperature <= 0:
-                job.sample = engine._greedy(sampling)
-            else:
-                job.sample = engine._nucleus(sampling)
+            job.chain, job.sample = engine._token_chooser(sampling)
         except LocalR1Error as exc:
             job.out.put(exc)
             return
@@ -352,15 +341,6 @@ class BatchedEngine:
                 self._finish(job, "cancelled" if error is None else None, error)
             self._active.clear()
             self._pending.clear()
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _put(batch: Any, i: int, token: int, pos: int, seq: int, logits: bool) -> None:

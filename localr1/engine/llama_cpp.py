@@ -30,7 +30,7 @@ from localr1.engine.backend import (
     set_fields,
     weight_repacking,
 )
-from localr1.engine.base import EventAssembler, ModelInfo
+from localr1.engine.base import EventAssembler, ModelInfo, common_prefix
 from localr1.errors import ContextOverflowError, EngineError, ModelLoadError, OutOfMemoryError, UsageError
 from localr1.events import Event, FinishReason, Timings
 from localr1.gguf_info import GGUFInfo, inspect_model
@@ -131,13 +131,7 @@ def measure_allocation(
             cparams = set_fields(
                 lib.llama_context_default_params(), n_ctx=n_ctx, n_batch=n_ubatch, n_ubatch=n_ubatch, n_seq_max=1
             )
-            flash_attn = _flash_attn_for(kv_type, flash_attn)
-            if flash_attn is not None:
-                set_fields(cparams, flash_attn_type=1 if flash_attn else 0)
-            if kv_type != "f16":
-                from localr1.memory import KV_TYPES
-
-                set_fields(cparams, type_k=KV_TYPES[kv_type][0], type_v=KV_TYPES[kv_type][0])
+            _attention_fields(cparams, kv_type, flash_attn)
             ctx = lib.llama_init_from_model(model, cparams)
             if not ctx:
                 raise ModelLoadError(f"llama.cpp could not reserve a {n_ctx}-token context: {_LOG.tail()}")
@@ -154,18 +148,22 @@ def measure_allocation(
     return out
 
 
-def _flash_attn_for(kv_type: str, flash_attn: bool | None) -> bool | None:
-    """The flash-attention setting for a KV cache type: llama.cpp keeps a quantized V cache only with it."""
-    from localr1.memory import kv_type_bytes
+def _attention_fields(cparams: Any, kv_type: str, flash_attn: bool | None) -> Any:
+    """Set a context's flash attention (None: llama.cpp decides per backend) and KV cache type; llama.cpp
+    keeps a quantized V cache only with flash attention, so a quantized type turns it on."""
+    from localr1.memory import KV_TYPES, check_kv_type
 
-    kv_type_bytes(kv_type)  # an unknown type is a one-line error before llama.cpp sees it
-    if kv_type == "f16":
-        return flash_attn
-    if flash_attn is False:
-        raise UsageError(
-            f"a {kv_type} KV cache needs flash attention", hint="Drop --flash-attn off, or use --kv-type f16."
-        )
-    return True
+    check_kv_type(kv_type)  # an unknown type is a one-line error before llama.cpp sees it
+    if kv_type != "f16":
+        if flash_attn is False:
+            raise UsageError(
+                f"a {kv_type} KV cache needs flash attention", hint="Drop --flash-attn off, or use --kv-type f16."
+            )
+        flash_attn = True
+        set_fields(cparams, type_k=KV_TYPES[kv_type][0], type_v=KV_TYPES[kv_type][0])
+    if flash_attn is not None:
+        set_fields(cparams, flash_attn_type=1 if flash_attn else 0)
+    return cparams
 
 
 class LlamaCppEngine:
@@ -221,7 +219,6 @@ class LlamaCppEngine:
         if n_ctx is None or n_ctx <= 0:
             n_ctx = min(n_ctx_train, 8192) if n_ctx_train > 0 else 4096
         n_batch = max(1, min(n_batch, n_ctx))
-        flash_attn = _flash_attn_for(kv_type, flash_attn)
         self.kv_type = kv_type
         self._make_context(n_ctx, n_batch, n_threads, flash_attn, threadpool, n_seq)
         self.n_ctx = lib.llama_n_ctx(self._ctx)
@@ -303,12 +300,7 @@ class LlamaCppEngine:
             n_threads_batch=n_threads,
             no_perf=False,
         )
-        if flash_attn is not None:  # None: llama.cpp decides per backend (auto)
-            set_fields(cparams, flash_attn_type=1 if flash_attn else 0)
-        if self.kv_type != "f16":
-            from localr1.memory import KV_TYPES
-
-            set_fields(cparams, type_k=KV_TYPES[self.kv_type][0], type_v=KV_TYPES[self.kv_type][0])
+        _attention_fields(cparams, self.kv_type, flash_attn)
         self._ctx = lib.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             self.close(timeout=0)
@@ -430,12 +422,7 @@ class LlamaCppEngine:
     def _prefill(self, tokens: list[int]) -> int:
         """Decode ``tokens`` after the longest prefix already in the KV cache. Returns tokens decoded."""
         lib = self._lib
-        keep = 0
-        for a, b in zip(self._cached, tokens):
-            if a != b:
-                break
-            keep += 1
-        keep = min(keep, len(tokens) - 1)  # the last prompt token is always decoded, for its logits
+        keep = min(common_prefix(self._cached, tokens), len(tokens) - 1)  # the last one: decoded for its logits
         if not lib.llama_memory_seq_rm(self._mem, 0, keep, -1):
             lib.llama_memory_clear(self._mem, True)  # this model's cache cannot be cut: start over
             keep = 0
@@ -484,10 +471,7 @@ class LlamaCppEngine:
             )
         self._cancel = cancel
         assembler = EventAssembler(opened=prompt.opens_thinking)
-        # Without a grammar no sampler chain is needed: llama_sampler_sample fills a candidate array for the
-        # whole vocabulary every token (and its top-p sorts it); an argmax, or localr1.nucleus, reads
-        # llama.cpp's logits in place instead.
-        chain = self._sampler(sampling) if sampling.grammar else None
+        chain, sample = self._token_chooser(sampling)
         try:
             lib.llama_perf_context_reset(ctx)
             t0 = time.perf_counter()
@@ -510,12 +494,6 @@ class LlamaCppEngine:
             token_buf = self._token_buf
             batch = lib.llama_batch_get_one(token_buf, 1)
             decode, pieces, clock = lib.llama_decode, self._pieces, time.perf_counter
-            if chain is not None:
-                sample = lib.llama_sampler_sample
-            elif sampling.temperature <= 0:
-                sample = self._greedy(sampling)
-            else:
-                sample = self._nucleus(sampling)
             sample_s = 0.0
             interval, handed_at, held = self.stream_interval_s, float("-inf"), []
             while decoded >= 0:
@@ -576,6 +554,17 @@ class LlamaCppEngine:
         finally:
             if chain is not None:
                 lib.llama_sampler_free(chain)
+
+    def _token_chooser(self, sampling: Sampling) -> tuple[Any, Any]:
+        """How tokens are chosen for these settings, for one generation: (llama.cpp sampler chain, or None;
+        ``sample(chain, ctx, idx)`` -> token). Without a grammar no chain is needed: llama_sampler_sample fills
+        a candidate array for the whole vocabulary every token (and its top-p sorts it); an argmax, or
+        localr1.nucleus, reads llama.cpp's logits in place instead. The caller frees the chain."""
+        if sampling.grammar:
+            return self._sampler(sampling), self._lib.llama_sampler_sample
+        if sampling.temperature <= 0:
+            return None, self._greedy(sampling)
+        return None, self._nucleus(sampling)
 
     def _learn_piece(self, token: int) -> bytes | None:
         """The token's text, or None for an end-of-generation token; remembered for the model's life."""
