@@ -126,11 +126,7 @@ def ask(
     max_tokens: int | None = typer.Option(None, "--max-tokens", help="Stop after this many tokens."),
     ctx: opt.CtxOpt = None,
     threads: opt.ThreadsOpt = None,
-    gpu_layers: int | None = typer.Option(
-        None,
-        "--gpu-layers",
-        help="Layers to offload to the GPU (-1: all; default: as planned for this machine).",
-    ),
+    gpu_layers: opt.GpuLayersOpt = None,
     offline: opt.OfflineOpt = False,
     offload_mode: opt.OffloadOpt = "auto",
     gpu_experts: opt.GpuExpertsOpt = None,

@@ -8,7 +8,7 @@ import sys
 import typer
 
 from localr1.cli.helptext import command_help
-from localr1.cli.options import JsonOpt, ThreadsOpt, load_request
+from localr1.cli.options import GpuLayersOpt, JsonOpt, ThreadsOpt, load_request
 from localr1.cli.state import command, handle_errors
 from localr1.errors import UsageError
 from localr1.sampling import Sampling
@@ -45,7 +45,7 @@ def bench(
     greedy: bool = typer.Option(False, "--greedy", help="Argmax decoding instead of ask's R1 sampling."),
     _r1_sampling: bool = typer.Option(False, "--r1-sampling", hidden=True, help="The default now."),
     threads: ThreadsOpt = None,
-    gpu_layers: int | None = typer.Option(None, "--gpu-layers", help="Layers on the GPU (default: planned)."),
+    gpu_layers: GpuLayersOpt = None,
     flash_attn: str = typer.Option("auto", "--flash-attn", help="on, off or auto (llama.cpp decides)."),
     json_out: JsonOpt = False,
 ) -> None:

@@ -96,7 +96,7 @@ def server_entries(remote):
 def chat(
     model: str | None = typer.Argument(None, help="A catalog name or .gguf file (default: the best that fits)."),
     ctx: opt.CtxOpt = None,
-    gpu_layers: int | None = typer.Option(None, "--gpu-layers", help="Layers on the GPU (default: as planned)."),
+    gpu_layers: opt.GpuLayersOpt = None,
     threads: opt.ThreadsOpt = None,
     temperature: float = typer.Option(DEFAULT_TEMPERATURE, "--temperature", help="Sampling temperature."),
     top_p: float = typer.Option(DEFAULT_TOP_P, "--top-p", help="Nucleus sampling threshold."),

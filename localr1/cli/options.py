@@ -22,6 +22,10 @@ _SIMULATE = "Simulate"
 CtxOpt = Annotated[
     int | None, typer.Option("--ctx", help="Context size in tokens (default: 16384, less if memory is short).")
 ]
+GpuLayersOpt = Annotated[
+    int | None,
+    typer.Option("--gpu-layers", help="Layers to offload to the GPU (-1: all; default: as planned for this machine)."),
+]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads (default: physical cores).")]
 KvTypeOpt = Annotated[
     str | None,
@@ -108,6 +112,7 @@ def load_request(
     gpu_experts: int | None = None,
     simulate=None,
     kv_type: str | None = None,
+    parallel: int = 1,
 ) -> LoadRequest:
     """The checked request the options describe."""
     from localr1.cli.state import state
@@ -123,6 +128,7 @@ def load_request(
         simulation=simulate,
         debug=state.debug,
         kv_type=kv_type,
+        parallel=parallel,
     ).validated()
 
 

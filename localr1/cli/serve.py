@@ -50,9 +50,7 @@ def serve(
     json_logs: bool = typer.Option(False, "--json-logs", help="Log one JSON object per request."),
     ctx: opt.CtxOpt = None,
     threads: opt.ThreadsOpt = None,
-    gpu_layers: int | None = typer.Option(
-        None, "--gpu-layers", help="Layers to offload to the GPU (-1: all; default: as planned)."
-    ),
+    gpu_layers: opt.GpuLayersOpt = None,
     offline: opt.OfflineOpt = False,
     offload_mode: opt.OffloadOpt = "auto",
     gpu_experts: opt.GpuExpertsOpt = None,
@@ -68,11 +66,8 @@ def serve(
     limits.bounded("--queue", queue, 0, 4096)
     request = opt.load_request(
         model, ctx=ctx, gpu_layers=gpu_layers, threads=threads, offline=offline, offload=offload_mode,
-        gpu_experts=gpu_experts, simulate=simulate, kv_type=kv_type,
+        gpu_experts=gpu_experts, simulate=simulate, kv_type=kv_type, parallel=parallel,
     )  # fmt: skip
-    from dataclasses import replace
-
-    request = replace(request, parallel=parallel).validated()
     check_bind(host, port, api_key=api_key, insecure=insecure)
     sock = bind_socket(host, port)  # a port in use fails now, not after a minute of loading
     cancel = threading.Event()
@@ -98,7 +93,7 @@ def _serve_loaded(loaded, sock, host: str, *, queue: int, api_key, cors, json_lo
         from localr1.engine.batching import BatchedEngine
 
         engine = BatchedEngine(engine)
-    service = Service(engine, loaded.label, queue=queue, loaded=loaded)
+    service = Service(engine, loaded.label, queue=queue)
 
     def log(line: str) -> None:
         sys.stderr.write(line + "\n")
