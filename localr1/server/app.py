@@ -169,14 +169,22 @@ def build_app(service: Service, settings: Settings | None = None) -> Starlette:
             raise RequestError(exc.message) from None
         except LocalR1Error as exc:
             raise RequestError(exc.message, status=500) from None
-        if first is None:
-            request.scope.setdefault("state", {})["localr1"] = "client went away"
+        if first is None:  # the client left while waiting
             return None
         return events, first
 
     def note(request: Request, run: _Run) -> None:
         if run.done is not None:
             request.scope.setdefault("state", {})["localr1_done"] = run.done
+
+    async def collect(request: Request, events: AsyncIterator[Event], first: Event) -> _Run:
+        """A non-streaming reply: every event, unless the client leaves first (then the generation stops)."""
+        run = _Run()
+        run.add(first)
+        async for event in _until_gone(request, events):
+            run.add(event)
+        note(request, run)
+        return run
 
     # --- OpenAI -----------------------------------------------------------------------------------------
     async def openai_generate(request: Request, chat: bool) -> Response:
@@ -196,10 +204,7 @@ def build_app(service: Service, settings: Settings | None = None) -> Starlette:
             "system_fingerprint": f"localr1-{__version__}",
         }
         if not gen.stream:
-            run.add(first)
-            async for event in _until_gone(request, events):
-                run.add(event)
-            note(request, run)
+            run = await collect(request, events, first)
             reasoning, answer = "".join(run.reasoning), "".join(run.answer)
             if gen.reasoning == "inline":
                 content, reasoning_content = _inline(reasoning, answer), None
@@ -289,8 +294,16 @@ def build_app(service: Service, settings: Settings | None = None) -> Starlette:
     async def completions(request: Request) -> Response:
         return await openai_generate(request, chat=False)
 
+    def model_time() -> float:
+        """When the model file was written (OpenAI's "created", Ollama's "modified_at")."""
+        path = service.info.path
+        try:
+            return path.stat().st_mtime if path is not None else time.time()
+        except OSError:
+            return time.time()
+
     def model_card() -> dict[str, Any]:
-        return {"id": service.name, "object": "model", "created": int(service.info.load_s or 0), "owned_by": "localr1"}
+        return {"id": service.name, "object": "model", "created": int(model_time()), "owned_by": "localr1"}
 
     async def list_models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [model_card()]})
@@ -352,10 +365,7 @@ def build_app(service: Service, settings: Settings | None = None) -> Starlette:
             return "", ""
 
         if not gen.stream:
-            run.add(first)
-            async for event in _until_gone(request, events):
-                run.add(event)
-            note(request, run)
+            run = await collect(request, events, first)
             thinking = "".join(run.reasoning) if gen.reasoning == "separate" else ""
             return JSONResponse(final(piece(thinking, "".join(run.answer), done=True)))
 
@@ -399,12 +409,7 @@ def build_app(service: Service, settings: Settings | None = None) -> Starlette:
         }
 
     def modified() -> str:
-        path = service.info.path
-        try:
-            stamp = path.stat().st_mtime if path is not None else time.time()
-        except OSError:
-            stamp = time.time()
-        return datetime.fromtimestamp(stamp, UTC).isoformat().replace("+00:00", "Z")
+        return datetime.fromtimestamp(model_time(), UTC).isoformat().replace("+00:00", "Z")
 
     async def api_tags(request: Request) -> Response:
         size = int(service.info.extra.get("file_size", 0) or 0)

@@ -180,7 +180,7 @@ def _sampling(body: dict, *, max_tokens: int | None, seed: int | None) -> Sampli
     )
 
 
-def _messages(value: Any, *, ollama: bool = False) -> tuple[Message, ...]:
+def _messages(value: Any) -> tuple[Message, ...]:
     if not isinstance(value, list) or not value:
         raise RequestError("'messages' must be a non-empty list", param="messages")
     if len(value) > MAX_MESSAGES:
@@ -309,14 +309,13 @@ def openai_completion(body: dict) -> Generation:
 
 
 # --- Ollama --------------------------------------------------------------------------------------------
+# load-time options (num_thread, num_gpu, num_batch, ...) are accepted and ignored, as Ollama ignores them
+# once the model is loaded; only a context larger than a slot's (num_ctx) is refused
 _OLLAMA_OPTIONS = {
     "temperature", "top_p", "top_k", "min_p", "seed", "num_predict", "stop", "num_ctx", "num_thread", "num_gpu",
     "num_batch", "repeat_penalty", "presence_penalty", "frequency_penalty", "repeat_last_n", "mirostat",
     "typical_p", "tfs_z", "numa", "use_mmap", "use_mlock", "num_keep", "penalize_newline", "low_vram", "main_gpu",
 }  # fmt: skip
-# load-time options the running server has already settled; a client's value is ignored (as Ollama does
-# when the model is loaded) -- except a context larger than a slot's, which is refused
-_OLLAMA_LOAD_TIME = {"num_thread", "num_gpu", "num_batch", "numa", "use_mmap", "use_mlock", "low_vram", "main_gpu"}
 
 
 def _ollama_options(body: dict, n_ctx_slot: int) -> tuple[Sampling, tuple[str, ...]]:
@@ -375,7 +374,7 @@ def ollama_chat(body: dict, n_ctx_slot: int) -> Generation:
     sampling, stops = _ollama_options(body, n_ctx_slot)
     return Generation(
         model=_string(body, "model"),
-        messages=_messages(body.get("messages"), ollama=True),
+        messages=_messages(body.get("messages")),
         sampling=sampling,
         stream=_boolean(body, "stream", True),  # Ollama streams unless told not to
         stop=stops,

@@ -54,11 +54,10 @@ class Admission:
 class Service:
     """One loaded model behind the HTTP routes."""
 
-    def __init__(self, engine: Any, name: str, *, queue: int = 8, loaded: Any = None) -> None:
+    def __init__(self, engine: Any, name: str, *, queue: int = 8) -> None:
         self.engine = engine
         self.info = engine.info
         self.name = name
-        self.loaded = loaded  # the LoadedModel (path, plan) when opened through the loader
         self.slots = int(getattr(engine, "slots", 1))
         self.n_ctx_slot = int(getattr(engine, "n_ctx_slot", self.info.n_ctx))
         self.admission = Admission(self.slots, queue)
