@@ -39,6 +39,17 @@ class RunningServer:
             time.sleep(0.01)
         return self
 
+    def log_lines(self, count: int, since: int = 0, timeout: float = 10) -> list[str]:
+        """The access log from line ``since`` once it holds ``count`` lines (or the deadline passes).
+
+        The server writes a request's line after its response has ended, so a client can read the whole
+        response a moment before the line exists: wait for it rather than race it."""
+        deadline = time.monotonic() + timeout
+        while len(self.lines) - since < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)  # a line more than expected would show up here
+        return self.lines[since:]
+
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(10)

@@ -181,6 +181,7 @@ def test_llm_cli_with_an_openai_compatible_model(server, tmp_path):
         # the tiny model is still thinking after 8 tokens: llm prints the answer channel only, which is empty
         # (the thinking did not leak into it)
         assert out.stdout.strip() == ""
-        lines = [line for line in server.lines[before:] if "/v1/chat/completions" in line]
-        assert len(lines) == 1, server.lines[before:]
+        logged = server.log_lines(1, since=before)
+        lines = [line for line in logged if "/v1/chat/completions" in line]
+        assert len(lines) == 1, logged
         assert "POST /v1/chat/completions 200" in lines[0] and "completion=8 reasoning=8" in lines[0], lines

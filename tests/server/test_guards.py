@@ -139,12 +139,13 @@ def test_one_log_line_per_request(fake):
     with running(fake, "fake-r1") as server:
         post(server, "/v1/chat/completions", {"messages": USER})
         post(server, "/v1/chat/completions", {"messages": USER, "model": "nope"})
-        assert len(server.lines) == 2
-        assert "POST /v1/chat/completions 200" in server.lines[0] and "completion=7 reasoning=4" in server.lines[0]
-        assert "POST /v1/chat/completions 404" in server.lines[1]
+        lines = server.log_lines(2)
+        assert len(lines) == 2, lines
+        assert "POST /v1/chat/completions 200" in lines[0] and "completion=7 reasoning=4" in lines[0]
+        assert "POST /v1/chat/completions 404" in lines[1]
     with running(fake, "fake-r1", json_logs=True) as server:
         post(server, "/api/chat", {"messages": USER, "stream": False})
-        (record,) = [json.loads(line) for line in server.lines]
+        (record,) = [json.loads(line) for line in server.log_lines(1)]
         assert record["path"] == "/api/chat" and record["status"] == 200 and record["reasoning_tokens"] == 4
 
 
