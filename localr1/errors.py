@@ -104,3 +104,7 @@ def from_os_error(exc: OSError) -> LocalR1Error | None:
         return None
     message, hint = reasons[exc.errno]
     return DiskError(message.format(where=where), hint=hint)
+
+
+class BackendBuildError(LocalR1Error):
+    """A llama.cpp backend cannot be built here (a missing toolchain piece) or its build failed."""

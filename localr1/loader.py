@@ -229,12 +229,14 @@ def open_model(
 ) -> LoadedModel:
     """Plan (unless both a context and GPU layers are given), fetch with ``fetch(target, offline)`` if the
     planned build is not on disk, and load it, retrying smaller if llama.cpp runs out of memory."""
+    from localr1.doctor import idle_gpu_warning
     from localr1.download import offline_mode, pull, resolve_target
     from localr1.gguf_info import inspect_model
     from localr1.hardware import machine
     from localr1.resolve import resolve_model
 
     request = request.validated()
+    say = say or (lambda text: sys.stderr.write(text + "\n"))
     spec = request.spec
     n_ctx = request.ctx or config.ctx
     layers = request.gpu_layers if request.gpu_layers is not None else config.gpu_layers
@@ -246,6 +248,8 @@ def open_model(
         path, label = local.path, local.name
     else:
         hw = machine(request.simulation)
+        if warning := idle_gpu_warning(hw):
+            say(f"Warning: {warning}")
         plan = plan_for(replace(request, gpu_layers=layers), hw, config, prefer_local=True)
         path, label = plan.candidate.path, plan.candidate.label
         n_ctx, layers, overrides, mlock = plan.n_ctx, plan.n_gpu_layers, plan.overrides, plan.mlock

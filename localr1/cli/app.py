@@ -28,7 +28,7 @@ app = typer.Typer(
         """
     ),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion [bash|zsh|fish|powershell]
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -53,12 +53,13 @@ def root(
 
 def _register() -> None:
     """Every command, in the order --help lists them (everyday first)."""
-    from localr1.cli import ask, bench, chat, library, machine, serve
+    from localr1.cli import ask, bench, chat, doctor, library, machine, serve
     from localr1.cli.state import COMMANDS
 
-    for module in (ask, chat, serve, library, machine, bench):
+    for module in (ask, chat, serve, library, machine, bench, doctor):
         for func, args, kwargs in COMMANDS[module.__name__]:
             app.command(*args, **kwargs)(func)
+    app.add_typer(doctor.backend_app, name="backend")
 
 
 _register()

@@ -44,23 +44,12 @@ def hardware_lines(hw) -> list[str]:
         lines.append(f"{'':12} (simulated)")
     for note in hw.notes:
         lines.append(f"{'Note':12} {note}")
-    fix = backend_fix(hw)
+    from localr1.doctor import idle_gpu_warning
+
+    fix = idle_gpu_warning(hw)
     if fix:
         lines.append(f"{'Warning':12} {fix}")
     return lines
-
-
-def backend_fix(hw) -> str | None:
-    """A GPU that this llama.cpp build cannot use, and the command that fixes it."""
-    if hw.simulated or not hw.gpus or hw.gpu_offload_built or not hw.backends:
-        return None
-    vendor = hw.gpus[0].vendor
-    flag = {"nvidia": "cuda", "amd": "vulkan", "apple": "metal"}[vendor]
-    return (
-        f"this llama.cpp is built for the CPU only, so the {vendor.upper()} GPU is not used. "
-        f'Fix: packaging/reinstall-backend.sh {flag}  (or: CMAKE_ARGS="-DGGML_{flag.upper()}=on" '
-        "pip install --force-reinstall --no-cache-dir llama-cpp-python)"
-    )
 
 
 def fit_mark(plan) -> str:

@@ -92,3 +92,20 @@ def buffer_type(device: Device) -> tuple[int, str]:
     lib = ggml_library()
     buft = lib.ggml_backend_dev_buffer_type(device.handle)
     return buft, (lib.ggml_backend_buft_name(buft) or b"?").decode()
+
+
+def backend_names() -> list[str]:
+    """The backends this llama.cpp registered ("CPU", "CUDA", "Vulkan", "RPC", ...), devices or not."""
+    lib = ggml_library()
+    lib.ggml_backend_reg_count.restype = ctypes.c_size_t
+    lib.ggml_backend_reg_get.argtypes, lib.ggml_backend_reg_get.restype = [ctypes.c_size_t], ctypes.c_void_p
+    lib.ggml_backend_reg_name.argtypes, lib.ggml_backend_reg_name.restype = [ctypes.c_void_p], ctypes.c_char_p
+    return [
+        (lib.ggml_backend_reg_name(lib.ggml_backend_reg_get(i)) or b"?").decode()
+        for i in range(lib.ggml_backend_reg_count())
+    ]
+
+
+def rpc_available() -> bool:
+    """Whether this build has ggml's RPC backend (llama.cpp built with -DGGML_RPC=on)."""
+    return "RPC" in backend_names()

@@ -137,7 +137,7 @@ def test_gpu_without_gpu_backend_names_the_fix():
         backends=("CPU",),
     )
     text = "\n".join(hardware_lines(hw))
-    assert "built for the CPU only" in text and 'CMAKE_ARGS="-DGGML_CUDA=on"' in text
+    assert "built for the CPU only" in text and "localr1 backend install cuda" in text
     from dataclasses import replace
 
     assert "CPU only" not in "\n".join(hardware_lines(replace(hw, backends=("CPU", "CUDA0"))))
