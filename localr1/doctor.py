@@ -156,7 +156,8 @@ def diagnose(*, hardware=None, toolchain=None, device_names: list[str] | None = 
             Problem(
                 "warning",
                 f"only {hw.disk_free / GiB:.1f} GiB free where models are kept ({hw.disk_path})",
-                "free some space, or keep models on a bigger disk: export LOCALR1_MODELS_DIR=/bigger/disk/models",
+                "free some space (localr1 rm MODEL), or use a bigger disk: export HF_HUB_CACHE=/bigger/disk/hf "
+                "(downloads) LOCALR1_MODELS_DIR=/bigger/disk/models (converted and quantized files)",
             )
         )
 
