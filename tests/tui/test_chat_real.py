@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -98,7 +99,11 @@ class TmuxChat:
         self.wait_for("ctx 0/4,096")
         self.send("Tell me a very long story.", "Enter")
         self.wait_for("Thinking")
-        time.sleep(0.5)
+        # some thinking streamed (on a loaded machine "Thinking" shows well before the first token)
+        end = time.time() + 30
+        while time.time() < end and not re.search(r"· [1-9]\d* tokens?|tok/s", self.screen()):
+            time.sleep(0.05)
+        time.sleep(0.2)
         return "tok/s" in self.screen()
 
     def close(self) -> None:
