@@ -86,7 +86,9 @@ class _NativeLog:
         try:
             yield sink
         finally:
-            self._captures.remove(sink)
+            # by identity: list.remove compares by value, and a nested capture holds the same lines, so it
+            # would drop the outer sink instead (which then stops receiving lines and cannot be removed)
+            self._captures[:] = [s for s in self._captures if s is not sink]
 
     def tail(self, n: int = 5) -> str:
         interesting = [ln.strip() for ln in self.lines if any(w in ln.lower() for w in ("error", "fail", "unable"))]
