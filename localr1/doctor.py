@@ -54,8 +54,8 @@ class Report:
         return out
 
 
-def _llama_cpp(report: Report) -> list[str]:
-    """llama.cpp's version and devices; the device names ([] where llama.cpp cannot be loaded)."""
+def _llama_cpp(report: Report) -> list:
+    """llama.cpp's version and devices; the devices ([] where llama.cpp cannot be loaded)."""
     env = this_environment()
     version = llama_cpp_python_version()
     report.llama_cpp = {"llama_cpp_python": version, "devices": [], "backends": [], "rpc": False}
@@ -79,7 +79,6 @@ def _llama_cpp(report: Report) -> list[str]:
             )
         )
         return []
-    names = [d.name for d in devices]
     report.llama_cpp.update(
         devices=[
             {
@@ -91,10 +90,10 @@ def _llama_cpp(report: Report) -> list[str]:
             }
             for d in devices
         ],  # fmt: skip
-        backends=built_backends(names),
+        backends=built_backends([d.name for d in devices]),
         rpc=rpc,
     )
-    return names
+    return devices
 
 
 def diagnose(*, hardware=None, toolchain=None, device_names: list[str] | None = None) -> Report:
@@ -114,13 +113,20 @@ def diagnose(*, hardware=None, toolchain=None, device_names: list[str] | None = 
         )
     report.localr1 = {"version": __version__, "environment": env.kind, "prefix": env.prefix}
 
-    names = _llama_cpp(report) if device_names is None else list(device_names)
+    devices = _llama_cpp(report) if device_names is None else []
+    names = [d.name for d in devices] if device_names is None else list(device_names)
     if device_names is not None:
         report.llama_cpp = {"llama_cpp_python": llama_cpp_python_version(), "devices": [{"name": n} for n in names],
                             "backends": built_backends(names), "rpc": any(n.startswith("RPC") for n in names)}  # fmt: skip
     built = report.llama_cpp.get("backends", [])
 
     hw = hardware or probe(backends=False)
+    if not hw.gpus and devices:  # a GPU only llama.cpp knows (Vulkan without the vendor's tools)
+        from dataclasses import replace
+
+        from localr1.hardware import devices_as_gpus
+
+        hw = replace(hw, gpus=tuple(devices_as_gpus(devices)))
     toolchain = toolchain or find_toolchain()
     vendors = [g.vendor for g in hw.gpus]
     want = recommended_backend(vendors, toolchain.system)

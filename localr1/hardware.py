@@ -69,7 +69,9 @@ def _words(text: str) -> str:
     return " " + re.sub(r"[^a-z0-9]+", " ", text.lower()).strip() + " "
 
 
-GPU_KINDS = ("nvidia", "amd", "apple", "none")
+# vendors --gpu accepts, "none", and "detected": this machine's own GPUs (as probed), with --vram capping
+# each one's memory (to exercise a real device, such as Vulkan on lavapipe, with a small budget)
+GPU_KINDS = ("nvidia", "amd", "apple", "none", "detected")
 
 
 def gpu_hint() -> str:
@@ -315,14 +317,26 @@ def probe_apple(ram_total: int, ram_available: int, notes: list[str]) -> list[GP
     return [GPU(name, "apple", share, min(share, ram_available), unified=True)]
 
 
-def probe_backends(notes: list[str]) -> tuple[str, ...]:
+def probe_devices(notes: list[str]) -> list:
+    """llama.cpp's devices (engine.devices.Device), [] where llama.cpp cannot be loaded."""
     try:
         from localr1.engine.devices import list_devices
 
-        return tuple(d.name for d in list_devices())
+        return list_devices()
     except Exception as exc:  # a broken install must not stop `localr1 hw`
         notes.append(f"llama.cpp backends: unknown ({exc})")
-        return ()
+        return []
+
+
+def devices_as_gpus(devices: list) -> list[GPU]:
+    """GPUs that only llama.cpp lists (a Vulkan device no vendor probe knows: Intel, lavapipe, a GPU without
+    its vendor's tools), with the memory llama.cpp reports for them."""
+    out = []
+    for d in devices:
+        if d.is_gpu and d.memory_total > 0:
+            vendor = "vulkan" if d.name.startswith("Vulkan") else d.name.rstrip("0123456789").lower()
+            out.append(GPU(d.description or d.name, vendor, d.memory_total, d.memory_free))
+    return out
 
 
 def probe_disk(path: Path, notes: list[str]) -> int | None:
@@ -354,6 +368,9 @@ def probe(*, disk_path: Path | None = None, backends: bool = True) -> Hardware:
     ram_total, ram_available = probe_ram(notes)
     cpu, simd = probe_cpu()
     gpus = probe_nvidia(notes) + probe_amd(notes) + probe_apple(ram_total, ram_available, notes)
+    devices = probe_devices(notes) if backends else []
+    if not gpus:  # no vendor tool found a GPU: llama.cpp may still drive one (Vulkan)
+        gpus = devices_as_gpus(devices)
     path = disk_path or models_dir()
     hw = Hardware(
         os=f"{platform.system()} {platform.machine()}",
@@ -365,7 +382,7 @@ def probe(*, disk_path: Path | None = None, backends: bool = True) -> Hardware:
         gpus=tuple(g.with_bandwidth() for g in gpus),
         disk_free=probe_disk(path, notes),
         disk_path=str(path),
-        backends=probe_backends(notes) if backends else (),
+        backends=tuple(d.name for d in devices),
         notes=tuple(notes),
     )
     if backends:  # llama.cpp is loaded anyway: measure (once per machine) how fast its CPU kernels run
@@ -471,6 +488,12 @@ class Simulation:
     def apply(self, hw: Hardware) -> Hardware:
         if not self.active:
             return hw
+        if self.gpu == "detected":  # the probed GPUs themselves, each capped at --vram
+            cap = self.vram
+            gpus = tuple(replace(g, total=min(g.total, cap), free=min(g.free, cap)) if cap else g for g in hw.gpus)
+            rest = replace(self, gpu=None, vram=None, gpus=None)
+            hw = replace(hw, gpus=gpus, simulated=True)
+            return rest.apply(hw) if rest.active else hw
         ram_total = self.ram if self.ram is not None else hw.ram_total
         ram_available = self.ram if self.ram is not None else hw.ram_available
         model = known_gpu(self.gpu) if self.gpu and self.gpu not in GPU_KINDS else None
@@ -500,6 +523,7 @@ class Simulation:
         if self.gpu_bandwidth:
             gpus = [replace(g, bandwidth_gbs=self.gpu_bandwidth) for g in gpus]
         gpus = [g.with_bandwidth() for g in gpus]
+        changed = gpus != [g.with_bandwidth() for g in hw.gpus] or self.gpu == "none"
         backends = ("CPU",) + tuple(f"{'Metal' if g.vendor == 'apple' else 'CUDA'}{i}" for i, g in enumerate(gpus))
         return replace(
             hw,
@@ -509,7 +533,7 @@ class Simulation:
             disk_free=self.disk if self.disk is not None else hw.disk_free,
             physical_cores=self.cores or hw.physical_cores,
             ram_bandwidth_gbs=self.ram_bandwidth or hw.ram_bandwidth_gbs,
-            backends=backends if gpus or self.gpu == "none" else hw.backends,
+            backends=backends if changed else hw.backends,
             simulated=True,
         )
 
@@ -519,6 +543,8 @@ def machine(simulation: Simulation | None = None, *, backends: bool = True) -> H
     sim = Simulation.from_env()
     if simulation is not None:
         sim = sim.merged(simulation)
+    if sim.gpu == "detected":
+        return sim.apply(probe(backends=backends))
     if sim.active:
         # a simulated machine needs no slow probes of the real GPUs
         base = Hardware(
