@@ -10,8 +10,11 @@ follow llama.cpp's own allocation (checked against llama.cpp's ``no_alloc`` acco
 * compute: the larger of the logits of a micro-batch and the attention working set. Without flash
   attention the attention scores (``n_ctx x n_ubatch x n_head`` floats) dominate at long contexts.
 
-Placement mirrors llama.cpp with ``n_gpu_layers = k``: the last ``k`` repeating layers and their KV go to
-the GPU, the output layer too when ``k > n_layer``; token embeddings stay on the CPU.
+Placement mirrors llama.cpp with ``n_gpu_layers = k`` (``i_gpu_start = n_layer + 1 - k`` in
+llama-model.cpp, the output layer counting as layer ``n_layer``): the output layer goes to the GPU first,
+then the last ``k - 1`` repeating layers and their KV; token embeddings stay on the CPU. (Checked per
+device on a real ggml device, tests/vulkan: with ``k = 10`` of 30 layers llama.cpp holds the output and 9
+layers' weights and KV on the GPU.)
 """
 
 from __future__ import annotations
@@ -156,8 +159,11 @@ def kv_cache_bytes(arch: Architecture, n_ctx: int, n_layers: int | None = None, 
     return int(layers * n_ctx * kv_bytes_per_layer_token(arch, kv_type_bytes(kv_type)))
 
 
-def compute_bytes(arch: Architecture, n_ctx: int, *, n_ubatch: int = 512, flash_attn: bool = True) -> int:
-    """The compute buffer llama.cpp reserves for a full micro-batch (the largest graph it will run)."""
+def compute_bytes(
+    arch: Architecture, n_ctx: int, *, n_ubatch: int = 512, flash_attn: bool = True, device: bool = False
+) -> int:
+    """The compute buffer llama.cpp reserves for a full micro-batch (the largest graph it will run); ``device``:
+    the GPU's, whose graph does not hold the micro-batch's input embeddings (the host's buffer does)."""
     u = n_ubatch
     logits = 4 * u * (arch.n_vocab + 2 * arch.n_embd)
     if arch.is_mla:
@@ -170,11 +176,22 @@ def compute_bytes(arch: Architecture, n_ctx: int, *, n_ubatch: int = 512, flash_
         return int(max(moe, attn))
     kv_dim = arch.n_head_kv * arch.head_dim
     rest = 4 * u * (5 * arch.n_embd + 2 * kv_dim)
+    mask = 2 * u * n_ctx if flash_attn else 4 * u * n_ctx
     if flash_attn:
-        attn = 2 * u * n_ctx + rest  # the f16 mask; the attention itself is tiled
+        attn = mask + rest  # the f16 mask; the attention itself is tiled
     else:
-        attn = 4 * u * n_ctx * (arch.n_head + 1) + rest  # scores, softmax in place, f32 mask
-    return int(max(logits, attn))
+        attn = 4 * u * n_ctx * arch.n_head + mask + rest  # scores, softmax in place, f32 mask
+    # the feed-forward peak (gate, up and their product beside the inputs), which passes the logits when the
+    # vocabulary is small against n_ff (not for R1's 128k-152k vocabularies): measured on CPU and Vulkan
+    ffn = 4 * u * (3 * arch.n_ff + (2 if device else 4) * arch.n_embd) + mask
+    return int(max(logits, attn, ffn))
+
+
+def gpu_repeating_layers(n_layer: int, n_gpu_layers: int) -> int:
+    """How many repeating layers llama.cpp puts on the GPU for ``n_gpu_layers`` (-1: all): the output layer
+    takes the first of them."""
+    k = n_layer + 1 if n_gpu_layers < 0 else min(n_gpu_layers, n_layer + 1)
+    return max(0, k - 1)
 
 
 def estimate(
@@ -190,20 +207,28 @@ def estimate(
     """Memory per device for ``n_gpu_layers`` offloaded (-1 or > n_layer: everything), with the KV cache
     kept as ``kv_type`` (f16, q8_0 or q4_0)."""
     n_layer = arch.n_layer
-    k = n_layer + 1 if n_gpu_layers < 0 else min(n_gpu_layers, n_layer + 1)
-    gpu_layers = min(k, n_layer)
+    gpu_layers = gpu_repeating_layers(n_layer, n_gpu_layers)
     first_gpu = n_layer - gpu_layers
-    gpu_w = sum(weights.layers[first_gpu:]) + (weights.output if k > n_layer else 0)
+    gpu_w = sum(weights.layers[first_gpu:]) + (weights.output if n_gpu_layers != 0 else 0)
     cpu_w = weights.total - gpu_w
     kv_total = kv_cache_bytes(arch, n_ctx, kv_type=kv_type)
     kv_gpu = kv_cache_bytes(arch, n_ctx, gpu_layers, kv_type=kv_type)
     compute = compute_bytes(arch, n_ctx, n_ubatch=n_ubatch, flash_attn=flash_attn)
     output = 4 * arch.n_vocab
-    if k == 0:
+    if n_gpu_layers == 0:
         gpu_compute, cpu_compute = 0, compute
     else:
-        # the graph runs on the GPU; the CPU keeps a host buffer for the inputs and the embeddings
-        gpu_compute, cpu_compute = compute, 4 * n_ubatch * arch.n_embd * 2
+        # the graph runs on the GPU; the CPU keeps a host buffer for the inputs (the embeddings of a
+        # micro-batch, twice) and the attention mask (n_ctx x n_ubatch, f16 with flash attention, f32 without),
+        # as measured per device on a real ggml device (tests/vulkan)
+        mask = n_ctx * n_ubatch * (2 if flash_attn else 4)
+        gpu_compute = compute_bytes(arch, n_ctx, n_ubatch=n_ubatch, flash_attn=flash_attn, device=True)
+        cpu_compute = 4 * n_ubatch * arch.n_embd * 2 + mask
+        if gpu_layers < n_layer and weights.layers:
+            # partial offload: llama.cpp runs the CPU layers' big matrix products of a prompt on the GPU too (op
+            # offload), copying their weights into the GPU's compute buffer first. How much of a layer it holds
+            # at once varies (0.3 to 1.25 of one in llama.cpp's Vulkan figures, tests/vulkan): room for 1.5.
+            gpu_compute += int(1.5 * max(weights.layers[:first_gpu]))
     return MemoryEstimate(
         gpu_weights=gpu_w,
         gpu_kv=kv_gpu,

@@ -26,7 +26,7 @@ from localr1.budget import (  # noqa: F401  (re-exported: planner.Budget, planne
     tokens_per_s,
 )
 from localr1.hardware import Hardware
-from localr1.memory import MemoryEstimate, estimate, kv_type_fits
+from localr1.memory import MemoryEstimate, estimate, gpu_repeating_layers, kv_type_fits
 from localr1.units import GiB
 
 MIN_CTX = 8192  # R1 often thinks past 4k tokens; an explicit --ctx may still go lower
@@ -120,7 +120,7 @@ def decode_speed(c: Candidate, est: MemoryEstimate, hw: Hardware, disk_bytes: in
     bytes each tier holds, split into dense weights and routed experts, through ``placement_tps``."""
     w = c.weights
     n_layer = c.arch.n_layer
-    on_gpu = n_layer if n_gpu_layers < 0 else min(n_gpu_layers, n_layer)
+    on_gpu = gpu_repeating_layers(n_layer, n_gpu_layers)
     experts = w.expert_layers or (0,) * n_layer
     gpu_experts = sum(experts[n_layer - on_gpu :]) if on_gpu else 0
     cpu_experts = sum(experts) - gpu_experts - disk_bytes

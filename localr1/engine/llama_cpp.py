@@ -108,12 +108,14 @@ def measure_allocation(
     n_gpu_layers: int = 0,
     flash_attn: bool | None = None,
     kv_type: str = "f16",
+    tensor_overrides: Sequence[tuple[str, str]] = (),
 ) -> dict[str, float]:
     """What llama.cpp would allocate for this model and context, in MiB, without reading any weights.
 
     The model is opened with ``no_alloc`` (a sparse file with only a real header works) and a context is
     reserved; llama.cpp's own accounting is read from its log. Keys: ``kv``, ``compute:<device>``,
-    ``output:<device>``, ``model:<device>``.
+    ``output:<device>``, ``model:<device>``, ``kv:<device>``. ``tensor_overrides``: (regex, device) rules, as
+    offload mode places tensors.
     """
     lib = init_backend()
     mparams = set_fields(
@@ -123,6 +125,9 @@ def measure_allocation(
         n_gpu_layers=n_gpu_layers,
         use_extra_bufts=weight_repacking(lib),
     )
+    overrides = _override_array(tensor_overrides)  # kept alive until the model is loaded
+    if overrides is not None:
+        set_fields(mparams, tensor_buft_overrides=ctypes.cast(overrides, ctypes.c_void_p).value)
     with _LOG.capture() as lines:
         model = lib.llama_model_load_from_file(str(path).encode(), mparams)
         if not model:
