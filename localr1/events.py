@@ -8,17 +8,22 @@ one, with the numbers of the run.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from localr1.thinking import ThinkingReport
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
 
 @dataclass(frozen=True, slots=True)
 class Reasoning:
-    """A piece of the model's thinking, and the number of tokens it came from (see ``Answer``)."""
+    """A piece of the model's thinking, and the number of tokens it came from (see ``Answer``). ``forced``:
+    text the engine appended to the thinking for a thinking budget (localr1.thinking), not the model's."""
 
     text: str
     tokens: int = 1
+    forced: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +85,10 @@ class Done:
     usage: Usage = field(default_factory=Usage)
     timings: Timings = field(default_factory=Timings)
     reasoning_unfinished: bool = False  # the model was still thinking when it stopped
+    thinking: ThinkingReport | None = None  # what a thinking budget did (None: no budget was set)
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "finish_reason": self.finish_reason,
             "reasoning_unfinished": self.reasoning_unfinished,
             "usage": {**asdict(self.usage), "total_tokens": self.usage.total_tokens},
@@ -95,6 +101,9 @@ class Done:
                 "decode_tokens_per_s": round(self.timings.decode_tps, 2),
             },
         }
+        if self.thinking is not None:
+            out["thinking_budget"] = self.thinking.to_dict()
+        return out
 
 
 Event = Reasoning | Answer | Done

@@ -22,6 +22,9 @@ class Sampling:
     # llama.cpp GBNF grammar and per-token biases: used to steer output (scripts, tests).
     grammar: str | None = None
     logit_bias: dict[int, float] = field(default_factory=dict)
+    # thinking budgets (localr1.thinking): end the reasoning after this many tokens / refuse to end it before
+    think_budget: int | None = None
+    think_min: int | None = None
 
     def validate(self) -> Sampling:
         if not 0.0 <= self.temperature <= 5.0:
@@ -36,4 +39,15 @@ class Sampling:
             raise UsageError(f"--max-tokens must be positive, not {self.max_tokens}")
         if self.seed is not None and not 0 <= self.seed < 2**32:
             raise UsageError(f"seed {self.seed} is out of range", hint="Use 0 to 4294967295.")
+        from localr1.thinking import check_budget
+
+        check_budget(self.think_budget, self.think_min)
         return self
+
+    def thinking_control(self, *, opened: bool):
+        """A ThinkingControl for one generation, or None when no budget is set."""
+        if self.think_budget is None and self.think_min is None:
+            return None
+        from localr1.thinking import ThinkingControl
+
+        return ThinkingControl(budget=self.think_budget, minimum=self.think_min, thinking=opened)

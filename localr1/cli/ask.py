@@ -124,6 +124,8 @@ def ask(
     top_p: float = typer.Option(DEFAULT_TOP_P, "--top-p", help="Nucleus sampling threshold."),
     seed: int | None = typer.Option(None, "--seed", help="Random seed, for repeatable answers."),
     max_tokens: int | None = typer.Option(None, "--max-tokens", help="Stop after this many tokens."),
+    think_budget: opt.ThinkBudgetOpt = None,
+    think_min: opt.ThinkMinOpt = None,
     ctx: opt.CtxOpt = None,
     threads: opt.ThreadsOpt = None,
     gpu_layers: opt.GpuLayersOpt = None,
@@ -141,7 +143,10 @@ def ask(
     from localr1.prompt import render, user_turn
 
     text = read_question(question)  # before anything slow: an empty question fails at once
-    sampling = Sampling(temperature=temperature, top_p=top_p, seed=seed, max_tokens=max_tokens).validate()
+    sampling = Sampling(
+        temperature=temperature, top_p=top_p, seed=seed, max_tokens=max_tokens, think_budget=think_budget,
+        think_min=think_min,
+    ).validate()  # fmt: skip
     request = opt.load_request(
         model, ctx=ctx, gpu_layers=gpu_layers, threads=threads, offline=offline, offload=offload_mode,
         gpu_experts=gpu_experts, simulate=simulate, kv_type=kv_type,

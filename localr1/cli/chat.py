@@ -101,6 +101,8 @@ def chat(
     temperature: float = typer.Option(DEFAULT_TEMPERATURE, "--temperature", help="Sampling temperature."),
     top_p: float = typer.Option(DEFAULT_TOP_P, "--top-p", help="Nucleus sampling threshold."),
     max_tokens: int | None = typer.Option(None, "--max-tokens", help="Longest reply in tokens."),
+    think_budget: opt.ThinkBudgetOpt = None,
+    think_min: opt.ThinkMinOpt = None,
     hide_thinking: bool = typer.Option(False, "--hide-thinking", help="Hide the thinking blocks entirely."),
     offline: opt.OfflineOpt = False,
     offload_mode: opt.OffloadOpt = "auto",
@@ -119,7 +121,9 @@ def chat(
         model, ctx=ctx, gpu_layers=gpu_layers, threads=threads, offline=offline, offload=offload_mode,
         gpu_experts=gpu_experts, simulate=simulate, kv_type=kv_type,
     )  # fmt: skip
-    sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens).validate()
+    sampling = Sampling(
+        temperature=temperature, top_p=top_p, max_tokens=max_tokens, think_budget=think_budget, think_min=think_min
+    ).validate()
     config = load_config()
     if server:
         remote = opt.remote_engine(server, model)  # an unreachable server fails here, before the app starts

@@ -43,6 +43,22 @@ ServerOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+ThinkBudgetOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--think-budget",
+        help="End the thinking after this many tokens (the model is told to answer now), as in s1's budget forcing.",
+        show_default=False,
+    ),
+]
+ThinkMinOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--think-min",
+        help='Think at least this many tokens: an earlier end of thinking becomes "Wait" (up to 3 times).',
+        show_default=False,
+    ),
+]
 JsonResultOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 # The simulation flags, shared by every command that plans.

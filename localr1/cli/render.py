@@ -19,6 +19,7 @@ from localr1.reasoning import thought_summary
 DIM = "\x1b[2m"
 BOLD_DIM = "\x1b[1;2m"
 RESET = "\x1b[0m"
+FORCED = "\x1b[0;33m"  # text a thinking budget appended: not the model's, so not dimmed like its thinking
 YELLOW = "\x1b[33m"
 
 
@@ -89,7 +90,7 @@ class TerminalRenderer:
 
     def handle(self, event: Event) -> None:
         if isinstance(event, Reasoning):
-            self._on_reasoning(event.text, event.tokens)
+            self._on_reasoning(event.text, event.tokens, event.forced)
         elif isinstance(event, Answer):
             self._on_answer(event.text)
         elif isinstance(event, Done):
@@ -123,7 +124,7 @@ class TerminalRenderer:
         self.err.write(text)
         self.err.flush()
 
-    def _on_reasoning(self, text: str, tokens: int) -> None:
+    def _on_reasoning(self, text: str, tokens: int, forced: bool = False) -> None:
         self.reasoning_parts.append(text)
         self._thinking_tokens += tokens
         if self._thinking_started is None:
@@ -132,7 +133,12 @@ class TerminalRenderer:
             if self._state == "start":
                 self._err((BOLD_DIM + "Thinking" + RESET + DIM + "\n") if self.color else "Thinking\n")
                 self._state = "thinking"
-            self._err(text)
+            if forced:  # the engine's words for a thinking budget, not the model's: marked as such
+                lead = text[: len(text) - len(text.lstrip())]
+                body = text.strip()
+                self._err(f"{lead}{FORCED}[budget] {body}{RESET}{DIM}" if self.color else f"{lead}[budget] {body}")
+            else:
+                self._err(text)
         else:
             self._state = "thinking"
             if self._spinner:
@@ -204,9 +210,10 @@ def stats_line(label: str, done: Done) -> str:
 
 
 def result_object(model: dict[str, Any], reasoning: str, answer: str, done: Done) -> dict[str, Any]:
-    """The ``--json`` result: one object with the reasoning apart from the content."""
+    """The ``--json`` result: one object with the reasoning apart from the content (and, with a thinking
+    budget, what it did: ``thinking_budget``)."""
     d = done.to_dict()
-    return {
+    out = {
         "model": model,
         "reasoning_content": reasoning,
         "content": answer,
@@ -215,6 +222,9 @@ def result_object(model: dict[str, Any], reasoning: str, answer: str, done: Done
         "usage": d["usage"],
         "timings": d["timings"],
     }
+    if "thinking_budget" in d:
+        out["thinking_budget"] = d["thinking_budget"]
+    return out
 
 
 def collect(events: Iterable[Event]) -> tuple[str, str, Done | None]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -86,6 +86,7 @@ class EventAssembler:
         self._uncounted = 0  # tokens read whose text has not gone out yet (tags, held-back text)
         self._first_token_at: float | None = None
         self._thinking_ended_at: float | None = None
+        self.forcing = False  # what is fed now is the engine's text for a thinking budget, not the model's
 
     def feed(self, piece: bytes) -> list[Event]:
         """One token's bytes."""
@@ -114,7 +115,8 @@ class EventAssembler:
         for piece in pieces:
             for event in self._feed_token(piece):
                 if merged and type(merged[-1]) is type(event):
-                    merged[-1] = type(event)(merged[-1].text + event.text, merged[-1].tokens + event.tokens)
+                    merged[-1] = replace(merged[-1], text=merged[-1].text + event.text,
+                                         tokens=merged[-1].tokens + event.tokens)  # fmt: skip
                 else:
                     merged.append(event)
         return merged
@@ -146,13 +148,15 @@ class EventAssembler:
         end = self._thinking_ended_at if self._thinking_ended_at is not None else self._clock()
         return end - self._first_token_at
 
-    def done(self, finish_reason: FinishReason, *, prompt_tokens: int, timings: Timings) -> Done:
+    def done(self, finish_reason: FinishReason, *, prompt_tokens: int, timings: Timings, thinking=None) -> Done:
+        """``thinking``: the generation's ThinkingControl, when a budget was set."""
         unfinished = self.splitter.saw_reasoning and not self.splitter.closed_reasoning
         return Done(
             finish_reason=finish_reason,
             usage=Usage(prompt_tokens, self.completion_tokens, self.reasoning_tokens),
             timings=timings,
             reasoning_unfinished=unfinished,
+            thinking=thinking.report() if thinking is not None else None,
         )
 
     def _convert(self, pieces: list[tuple[str, str]], tokens: int) -> list[Event]:
@@ -164,10 +168,14 @@ class EventAssembler:
             return []
         self._uncounted = 0
         channel, text = pieces[0]
-        first = Reasoning(text, tokens) if channel == "reasoning" else Answer(text, tokens)
+        forced = self.forcing
+        first = Reasoning(text, tokens, forced) if channel == "reasoning" else Answer(text, tokens)
         if len(pieces) == 1:  # the common case, without a comprehension's frame
             return [first]
         return [
             first,
-            *(Reasoning(text, 0) if channel == "reasoning" else Answer(text, 0) for channel, text in pieces[1:]),
+            *(
+                Reasoning(text, 0, forced) if channel == "reasoning" else Answer(text, 0)
+                for channel, text in pieces[1:]
+            ),
         ]

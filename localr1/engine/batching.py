@@ -31,6 +31,7 @@ from localr1.errors import ContextOverflowError, EngineError, LocalR1Error
 from localr1.events import Done, Event, FinishReason, Timings
 from localr1.prompt import Prompt
 from localr1.sampling import Sampling
+from localr1.thinking import TRANSITION, WAIT
 
 _UNSEEN = object()
 
@@ -58,6 +59,9 @@ class _Job:
     t_first: float = 0.0  # the prompt's last chunk decoded: the first token can be chosen
     t_last: float = 0.0
     sample_s: float = 0.0
+    n_prompt: int = 0  # the prompt's tokens (``tokens`` grows by what a thinking budget appends)
+    control: Any = None  # localr1.thinking.ThinkingControl, with a thinking budget
+    close_id: int = -1  # the end-of-thinking token, with a thinking budget
 
 
 class BatchedEngine:
@@ -209,10 +213,14 @@ class BatchedEngine:
         job.t_admitted = time.perf_counter()
         job.assembler = EventAssembler(opened=job.prompt.opens_thinking)
         sampling = job.sampling
+        job.n_prompt = len(job.tokens)
         job.budget = self.n_ctx_slot - len(job.tokens)
         if sampling.max_tokens is not None:
             job.budget = min(job.budget, sampling.max_tokens)
         try:
+            job.control = sampling.thinking_control(opened=job.prompt.opens_thinking)
+            if job.control is not None:
+                job.close_id = engine._think_close_token()
             job.chain, job.sample = engine._token_chooser(sampling)
         except LocalR1Error as exc:
             job.out.put(exc)
@@ -258,7 +266,8 @@ class BatchedEngine:
             self._cached[job.slot].extend(job.tokens[job.n_past : job.n_past + take])
             job.n_past += take
             if job.n_past == len(job.tokens):
-                job.prefilling, job.t_first, job.t_last = False, now, now
+                job.prefilling, job.t_last = False, now
+                job.t_first = job.t_first or now  # (text a thinking budget appended is decoded this way too)
         for job in decoding:
             self._cached[job.slot].append(job.last_token)
             job.n_past += 1
@@ -279,6 +288,11 @@ class BatchedEngine:
             with self._cv:
                 self._finish(job, "stop")
             return
+        control = job.control
+        action = control.step(token == job.close_id) if control is not None and control.thinking else "accept"
+        if action == "suppress":  # an early end of thinking: dropped, and "Wait" appended instead
+            self._force(job, WAIT, None)
+            return
         job.generated += 1
         job.t_last = now = clock()
         job.held.append(piece)
@@ -286,12 +300,38 @@ class BatchedEngine:
             with self._cv:
                 self._finish(job, "length")
             return
+        if action == "cut":  # the budget is spent: the token, then the end of the thinking, for the model
+            self._force(job, TRANSITION, token)
+            return
         job.last_token = token
         if now - job.handed_at >= engine.stream_interval_s:
             job.handed_at = now
             for event in job.assembler.feed_many(job.held):
                 job.out.put(event)
             job.held = []
+
+    def _force(self, job: _Job, text: str, accepted: int | None) -> None:
+        """Append a thinking budget's text: it streams (marked forced) and its tokens, after ``accepted``
+        (the token just chosen), go into the sequence as a prompt chunk would, in the next steps."""
+        engine, assembler = self._engine, job.assembler
+        for event in assembler.feed_many(job.held):
+            job.out.put(event)
+        job.held = []
+        ids = engine.tokenize(text, add_bos=False)
+        if job.n_past + len(ids) + 1 >= self.n_ctx_slot or job.generated + len(ids) >= job.budget:
+            with self._cv:
+                self._finish(job, "length")
+            return
+        assembler.forcing = True
+        try:
+            for event in assembler.feed_many([engine.token_piece(t) for t in ids]):
+                job.out.put(event)
+        finally:
+            assembler.forcing = False
+        job.tokens.extend(([accepted] if accepted is not None else []) + ids)
+        job.prefilling = True
+        job.control.forced_tokens += len(ids)
+        job.generated += len(ids)
 
     def _failed_step(self, rc: int, jobs: list[_Job]) -> None:
         with self._cv:
@@ -329,11 +369,15 @@ class BatchedEngine:
             prefill_s=max(first - (job.t_admitted or first), 0.0),
             decode_s=max(job.t_last - first, 0.0) if job.t_first else 0.0,
             thinking_s=assembler.thinking_s,
-            prompt_tokens=len(job.tokens),
+            prompt_tokens=job.n_prompt or len(job.tokens),
             decode_tokens=job.generated,
             sample_ms=job.sample_s * 1000,
         )
-        job.out.put(assembler.done(reason or "stop", prompt_tokens=len(job.tokens), timings=timings))
+        job.out.put(
+            assembler.done(
+                reason or "stop", prompt_tokens=job.n_prompt or len(job.tokens), timings=timings, thinking=job.control
+            )  # fmt: skip
+        )
 
     def _fail_all(self, error: BaseException | None) -> None:
         with self._cv:

@@ -6,6 +6,7 @@ real engine's, so the front ends see exactly what a real model stream would give
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -14,6 +15,7 @@ from localr1.engine.base import EventAssembler, ModelInfo
 from localr1.events import Event, FinishReason, Timings
 from localr1.prompt import Prompt, chat_format_for
 from localr1.sampling import Sampling
+from localr1.thinking import THINK_CLOSE, TRANSITION, WAIT
 
 
 def fake_model_info(name: str | None = None, *, reasoning: bool = True, n_ctx: int = 4096) -> ModelInfo:
@@ -89,23 +91,41 @@ class FakeEngine:
         self.samplings.append(sampling)
         script = self._scripts.pop(0) if self._scripts else ["<think>\n", "Hmm.", "</think>", "\n\nOK."]
         assembler = EventAssembler(opened=prompt.opens_thinking)
+        control = sampling.thinking_control(opened=prompt.opens_thinking)
         start = time.perf_counter()
         finish: FinishReason = self.finish_reason
         limit = sampling.max_tokens
+        generated = 0  # the model's pieces and the forced ones, as the real engine counts them
         for i, piece in enumerate(script):
             if self.closed:
                 self.used_after_close = True
             if (cancel is not None and cancel.is_set()) or self._closing.is_set():
                 finish = "cancelled"
                 break
-            if limit is not None and i >= limit:
+            if limit is not None and generated >= limit:
                 finish = "length"
                 break
             if self.interrupt_after is not None and i >= self.interrupt_after:
                 raise KeyboardInterrupt
             if self.delay:
                 time.sleep(self.delay)
-            yield from assembler.feed(piece.encode() if isinstance(piece, str) else piece)
+            data = piece.encode() if isinstance(piece, str) else piece
+            action = (
+                control.step(data == THINK_CLOSE.encode()) if control is not None and control.thinking else "accept"
+            )
+            if action == "suppress":  # the script's early "</think>" is dropped: "Wait" instead
+                generated += yield from self._force(WAIT, assembler, control)
+                continue
+            generated += 1
+            yield from assembler.feed(data)
+            if action == "cut":
+                generated += yield from self._force(TRANSITION, assembler, control)
+                # the model would now answer: the script's own thinking up to its "</think>" is skipped
+                rest = script[i + 1 :]
+                close = next((j for j, p in enumerate(rest) if p in (THINK_CLOSE, THINK_CLOSE.encode())), None)
+                if close is not None:
+                    yield from self._replay(rest[close + 1 :], assembler, cancel)
+                break
         yield from assembler.finish()
         elapsed = time.perf_counter() - start
         n_prompt = self.count_tokens(prompt.text)
@@ -116,7 +136,26 @@ class FakeEngine:
             prompt_tokens=n_prompt,
             decode_tokens=assembler.completion_tokens,
         )
-        yield assembler.done(finish, prompt_tokens=n_prompt, timings=self.timings or timings)
+        yield assembler.done(finish, prompt_tokens=n_prompt, timings=self.timings or timings, thinking=control)
+
+    @staticmethod
+    def _force(text: str, assembler: EventAssembler, control) -> Iterator[Event]:
+        """The fake's tokens of a forced text: the delimiter alone, and the text around it (so the
+        transition is 3 tokens and "Wait" 1). Returns (through ``yield from``) the count."""
+        pieces = [p for p in re.split(f"({re.escape(THINK_CLOSE)})", text) if p]
+        assembler.forcing = True
+        try:
+            yield from assembler.feed_many([p.encode() for p in pieces])
+        finally:
+            assembler.forcing = False
+        control.forced_tokens += len(pieces)
+        return len(pieces)
+
+    def _replay(self, pieces, assembler: EventAssembler, cancel) -> Iterator[Event]:
+        for piece in pieces:
+            if (cancel is not None and cancel.is_set()) or self._closing.is_set():
+                return
+            yield from assembler.feed(piece.encode() if isinstance(piece, str) else piece)
 
     def close(self, timeout: float = 10.0) -> None:
         self._closing.set()

@@ -37,6 +37,7 @@ from localr1.gguf_info import GGUFInfo, inspect_model
 from localr1.prompt import Prompt, chat_format_for
 from localr1.reasoning import THINK_CLOSE, THINK_OPEN
 from localr1.sampling import Sampling
+from localr1.thinking import TRANSITION, WAIT
 
 DEFAULT_BATCH = 512
 CLOSE_TIMEOUT_S = 10.0  # how long close() waits for a generation in another thread to stop
@@ -476,6 +477,8 @@ class LlamaCppEngine:
             )
         self._cancel = cancel
         assembler = EventAssembler(opened=prompt.opens_thinking)
+        control = sampling.thinking_control(opened=prompt.opens_thinking)
+        close_id = self._think_close_token() if control is not None else None
         chain, sample = self._token_chooser(sampling)
         try:
             lib.llama_perf_context_reset(ctx)
@@ -516,6 +519,16 @@ class LlamaCppEngine:
                     piece = self._learn_piece(token)
                 if piece is None:  # end of generation
                     break
+                action = control.step(token == close_id) if control is not None and control.thinking else "accept"
+                if action == "suppress":  # an early end of thinking: dropped, and "Wait" appended instead
+                    events, generated = self._force(WAIT, assembler, control, held, generated)
+                    held = []
+                    if events and events[-1] is None:
+                        yield from events[:-1]
+                        finish = "length"
+                        break
+                    yield from events
+                    continue
                 generated += 1
                 t_last = clock()
                 held.append(piece)
@@ -530,6 +543,14 @@ class LlamaCppEngine:
                     else:
                         yield from assembler.feed_many(held)
                         raise EngineError(f"llama.cpp failed while generating (code {rc}): {_LOG.tail(2)}")
+                if action == "cut" and generated < budget:  # the budget is spent: end the thinking for the model
+                    events, generated = self._force(TRANSITION, assembler, control, held, generated)
+                    held = []
+                    if events and events[-1] is None:
+                        yield from events[:-1]
+                        finish = "length"
+                        break
+                    yield from events
                 if t_last - handed_at >= interval:
                     handed_at = t_last
                     events = assembler.feed_many(held)
@@ -555,10 +576,41 @@ class LlamaCppEngine:
                 llama_decode_calls=perf.n_eval,
                 sample_ms=sample_s * 1000,
             )
-            yield assembler.done(finish, prompt_tokens=len(tokens), timings=timings)
+            yield assembler.done(finish, prompt_tokens=len(tokens), timings=timings, thinking=control)
         finally:
             if chain is not None:
                 lib.llama_sampler_free(chain)
+
+    def _think_close_token(self) -> int:
+        """The end-of-thinking token, which a thinking budget needs to see and to write."""
+        ids = self.tokenize(THINK_CLOSE, add_bos=False)
+        if len(ids) != 1:
+            raise UsageError(
+                f"{self.info.name} has no {THINK_CLOSE} token, so a thinking budget cannot apply",
+                hint="Thinking budgets are for R1 models; drop --think-budget / --think-min.",
+            )
+        return ids[0]
+
+    def _force(self, text: str, assembler: EventAssembler, control, held: list[bytes], generated: int):
+        """Append ``text`` for a thinking budget: the model's pending pieces first, then the forced text's
+        tokens, fed (marked forced) and decoded into the KV cache. (events, generated); a last event None
+        means the context is full."""
+        events = assembler.feed_many(held)
+        ids = self.tokenize(text, add_bos=False)
+        if len(self._cached) + len(ids) >= self.n_ctx:
+            return [*events, None], generated
+        assembler.forcing = True
+        try:
+            events += assembler.feed_many([self.token_piece(t) for t in ids])
+        finally:
+            assembler.forcing = False
+        arr = (self._lib.llama_token * len(ids))(*ids)
+        rc = self._lib.llama_decode(self._ctx, self._lib.llama_batch_get_one(arr, len(ids)))
+        if rc != 0:
+            raise EngineError(f"llama.cpp failed while generating (code {rc}): {_LOG.tail(2)}")
+        self._cached.extend(ids)
+        control.forced_tokens += len(ids)
+        return events, generated + len(ids)
 
     def _token_chooser(self, sampling: Sampling) -> tuple[Any, Any]:
         """How tokens are chosen for these settings, for one generation: (llama.cpp sampler chain, or None;

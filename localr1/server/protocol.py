@@ -16,6 +16,7 @@ from typing import Any, Literal
 from localr1 import limits
 from localr1.prompt import Message
 from localr1.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Sampling
+from localr1.thinking import EFFORT_BUDGETS
 
 MAX_BODY_BYTES = 8 << 20  # a 128k-token conversation is ~0.5 MB of text
 MAX_MESSAGES = 4096
@@ -164,11 +165,27 @@ def _logit_bias(value: Any) -> dict[int, float]:
     return out
 
 
-def _sampling(body: dict, *, max_tokens: int | None, seed: int | None) -> Sampling:
+def _effort(value: Any, param: str) -> int | None:
+    """reasoning_effort (OpenAI) / think (Ollama) as a thinking budget: low 1k, medium 4k, high unbounded."""
+    if value not in EFFORT_BUDGETS:
+        raise RequestError(f"'{param}' must be one of low, medium or high", param=param)
+    return EFFORT_BUDGETS[value]
+
+
+def _sampling(body: dict, *, max_tokens: int | None, seed: int | None, effort: int | None = None) -> Sampling:
     grammar = _string(body, "grammar")  # llama-server's extension: a GBNF grammar the output must follow
     if grammar is not None and len(grammar) > MAX_GRAMMAR_CHARS:
         raise RequestError(f"'grammar' is longer than {MAX_GRAMMAR_CHARS >> 10} KiB", param="grammar")
+    # localr1's thinking budget (budget forcing, localr1.thinking): an explicit count wins over an effort
+    budget = _integer(body, "thinking_budget", 1, MAX_TOKENS)
+    minimum = _integer(body, "thinking_min", 1, MAX_TOKENS)
+    if budget is None:
+        budget = effort
+    if budget is not None and minimum is not None and minimum > budget:
+        raise RequestError("'thinking_min' is larger than the thinking budget", param="thinking_min")
     return Sampling(
+        think_budget=budget,
+        think_min=minimum,
         grammar=grammar or None,
         temperature=_number(body, "temperature", 0.0, 2.0, DEFAULT_TEMPERATURE),
         top_p=_number(body, "top_p", 1e-6, 1.0, DEFAULT_TOP_P),
@@ -225,7 +242,7 @@ def _content(value: Any, where: str) -> str:
 _OPENAI_COMMON = {
     "model", "stream", "stream_options", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "n",
     "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "user", "metadata",
-    "store", "service_tier", "reasoning_format", "grammar",
+    "store", "service_tier", "reasoning_format", "grammar", "thinking_budget", "thinking_min",
 }  # fmt: skip
 _OPENAI_CHAT = _OPENAI_COMMON | {
     "messages", "max_tokens", "max_completion_tokens", "tools", "tool_choice", "functions", "function_call",
@@ -267,7 +284,8 @@ def openai_chat(body: dict) -> Generation:
     response_format = body.get("response_format")
     if response_format is not None and response_format != {"type": "text"}:
         raise RequestError('\'response_format\' may only be {"type": "text"}', param="response_format")
-    _refuse(body, "reasoning_effort", why=" yet: R1 thinks until it is done (max_tokens bounds the whole reply)")
+    effort = body.get("reasoning_effort")
+    effort_budget = None if effort is None else _effort(effort, "reasoning_effort")
     max_tokens = _integer(body, "max_completion_tokens", 1, MAX_TOKENS)
     if max_tokens is None:
         max_tokens = _integer(body, "max_tokens", 1, MAX_TOKENS)
@@ -275,7 +293,9 @@ def openai_chat(body: dict) -> Generation:
     return Generation(
         model=common["model"],
         messages=_messages(body.get("messages")),
-        sampling=_sampling(body, max_tokens=max_tokens, seed=None if seed is None else seed % 2**32),
+        sampling=_sampling(
+            body, max_tokens=max_tokens, seed=None if seed is None else seed % 2**32, effort=effort_budget
+        ),
         stream=common["stream"],
         stop=common["stop"],
         reasoning=_reasoning_format(body, "separate"),
@@ -315,6 +335,7 @@ _OLLAMA_OPTIONS = {
     "temperature", "top_p", "top_k", "min_p", "seed", "num_predict", "stop", "num_ctx", "num_thread", "num_gpu",
     "num_batch", "repeat_penalty", "presence_penalty", "frequency_penalty", "repeat_last_n", "mirostat",
     "typical_p", "tfs_z", "numa", "use_mmap", "use_mlock", "num_keep", "penalize_newline", "low_vram", "main_gpu",
+    "thinking_budget", "thinking_min",
 }  # fmt: skip
 
 
@@ -340,10 +361,12 @@ def _ollama_options(body: dict, n_ctx_slot: int) -> tuple[Sampling, tuple[str, .
         )
     num_predict = _integer(options, "num_predict", -2, MAX_TOKENS)
     seed = _integer(options, "seed", -(2**63), 2**64 - 1)
+    think = body.get("think")
     sampling = _sampling(
         options,
         max_tokens=num_predict if num_predict and num_predict > 0 else None,
         seed=None if seed is None or seed < 0 else seed % 2**32,
+        effort=_effort(think, "think") if isinstance(think, str) else None,
     )
     return sampling, _stops(options.get("stop"), "options.stop")
 

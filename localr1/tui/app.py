@@ -290,7 +290,7 @@ class ChatApp(App):
         if view is None:
             return
         if isinstance(event, Reasoning):
-            view.add_reasoning(event.text, event.tokens)
+            view.add_reasoning(event.text, event.tokens, event.forced)
             self._ctx_used += event.tokens
         elif isinstance(event, Answer):
             view.add_answer(event.text)

@@ -56,6 +56,7 @@ class ThinkingBlock(Collapsible):
         self._clock = clock
         self._started = clock()
         self.content = ""
+        self.forced: list[str] = []  # the thinking budget's parts of the content
         self.tokens = 0
         self.done = False
         self.elapsed = 0.0
@@ -70,10 +71,25 @@ class ThinkingBlock(Collapsible):
             count = f" · {self.tokens:,} tokens" if self.tokens else ""
             self.title = f"Thinking… {self._clock() - self._started:.1f} s{count}"
 
-    def add(self, text: str, tokens: int = 0) -> None:
+    def add(self, text: str, tokens: int = 0, forced: bool = False) -> None:
+        """``forced``: text a thinking budget appended (not the model's), shown apart: "[budget] ..."."""
+        if forced:
+            lead = text[: len(text) - len(text.lstrip())]
+            text = f"{lead}[budget] {text.strip()}"
+            self.forced.append(text)
         self.content += text
         self.tokens += tokens
-        self._text.update(self.content)
+        if self.forced:
+            from rich.text import Text
+
+            styled = Text(self.content)
+            for part in self.forced:
+                start = self.content.find(part)
+                if start >= 0:
+                    styled.stylize("bold yellow not italic", start, start + len(part))
+            self._text.update(styled)
+        else:
+            self._text.update(self.content)
 
     def finish(self, *, collapse: bool = True, unfinished: bool = False, tokens: int | None = None) -> None:
         """Fold to one line; ``tokens`` is the exact count (the engine's usage) where it is known."""
@@ -86,6 +102,8 @@ class ThinkingBlock(Collapsible):
         if self._timer is not None:
             self._timer.stop()
         self.title = thought_summary(self.elapsed, self.tokens, unfinished=unfinished)
+        if self.forced:
+            self.title += " · thinking budget applied"
         if collapse:
             self.collapsed = True
 
@@ -111,12 +129,12 @@ class AssistantMessage(Vertical):
     def compose(self):
         yield self.markdown
 
-    def add_reasoning(self, text: str, tokens: int = 0) -> None:
+    def add_reasoning(self, text: str, tokens: int = 0, forced: bool = False) -> None:
         if self.thinking is None:
             self.thinking = ThinkingBlock(self._clock)
             self.thinking.display = not self.hide_thinking
             self.mount(self.thinking, before=self.markdown)
-        self.thinking.add(text, tokens)
+        self.thinking.add(text, tokens, forced)
 
     def add_answer(self, text: str) -> None:
         if self.thinking is not None and not self.thinking.done:

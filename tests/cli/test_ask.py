@@ -270,3 +270,21 @@ def test_thinking_summary_counts_tokens_not_events(monkeypatch):
     assert ticks == [40, 65]
     assert out.getvalue() == "4\n"
     assert err.getvalue().startswith("Thought for ") and err.getvalue().endswith(" s (65 tokens)\n")
+
+
+def test_think_budget_cuts_and_json_says_so(runner, engine, small_gguf):
+    engine(["<think>", "\n", "one", " two", " three", " four", "</think>", "\n\n", "Four."])
+    args = ["ask", "Count.", "-m", str(small_gguf), "--think-budget", "2"]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    obj = json.loads(result.stdout)
+    assert obj["thinking_budget"] == {"budget": 2, "min": None, "model_tokens": 2, "cut": True, "waits": 0,
+                                      "forced_tokens": 3}  # fmt: skip
+    assert obj["content"] == "Four." and "three" not in obj["reasoning_content"]
+    assert engine.get().samplings[0].think_budget == 2
+    engine(["<think>", "\n", "one", " two", " three", "</think>", "\n\n", "Four."])
+    shown = runner.invoke(app, [*args, "--show-thinking"])
+    assert "[budget] Considering the limited time, I have to give the solution now." in shown.stderr
+    assert shown.stdout == "Four.\n"
+    bad = runner.invoke(app, [*args[:-1], "5", "--think-min", "9"])
+    assert bad.exit_code == 2 and "--think-min (9) is larger than --think-budget (5)" in bad.stderr

@@ -433,3 +433,24 @@ def test_damaged_saved_conversations_are_skipped_in_the_list(build, tmp_path):
             assert len(ids) == len(set(ids)) == 2 and good in ids  # the copy is listed under its own name
 
     run(scenario())
+
+
+def test_a_thinking_budgets_words_are_shown_as_not_the_models(build):
+    from localr1.sampling import Sampling
+
+    script = ["<think>\n", "one", " two", " three", "</think>", "\n\n", "Done."]
+
+    async def scenario():
+        app, engine, calls = build([script], sampling=Sampling(think_budget=2))
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause(0.2)
+            await send(pilot, app, "count")
+            view = app.query_one(AssistantMessage)
+            assert view.thinking.forced == [
+                "\n\n[budget] Considering the limited time, I have to give the solution now."
+            ]
+            # the script's "<think>" piece and "one" are the two thinking tokens; nothing of the model's follows the cut
+            assert view.thinking.content.startswith("one\n") and "two" not in view.thinking.content
+            assert view.thinking.title.endswith("· thinking budget applied") and view.answer == "Done."
+
+    run(scenario())

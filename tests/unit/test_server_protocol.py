@@ -60,6 +60,10 @@ def test_sampling_fields_are_honoured():
         ({"model": ["a"]}, "model"),
         ({"logit_bias": {"x": 1}}, "logit_bias"),
         ({"stream_options": {"include_usage": True, "other": 1}}, "stream_options"),
+        ({"reasoning_effort": "extreme"}, "reasoning_effort"),
+        ({"thinking_budget": 0}, "thinking_budget"),
+        ({"thinking_budget": "many"}, "thinking_budget"),
+        ({"thinking_budget": 10, "thinking_min": 20}, "thinking_min"),
     ],
 )
 def test_wrong_types_and_ranges_name_the_parameter(body, param):
@@ -77,13 +81,26 @@ def test_wrong_types_and_ranges_name_the_parameter(body, param):
         ({"presence_penalty": 0.5}, "presence_penalty"),
         ({"response_format": {"type": "json_object"}}, "response_format"),
         ({"audio": {"voice": "x"}}, "audio"),
-        ({"reasoning_effort": "low"}, "reasoning_effort"),
         ({"made_up_option": 1}, "made_up_option"),
     ],
 )
 def test_what_localr1_does_not_do_is_refused_not_ignored(body, param):
     message = refused(protocol.openai_chat, {"messages": USER, **body}, param)
     assert param in message
+
+
+def test_thinking_budgets_per_request():
+    """reasoning_effort (OpenAI) and think (Ollama) map to budgets; an explicit thinking_budget wins."""
+    assert chat().sampling.think_budget is None
+    assert chat(reasoning_effort="low").sampling.think_budget == 1024
+    assert chat(reasoning_effort="medium").sampling.think_budget == 4096
+    assert chat(reasoning_effort="high").sampling.think_budget is None
+    both = chat(reasoning_effort="low", thinking_budget=300, thinking_min=100).sampling
+    assert (both.think_budget, both.think_min) == (300, 100)
+    gen = protocol.ollama_chat({"messages": USER, "think": "low", "options": {"thinking_min": 50}}, 4096)
+    assert (gen.sampling.think_budget, gen.sampling.think_min, gen.reasoning) == (1024, 50, "separate")
+    gen = protocol.ollama_chat({"messages": USER, "options": {"thinking_budget": 64}}, 4096)
+    assert gen.sampling.think_budget == 64
 
 
 def test_harmless_values_of_unsupported_fields_pass():

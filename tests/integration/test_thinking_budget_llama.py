@@ -1,0 +1,93 @@
+"""Thinking budgets through llama.cpp with the real R1 tokenizer (tiny random-weight model): the forced
+"</think>" is R1's own token in the KV cache, the reasoning channel ends, and the answer follows; the
+batched engine (serve) does the same per request."""
+
+from __future__ import annotations
+
+import pytest
+
+from localr1.events import Answer, Done, Reasoning
+from localr1.prompt import render, user_turn
+from localr1.sampling import Sampling
+from localr1.thinking import MAX_WAITS
+
+pytestmark = pytest.mark.integration
+
+THINK_CLOSE_ID = 151649  # "</think>" in DeepSeek-R1-Distill-Qwen's vocabulary
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_r1):
+    from localr1.engine.llama_cpp import LlamaCppEngine
+
+    with LlamaCppEngine(tiny_r1, n_ctx=2048) as engine:
+        yield engine
+
+
+def _split(events):
+    done = events[-1]
+    assert isinstance(done, Done)
+    forced = [e.text for e in events if isinstance(e, Reasoning) and e.forced]
+    model = "".join(e.text for e in events if isinstance(e, Reasoning) and not e.forced)
+    answer = "".join(e.text for e in events if isinstance(e, Answer))
+    return model, forced, answer, done
+
+
+def test_budget_ends_the_reasoning_with_r1s_own_token(tiny):
+    prompt = render(user_turn("What is 6*7?"), tiny.info.chat_format)
+    n_prompt = len(tiny.tokenize(prompt.text, add_bos=prompt.add_bos))
+    events = list(tiny.stream(prompt, Sampling(temperature=0, max_tokens=40, think_budget=8)))
+    model, forced, answer, done = _split(events)
+    report = done.thinking
+    assert report.cut and report.model_tokens == 8 and report.waits == 0
+    assert len(forced) == 1 and "Considering the limited time" in forced[0]
+    assert answer and not done.reasoning_unfinished  # the answer channel opened after the forced </think>
+    generated = tiny._cached[n_prompt:]
+    assert generated.count(THINK_CLOSE_ID) == 1  # the delimiter, once, as R1's single token
+    cut_at = generated.index(THINK_CLOSE_ID)
+    assert report.forced_tokens == len(tiny.tokenize(forced[0] + "\n</think>\n\n", add_bos=False))
+    assert cut_at == 8 + report.forced_tokens - 2  # 8 of the model's, the transition, then "</think>"
+    # the same greedy run without a budget thinks past 8 tokens
+    free = list(tiny.stream(prompt, Sampling(temperature=0, max_tokens=40)))
+    assert _split(free)[3].usage.reasoning_tokens > 8 and _split(free)[0].startswith(model)
+
+
+def test_min_thinking_suppresses_r1s_end_token(tiny):
+    """The model is pushed to close its thinking at once (a +100 bias on "</think>"): each early close becomes
+    "Wait", at most MAX_WAITS times, and then it stands."""
+    prompt = render(user_turn("What is 6*7?"), tiny.info.chat_format)
+    sampling = Sampling(temperature=0, max_tokens=30, think_min=500, logit_bias={THINK_CLOSE_ID: 100.0})
+    model, forced, answer, done = _split(list(tiny.stream(prompt, sampling)))
+    assert forced == ["\n\nWait"] * MAX_WAITS or "".join(forced).count("Wait") == MAX_WAITS
+    assert done.thinking.waits == MAX_WAITS and not done.thinking.cut
+    assert not done.reasoning_unfinished  # the fourth close stood
+
+
+def test_batched_engine_budgets_per_request(tiny_r1):
+    import threading
+
+    from localr1.engine.batching import BatchedEngine
+    from localr1.engine.llama_cpp import LlamaCppEngine
+
+    with BatchedEngine(LlamaCppEngine(tiny_r1, n_ctx=2 * 1024, n_seq=2, n_threads=2)) as engine:
+        prompt = render(user_turn("What is 6*7?"), engine.info.chat_format)
+        results = {}
+
+        def go(name, sampling):
+            results[name] = _split(list(engine.stream(prompt, sampling)))
+
+        threads = [
+            threading.Thread(target=go, args=("budget", Sampling(temperature=0, max_tokens=40, think_budget=6))),
+            threading.Thread(target=go, args=("free", Sampling(temperature=0, max_tokens=40))),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        go("alone", Sampling(temperature=0, max_tokens=40, think_budget=6))  # the same request by itself
+    model, forced, answer, done = results["budget"]
+    assert done.thinking.cut and done.thinking.model_tokens == 6 and len(forced) == 1
+    assert answer and not done.reasoning_unfinished and done.usage.prompt_tokens < 40
+    assert results["alone"][0] == model and results["alone"][2] == answer  # batching changed nothing
+    free_model, free_forced, _, free_done = results["free"]
+    assert free_done.thinking is None and not free_forced and free_model.startswith(model)
