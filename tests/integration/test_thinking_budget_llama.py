@@ -91,3 +91,25 @@ def test_batched_engine_budgets_per_request(tiny_r1):
     assert results["alone"][0] == model and results["alone"][2] == answer  # batching changed nothing
     free_model, free_forced, _, free_done = results["free"]
     assert free_done.thinking is None and not free_forced and free_model.startswith(model)
+
+
+def test_a_short_eval_with_the_real_model(tiny_r1, tmp_path):
+    """eval through llama.cpp: two problems, a budget the random model always reaches, saved and summarised."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from localr1.cli.app import app, state
+
+    state.debug = False
+    out = tmp_path / "run"
+    args = ["eval", str(tiny_r1), "--limit", "2", "--max-tokens", "24", "--think-budget", "6", "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    (r,) = json.loads(result.stdout)["results"]
+    assert r["budget"] == 6 and r["samples"] == 2 and r["cut"] == 1.0 and r["thinking_tokens"] == 6
+    assert r["pass_at_1"] == 0.0  # random weights box nothing
+    lines = (out / "samples.jsonl").read_text().splitlines()
+    meta = json.loads(lines[0])["meta"]
+    assert meta["quant"] == "F16" and meta["llama_cpp_python"] and meta["hardware"]["cores"] >= 1
+    assert [json.loads(line)["problem"] for line in lines[1:]] == ["arith-1", "arith-2"]
