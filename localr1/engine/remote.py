@@ -163,11 +163,15 @@ class RemoteEngine:
             body["max_tokens"] = sampling.max_tokens
         if sampling.logit_bias:
             body["logit_bias"] = {str(t): max(b, -100.0) for t, b in sampling.logit_bias.items()}
+        if sampling.think_budget is not None:
+            body["thinking_budget"] = sampling.think_budget
+        if sampling.think_min is not None:
+            body["thinking_min"] = sampling.think_min
         conn, response = self._request("POST", "/v1/completions", body)
         return self._events(conn, response, cancel)
 
     def _events(self, conn: Any, response: Any, cancel: threading.Event | None) -> Iterator[Event]:
-        finish, usage, timings, unfinished = "stop", Usage(), Timings(), False
+        finish, usage, timings, unfinished, thinking = "stop", Usage(), Timings(), False, None
         try:
             for raw in response:
                 if cancel is not None and cancel.is_set():
@@ -187,6 +191,8 @@ class RemoteEngine:
                     details = u.get("completion_tokens_details") or {}
                     usage = Usage(u["prompt_tokens"], u["completion_tokens"], details.get("reasoning_tokens", 0))
                 unfinished = bool(chunk.get("reasoning_unfinished", unfinished))
+                if isinstance(chunk.get("thinking_budget"), dict):
+                    thinking = _thinking_report(chunk["thinking_budget"])
                 if chunk.get("timings"):
                     t = chunk["timings"]
                     timings = Timings(
@@ -209,4 +215,23 @@ class RemoteEngine:
         finally:
             conn.close()
         timings = replace(timings, prompt_tokens=usage.prompt_tokens, decode_tokens=usage.completion_tokens)
-        yield Done(finish, usage, timings, reasoning_unfinished=unfinished)  # type: ignore[arg-type]
+        yield Done(finish, usage, timings, reasoning_unfinished=unfinished, thinking=thinking)  # type: ignore[arg-type]
+
+
+def _thinking_report(d: dict):
+    """The server's ``thinking_budget`` object back as a ThinkingReport (what the budget did)."""
+    from localr1.thinking import ThinkingReport
+
+    def count(key: str) -> int:
+        value = d.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    budget, minimum = d.get("budget"), d.get("min")
+    return ThinkingReport(
+        budget if isinstance(budget, int) else None,
+        minimum if isinstance(minimum, int) else None,
+        count("model_tokens"),
+        bool(d.get("cut")),
+        count("waits"),
+        count("forced_tokens"),
+    )

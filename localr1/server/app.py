@@ -224,6 +224,8 @@ def build_app(service: Service, settings: Settings | None = None) -> Starlette:
             obj = "chat.completion" if chat else "text_completion"
             payload = {**common, "object": obj, "choices": [choice], "usage": _usage(run.done)}
             payload["timings"] = _timings(run.done)
+            if run.done is not None and run.done.thinking is not None:  # localr1's: what the budget did
+                payload["thinking_budget"] = run.done.thinking.to_dict()
             return JSONResponse(payload)
 
         async def sse() -> AsyncIterator[bytes]:
@@ -271,6 +273,8 @@ def build_app(service: Service, settings: Settings | None = None) -> Starlette:
                     "timings": _timings(run.done),
                     "reasoning_unfinished": bool(run.done and run.done.reasoning_unfinished),
                 }
+                if run.done is not None and run.done.thinking is not None:
+                    extra["thinking_budget"] = run.done.thinking.to_dict()
                 if inline_open:
                     yield chunk({"content": "\n</think>\n\n"})
                 yield chunk({}, _finish_reason(run.done), **extra)

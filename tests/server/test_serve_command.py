@@ -69,6 +69,20 @@ def test_ask_through_a_server(runner, monkeypatch):
         assert result.exit_code == 2 and "serves 'fake-r1', not 'r1:70b'" in result.stderr
 
 
+def test_a_thinking_budget_through_a_server(runner):
+    """ask --think-budget --server: the budget goes with the request, the server's engine applies it, and the
+    report comes back (and with it eval works through a server)."""
+    script = ["<think>\n", "one", " two", " three", "</think>", "\n\n", "Three."]
+    engine = FakeEngine([script], info=fake_model_info("fake-r1"))
+    with running(engine, "fake-r1") as server:
+        result = runner.invoke(app, ["ask", "Count.", "--server", server.url, "--think-budget", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    obj = json.loads(result.stdout)
+    assert engine.samplings[-1].think_budget == 2
+    assert obj["thinking_budget"]["cut"] is True and obj["thinking_budget"]["model_tokens"] == 2
+    assert obj["content"] == "Three." and "three" not in obj["reasoning_content"]
+
+
 def test_ask_with_no_server_listening(runner):
     free = socket.socket()
     free.bind(("127.0.0.1", 0))
