@@ -13,6 +13,7 @@ from localr1.quants import QUANT_QUALITY  # noqa: F401  (also read from here)
 from localr1.units import GiB, MiB
 
 GPU_RESERVE = 600 * MiB  # per GPU: the CUDA/Metal context and allocator slack
+RPC_RESERVE = 32 * MiB  # per `localr1 worker` device: no driver context on this side, only allocator slack
 GPU_MARGIN = 0.95
 RAM_RESERVE = int(1.5 * GiB)  # the OS, localr1 itself, the page cache it needs to breathe
 RAM_MARGIN = 0.90
@@ -48,7 +49,7 @@ class Budget:
     def of(cls, hw: Hardware) -> Budget:
         gpu = 0
         for g in hw.gpus:
-            gpu += max(0, int(g.free * GPU_MARGIN) - GPU_RESERVE)
+            gpu += max(0, int(g.free * GPU_MARGIN) - (RPC_RESERVE if g.vendor == "rpc" else GPU_RESERVE))
         ram = max(0, int(hw.ram_available * RAM_MARGIN) - RAM_RESERVE)
         if hw.unified:
             gpu = min(gpu, ram)  # one pool of memory
@@ -98,8 +99,13 @@ def tokens_per_s(hw: Hardware, gpu_read: float, cpu_read: float, disk_read: floa
     """Decode speed when each token reads these bytes from the GPU, RAM and disk tiers."""
     seconds = 0.0
     if gpu_read > 0 and hw.gpus:
-        bw = sum(g.bandwidth_gbs for g in hw.gpus) / len(hw.gpus)
-        seconds += gpu_read / (bw * 1e9 * GPU_EFFICIENCY)
+        # llama.cpp splits the layers over the GPUs by free memory, and a token visits each in turn: each reads
+        # its share at its own speed (the same share of a uniform set of GPUs gives the plain ratio)
+        free = sum(max(g.free, 1) for g in hw.gpus)
+        for g in hw.gpus:
+            seconds += gpu_read * max(g.free, 1) / free / (g.bandwidth_gbs * 1e9 * GPU_EFFICIENCY)
+            # a remote device (llama.cpp RPC) costs a round trip per token: the activations go there and back
+            seconds += 2 * g.latency_s
     if cpu_read > 0:
         seconds += cpu_read / cpu_rate(hw, quant)
     if disk_read > 0:

@@ -12,7 +12,7 @@ Example ``config.toml``::
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from localr1 import limits
@@ -21,6 +21,7 @@ from localr1.paths import config_file
 
 _FIELDS: dict[str, type] = {
     "default_model": str, "ctx": int, "threads": int, "gpu_layers": int, "hide_thinking": bool, "kv_type": str,
+    "workers": list,
 }  # fmt: skip
 
 
@@ -30,7 +31,20 @@ def _kv_type(value: str, name: str) -> str:
     return check_kv_type(value, name)
 
 
-_BOUNDS = {"ctx": limits.ctx, "threads": limits.threads, "gpu_layers": limits.gpu_layers, "kv_type": _kv_type}
+def _workers(value: list, name: str) -> list:
+    from localr1.engine.rpc import parse_endpoint  # only where a setting needs it
+
+    if len(value) > 16 or not all(isinstance(w, str) for w in value):
+        raise UsageError(f'{name} must be a list of at most 16 "host:port" strings')
+    for w in value:
+        parse_endpoint(w)
+    return value
+
+
+_BOUNDS = {
+    "ctx": limits.ctx, "threads": limits.threads, "gpu_layers": limits.gpu_layers, "kv_type": _kv_type,
+    "workers": _workers,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -41,6 +55,7 @@ class Config:
     gpu_layers: int | None = None
     hide_thinking: bool = False
     kv_type: str | None = None
+    workers: list = field(default_factory=list)  # "host:port" of `localr1 worker`s (ggml RPC)
     path: Path | None = None
 
 

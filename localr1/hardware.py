@@ -88,7 +88,8 @@ def known_gpu(name: str) -> KnownGPU | None:
     return None
 
 
-DEFAULT_GPU_BANDWIDTH = {"nvidia": 400.0, "amd": 400.0, "apple": 100.0}
+# "rpc": a `localr1 worker` (typically a CPU: its RAM's bandwidth, not a GPU's)
+DEFAULT_GPU_BANDWIDTH = {"nvidia": 400.0, "amd": 400.0, "apple": 100.0, "rpc": 40.0}
 DEFAULT_RAM_BANDWIDTH = 40.0  # GB/s: dual-channel DDR4/DDR5 as measured by memory-bound decoding
 DEFAULT_DISK_BANDWIDTH = 2.0  # GB/s: an NVMe SSD; `localr1 plan --measure-disk` measures it
 
@@ -102,6 +103,7 @@ class GPU:
     compute_capability: str | None = None
     unified: bool = False  # memory shared with the CPU (Apple Silicon)
     bandwidth_gbs: float = 0.0
+    latency_s: float = 0.0  # a remote device's network round trip (llama.cpp RPC)
 
     def with_bandwidth(self) -> GPU:
         if self.bandwidth_gbs:
@@ -330,12 +332,27 @@ def probe_devices(notes: list[str]) -> list:
 
 def devices_as_gpus(devices: list) -> list[GPU]:
     """GPUs that only llama.cpp lists (a Vulkan device no vendor probe knows: Intel, lavapipe, a GPU without
-    its vendor's tools), with the memory llama.cpp reports for them."""
+    its vendor's tools), with the memory llama.cpp reports for them. Remote devices are left out."""
     out = []
     for d in devices:
-        if d.is_gpu and d.memory_total > 0:
+        if d.is_gpu and d.memory_total > 0 and not d.name.startswith("RPC"):
             vendor = "vulkan" if d.name.startswith("Vulkan") else d.name.rstrip("0123456789").lower()
             out.append(GPU(d.description or d.name, vendor, d.memory_total, d.memory_free))
+    return out
+
+
+def remote_gpus(devices: list) -> list[GPU]:
+    """The devices of `localr1 worker`s (llama.cpp's RPC devices, "RPC0[host:port]"), as GPUs llama.cpp splits
+    layers over: their memory as the worker offers it, a CPU worker's bandwidth, and the link's round trip
+    (measured when the worker was added), which every token pays twice per remote device."""
+    from localr1.engine.rpc import link_rtt, remote_name
+
+    out = []
+    for d in devices:
+        if d.name.startswith("RPC") and d.memory_total > 0:
+            bandwidth = DEFAULT_GPU_BANDWIDTH["rpc"]
+            gpu = GPU(remote_name(d), "rpc", d.memory_total, d.memory_free, bandwidth_gbs=bandwidth)
+            out.append(replace(gpu, latency_s=link_rtt(d.description)))
     return out
 
 
@@ -371,6 +388,7 @@ def probe(*, disk_path: Path | None = None, backends: bool = True) -> Hardware:
     devices = probe_devices(notes) if backends else []
     if not gpus:  # no vendor tool found a GPU: llama.cpp may still drive one (Vulkan)
         gpus = devices_as_gpus(devices)
+    gpus = gpus + remote_gpus(devices)
     path = disk_path or models_dir()
     hw = Hardware(
         os=f"{platform.system()} {platform.machine()}",
@@ -454,6 +472,8 @@ class Simulation:
     cores: int | None = None
     gpu_bandwidth: float | None = None
     ram_bandwidth: float | None = None
+    workers: int | None = None  # `localr1 worker`s (llama.cpp RPC) taking part
+    worker_mem: int | None = None  # memory each offers
     extra: dict = field(default_factory=dict)
 
     @property
@@ -467,16 +487,19 @@ class Simulation:
         for item in filter(None, (p.strip() for p in text.split(","))):
             key, _, value = item.partition("=")
             key = key.strip().replace("-", "_")
-            if key in ("vram", "ram", "disk"):
+            if key in ("vram", "ram", "disk", "worker_mem"):
                 values[key] = parse_size(value)
-            elif key in ("gpus", "cores"):
+            elif key in ("gpus", "cores", "workers"):
                 values[key] = int(value)
             elif key in ("gpu_bandwidth", "ram_bandwidth"):
                 values[key] = float(value)
             elif key == "gpu":
                 values[key] = value.strip().lower()
             else:
-                raise UsageError(f"LOCALR1_HW: unknown setting {key!r}", hint="Use vram, ram, gpus, gpu, disk, cores.")
+                raise UsageError(
+                    f"LOCALR1_HW: unknown setting {key!r}",
+                    hint="Use vram, ram, gpus, gpu, disk, cores, workers, worker_mem.",
+                )
         return cls(**values)
 
     def merged(self, other: Simulation) -> Simulation:
@@ -525,6 +548,15 @@ class Simulation:
         gpus = [g.with_bandwidth() for g in gpus]
         changed = gpus != [g.with_bandwidth() for g in hw.gpus] or self.gpu == "none"
         backends = ("CPU",) + tuple(f"{'Metal' if g.vendor == 'apple' else 'CUDA'}{i}" for i, g in enumerate(gpus))
+        if self.workers:  # CPU workers on a LAN: their memory, a RAM's bandwidth, half a millisecond each way
+            mem = self.worker_mem if self.worker_mem is not None else 64 * GiB
+            remote = [
+                GPU(f"RPC{i}[worker{i + 1}:50052] (simulated)", "rpc", mem, mem, bandwidth_gbs=40.0, latency_s=0.0005)
+                for i in range(self.workers)
+            ]
+            gpus += remote
+            backends += tuple(g.name for g in remote)
+            changed = True
         return replace(
             hw,
             ram_total=ram_total,

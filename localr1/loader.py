@@ -219,6 +219,16 @@ def _not_on_disk(label: str, *, chosen: bool, offline: bool, cause: DownloadErro
     return DownloadError(f"could not download {what}: {cause.message}", hint=cause.hint or on_disk)
 
 
+def join_workers(request: LoadRequest, config) -> list:
+    """The request's (else the config's) `localr1 worker`s, added as llama.cpp devices before planning."""
+    workers = list(request.workers or getattr(config, "workers", None) or [])
+    if not workers:
+        return []
+    from localr1.engine.rpc import add_workers
+
+    return add_workers(workers)
+
+
 def open_model(
     request: LoadRequest,
     config,
@@ -237,6 +247,7 @@ def open_model(
 
     request = request.validated()
     say = say or (lambda text: sys.stderr.write(text + "\n"))
+    join_workers(request, config)
     spec = request.spec
     n_ctx = request.ctx or config.ctx
     layers = request.gpu_layers if request.gpu_layers is not None else config.gpu_layers

@@ -406,3 +406,15 @@ class Fallbacks:
             return None
         self.tried.append((n_ctx, layers))
         return n_ctx, layers
+
+
+def device_shares(hw: Hardware, gpu_bytes: int) -> list[tuple[str, int]]:
+    """How llama.cpp spreads ``gpu_bytes`` over the GPUs (local and `localr1 worker`s) when no --tensor-split is
+    given: in proportion to each device's free memory. The shares add up to ``gpu_bytes``."""
+    free = [max(g.free, 0) for g in hw.gpus]
+    total = sum(free)
+    if not hw.gpus or total <= 0:
+        return []
+    shares = [gpu_bytes * f // total for f in free]
+    shares[-1] += gpu_bytes - sum(shares)
+    return [(g.name, b) for g, b in zip(hw.gpus, shares, strict=True)]

@@ -33,6 +33,7 @@ class LoadRequest:
     debug: bool = False
     parallel: int = 1  # sequences decoded together (serve); ``ctx`` is each one's context
     kv_type: str | None = None  # f16, q8_0 or q4_0; None: the config's, else f16 unless q8_0 is needed to fit
+    workers: tuple[str, ...] = ()  # "host:port" of `localr1 worker`s whose devices join the local ones
 
     def validated(self) -> LoadRequest:
         """This request, if every value is in range (else a one-line UsageError naming the option)."""
@@ -49,6 +50,13 @@ class LoadRequest:
             from localr1.memory import check_kv_type
 
             check_kv_type(self.kv_type)
+        if self.workers:
+            from localr1.engine.rpc import parse_endpoint
+
+            if len(self.workers) > 16:
+                raise UsageError("--workers takes at most 16 workers (llama.cpp's limit)")
+            for w in self.workers:
+                parse_endpoint(w)
         return self
 
     def for_spec(self, spec: str | None) -> LoadRequest:

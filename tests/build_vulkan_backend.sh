@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build a second llama-cpp-python with llama.cpp's Vulkan backend, for the tests that need a real non-CPU
-# device on a machine without a GPU: Mesa's lavapipe ("llvmpipe") runs Vulkan on the CPU.
+# device on a machine without a GPU: Mesa's lavapipe ("llvmpipe") runs Vulkan on the CPU. It has ggml's RPC
+# backend too (-DGGML_RPC=on), for the multi-machine tests (workers on 127.0.0.1).
 #
 #   bash tests/build_vulkan_backend.sh [PYTHON]
 #
@@ -18,7 +19,8 @@ python="${1:-python3}"
 dir="${LOCALR1_VULKAN_DIR:-$HOME/.cache/localr1-test-models/vulkan}"
 site="$dir/site"
 version="$("$python" -c 'import importlib.metadata as m; print(m.version("llama-cpp-python"))')"
-if [ -f "$site/.built-$version" ]; then
+marker="$site/.built-$version-vulkan-rpc"
+if [ -f "$marker" ]; then
   echo "the Vulkan build of llama-cpp-python $version is in $site"
   exit 0
 fi
@@ -65,8 +67,8 @@ echo "building llama-cpp-python $version with Vulkan into $site (15-25 minutes)"
 rm -rf "$site"
 # --no-cache-dir: pip's wheel cache is keyed by the sdist, not by CMAKE_ARGS, so it would hand back the CPU
 # build (and the CPU venv would get this one)
-CMAKE_ARGS="-DGGML_VULKAN=on -DVulkan_INCLUDE_DIR=$headers/usr/include -DLLAMA_BUILD_TESTS=off" \
+CMAKE_ARGS="-DGGML_VULKAN=on -DGGML_RPC=on -DVulkan_INCLUDE_DIR=$headers/usr/include -DLLAMA_BUILD_TESTS=off" \
   "$python" -m pip install --no-cache-dir --no-deps --target "$site" "llama-cpp-python==$version" \
   >"$dir/build.log" 2>&1 || { tail -30 "$dir/build.log" >&2; exit 1; }
-touch "$site/.built-$version"
+touch "$marker"
 echo "built: $site (log: $dir/build.log)"

@@ -53,10 +53,10 @@ def root(
 
 def _register() -> None:
     """Every command, in the order --help lists them (everyday first)."""
-    from localr1.cli import ask, bench, chat, doctor, evaluate, library, machine, serve
+    from localr1.cli import ask, bench, chat, doctor, evaluate, library, machine, serve, worker
     from localr1.cli.state import COMMANDS
 
-    for module in (ask, chat, serve, library, machine, bench, evaluate, doctor):
+    for module in (ask, chat, serve, library, machine, bench, evaluate, worker, doctor):
         for func, args, kwargs in COMMANDS[module.__name__]:
             app.command(*args, **kwargs)(func)
     app.add_typer(doctor.backend_app, name="backend")

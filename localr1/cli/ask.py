@@ -133,6 +133,7 @@ def ask(
     offload_mode: opt.OffloadOpt = "auto",
     gpu_experts: opt.GpuExpertsOpt = None,
     kv_type: opt.KvTypeOpt = None,
+    workers: opt.WorkersOpt = None,
     server: opt.ServerOpt = None,
     simulate=None,  # the simulation flags, as one Simulation (see options.simulated)
 ) -> None:
@@ -149,7 +150,7 @@ def ask(
     ).validate()  # fmt: skip
     request = opt.load_request(
         model, ctx=ctx, gpu_layers=gpu_layers, threads=threads, offline=offline, offload=offload_mode,
-        gpu_experts=gpu_experts, simulate=simulate, kv_type=kv_type,
+        gpu_experts=gpu_experts, simulate=simulate, kv_type=kv_type, workers=workers,
     )  # fmt: skip
     cancel = threading.Event()
     with cancel_on_sigint(cancel):

@@ -108,6 +108,7 @@ def chat(
     offload_mode: opt.OffloadOpt = "auto",
     gpu_experts: opt.GpuExpertsOpt = None,
     kv_type: opt.KvTypeOpt = None,
+    workers: opt.WorkersOpt = None,
     server: opt.ServerOpt = None,
     simulate=None,  # the simulation flags, as one Simulation (see options.simulated)
 ) -> None:
@@ -119,7 +120,7 @@ def chat(
         raise UsageError("chat needs a terminal", hint='For pipes and scripts: localr1 ask "..." (or --json).')
     request = opt.load_request(
         model, ctx=ctx, gpu_layers=gpu_layers, threads=threads, offline=offline, offload=offload_mode,
-        gpu_experts=gpu_experts, simulate=simulate, kv_type=kv_type,
+        gpu_experts=gpu_experts, simulate=simulate, kv_type=kv_type, workers=workers,
     )  # fmt: skip
     sampling = Sampling(
         temperature=temperature, top_p=top_p, max_tokens=max_tokens, think_budget=think_budget, think_min=think_min

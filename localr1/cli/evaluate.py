@@ -166,6 +166,7 @@ def evaluate_command(
     gpu_layers: opt.GpuLayersOpt = None,
     offline: opt.OfflineOpt = False,
     kv_type: opt.KvTypeOpt = None,
+    workers: opt.WorkersOpt = None,
     server: opt.ServerOpt = None,
     simulate=None,  # the simulation flags, as one Simulation (see options.simulated)
 ) -> None:
@@ -190,7 +191,7 @@ def evaluate_command(
     suite_name, problems = load_suite(suite)
     problems = problems[:limit] if limit else problems
     request = opt.load_request(model, ctx=ctx, gpu_layers=gpu_layers, threads=threads, offline=offline,
-                               simulate=simulate, kv_type=kv_type)  # fmt: skip
+                               simulate=simulate, kv_type=kv_type, workers=workers)  # fmt: skip
     cancel = threading.Event()
     with cancel_on_sigint(cancel):
         if server:

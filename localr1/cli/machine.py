@@ -15,6 +15,7 @@ from localr1.cli.options import (
     JsonOpt,
     KvTypeOpt,
     OffloadOpt,
+    WorkersOpt,
     load_request,
     simulated,
 )
@@ -244,14 +245,19 @@ def plan(
     offload: OffloadOpt = "auto",
     gpu_experts: GpuExpertsOpt = None,
     kv_type: KvTypeOpt = None,
+    workers: WorkersOpt = None,
     measure_disk: bool = typer.Option(False, "--measure-disk", help="Measure disk read speed (reads 256 MiB)."),
     simulate=None,  # the simulation flags, as one Simulation (see options.simulated)
 ) -> None:
     from localr1.config import load_config
     from localr1.hardware import machine
-    from localr1.loader import plan_for
+    from localr1.loader import join_workers, plan_for
 
-    request = load_request(model, ctx=ctx, offload=offload, gpu_experts=gpu_experts, simulate=simulate, kv_type=kv_type)
+    request = load_request(
+        model, ctx=ctx, offload=offload, gpu_experts=gpu_experts, simulate=simulate, kv_type=kv_type, workers=workers
+    )
+    config = load_config()
+    remote = join_workers(request, config)  # their devices join hw.gpus
     machine_info = machine(request.simulation)
     if measure_disk:
         from localr1.hardware import measure_disk_read
@@ -261,12 +267,15 @@ def plan(
         machine_info = replace(machine_info, disk_bandwidth_gbs=speed)
         if not json_out:
             sys.stdout.write(f"Disk reads: {speed:.2f} GB/s (measured in {models_dir()})\n")
-    chosen = plan_for(request, machine_info, load_config(), prefer_local=False)
+    chosen = plan_for(request, machine_info, config, prefer_local=False)
     placement, why_not = (
         (chosen.placement, None) if chosen.placement else _placement(chosen, machine_info, offload, gpu_experts)
     )
+    machines = _machines(chosen, machine_info, remote, request.workers or tuple(config.workers))
     if json_out:
         out = {**chosen.to_dict(), "hardware": machine_info.to_dict()}
+        if machines:
+            out["machines"] = machines
         if placement is not None:
             out["offload"] = {
                 "gpu_bytes": placement.gpu_bytes,
@@ -294,4 +303,33 @@ def plan(
         ]
     elif why_not:
         lines += ["", f"Offload placement: {why_not}"]
+    if machines:
+        lines += ["", "Across machines (llama.cpp spreads the GPU layers by each device's free memory):"]
+        for m in machines:
+            rtt = f", round trip {m['rtt_ms']:.2f} ms" if m.get("rtt_ms") else ""  # (measured, or assumed)
+            lines.append(f"  {m['device']:32} {gib(m['bytes'])}{rtt}")
+        layers = chosen.n_gpu_layers if chosen.n_gpu_layers >= 0 else 999
+        rpc = ",".join(request.workers or config.workers) or ",".join(
+            g.name[g.name.find("[") + 1 : g.name.find("]")] for g in machine_info.gpus if g.vendor == "rpc"
+        )
+        lines += [
+            "  the same with llama.cpp:",
+            f"  llama-cli -m MODEL.gguf --rpc {rpc} -ngl {layers} -c {chosen.n_ctx}",
+        ]
     sys.stdout.write("\n".join(lines) + "\n")
+
+
+def _machines(plan, hw, remote, workers) -> list[dict]:
+    """GB per machine when workers (real or simulated) take part: this one's RAM, and each device's share of
+    the GPU part."""
+    if not any(g.vendor == "rpc" for g in hw.gpus):
+        return []
+    from localr1.planner import device_shares
+
+    rtts = {d.name: d for d in remote}
+    out = [{"device": "this machine (RAM)", "bytes": plan.memory.cpu_total}]
+    for name, share in device_shares(hw, plan.memory.gpu_total):
+        gpu = next(g for g in hw.gpus if g.name == name)
+        rtt = round(gpu.latency_s * 1000, 3) if gpu.vendor == "rpc" else None
+        out.append({"device": name, "bytes": share, "rtt_ms": rtt, "measured": name in rtts})
+    return out

@@ -43,6 +43,15 @@ ServerOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+WorkersOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--workers",
+        envvar="LOCALR1_WORKERS",
+        help="`localr1 worker`s whose devices take layers too: host:port,host:port (llama.cpp RPC).",
+        show_default=False,
+    ),
+]
 ThinkBudgetOpt = Annotated[
     int | None,
     typer.Option(
@@ -129,6 +138,7 @@ def load_request(
     simulate=None,
     kv_type: str | None = None,
     parallel: int = 1,
+    workers: str | None = None,
 ) -> LoadRequest:
     """The checked request the options describe."""
     from localr1.cli.state import state
@@ -145,6 +155,7 @@ def load_request(
         debug=state.debug,
         kv_type=kv_type,
         parallel=parallel,
+        workers=tuple(w.strip() for w in (workers or "").split(",") if w.strip()),
     ).validated()
 
 

@@ -55,6 +55,7 @@ def serve(
     offload_mode: opt.OffloadOpt = "auto",
     gpu_experts: opt.GpuExpertsOpt = None,
     kv_type: opt.KvTypeOpt = None,
+    workers: opt.WorkersOpt = None,
     simulate=None,
 ) -> None:
     from localr1 import limits
@@ -66,7 +67,7 @@ def serve(
     limits.bounded("--queue", queue, 0, 4096)
     request = opt.load_request(
         model, ctx=ctx, gpu_layers=gpu_layers, threads=threads, offline=offline, offload=offload_mode,
-        gpu_experts=gpu_experts, simulate=simulate, kv_type=kv_type, parallel=parallel,
+        gpu_experts=gpu_experts, simulate=simulate, kv_type=kv_type, parallel=parallel, workers=workers,
     )  # fmt: skip
     check_bind(host, port, api_key=api_key, insecure=insecure)
     sock = bind_socket(host, port)  # a port in use fails now, not after a minute of loading

@@ -267,3 +267,26 @@ def test_catalog_fits_gives_every_model_its_plan_or_its_best_slow_speed():
     crawling = replace(roomy, ram_bandwidth_gbs=0.05)
     slow = {f.model.name: f for f in catalog_fits(catalog, crawling)}
     assert slow["r1:1.5b"].plan is None and 0 < slow["r1:1.5b"].best_slow_tps < 5
+
+
+def test_the_full_r1_across_a_gpu_box_and_two_ram_boxes():
+    """A 24 GB GPU here and two `localr1 worker`s offering 128 GiB each (simulated): the planner places every
+    tensor (the devices' shares and this machine's RAM add up to the model), within each device's memory, and
+    the estimate pays for the slow workers and the link."""
+    from localr1.planner import device_shares
+
+    sim = Simulation(gpu="rtx 4090", ram=64 * GiB, disk=2048 * GiB, workers=2, worker_mem=128 * GiB)
+    hw = machine(sim)
+    assert [g.vendor for g in hw.gpus] == ["nvidia", "rpc", "rpc"] and hw.gpus[1].latency_s > 0
+    full = [c for c in CANDIDATES if c.arch.is_moe]
+    plan = choose(full, hw, min_tps=0.0)
+    m = plan.memory
+    assert m.gpu_weights + m.cpu_weights == plan.candidate.weights.total  # every weight is somewhere
+    shares = device_shares(hw, m.gpu_total)
+    assert sum(b for _, b in shares) == m.gpu_total
+    for (name, share), gpu in zip(shares, hw.gpus, strict=True):
+        assert share <= gpu.total, name
+    alone = choose(full, machine(Simulation(gpu="rtx 4090", ram=64 * GiB, disk=2048 * GiB)), min_tps=0.0)
+    assert plan.memory.gpu_total > alone.memory.gpu_total  # the workers hold what the GPU box alone cannot
+    # the workers' 40 GB/s and round trips: far below what the GPU alone reads per second
+    assert plan.decode_tps < 1008 * 0.61 * 1e9 / (plan.candidate.weights.total * 37 / 671)

@@ -7,7 +7,7 @@ import json
 import re
 import sys
 
-_BUFFER = re.compile(r"(?P<dev>[\w-]+)\s+(?P<what>compute|output|model|KV) buffer size =\s*(?P<mib>[\d.]+) MiB")
+_BUFFER = re.compile(r"(?P<dev>\S+)\s+(?P<what>compute|output|model|KV) buffer size =\s*(?P<mib>[\d.]+) MiB")
 _LAYER = re.compile(r"layer\s+(?P<i>\d+) assigned to device (?P<dev>\S+),")
 
 
@@ -18,9 +18,15 @@ def devices() -> dict:
 
 
 def generate(path: str, n_gpu_layers: int, n_ctx: int, rules: list, prompt: str, max_tokens: int,
-             flash_attn: bool | None = None, n_batch: int = 512) -> dict:  # fmt: skip
-    """Greedy tokens, the first step's logits (top 20), and llama.cpp's own buffer and placement log."""
+             flash_attn: bool | None = None, n_batch: int = 512, workers: list | None = None) -> dict:  # fmt: skip
+    """Greedy tokens and llama.cpp's own buffer and placement log (``workers``: `localr1 worker`s added
+    first, as --workers does)."""
     from localr1.engine.llama_cpp import _LOG, LlamaCppEngine
+
+    if workers:
+        from localr1.engine.rpc import add_workers
+
+        add_workers(workers)
     from localr1.prompt import render, user_turn
     from localr1.sampling import Sampling
 

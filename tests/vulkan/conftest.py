@@ -56,7 +56,7 @@ class Vulkan:
 @pytest.fixture(scope="session")
 def vulkan() -> Vulkan:
     version = metadata.version("llama-cpp-python")
-    if not (SITE / f".built-{version}").exists():
+    if not (SITE / f".built-{version}-vulkan-rpc").exists():
         pytest.skip(f"no Vulkan build of llama-cpp-python {version} in {SITE}: bash tests/build_vulkan_backend.sh")
     v = Vulkan()
     devices = v.child("devices", timeout=120)["devices"]

@@ -1,0 +1,225 @@
+"""ggml's RPC backend through ctypes: a worker serving this machine's devices to other machines, and remote
+workers added as llama.cpp devices on the machine that runs the model.
+
+Nothing here is a protocol of localr1's: ``ggml_backend_rpc_start_server`` serves, ``ggml_backend_rpc_add_server``
++ ``ggml_backend_register`` make a worker's devices ("RPC0[host:port]") appear beside the local ones, and
+llama.cpp places layers on them like on any GPU. The RPC protocol has no authentication or encryption.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from localr1.errors import BackendBuildError, EngineError, UsageError
+
+CONNECT_TIMEOUT_S = 3.0
+N_DEVICE_FNS = 15  # function pointers in struct ggml_backend_device_i (ggml-backend-impl.h), then reg, context
+_GET_MEMORY = 2  # its third: get_memory(dev, size_t *free, size_t *total)
+
+
+def rpc_reg() -> Any:
+    """The RPC backend's registry entry, or a one-line error naming the build that has it."""
+    from localr1.engine.devices import ggml_library
+
+    lib = ggml_library()
+    lib.ggml_backend_reg_by_name.argtypes, lib.ggml_backend_reg_by_name.restype = [ctypes.c_char_p], ctypes.c_void_p
+    reg = lib.ggml_backend_reg_by_name(b"RPC")
+    if not reg:
+        raise BackendBuildError(
+            "this llama.cpp has no RPC backend (it was built without -DGGML_RPC=on)",
+            hint="Rebuild it with RPC: localr1 backend install cpu --rpc (or cuda/vulkan/metal --rpc).",
+        )
+    return reg
+
+
+def _proc(name: str, restype: Any, argtypes: list) -> Any:
+    from localr1.engine.devices import ggml_library
+
+    lib = ggml_library()
+    lib.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    lib.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
+    address = lib.ggml_backend_reg_get_proc_address(rpc_reg(), name.encode())
+    if not address:
+        raise BackendBuildError(
+            f"this llama.cpp's RPC backend has no {name}", hint="Rebuild it: localr1 backend install cpu --rpc."
+        )
+    return ctypes.CFUNCTYPE(restype, *argtypes)(address)
+
+
+def parse_endpoint(text: str) -> tuple[str, int]:
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"worker {text!r} is not host:port", hint="Write workers like 192.168.1.20:50052.")
+    return host.strip("[]"), int(port)
+
+
+_RTT: dict[str, float] = {}
+
+
+def link_rtt(endpoint: str) -> float:
+    """The round trip to a worker measured when it was added (seconds; 0 if never measured)."""
+    return _RTT.get(endpoint, 0.0)
+
+
+def check_reachable(endpoint: str, timeout: float = CONNECT_TIMEOUT_S) -> float:
+    """A TCP connect first, bounded in time (ggml's own connect waits for the system's timeout); the
+    fastest of three connects is the link's round trip, for the speed estimate."""
+    host, port = parse_endpoint(endpoint)
+    best = float("inf")
+    try:
+        for _ in range(3):
+            started = time.perf_counter()
+            with socket.create_connection((host, port), timeout=timeout):
+                best = min(best, time.perf_counter() - started)
+    except OSError as exc:
+        raise EngineError(
+            f"cannot reach the worker at {endpoint}: {exc.strerror or exc}",
+            hint="Start it there with `localr1 worker`, check the address, or the SSH tunnel (docs/guide.md).",
+        ) from None
+    _RTT[endpoint] = best
+    return best
+
+
+@dataclass(frozen=True)
+class RemoteDevice:
+    endpoint: str
+    name: str  # "RPC0[127.0.0.1:50052]" (see remote_name)
+    description: str
+    memory_free: int
+    memory_total: int
+
+
+def add_workers(endpoints: list[str]) -> list[RemoteDevice]:
+    """Register each worker's devices with llama.cpp (once per endpoint and process) and return them."""
+    from localr1.engine.devices import ggml_library, list_devices
+
+    lib = ggml_library()
+    lib.ggml_backend_register.argtypes, lib.ggml_backend_register.restype = [ctypes.c_void_p], None
+    add_server = _proc("ggml_backend_rpc_add_server", ctypes.c_void_p, [ctypes.c_char_p])
+    known = {d.description for d in list_devices() if d.name.startswith("RPC")}  # a worker's: its endpoint
+    for endpoint in endpoints:
+        parse_endpoint(endpoint)
+        if endpoint in known:
+            continue
+        check_reachable(endpoint)
+        reg = add_server(endpoint.encode())
+        if not reg:
+            raise EngineError(f"llama.cpp could not add the worker at {endpoint}", hint="Run with --debug for its log.")
+        lib.ggml_backend_register(reg)
+    install_abort_handler()  # after the RPC libraries are loaded: every copy of ggml-base gets it
+    return [
+        RemoteDevice(d.description, remote_name(d), d.description, d.memory_free, d.memory_total)
+        for d in list_devices()
+        if d.name.startswith("RPC") and d.description in endpoints
+    ]
+
+
+def remote_name(device) -> str:
+    """A worker's device as localr1 names it: "RPC0[host:port]" (llama.cpp calls each worker's first device
+    "RPC0" and puts the endpoint in its description; its buffers are named this way too)."""
+    return f"{device.name}[{device.description}]"
+
+
+_FN_GET_MEMORY = ctypes.CFUNCTYPE(
+    None, ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)
+)
+_caps: list = []  # the callbacks stay alive as long as the process serves
+
+
+def cap_device_memory(handle: int, cap: int) -> None:
+    """Make a device report at most ``cap`` bytes (``localr1 worker --mem``): its ggml_backend_device's
+    get_memory is replaced, in this process, by one that calls the original and caps it. (The RPC server asks
+    the device of the backend it made, which is the device itself, not a copy: so the change is in place. A
+    worker process serves and does nothing else.)"""
+    words = (ctypes.c_void_p * (N_DEVICE_FNS + 2)).from_address(handle)
+    real = _FN_GET_MEMORY(words[_GET_MEMORY])
+
+    def get_memory(dev, free, total):
+        real(dev, free, total)
+        free[0], total[0] = min(free[0], cap), min(total[0], cap)
+
+    callback = _FN_GET_MEMORY(get_memory)
+    _caps.append((callback, real))
+    words[_GET_MEMORY] = ctypes.cast(callback, ctypes.c_void_p).value
+
+
+def serve_devices(endpoint: str, devices: list, *, cache_dir: Path | None, threads: int, mem: int | None) -> None:
+    """Serve ``devices`` (engine.devices.Device) at ``endpoint``: blocks for as long as the worker runs."""
+    start = _proc(
+        "ggml_backend_rpc_start_server",
+        None,
+        [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p)],
+    )
+    if mem:
+        for d in devices:
+            cap_device_memory(d.handle, mem)
+    handles = [d.handle for d in devices]
+    array = (ctypes.c_void_p * len(handles))(*handles)
+    cache = str(cache_dir).encode() if cache_dir is not None else None
+    start(endpoint.encode(), cache, threads, len(handles), array)
+
+
+def choose_devices(kind: str) -> list:
+    """The local devices a worker serves: cpu, gpu (every non-CPU device) or all."""
+    from localr1.engine.devices import list_devices
+
+    devices = [d for d in list_devices() if not d.name.startswith("RPC")]
+    gpus = [d for d in devices if d.is_gpu]
+    cpus = [d for d in devices if d.kind == "cpu"]
+    chosen = {"cpu": cpus, "gpu": gpus, "all": gpus + cpus}[kind]
+    if not chosen:
+        raise UsageError(f"this machine has no {kind.upper()} device for llama.cpp", hint="Use --device cpu.")
+    return chosen
+
+
+_ABORT_FN = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
+_abort_handler: Any = None
+
+
+def on_worker_loss(message: bytes | None) -> None:
+    """ggml's abort, when a worker vanished mid-generation: llama.cpp cannot go on (it aborts the process), so
+    say what happened in one line, not a core dump, and exit non-zero. Earlier chat turns are already saved."""
+    import os
+    import sys
+
+    text = (message or b"").decode("utf-8", "replace")
+    if "RPC" in text:
+        sys.stderr.write(
+            "\nError: a worker stopped answering mid-generation (llama.cpp RPC); this reply is lost.\n"
+            "Hint: check the worker machine and `localr1 worker` there, then ask again (its tensor cache makes "
+            "the reload quick), or leave it out of --workers.\n"
+        )
+    else:
+        sys.stderr.write(f"\nError: llama.cpp stopped: {text}\nHint: run again with --debug, and report it.\n")
+    sys.stderr.flush()
+    os._exit(3)
+
+
+def _ggml_base_copies() -> list[Any]:
+    """Every loaded copy of libggml-base. A wheel cannot hold symlinks, so libggml-base.so and .so.0 are two
+    files, and a process can load both (llama-cpp-python opens one by name, the other backends' libraries
+    link the other): each has its own abort callback."""
+    from localr1.engine.devices import ggml_base_library
+
+    copies = [ggml_base_library()]
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        loaded = {line.split()[-1] for line in maps.read_text().splitlines() if "libggml-base" in line}
+        for path in sorted(loaded - {copies[0]._name}):
+            copies.append(ctypes.CDLL(path))  # already loaded: dlopen hands back that copy
+    return copies
+
+
+def install_abort_handler() -> None:
+    """Route ggml's aborts through on_worker_loss (once per process; only when workers take part)."""
+    global _abort_handler
+    if _abort_handler is None:
+        _abort_handler = _ABORT_FN(on_worker_loss)
+    for lib in _ggml_base_copies():
+        lib.ggml_set_abort_callback.argtypes, lib.ggml_set_abort_callback.restype = [_ABORT_FN], ctypes.c_void_p
+        lib.ggml_set_abort_callback(_abort_handler)

@@ -1,0 +1,168 @@
+"""Beyond one machine: `localr1 worker`s on 127.0.0.1 (child processes, ggml's RPC backend from the Vulkan+RPC
+build) taking layers of a model that runs here. Loopback only, bounded in time."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from child import generate
+
+PROMPT = "Why is the sky blue?"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Worker:
+    def __init__(self, vulkan, cache: Path, mem: str = "256MiB") -> None:
+        self.port = free_port()
+        self.endpoint = f"127.0.0.1:{self.port}"
+        env = vulkan.env(LOCALR1_CACHE_DIR=str(cache))
+        env.pop("GGML_VK_VISIBLE_DEVICES")  # the worker lends its CPU
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "localr1", "worker", "--port", str(self.port), "--device", "cpu", "--mem", mem,
+             "--threads", "1"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.banner = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise AssertionError(f"the worker exited: {self.proc.stderr.read()}")
+            self.banner.append(line)
+            if line.startswith("Use it from"):
+                return
+        raise AssertionError("the worker did not start")
+
+    def read_from_disk(self) -> int:
+        """Bytes the worker process has read with read() (its tensor cache; sockets use recv, not counted)."""
+        for line in Path(f"/proc/{self.proc.pid}/io").read_text().splitlines():
+            if line.startswith("rchar:"):
+                return int(line.split()[1])
+        return 0
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def loopback_bytes() -> int:
+    """Bytes through the loopback interface so far (every worker connection in these tests is on it)."""
+    for line in Path("/proc/net/dev").read_text().splitlines():
+        name, _, counters = line.partition(":")
+        if name.strip() == "lo":
+            return int(counters.split()[0])
+    raise AssertionError("no loopback counters")
+
+
+@pytest.fixture
+def workers(vulkan, tmp_path):
+    started = [Worker(vulkan, tmp_path / f"cache{i}") for i in range(2)]
+    yield started
+    for w in started:
+        w.stop()
+
+
+def test_a_worker_says_what_it_offers(workers):
+    banner = "".join(workers[0].banner)
+    assert f"localr1 worker on {workers[0].endpoint}" in banner
+    assert "CPU:" in banner and "offering 0.2 GiB" in banner and "tensor cache:" in banner
+
+
+def test_layers_across_this_machine_and_two_workers_give_the_local_tokens(vulkan, workers, smollm2):
+    """SmolLM2's 30 layers: 11 here, the output layer and 19 layers across two workers (split by the memory
+    each offers); greedy decoding gives exactly the tokens of a run on this machine alone."""
+    local = generate(str(smollm2), 0, 1024, [], PROMPT, 16)
+    env = vulkan.env()
+    env.pop("GGML_VK_VISIBLE_DEVICES")
+    remote = vulkan.child("generate", env=env, path=str(smollm2), n_gpu_layers=20, n_ctx=1024, rules=[],
+                          prompt=PROMPT, max_tokens=16, workers=[w.endpoint for w in workers])  # fmt: skip
+    assert remote["tokens"] == local["tokens"]
+    where = remote["layers"]
+    assert {where[str(i)] for i in range(11)} == {"CPU"}  # llama.cpp's log: which layers went where
+    assert {d for i, d in where.items() if int(i) >= 11} == {"RPC0", "RPC1"}, where  # one device per worker
+    for w in workers:  # and each holds weights: llama.cpp names their buffers by endpoint
+        assert any(k.startswith("model:RPC") and k.endswith(f"[{w.endpoint}]") for k in remote["buffers"]), remote
+
+
+def test_plan_shows_each_machine_and_the_llama_cpp_command(vulkan, workers, smollm2):
+    env = vulkan.env()
+    endpoints = ",".join(w.endpoint for w in workers)
+    out = subprocess.run(
+        [sys.executable, "-m", "localr1", "plan", str(smollm2), "--ctx", "1024", "--workers", endpoints, "--json"],
+        env={k: v for k, v in env.items() if k != "GGML_VK_VISIBLE_DEVICES"}, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    plan = json.loads(out.stdout)
+    machines = {m["device"].partition("[")[2].rstrip("]"): m for m in plan["machines"]}
+    for w in workers:
+        m = machines[w.endpoint]
+        assert m["measured"] and m["rtt_ms"] < 50 and m["bytes"] > 0
+    text = subprocess.run(
+        [sys.executable, "-m", "localr1", "plan", str(smollm2), "--ctx", "1024", "--workers", endpoints],
+        env={k: v for k, v in env.items() if k != "GGML_VK_VISIBLE_DEVICES"}, capture_output=True, text=True,
+        timeout=120,
+    ).stdout  # fmt: skip
+    assert f"--rpc {endpoints}" in text and "Across machines" in text
+
+
+def test_a_worker_killed_mid_generation_is_a_clear_error_not_a_hang(vulkan, workers, smollm2):
+    env = {k: v for k, v in vulkan.env().items() if k != "GGML_VK_VISIBLE_DEVICES"}
+    endpoints = ",".join(w.endpoint for w in workers)
+    ask = subprocess.Popen(
+        [sys.executable, "-m", "localr1", "ask", "Tell me a very long story.", "-m", str(smollm2), "--ctx", "2048",
+         "--gpu-layers", "20", "--workers", endpoints, "--max-tokens", "2000", "--temperature", "0",
+         "--show-thinking"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    first = ask.stdout.read(20)  # the answer is streaming: the model is loaded across the machines
+    assert first
+    workers[1].proc.kill()
+    started = time.monotonic()
+    try:
+        code = ask.wait(30)
+    except subprocess.TimeoutExpired:
+        ask.kill()
+        raise AssertionError("ask hung after the worker died") from None
+    err = ask.stderr.read()
+    assert code != 0 and time.monotonic() - started < 30
+    assert "a worker stopped answering" in err and "Traceback" not in err and "backtrace" not in err.lower()
+
+
+def test_a_restarted_worker_reuses_its_tensor_cache(vulkan, tmp_path, smollm2):
+    """The second load sends hashes instead of the weights the worker keeps in its cache: far fewer bytes on
+    the wire, and the worker reads them from its cache folder instead."""
+    env = {k: v for k, v in vulkan.env().items() if k != "GGML_VK_VISIBLE_DEVICES"}
+    cache = tmp_path / "cache"
+    sent, from_cache = [], []
+    for _ in range(2):
+        w = Worker(vulkan, cache, mem="512MiB")
+        try:
+            before, disk = loopback_bytes(), w.read_from_disk()
+            vulkan.child("generate", env=env, path=str(smollm2), n_gpu_layers=-1, n_ctx=512, rules=[], prompt="Hi",
+                         max_tokens=2, workers=[w.endpoint])  # fmt: skip
+            sent.append(loopback_bytes() - before)
+            from_cache.append(w.read_from_disk() - disk)
+        finally:
+            w.stop()
+    assert any(cache.rglob("*")), "the worker kept no cache"
+    # ggml caches tensors over 10 MiB (here the 28 MiB embedding matrix; R1's are hundreds of MiB each): the
+    # second load reads those from the worker's cache, and sends that much less
+    assert from_cache[1] > 20 << 20 > from_cache[0], from_cache
+    assert sent[0] > 50 << 20 and sent[0] - sent[1] > 0.9 * from_cache[1], (sent, from_cache)
