@@ -7,6 +7,7 @@ one, with the numbers of the run.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -107,3 +108,18 @@ class Done:
 
 
 Event = Reasoning | Answer | Done
+
+
+def collect(events: Iterable[Event]) -> tuple[str, str, Done | None]:
+    """A whole generation: (thinking, answer, Done or None if the stream ended without one)."""
+    reasoning: list[str] = []
+    answer: list[str] = []
+    done: Done | None = None
+    for event in events:
+        if isinstance(event, Reasoning):
+            reasoning.append(event.text)
+        elif isinstance(event, Answer):
+            answer.append(event.text)
+        elif isinstance(event, Done):
+            done = event
+    return "".join(reasoning), "".join(answer), done

@@ -137,10 +137,9 @@ def ask(
     server: opt.ServerOpt = None,
     simulate=None,  # the simulation flags, as one Simulation (see options.simulated)
 ) -> None:
-    from localr1.cli.library import pull_target
-    from localr1.cli.render import TerminalRenderer, collect, dump_json, result_object, stats_line
-    from localr1.config import load_config
-    from localr1.loader import open_model
+    from localr1.cli.engines import open_engine
+    from localr1.cli.render import TerminalRenderer, dump_json, result_object, stats_line
+    from localr1.events import collect
     from localr1.prompt import render, user_turn
 
     text = read_question(question)  # before anything slow: an empty question fails at once
@@ -154,14 +153,7 @@ def ask(
     )  # fmt: skip
     cancel = threading.Event()
     with cancel_on_sigint(cancel):
-        if server:
-            engine = opt.remote_engine(server, model)
-            name, path = engine.info.name, server
-        else:
-            loaded = open_model(
-                request, load_config(), cancel=cancel, fetch=lambda target, off: pull_target(target, off, cancel=cancel)
-            )
-            engine, name, path = loaded.engine, loaded.label, loaded.path
+        engine, name, path = open_engine(request, server, model, cancel)
         try:
             prompt = render(user_turn(text, system=system, math=math), engine.info.chat_format)
             events = engine.stream(prompt, sampling, cancel=cancel)

@@ -175,12 +175,10 @@ def evaluate_command(
         return
     from localr1 import __version__
     from localr1.cli.ask import cancel_on_sigint
-    from localr1.cli.library import pull_target
-    from localr1.config import load_config
+    from localr1.cli.engines import open_engine
     from localr1.evaluation.report import summarise
     from localr1.evaluation.run import evaluate, open_run
     from localr1.evaluation.suites import load_suite
-    from localr1.loader import open_model
     from localr1.paths import data_dir
     from localr1.sampling import Sampling
 
@@ -194,14 +192,7 @@ def evaluate_command(
                                simulate=simulate, kv_type=kv_type, workers=workers)  # fmt: skip
     cancel = threading.Event()
     with cancel_on_sigint(cancel):
-        if server:
-            engine = opt.remote_engine(server, model)
-            label, path = engine.info.name, server
-        else:
-            loaded = open_model(
-                request, load_config(), cancel=cancel, fetch=lambda target, off: pull_target(target, off, cancel=cancel)
-            )
-            engine, label, path = loaded.engine, loaded.label, loaded.path
+        engine, label, path = open_engine(request, server, model, cancel)
         try:
             info = engine.info
             meta = {

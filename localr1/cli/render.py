@@ -227,20 +227,6 @@ def result_object(model: dict[str, Any], reasoning: str, answer: str, done: Done
     return out
 
 
-def collect(events: Iterable[Event]) -> tuple[str, str, Done | None]:
-    reasoning: list[str] = []
-    answer: list[str] = []
-    done: Done | None = None
-    for event in events:
-        if isinstance(event, Reasoning):
-            reasoning.append(event.text)
-        elif isinstance(event, Answer):
-            answer.append(event.text)
-        elif isinstance(event, Done):
-            done = event
-    return "".join(reasoning), "".join(answer), done
-
-
 def dump_json(obj: dict[str, Any], out: IO[str] | None = None) -> None:
     out = out or sys.stdout
     out.write(json.dumps(obj, ensure_ascii=False, indent=2) + "\n")

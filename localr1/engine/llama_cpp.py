@@ -521,13 +521,12 @@ class LlamaCppEngine:
                     break
                 action = control.step(token == close_id) if control is not None and control.thinking else "accept"
                 if action == "suppress":  # an early end of thinking: dropped, and "Wait" appended instead
-                    events, generated = self._force(WAIT, assembler, control, held, generated)
+                    events, generated, full = self._force(WAIT, assembler, control, held, generated)
                     held = []
-                    if events and events[-1] is None:
-                        yield from events[:-1]
+                    yield from events
+                    if full:
                         finish = "length"
                         break
-                    yield from events
                     continue
                 generated += 1
                 t_last = clock()
@@ -544,13 +543,12 @@ class LlamaCppEngine:
                         yield from assembler.feed_many(held)
                         raise EngineError(f"llama.cpp failed while generating (code {rc}): {_LOG.tail(2)}")
                 if action == "cut" and generated < budget:  # the budget is spent: end the thinking for the model
-                    events, generated = self._force(TRANSITION, assembler, control, held, generated)
+                    events, generated, full = self._force(TRANSITION, assembler, control, held, generated)
                     held = []
-                    if events and events[-1] is None:
-                        yield from events[:-1]
+                    yield from events
+                    if full:
                         finish = "length"
                         break
-                    yield from events
                 if t_last - handed_at >= interval:
                     handed_at = t_last
                     events = assembler.feed_many(held)
@@ -593,12 +591,11 @@ class LlamaCppEngine:
 
     def _force(self, text: str, assembler: EventAssembler, control, held: list[bytes], generated: int):
         """Append ``text`` for a thinking budget: the model's pending pieces first, then the forced text's
-        tokens, fed (marked forced) and decoded into the KV cache. (events, generated); a last event None
-        means the context is full."""
+        tokens, fed (marked forced) and decoded into the KV cache. (events, generated, the context is full)."""
         events = assembler.feed_many(held)
         ids = self.tokenize(text, add_bos=False)
         if len(self._cached) + len(ids) >= self.n_ctx:
-            return [*events, None], generated
+            return events, generated, True
         assembler.forcing = True
         try:
             events += assembler.feed_many([self.token_piece(t) for t in ids])
@@ -610,7 +607,7 @@ class LlamaCppEngine:
             raise EngineError(f"llama.cpp failed while generating (code {rc}): {_LOG.tail(2)}")
         self._cached.extend(ids)
         control.forced_tokens += len(ids)
-        return events, generated + len(ids)
+        return events, generated + len(ids), False
 
     def _token_chooser(self, sampling: Sampling) -> tuple[Any, Any]:
         """How tokens are chosen for these settings, for one generation: (llama.cpp sampler chain, or None;

@@ -19,7 +19,7 @@ from typing import Any
 from localr1.answers import final_answer, is_equivalent
 from localr1.errors import UsageError
 from localr1.evaluation.suites import Problem
-from localr1.events import Answer, Done, Reasoning
+from localr1.events import Done, collect
 from localr1.prompt import render, user_turn
 from localr1.sampling import Sampling
 
@@ -121,18 +121,9 @@ def sample_seed(base: int, problem_id: str, sample: int) -> int:
 def run_one(engine: Any, problem: Problem, sampling: Sampling, cancel=None) -> tuple[str, str, Done | None, float]:
     """One reply to one problem, with ``ask --math``'s prompt: (thinking, answer, done, seconds)."""
     prompt = render(user_turn(problem.problem, math=True), engine.info.chat_format)
-    thinking: list[str] = []
-    answer: list[str] = []
-    done = None
     started = time.perf_counter()
-    for event in engine.stream(prompt, sampling, cancel=cancel):
-        if isinstance(event, Reasoning):
-            thinking.append(event.text)
-        elif isinstance(event, Answer):
-            answer.append(event.text)
-        elif isinstance(event, Done):
-            done = event
-    return "".join(thinking), "".join(answer), done, time.perf_counter() - started
+    thinking, answer, done = collect(engine.stream(prompt, sampling, cancel=cancel))
+    return thinking, answer, done, time.perf_counter() - started
 
 
 def _model_thinking(done: Done) -> int:
