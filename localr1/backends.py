@@ -42,7 +42,7 @@ PIECES = {
     "compiler": "a C++ compiler",
     "nvcc": "the CUDA compiler (nvcc)",
     "cublas": "cuBLAS (the CUDA toolkit's libraries)",
-    "vulkan": "the Vulkan headers",
+    "vulkan": "the Vulkan headers, 1.3.272 or newer",
     "glslc": "the shader compiler glslc",
     "xcode": "Xcode's command line tools",
 }
@@ -65,7 +65,8 @@ FIXES = {
         "Windows": "install the full CUDA toolkit from https://developer.nvidia.com/cuda-downloads",
     },
     "vulkan": {
-        "Linux": "sudo apt-get install libvulkan-dev  (or install the Vulkan SDK: https://vulkan.lunarg.com)",
+        "Linux": "sudo apt-get install libvulkan-dev, if your release's is 1.3.272 or newer (Debian 12's is "
+        "not), else the Vulkan SDK from https://vulkan.lunarg.com with VULKAN_SDK set",
         "Windows": "install the Vulkan SDK from https://vulkan.lunarg.com and set VULKAN_SDK",
     },
     "glslc": {
@@ -110,12 +111,20 @@ def _which(*names: str) -> str | None:
     return None
 
 
-def _vulkan_headers() -> str | None:
-    roots = [os.environ.get("VULKAN_SDK", ""), "/usr", "/usr/local", "/opt/homebrew"]
+def vulkan_headers(roots: list[str] | None = None) -> str | None:
+    """The Vulkan headers' folder, if they are new enough for this llama.cpp (it uses VK_EXT_layer_settings,
+    from 1.3.272: Debian 12's 1.3.239 is too old)."""
+    if roots is None:
+        roots = [os.environ.get("VULKAN_SDK", ""), "/usr", "/usr/local", "/opt/homebrew"]
     for root in filter(None, roots):
-        header = Path(root) / "include" / "vulkan" / "vulkan.h"
-        if header.exists():
-            return str(header.parent)
+        core = Path(root) / "include" / "vulkan" / "vulkan_core.h"
+        if core.exists():
+            try:
+                text = core.read_text(errors="replace")
+            except OSError:
+                continue
+            if "VK_EXT_layer_settings" in text:
+                return str(core.parent)
     return None
 
 
@@ -147,7 +156,7 @@ def find_toolchain() -> Toolchain:
         found["nvcc"] = nvcc
         if cublas := _cublas(Path(nvcc).resolve().parent.parent, cuda_home):
             found["cublas"] = cublas
-    if headers := _vulkan_headers():
+    if headers := vulkan_headers():
         found["vulkan"] = headers
     if glslc := _which("glslc"):
         found["glslc"] = glslc

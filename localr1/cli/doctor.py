@@ -207,7 +207,7 @@ def install(
     if missing and not force:
         piece = missing[0]
         raise BackendBuildError(
-            f"cannot build the {backend} backend here: {describe(piece)} is missing",
+            f"cannot build the {backend} backend here: it needs {describe(piece)}, which is not found",
             hint=f"{fix_for(piece)}; then run this again (or --force to try anyway).",
         )
     if env.kind == "system":

@@ -79,10 +79,12 @@ def test_backend_install_refuses_without_the_toolchain(runner, fake_pip, monkeyp
     monkeypatch.setattr(backends, "find_toolchain", lambda: Toolchain({"compiler": "c++"}, system="Linux"))
     result = runner.invoke(app, ["backend", "install", "cuda"])
     assert result.exit_code == 1
-    assert "the CUDA compiler (nvcc) is missing" in result.stderr and "cuda-downloads" in result.stderr
+    assert (
+        "it needs the CUDA compiler (nvcc), which is not found" in result.stderr and "cuda-downloads" in result.stderr
+    )
     assert "Traceback" not in result.output and fake_pip() == []  # nothing was run
     result = runner.invoke(app, ["backend", "install", "metal"])
-    assert "macOS is missing" in result.stderr
+    assert "it needs macOS" in result.stderr
 
 
 def test_backend_install_failure_names_the_cause_and_the_log(runner, fake_pip, monkeypatch):

@@ -66,6 +66,18 @@ def test_toolchain_pieces():
     assert Toolchain({}, system="Darwin").missing("cuda")[0].startswith("an NVIDIA GPU")
 
 
+def test_vulkan_headers_must_be_new_enough(tmp_path):
+    """This llama.cpp uses VK_EXT_layer_settings: Debian 12's headers (1.3.239) lack it."""
+    from localr1.backends import vulkan_headers
+
+    include = tmp_path / "include" / "vulkan"
+    include.mkdir(parents=True)
+    (include / "vulkan_core.h").write_text("#define VK_HEADER_VERSION 239\n")
+    assert vulkan_headers([str(tmp_path)]) is None
+    (include / "vulkan_core.h").write_text("#define VK_HEADER_VERSION 309\n#define VK_EXT_layer_settings 1\n")
+    assert vulkan_headers([str(tmp_path)]) == str(include)
+
+
 def test_recommended_backend_and_what_a_build_has():
     assert recommended_backend(["nvidia"], "Linux") == "cuda"
     assert recommended_backend(["amd"], "Linux") == "vulkan"
