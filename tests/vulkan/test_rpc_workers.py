@@ -166,3 +166,18 @@ def test_a_restarted_worker_reuses_its_tensor_cache(vulkan, tmp_path, smollm2):
     # second load reads those from the worker's cache, and sends that much less
     assert from_cache[1] > 20 << 20 > from_cache[0], from_cache
     assert sent[0] > 50 << 20 and sent[0] - sent[1] > 0.9 * from_cache[1], (sent, from_cache)
+
+
+def test_a_moe_model_across_two_workers(vulkan, workers, tiny_moe):
+    """The tiny DeepSeek-shaped MoE (MLA, routed and shared experts) over this machine and two workers, with
+    one layer's routed experts kept here by a tensor rule as offload mode writes them: the local tokens."""
+    from localr1.offload import expert_rule
+
+    local = generate(str(tiny_moe), 0, 1024, [], PROMPT, 16)
+    env = {k: v for k, v in vulkan.env().items() if k != "GGML_VK_VISIBLE_DEVICES"}
+    remote = vulkan.child("generate", env=env, path=str(tiny_moe), n_gpu_layers=-1, n_ctx=1024,
+                          rules=[[expert_rule((1,)), "CPU"]], prompt=PROMPT, max_tokens=16,
+                          workers=[w.endpoint for w in workers])  # fmt: skip
+    assert remote["tokens"] == local["tokens"]
+    assert {d for d in remote["layers"].values()} >= {"RPC0", "RPC1"}
+    assert all(v.startswith("CPU") for k, v in remote["placements"].items() if k.startswith("blk.1.ffn_"))
