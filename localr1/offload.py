@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from localr1.budget import Budget, Candidate, placement_tps
 from localr1.hardware import Hardware
-from localr1.memory import estimate
+from localr1.memory import estimate, expert_host_compute_bytes, expert_staging_bytes
 from localr1.request import OFFLOAD_MODES
 from localr1.units import GiB
 
@@ -138,7 +138,9 @@ def plan_offload(
         raise OffloadError(
             f"the hot tensors and KV cache need {hot_gpu / GiB:.1f} GiB of GPU memory, {budget.gpu / GiB:.1f} GiB usable"
         )
-    room = budget.gpu - hot_gpu
+    # experts left in RAM need room on the GPU for one of their tensors at a time (op offload, prompts)
+    staging = expert_staging_bytes(w, moe_layers)
+    room = budget.gpu - hot_gpu - (0 if mode == "gpu" else staging)
     on_gpu: list[int] = []
     if mode == "gpu":
         on_gpu = moe_layers
@@ -153,7 +155,13 @@ def plan_offload(
         raise OffloadError("--offload gpu: the experts do not fit in GPU memory")
     on_gpu_set = set(on_gpu)
     rest = [i for i in moe_layers if i not in on_gpu_set]
-    ram_room = max(0, budget.ram - (full.cpu_total))  # embeddings, host buffers
+    if rest and room < 0:
+        raise OffloadError(
+            f"the hot tensors, KV cache and room to stream the experts through need "
+            f"{(hot_gpu + staging) / GiB:.1f} GiB of GPU memory, {budget.gpu / GiB:.1f} GiB usable"
+        )
+    host_compute = expert_host_compute_bytes(c.arch) if rest else 0  # the CPU computes the experts it holds
+    ram_room = max(0, budget.ram - full.cpu_total - host_compute)  # embeddings, host buffers
     in_ram: list[int] = []
     on_disk: list[int] = []
     for layer in rest:
@@ -166,8 +174,8 @@ def plan_offload(
         raise OffloadError("--offload ram: the experts do not fit in RAM")
     if on_disk and budget.disk is not None and c.path is None and w.total > budget.disk:
         raise OffloadError("not enough disk for the model file")
-    gpu_bytes = hot_gpu + sum(experts[i] for i in on_gpu)
-    ram_bytes = full.cpu_total + sum(experts[i] for i in in_ram)
+    gpu_bytes = hot_gpu + sum(experts[i] for i in on_gpu) + (expert_staging_bytes(w, rest) if rest else 0)
+    ram_bytes = full.cpu_total + host_compute + sum(experts[i] for i in in_ram)
     disk_bytes = sum(experts[i] for i in on_disk)
     # the same speed model as a plain plan: dense weights and the active experts where they lie, a quarter of
     # the KV cache (the hot part's figure also holds the KV cache and compute buffer, which are not weights)

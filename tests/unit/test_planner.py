@@ -231,7 +231,7 @@ def test_a_context_the_user_set_is_kept_and_a_default_one_may_shrink():
 def test_context_reduced_for_speed_says_so():
     """Offloaded experts compete with the KV cache for the GPU: a smaller context leaves room for more experts
     there, which can be what makes a plan fast enough, and the note must not claim the larger one did not fit."""
-    hw = machine(Simulation(vram=20 * GiB, ram=256 * GiB, disk=2048 * GiB))
+    hw = machine(Simulation(vram=21 * GiB, ram=256 * GiB, disk=2048 * GiB))
     c = next(c for c in CANDIDATES if c.label == "r1:671b:UD-IQ1_M")
     at16 = plan_candidate(c, hw, want_ctx=16384, keep_ctx=True, min_tps=0, kv_type="f16")
     at8 = plan_candidate(c, hw, want_ctx=8192, keep_ctx=True, min_tps=0, kv_type="f16")

@@ -148,6 +148,35 @@ def test_no_alloc_compute_per_device_on_full_size_layouts(vulkan, tmp_path, name
                 assert est.gpu_compute / MiB >= theirs["compute:Vulkan0"], where
 
 
+@pytest.mark.parametrize("n_ctx", [4096, 32768])
+def test_no_alloc_compute_per_device_for_moe_offload(vulkan, tmp_path, n_ctx):
+    """Offload mode's layout on a full-size MoE (a DeepSeek-V2-Lite shape, MLA, with a 32k vocabulary): all on
+    the device but the first half of the routed experts, kept on the CPU by offload's rule. The device's
+    buffer holds one CPU expert tensor at a time for prompts (op offload), the host's the CPU experts'
+    intermediates: the planner's figures, with that room, are never under llama.cpp's. (R1's own expert
+    tensors are larger than a lavapipe buffer, so llama.cpp would run them on the host.)"""
+    from layouts import write_layout
+
+    from localr1.memory import expert_host_compute_bytes, expert_staging_bytes
+
+    arch = Architecture(
+        "deepseek2", 30, 2048, 10944, 16, 16, 192, 32000, 163840, n_expert=64, n_expert_used=6, n_expert_shared=2,
+        expert_ff=1408, n_dense_lead=1, q_lora_rank=768, kv_lora_rank=512, rope_dim=64, nope_dim=128, v_head_dim=128,
+    )  # fmt: skip
+    weights = WeightLayout.from_arch(arch, "Q4_K_M")
+    path = write_layout(arch, tmp_path / "lite.gguf")
+    cpu_layers = tuple(range(1, 15))
+    for n_ubatch in (512, 256):
+        theirs = vulkan.child("measure", path=str(path), n_ctx=n_ctx, n_gpu_layers=-1, n_ubatch=n_ubatch,
+                              rules=[[expert_rule(cpu_layers), "CPU"]])  # fmt: skip
+        est = estimate(arch, weights, n_ctx, -1, n_ubatch=n_ubatch)
+        device = (est.gpu_compute + expert_staging_bytes(weights, cpu_layers)) / MiB
+        host = (est.cpu_compute + expert_host_compute_bytes(arch, n_ubatch)) / MiB
+        where = (n_ubatch, device, host, theirs)
+        assert theirs["compute:Vulkan0"] <= device <= 2.5 * theirs["compute:Vulkan0"], where
+        assert theirs["compute:Vulkan_Host"] <= 1.1 * host, where
+
+
 def test_out_of_memory_on_the_device_falls_back_to_fewer_layers(vulkan, smollm2):
     """A real allocation failure on the device (its buffers capped at 16 MiB through ggml-vulkan's own
     GGML_VK_FORCE_MAX_BUFFER_SIZE): ask retries with fewer GPU layers, says so, and answers."""
