@@ -79,6 +79,11 @@ def _llama_cpp(report: Report) -> list:
             )
         )
         return []
+    _record_devices(report, devices, rpc)
+    return devices
+
+
+def _record_devices(report: Report, devices: list, rpc: bool) -> None:
     report.llama_cpp.update(
         devices=[
             {
@@ -93,7 +98,6 @@ def _llama_cpp(report: Report) -> list:
         backends=built_backends([d.name for d in devices]),
         rpc=rpc,
     )
-    return devices
 
 
 def diagnose(*, hardware=None, toolchain=None, device_names: list[str] | None = None) -> Report:
@@ -113,11 +117,14 @@ def diagnose(*, hardware=None, toolchain=None, device_names: list[str] | None = 
         )
     report.localr1 = {"version": __version__, "environment": env.kind, "prefix": env.prefix}
 
-    devices = _llama_cpp(report) if device_names is None else []
-    names = [d.name for d in devices] if device_names is None else list(device_names)
-    if device_names is not None:
-        report.llama_cpp = {"llama_cpp_python": llama_cpp_python_version(), "devices": [{"name": n} for n in names],
-                            "backends": built_backends(names), "rpc": any(n.startswith("RPC") for n in names)}  # fmt: skip
+    if device_names is None:
+        devices = _llama_cpp(report)
+    else:  # stand-ins with the names only (tests, simulated builds)
+        from localr1.engine.devices import Device
+
+        devices = [Device(n, "", "cpu" if n == "CPU" else "gpu", 0, 0, 0) for n in device_names]
+        report.llama_cpp = {"llama_cpp_python": llama_cpp_python_version()}
+        _record_devices(report, devices, any(n.startswith("RPC") for n in device_names))
     built = report.llama_cpp.get("backends", [])
 
     hw = hardware or probe(backends=False)
@@ -135,7 +142,7 @@ def diagnose(*, hardware=None, toolchain=None, device_names: list[str] | None = 
         report.gpus.append(
             {"name": g.name, "vendor": g.vendor, "memory_total": g.total, "memory_free": g.free, "usable": usable}
         )
-    if hw.gpus and names and not any(can_use(g.vendor, built) for g in hw.gpus):
+    if hw.gpus and devices and not any(can_use(g.vendor, built) for g in hw.gpus):
         gpu = hw.gpus[0]
         report.problems.append(
             Problem(

@@ -350,9 +350,8 @@ def remote_gpus(devices: list) -> list[GPU]:
     out = []
     for d in devices:
         if d.name.startswith("RPC") and d.memory_total > 0:
-            bandwidth = DEFAULT_GPU_BANDWIDTH["rpc"]
-            gpu = GPU(remote_name(d), "rpc", d.memory_total, d.memory_free, bandwidth_gbs=bandwidth)
-            out.append(replace(gpu, latency_s=link_rtt(d.description)))
+            rtt = link_rtt(d.description)
+            out.append(GPU(remote_name(d), "rpc", d.memory_total, d.memory_free, latency_s=rtt).with_bandwidth())
     return out
 
 
@@ -551,7 +550,7 @@ class Simulation:
         if self.workers:  # CPU workers on a LAN: their memory, a RAM's bandwidth, half a millisecond each way
             mem = self.worker_mem if self.worker_mem is not None else 64 * GiB
             remote = [
-                GPU(f"RPC{i}[worker{i + 1}:50052] (simulated)", "rpc", mem, mem, bandwidth_gbs=40.0, latency_s=0.0005)
+                GPU(f"RPC{i}[worker{i + 1}:50052] (simulated)", "rpc", mem, mem, latency_s=0.0005).with_bandwidth()
                 for i in range(self.workers)
             ]
             gpus += remote

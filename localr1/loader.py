@@ -221,7 +221,7 @@ def _not_on_disk(label: str, *, chosen: bool, offline: bool, cause: DownloadErro
 
 def join_workers(request: LoadRequest, config) -> list:
     """The request's (else the config's) `localr1 worker`s, added as llama.cpp devices before planning."""
-    workers = list(request.workers or getattr(config, "workers", None) or [])
+    workers = list(request.workers or config.workers)
     if not workers:
         return []
     from localr1.engine.rpc import add_workers

@@ -159,6 +159,11 @@ def kv_cache_bytes(arch: Architecture, n_ctx: int, n_layers: int | None = None, 
     return int(layers * n_ctx * kv_bytes_per_layer_token(arch, kv_type_bytes(kv_type)))
 
 
+def mask_bytes(n_ctx: int, n_ubatch: int, flash_attn: bool) -> int:
+    """The attention mask of a micro-batch: n_ctx x n_ubatch, f16 with flash attention, f32 without."""
+    return n_ctx * n_ubatch * (2 if flash_attn else 4)
+
+
 def compute_bytes(
     arch: Architecture, n_ctx: int, *, n_ubatch: int = 512, flash_attn: bool = True, device: bool = False
 ) -> int:
@@ -176,7 +181,7 @@ def compute_bytes(
         return int(max(moe, attn))
     kv_dim = arch.n_head_kv * arch.head_dim
     rest = 4 * u * (5 * arch.n_embd + 2 * kv_dim)
-    mask = 2 * u * n_ctx if flash_attn else 4 * u * n_ctx
+    mask = mask_bytes(n_ctx, u, flash_attn)
     if flash_attn:
         attn = mask + rest  # the f16 mask; the attention itself is tiled
     else:
@@ -237,7 +242,7 @@ def estimate(
         # the graph runs on the GPU; the CPU keeps a host buffer for the inputs (the embeddings of a
         # micro-batch, twice) and the attention mask (n_ctx x n_ubatch, f16 with flash attention, f32 without),
         # as measured per device on a real ggml device (tests/vulkan)
-        mask = n_ctx * n_ubatch * (2 if flash_attn else 4)
+        mask = mask_bytes(n_ctx, n_ubatch, flash_attn)
         gpu_compute = compute_bytes(arch, n_ctx, n_ubatch=n_ubatch, flash_attn=flash_attn, device=True)
         cpu_compute = 4 * n_ubatch * arch.n_embd * 2 + mask
         if gpu_layers < n_layer and weights.layers:

@@ -271,7 +271,7 @@ def plan(
     placement, why_not = (
         (chosen.placement, None) if chosen.placement else _placement(chosen, machine_info, offload, gpu_experts)
     )
-    machines = _machines(chosen, machine_info, remote, request.workers or tuple(config.workers))
+    machines = _machines(chosen, machine_info, remote)
     if json_out:
         out = {**chosen.to_dict(), "hardware": machine_info.to_dict()}
         if machines:
@@ -309,9 +309,7 @@ def plan(
             rtt = f", round trip {m['rtt_ms']:.2f} ms" if m.get("rtt_ms") else ""  # (measured, or assumed)
             lines.append(f"  {m['device']:32} {gib(m['bytes'])}{rtt}")
         layers = chosen.n_gpu_layers if chosen.n_gpu_layers >= 0 else 999
-        rpc = ",".join(request.workers or config.workers) or ",".join(
-            g.name[g.name.find("[") + 1 : g.name.find("]")] for g in machine_info.gpus if g.vendor == "rpc"
-        )
+        rpc = ",".join(m["endpoint"] for m in machines if m.get("endpoint"))
         lines += [
             "  the same with llama.cpp:",
             f"  llama-cli -m MODEL.gguf --rpc {rpc} -ngl {layers} -c {chosen.n_ctx}",
@@ -319,17 +317,18 @@ def plan(
     sys.stdout.write("\n".join(lines) + "\n")
 
 
-def _machines(plan, hw, remote, workers) -> list[dict]:
+def _machines(plan, hw, remote) -> list[dict]:
     """GB per machine when workers (real or simulated) take part: this one's RAM, and each device's share of
-    the GPU part."""
+    the GPU part; a worker's device with its endpoint (its name is "RPCn[host:port]") and round trip."""
     if not any(g.vendor == "rpc" for g in hw.gpus):
         return []
     from localr1.planner import device_shares
 
-    rtts = {d.name: d for d in remote}
+    measured = {d.name for d in remote}
     out = [{"device": "this machine (RAM)", "bytes": plan.memory.cpu_total}]
-    for name, share in device_shares(hw, plan.memory.gpu_total):
-        gpu = next(g for g in hw.gpus if g.name == name)
-        rtt = round(gpu.latency_s * 1000, 3) if gpu.vendor == "rpc" else None
-        out.append({"device": name, "bytes": share, "rtt_ms": rtt, "measured": name in rtts})
+    for gpu, (name, share) in zip(hw.gpus, device_shares(hw, plan.memory.gpu_total), strict=False):  # [] if no free
+        entry = {"device": name, "bytes": share, "rtt_ms": None, "measured": name in measured}
+        if gpu.vendor == "rpc":
+            entry.update(endpoint=name[name.find("[") + 1 : name.find("]")], rtt_ms=round(gpu.latency_s * 1000, 3))
+        out.append(entry)
     return out

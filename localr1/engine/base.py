@@ -86,7 +86,7 @@ class EventAssembler:
         self._uncounted = 0  # tokens read whose text has not gone out yet (tags, held-back text)
         self._first_token_at: float | None = None
         self._thinking_ended_at: float | None = None
-        self.forcing = False  # what is fed now is the engine's text for a thinking budget, not the model's
+        self._forcing = False  # what is fed now is the engine's text for a thinking budget, not the model's
 
     def feed(self, piece: bytes) -> list[Event]:
         """One token's bytes."""
@@ -120,6 +120,14 @@ class EventAssembler:
                 else:
                     merged.append(event)
         return merged
+
+    def feed_forced(self, pieces: list[bytes]) -> list[Event]:
+        """Tokens an engine appended for a thinking budget: the same path, their reasoning marked forced."""
+        self._forcing = True
+        try:
+            return self.feed_many(pieces)
+        finally:
+            self._forcing = False
 
     def _feed_token(self, piece: bytes) -> list[Event]:
         """One token that may open or close a tag: counted by the state it was read in."""
@@ -168,7 +176,7 @@ class EventAssembler:
             return []
         self._uncounted = 0
         channel, text = pieces[0]
-        forced = self.forcing
+        forced = self._forcing
         first = Reasoning(text, tokens, forced) if channel == "reasoning" else Answer(text, tokens)
         if len(pieces) == 1:  # the common case, without a comprehension's frame
             return [first]

@@ -322,12 +322,8 @@ class BatchedEngine:
             with self._cv:
                 self._finish(job, "length")
             return
-        assembler.forcing = True
-        try:
-            for event in assembler.feed_many([engine.token_piece(t) for t in ids]):
-                job.out.put(event)
-        finally:
-            assembler.forcing = False
+        for event in assembler.feed_forced([engine.token_piece(t) for t in ids]):
+            job.out.put(event)
         job.tokens.extend(([accepted] if accepted is not None else []) + ids)
         job.prefilling = True
         job.control.forced_tokens += len(ids)

@@ -143,11 +143,7 @@ class FakeEngine:
         """The fake's tokens of a forced text: the delimiter alone, and the text around it (so the
         transition is 3 tokens and "Wait" 1). Returns (through ``yield from``) the count."""
         pieces = [p for p in re.split(f"({re.escape(THINK_CLOSE)})", text) if p]
-        assembler.forcing = True
-        try:
-            yield from assembler.feed_many([p.encode() for p in pieces])
-        finally:
-            assembler.forcing = False
+        yield from assembler.feed_forced([p.encode() for p in pieces])
         control.forced_tokens += len(pieces)
         return len(pieces)
 

@@ -596,11 +596,7 @@ class LlamaCppEngine:
         ids = self.tokenize(text, add_bos=False)
         if len(self._cached) + len(ids) >= self.n_ctx:
             return events, generated, True
-        assembler.forcing = True
-        try:
-            events += assembler.feed_many([self.token_piece(t) for t in ids])
-        finally:
-            assembler.forcing = False
+        events += assembler.feed_forced([self.token_piece(t) for t in ids])
         arr = (self._lib.llama_token * len(ids))(*ids)
         rc = self._lib.llama_decode(self._ctx, self._lib.llama_batch_get_one(arr, len(ids)))
         if rc != 0:
