@@ -100,17 +100,40 @@ def load_run(folder: Path) -> Run:
     try:
         meta = json.loads(lines[0])["meta"]
     except (IndexError, json.JSONDecodeError, KeyError, TypeError):
-        raise UsageError(f"{path} is not a localr1 eval run (no header line)") from None
+        meta = None
+    if not isinstance(meta, dict):
+        raise UsageError(f"{path} is not a localr1 eval run (no header line)")
     samples = []
-    names = set(Sample.__dataclass_fields__)
-    for line in lines[1:]:
+    for n, line in enumerate(lines[1:], 2):
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue  # the line being written when the process died
-        if isinstance(record, dict) and names <= set(record) | {"answer"}:
-            samples.append(Sample(**{k: record.get(k, "") if k == "answer" else record[k] for k in names}))
+        sample = _sample(record)
+        if sample is None:
+            raise UsageError(f"{path} line {n} is not a sample of a localr1 eval run", hint="Was it edited by hand?")
+        samples.append(sample)
     return Run(path.parent, meta, samples)
+
+
+# each field's types in a saved sample (a run file may have been edited, or be another program's)
+_SAMPLE_TYPES = {
+    "problem": (str,), "sample": (int,), "budget": (int, type(None)), "extracted": (str, type(None)),
+    "correct": (bool,), "thinking_tokens": (int,), "answer_tokens": (int,), "completion_tokens": (int,),
+    "cut": (bool,), "finish_reason": (str,), "seconds": (int, float), "decode_tps": (int, float),
+}  # fmt: skip
+
+
+def _sample(record) -> Sample | None:
+    if not isinstance(record, dict):
+        return None
+    for key, types in _SAMPLE_TYPES.items():
+        value = record.get(key, ...)
+        bool_as_int = isinstance(value, bool) and bool not in types
+        if value is ... or not isinstance(value, types) or bool_as_int:
+            return None
+    answer = record.get("answer", "")
+    return Sample(**{k: record[k] for k in _SAMPLE_TYPES}, answer=answer if isinstance(answer, str) else "")
 
 
 def sample_seed(base: int, problem_id: str, sample: int) -> int:

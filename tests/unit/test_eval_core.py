@@ -98,6 +98,22 @@ def test_runs_resume_and_refuse_other_settings(tmp_path):
     assert sample_seed(0, "a", 1) != sample_seed(0, "a", 0) == sample_seed(0, "a", 0)
 
 
+@pytest.mark.parametrize(
+    "lines",
+    [
+        ['{"meta": 3}'],
+        ["[]"],
+        ['{"meta": {}}', '{"problem": "a", "sample": "zero"}'],
+        ['{"meta": {}}', "[1, 2]"],
+    ],
+)
+def test_a_file_that_is_not_a_run_is_one_line(tmp_path, lines):
+    path = tmp_path / "samples.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(UsageError, match="not a (localr1 eval run|sample of a localr1 eval run)"):
+        load_run(tmp_path)
+
+
 def test_paired_p_values():
     assert paired_p_value([0, 0, 0]) == 1.0
     assert paired_p_value([1, 1, 1, 1, 1]) == pytest.approx(2 / 32)  # exact: 2 of 32 sign patterns as extreme
