@@ -247,7 +247,7 @@ def open_model(
 
     request = request.validated()
     say = say or (lambda text: sys.stderr.write(text + "\n"))
-    join_workers(request, config)
+    workers = [d.endpoint for d in join_workers(request, config)]
     spec = request.spec
     n_ctx = request.ctx or config.ctx
     layers = request.gpu_layers if request.gpu_layers is not None else config.gpu_layers
@@ -286,4 +286,8 @@ def open_model(
         kv_type=kv_type,
     )
     engine = load_with_fallback(path, inspect_model(path), options, plan, cancel or threading.Event(), say=say)
+    if workers:  # the model's connections to the workers exist now: a silent network drop must not hang it
+        from localr1.engine.rpc import guard_links, worker_peers
+
+        guard_links(peers=worker_peers(workers))
     return LoadedModel(engine, label, path, plan)

@@ -79,7 +79,7 @@ def worker(
     no_cache: bool = typer.Option(False, "--no-cache", help="Keep no tensor cache (clients resend every weight)."),
 ) -> None:
     from localr1.cpu import physical_cores
-    from localr1.engine.rpc import choose_devices, rpc_reg, serve_devices
+    from localr1.engine.rpc import choose_devices, guard_links, link_timeout, rpc_reg, serve_devices
     from localr1.errors import UsageError
     from localr1.hardware import parse_size
     from localr1.paths import cache_dir
@@ -88,6 +88,7 @@ def worker(
     if device not in ("auto", "cpu", "gpu", "all"):
         raise UsageError(f"--device must be auto, cpu, gpu or all, not {device!r}")
     check_worker_bind(host, port, allow_network=allow_network)
+    link_timeout()  # a bad LOCALR1_WORKER_TIMEOUT fails here, not later
     cap = parse_size(mem) if mem else None
     if cap is not None and cap <= 0:
         raise UsageError("--mem must be more than 0")
@@ -127,9 +128,13 @@ def worker(
     server = threading.Thread(target=run, name="localr1-rpc-server", daemon=True)
     server.start()
     previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    guarded_at = 0.0
     try:
         while server.is_alive():
             time.sleep(0.2)
+            if time.monotonic() - guarded_at > 1:  # each client it accepts: a client that vanished silently
+                guard_links(local_port=port)  # is dropped within the link timeout, and the next one served
+                guarded_at = time.monotonic()
     except KeyboardInterrupt:
         sys.stderr.write("Stopped.\n")
         return

@@ -8,8 +8,11 @@ llama.cpp places layers on them like on any GPU. The RPC protocol has no authent
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import os
 import socket
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +21,7 @@ from typing import Any
 from localr1.errors import BackendBuildError, EngineError, UsageError
 
 CONNECT_TIMEOUT_S = 3.0
+LINK_TIMEOUT_S = 20.0  # a worker link silent this long is dead (LOCALR1_WORKER_TIMEOUT)
 N_DEVICE_FNS = 15  # function pointers in struct ggml_backend_device_i (ggml-backend-impl.h), then reg, context
 _GET_MEMORY = 2  # its third: get_memory(dev, size_t *free, size_t *total)
 
@@ -98,6 +102,7 @@ def add_workers(endpoints: list[str]) -> list[RemoteDevice]:
     """Register each worker's devices with llama.cpp (once per endpoint and process) and return them."""
     from localr1.engine.devices import ggml_library, list_devices
 
+    link_timeout()  # a bad LOCALR1_WORKER_TIMEOUT fails before anything loads
     lib = ggml_library()
     lib.ggml_backend_register.argtypes, lib.ggml_backend_register.restype = [ctypes.c_void_p], None
     add_server = _proc("ggml_backend_rpc_add_server", ctypes.c_void_p, [ctypes.c_char_p])
@@ -223,3 +228,89 @@ def install_abort_handler() -> None:
     for lib in _ggml_base_copies():
         lib.ggml_set_abort_callback.argtypes, lib.ggml_set_abort_callback.restype = [_ABORT_FN], ctypes.c_void_p
         lib.ggml_set_abort_callback(_abort_handler)
+
+
+def link_timeout() -> float:
+    """Seconds after which a silent link to or from a worker counts as lost: LOCALR1_WORKER_TIMEOUT, else 20."""
+    text = os.environ.get("LOCALR1_WORKER_TIMEOUT", "").strip()
+    if not text:
+        return LINK_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 2 <= value <= 3600:
+        raise UsageError(
+            f"LOCALR1_WORKER_TIMEOUT must be a number of seconds from 2 to 3600, not {text!r}",
+            hint="Unset it for the default (20 seconds).",
+        )
+    return value
+
+
+def _socket_fds() -> list[int]:
+    """This process's open sockets (file descriptors)."""
+    folder = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"
+    fds = []
+    for name in os.listdir(folder):
+        try:
+            if stat.S_ISSOCK(os.fstat(int(name)).st_mode):
+                fds.append(int(name))
+        except (OSError, ValueError):
+            continue  # closed since the listing (the listing's own descriptor among them)
+    return fds
+
+
+def _keepalive(sock: socket.socket, timeout: float) -> None:
+    """TCP keepalive probes after timeout/4 of silence, and the kernel's own deadline for unacknowledged data:
+    a peer that vanished (cable, Wi-Fi, power, a firewall dropping the flow) is noticed within ``timeout``
+    seconds instead of never. An idle but live peer answers the probes from its kernel: no false alarms."""
+    idle = max(1, int(timeout / 4))
+    interval = max(1, int(timeout / 8))
+    count = max(1, round((timeout - idle) / interval))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPALIVE", idle), ("TCP_KEEPINTVL", interval),
+                        ("TCP_KEEPCNT", count), ("TCP_USER_TIMEOUT", int(timeout * 1000))):  # fmt: skip
+        option = getattr(socket, name, None)  # TCP_KEEPALIVE is macOS's TCP_KEEPIDLE; USER_TIMEOUT is Linux's
+        if option is not None:
+            with contextlib.suppress(OSError):  # a system that lacks one keeps its default
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+def guard_links(*, peers: set[tuple[str, int]] = frozenset(), local_port: int | None = None) -> int:
+    """Bound every open TCP connection of this process to ``peers`` (client side: the workers) or accepted on
+    ``local_port`` (a worker: its clients) by :func:`_keepalive`. ggml's RPC sockets have no timeout of their
+    own, so a silently dropped link would block a recv forever: with this, the recv fails, ggml aborts, and
+    the abort handler says so in one line (a client), or the worker drops that client and accepts the next.
+    Returns how many connections were guarded."""
+    timeout = link_timeout()
+    guarded = 0
+    for fd in _socket_fds():
+        try:
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        try:
+            if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            peer, here = sock.getpeername()[:2], sock.getsockname()[:2]
+            if (peer[0], peer[1]) in peers or (local_port is not None and here[1] == local_port):
+                _keepalive(sock, timeout)
+                guarded += 1
+        except OSError:
+            continue  # not connected (a listening socket), or gone
+        finally:
+            sock.close()  # the duplicate only: ggml's descriptor stays open
+    return guarded
+
+
+def worker_peers(endpoints: list[str]) -> set[tuple[str, int]]:
+    """The addresses the workers' connections go to (each host resolved as ggml resolves it)."""
+    out: set[tuple[str, int]] = set()
+    for endpoint in endpoints:
+        host, port = parse_endpoint(endpoint)
+        try:
+            for *_, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+                out.add((address[0], address[1]))
+        except OSError:
+            continue
+    return out

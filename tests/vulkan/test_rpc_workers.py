@@ -181,3 +181,38 @@ def test_a_moe_model_across_two_workers(vulkan, workers, tiny_moe):
     assert remote["tokens"] == local["tokens"]
     assert {d for d in remote["layers"].values()} >= {"RPC0", "RPC1"}
     assert all(v.startswith("CPU") for k, v in remote["placements"].items() if k.startswith("blk.1.ffn_"))
+
+
+def _netns_with_firewall() -> str | None:
+    """Why a network namespace with an nftables firewall cannot be made here, or None when it can."""
+    import shutil
+
+    if not shutil.which("unshare") or not shutil.which("nft") or not shutil.which("ip"):
+        return "needs unshare, ip and nft (apt-get install util-linux iproute2 nftables)"
+    probe = subprocess.run(["unshare", "-n", "nft", "add", "table", "inet", "probe"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"cannot make a network namespace with a firewall here: {probe.stderr.strip()[:200]}"
+    return None
+
+
+def test_a_worker_whose_network_goes_silent_is_a_clear_error_within_the_link_timeout(vulkan, smollm2):
+    """In a network namespace of its own, a firewall drops every packet of ask's connection to the worker
+    mid-reply: nothing closes, so only the keepalive and unacknowledged-data deadlines on both ends can notice.
+    ask ends with the one-line error within the link timeout (without the guard it waits forever), and a new
+    ask on a new connection is served while the old flow is still dropped: the worker gave up on the vanished
+    client itself (without its guard it serves that client forever and the new ask cannot connect)."""
+    if why := _netns_with_firewall():
+        pytest.skip(why)
+    env = {**vulkan.env(), "LOCALR1_WORKER_TIMEOUT": "4"}
+    out = subprocess.run(
+        ["unshare", "-n", sys.executable, str(Path(__file__).with_name("link_drop.py")), str(smollm2)],
+        env=env, capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["streamed"]
+    assert result["code"] == 3, result  # None: it hung for two minutes
+    assert result["seconds"] < 4 + 6, result
+    assert "a worker stopped answering" in result["stderr"] and "Traceback" not in result["stderr"]
+    assert result["again_code"] == 0 and result["again_seconds"] < 60, result
+    assert result["worker_alive"]
