@@ -3,11 +3,12 @@ memory bandwidth. Below both the planner and the MoE offload placement, which ea
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from localr1.arch import Architecture
-from localr1.hardware import Hardware
+from localr1.hardware import GPU, Hardware
 from localr1.memory import WeightLayout
 from localr1.quants import QUANT_QUALITY  # noqa: F401  (also read from here)
 from localr1.units import GiB, MiB
@@ -99,15 +100,43 @@ def tokens_per_s(hw: Hardware, gpu_read: float, cpu_read: float, disk_read: floa
     """Decode speed when each token reads these bytes from the GPU, RAM and disk tiers."""
     seconds = 0.0
     if gpu_read > 0 and hw.gpus:
-        # llama.cpp splits the layers over the GPUs by free memory, and a token visits each in turn: each reads
-        # its share at its own speed (the same share of a uniform set of GPUs gives the plain ratio)
-        free = sum(max(g.free, 1) for g in hw.gpus)
-        for g in hw.gpus:
-            seconds += gpu_read * max(g.free, 1) / free / (g.bandwidth_gbs * 1e9 * GPU_EFFICIENCY)
-            # a remote device (llama.cpp RPC) costs a round trip per token: the activations go there and back
-            seconds += 2 * g.latency_s
+        seconds += gpu_seconds(hw.gpus, gpu_read)
+        # a remote device (llama.cpp RPC) holding a run of layers: the activations go there and back
+        seconds += sum(2 * g.latency_s for g in hw.gpus)
     if cpu_read > 0:
         seconds += cpu_read / cpu_rate(hw, quant)
     if disk_read > 0:
         seconds += disk_read / (hw.disk_bandwidth_gbs * 1e9)
+    return 1.0 / seconds if seconds > 0 else float("inf")
+
+
+def gpu_seconds(gpus, read: float) -> float:
+    """Seconds for ``read`` bytes spread over these GPUs as llama.cpp splits layers (by free memory): a token
+    visits each in turn and each reads its share at its own speed."""
+    free = sum(max(g.free, 1) for g in gpus)
+    return sum(read * max(g.free, 1) / free / (g.bandwidth_gbs * 1e9 * GPU_EFFICIENCY) for g in gpus)
+
+
+def spread_tps(
+    hw: Hardware,
+    *,
+    main: Sequence[GPU],
+    main_read: float,
+    device_reads: Sequence[tuple[GPU, float]] = (),
+    cpu_read: float = 0.0,
+    disk_read: float = 0.0,
+    hops_s: float = 0.0,
+    quant: str = "",
+) -> float:
+    """Decode tokens/s when the layers sit on ``main`` (this machine's GPUs, or one worker's device) and other
+    devices hold only routed experts: bytes each token reads from each, plus ``hops_s`` of network round
+    trips (the caller counts them: a remote device's experts cost two per layer)."""
+    seconds = gpu_seconds(main, main_read) if main_read > 0 and main else 0.0
+    for device, read in device_reads:
+        seconds += read / (device.bandwidth_gbs * 1e9 * GPU_EFFICIENCY)
+    if cpu_read > 0:
+        seconds += cpu_read / cpu_rate(hw, quant)
+    if disk_read > 0:
+        seconds += disk_read / (hw.disk_bandwidth_gbs * 1e9)
+    seconds += hops_s
     return 1.0 / seconds if seconds > 0 else float("inf")

@@ -31,6 +31,7 @@ class EngineOptions:
     engine: str = "llama.cpp"  # a name in localr1.engine.registry
     n_seq: int = 1  # sequences decoded together; n_ctx is each one's context
     kv_type: str = "f16"  # the KV cache's type: f16, q8_0 or q4_0
+    main_device: str | None = None  # every layer on it ("local" or a worker's "RPC1"); None: llama.cpp splits
 
 
 def load_engine(path: Path, header, options: EngineOptions, cancel: threading.Event | None = None) -> Engine:
@@ -284,6 +285,7 @@ def open_model(
         mlock=mlock,
         n_seq=request.parallel,
         kv_type=kv_type,
+        main_device=plan.placement.main_device if plan is not None and plan.placement is not None else None,
     )
     engine = load_with_fallback(path, inspect_model(path), options, plan, cancel or threading.Event(), say=say)
     if workers:  # the model's connections to the workers exist now: a silent network drop must not hang it

@@ -15,13 +15,40 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from localr1.budget import Budget, Candidate, placement_tps
-from localr1.hardware import Hardware
+from localr1.budget import (
+    GPU_EFFICIENCY,
+    GPU_MARGIN,
+    GPU_RESERVE,
+    RPC_RESERVE,
+    Budget,
+    Candidate,
+    cpu_rate,
+    placement_tps,
+    spread_tps,
+)
+from localr1.hardware import GPU, Hardware
 from localr1.memory import estimate, expert_host_compute_bytes, expert_staging_bytes
 from localr1.request import OFFLOAD_MODES
 from localr1.units import GiB
 
 MODES = OFFLOAD_MODES
+
+
+@dataclass(frozen=True)
+class DeviceShare:
+    """What one device holds when `localr1 worker`s take part: the hot part (attention, shared experts, norms,
+    router, output and the KV cache) on the main device, routed experts on the others."""
+
+    device: str  # as hardware names it: "RPC1[192.168.1.20:50052]", or "this machine's GPUs"
+    expert_layers: tuple[int, ...]
+    bytes: int  # weights, KV cache and compute buffer on it
+    hot: bool  # the main device: the hot tensors and the KV cache
+    endpoint: str | None = None  # a worker's host:port
+
+    @property
+    def ggml_name(self) -> str:
+        """llama.cpp's name for the device ("RPC1"): what a tensor rule names."""
+        return self.device.partition("[")[0]
 
 
 @dataclass(frozen=True)
@@ -37,12 +64,28 @@ class Placement:
     decode_tps: float
     rules: tuple[tuple[str, str], ...]  # (regex, device) for llama.cpp, in order
     mlock: bool  # the RAM tier fits: lock it so the OS cannot page it out
+    devices: tuple[DeviceShare, ...] = ()  # per device, when workers take part (else the GPUs are one tier)
+    main_device: str | None = None  # where the layers go: "local" (this machine's GPUs), a worker's "RPC1", or
+    # None (llama.cpp's own split of the layers over every device, by free memory)
 
     def ot_args(self) -> list[str]:
-        """The same placement as llama.cpp command-line arguments (``-ngl 999 -ot ...``)."""
+        """The same placement as llama.cpp command-line arguments (``-ngl 999 -ot ...``). llama-cli names a
+        worker's buffers "RPC<its index on that worker>[host:port]", and lists the workers' devices first in
+        ``-ts``."""
         out = ["-ngl", "999"]
+        remote = [d for d in self.devices if d.endpoint]
+        if remote:
+            out[:0] = ["--rpc", ",".join(dict.fromkeys(d.endpoint for d in remote))]
+            split = [1 if d.hot else 0 for d in remote]
+            if self.main_device == "local":
+                split.append(1)
+            out += ["-ts", ",".join(map(str, split))]
+        buffer_names: dict[str, str] = {}
+        for d in remote:
+            on_worker = sum(1 for name in buffer_names.values() if name.endswith(f"[{d.endpoint}]"))
+            buffer_names[d.ggml_name] = f"RPC{on_worker}[{d.endpoint}]"
         for pattern, device in self.rules:
-            out += ["-ot", f"{pattern}={device}"]
+            out += ["-ot", f"{pattern}={buffer_names.get(device, device)}"]
         if self.mlock:
             out.append("--mlock")
         return out
@@ -52,8 +95,16 @@ class Placement:
             return f"experts of layers {_ranges(ls)}{how}" if ls else "no experts"
 
         gpu = "hot tensors, KV cache" + (f", {experts(self.gpu_expert_layers)}" if self.gpu_expert_layers else "")
+        if self.devices:
+            tiers = []
+            for d in self.devices:
+                held = ("hot tensors, KV cache" + (", " if d.expert_layers else "")) if d.hot else ""
+                held += experts(d.expert_layers) if d.expert_layers or not d.hot else ""
+                tiers.append(f"{d.device}: {d.bytes / GiB:.1f} GiB  {held}")
+        else:
+            tiers = [f"GPU   {self.gpu_bytes / GiB:7.1f} GiB  {gpu}"]
         return [
-            f"GPU   {self.gpu_bytes / GiB:7.1f} GiB  {gpu}",
+            *tiers,
             f"RAM   {self.ram_bytes / GiB:7.1f} GiB  {experts(self.ram_expert_layers, ' (locked)' if self.mlock else '')}",
             f"disk  {self.disk_bytes / GiB:7.1f} GiB  {experts(self.disk_expert_layers, ' (memory-mapped)')}",
             f"speed about {self.decode_tps:.1f} tokens/s decode (estimate from bytes per token and tier bandwidth)",
@@ -128,6 +179,8 @@ def plan_offload(
     if not c.arch.is_moe:
         raise OffloadError(f"{c.label} is not a mixture-of-experts model")
     budget = budget or Budget.of(hw)
+    if any(g.vendor == "rpc" for g in hw.gpus):
+        return _plan_across(c, hw, n_ctx, mode=mode, gpu_experts=gpu_experts, budget=budget, kv_type=kv_type)
     w = c.weights
     experts = list(w.expert_layers)
     moe_layers = [i for i, b in enumerate(experts) if b > 0]
@@ -206,3 +259,143 @@ def plan_offload(
         rules=rules,
         mlock=not on_disk and bool(in_ram),
     )
+
+
+def device_room(g: GPU) -> int:
+    """Bytes one device may take (as Budget counts them for all GPUs together)."""
+    return max(0, int(g.free * GPU_MARGIN) - (RPC_RESERVE if g.vendor == "rpc" else GPU_RESERVE))
+
+
+@dataclass
+class _Tier:
+    name: str  # "main", a worker device's hardware name, "RAM" or "disk"
+    room: float
+    layer_s: float  # seconds one average layer's active experts cost a token here, network included
+    device: GPU | None = None
+    layers: list[int] | None = None
+
+
+def _plan_across(
+    c: Candidate, hw: Hardware, n_ctx: int, *, mode: str, gpu_experts: int | None, budget: Budget, kv_type: str
+) -> Placement:
+    """Offload across machines (`localr1 worker`s, llama.cpp RPC): every layer's hot part and the KV cache on one
+    main device — this machine's GPUs, or the fastest worker device when it has none — and the routed experts
+    wherever a token pays least for them: the main device, other workers' devices, this machine's RAM, disk.
+
+    A worker's experts cost a round trip per layer (the activations go there and back through this machine:
+    ggml's RPC backend does not copy between workers), so they come after RAM unless that worker reads
+    faster by more than the network costs. llama.cpp gets a tensor split that gives every layer to the main
+    device and ``-ot`` rules that send each other tier's experts to its device."""
+    w = c.weights
+    experts = list(w.expert_layers)
+    moe_layers = [i for i, b in enumerate(experts) if b > 0]
+    active = c.arch.n_expert_used / c.arch.n_expert if c.arch.n_expert else 1.0
+    full = estimate(c.arch, w, n_ctx, -1, kv_type=kv_type)
+    hot = full.gpu_total - sum(experts)
+    local = [g for g in hw.gpus if g.vendor != "rpc"]
+    remote = [g for g in hw.gpus if g.vendor == "rpc"]
+    if local:
+        main, main_device, rtt = local, "local", 0.0
+        main_label = local[0].name if len(local) == 1 else "this machine's GPUs"
+        main_room = sum(device_room(g) for g in local) - (len(local) - 1) * full.gpu_compute  # a buffer each
+    else:
+        best = max(remote, key=lambda g: (g.bandwidth_gbs, device_room(g)))
+        main, main_device, rtt, main_label = [best], best.name.partition("[")[0], best.latency_s, best.name
+        main_room = device_room(best)
+    if hot > main_room:
+        raise OffloadError(
+            f"the hot tensors and KV cache need {hot / GiB:.1f} GiB on {main_label}, {main_room / GiB:.1f} GiB usable"
+        )
+    layer = sum(experts) / max(1, len(moe_layers))  # an average layer's routed experts
+    main_bw = min(g.bandwidth_gbs for g in main) * 1e9 * GPU_EFFICIENCY
+    # for a prompt, llama.cpp copies RAM experts into a local GPU's compute buffer (op offload; RPC devices
+    # do not take part in it): room for one of their tensors on the main device when it is this machine's
+    staging = expert_staging_bytes(w, moe_layers) if local and mode != "gpu" else 0
+    device_compute = expert_host_compute_bytes(c.arch)  # a worker computing experts: their intermediates
+    tiers = [_Tier("main", main_room - hot - staging, active * layer / main_bw)]
+    for g in remote:
+        if g not in main:
+            hop = 2 * (rtt + g.latency_s)
+            cost = active * layer / (g.bandwidth_gbs * 1e9 * GPU_EFFICIENCY) + hop
+            tiers.append(_Tier(g.name, device_room(g) - device_compute, cost, g))
+    host_compute = expert_host_compute_bytes(c.arch)
+    ram_room = max(0, budget.ram - full.cpu_total - host_compute)
+    tiers.append(_Tier("RAM", ram_room, active * layer / cpu_rate(hw, c.quant) + 2 * rtt))
+    devices_allowed = mode != "ram"
+    limit = len(moe_layers) if gpu_experts is None else max(0, min(gpu_experts, len(moe_layers)))
+    rest = list(moe_layers)
+    on_devices = 0
+    for tier in sorted(tiers, key=lambda t: t.layer_s):
+        tier.layers = []
+        is_device = tier.name != "RAM"
+        if is_device and not devices_allowed:
+            continue
+        # the main device takes the last layers (like llama.cpp's --n-cpu-moe), the others the first ones
+        order = list(reversed(rest)) if tier.name == "main" else list(rest)
+        for i in order:
+            if experts[i] > tier.room or (is_device and on_devices >= limit):
+                break
+            tier.layers.append(i)
+            tier.room -= experts[i]
+            on_devices += is_device
+        rest = [i for i in rest if i not in set(tier.layers)]
+    on_disk = rest
+    if mode == "gpu" and (on_disk or any(t.layers for t in tiers if t.name == "RAM")):
+        raise OffloadError("--offload gpu: the experts do not fit in the devices' memory")
+    if on_disk and mode == "ram":
+        raise OffloadError("--offload ram: the experts do not fit in RAM")
+    if on_disk and budget.disk is not None and c.path is None and w.total > budget.disk:
+        raise OffloadError("not enough disk for the model file")
+    by_name = {t.name: t for t in tiers}
+    main_layers = tuple(sorted(by_name["main"].layers or ()))
+    in_ram = tuple(sorted(by_name["RAM"].layers or ()))
+    cpu_layers = tuple(sorted(in_ram + tuple(on_disk)))
+    helpers = [t for t in tiers if t.device is not None and t.layers]
+    main_bytes = (
+        hot
+        + sum(experts[i] for i in main_layers)
+        + (expert_staging_bytes(w, cpu_layers) if cpu_layers and local else 0)
+    )
+    shares = [DeviceShare(main_label, main_layers, main_bytes, True, _endpoint(main[0]) if not local else None)]
+    for t in helpers:
+        layers = tuple(sorted(t.layers))
+        shares.append(DeviceShare(t.name, layers, sum(experts[i] for i in layers) + device_compute, False,
+                                  _endpoint(t.device)))  # fmt: skip
+    disk_bytes = sum(experts[i] for i in on_disk)
+    hops = 2 * rtt if not local else 0.0  # the embeddings (here) to the main worker and the logits back
+    hops += sum(2 * (rtt + t.device.latency_s) * len(t.layers) for t in helpers) + 2 * rtt * len(cpu_layers)
+    decode_tps = spread_tps(
+        hw,
+        main=main,
+        main_read=full.gpu_weights - sum(experts) + active * sum(experts[i] for i in main_layers) + full.gpu_kv / 4,
+        device_reads=[(t.device, active * sum(experts[i] for i in t.layers)) for t in helpers],
+        cpu_read=max(full.cpu_weights - w.embd, 0) + active * sum(experts[i] for i in in_ram) + full.cpu_kv / 4,
+        disk_read=active * disk_bytes,
+        hops_s=hops,
+        quant=c.quant,
+    )
+    rules = tuple((expert_rule(tuple(sorted(t.layers))), t.name.partition("[")[0]) for t in helpers)
+    if cpu_layers:
+        rules += ((expert_rule(cpu_layers), "CPU"),)
+    return Placement(
+        mode=mode,
+        n_ctx=n_ctx,
+        gpu_expert_layers=tuple(sorted(main_layers + tuple(i for t in helpers for i in t.layers))),
+        ram_expert_layers=in_ram,
+        disk_expert_layers=tuple(on_disk),
+        gpu_bytes=sum(d.bytes for d in shares),
+        ram_bytes=full.cpu_total + (host_compute if cpu_layers else 0) + sum(experts[i] for i in in_ram),
+        disk_bytes=disk_bytes,
+        decode_tps=decode_tps,
+        rules=rules,
+        mlock=not on_disk and bool(in_ram),
+        devices=tuple(shares),
+        main_device=main_device,
+    )
+
+
+def _endpoint(g: GPU) -> str | None:
+    """A worker device's host:port, from its name "RPC1[host:port]" (None for this machine's GPUs)."""
+    if g.vendor != "rpc" or "[" not in g.name:
+        return None
+    return g.name[g.name.index("[") + 1 : g.name.index("]")]

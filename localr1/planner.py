@@ -304,7 +304,9 @@ def _offload_plan(
     from localr1.offload import OffloadError, plan_offload
 
     full = estimate(c.arch, c.weights, n_ctx, -1, flash_attn=flash_attn, kv_type=kv_type)
-    if mode == "auto" and full.gpu_total <= budget.gpu and full.cpu_total <= budget.ram:
+    whole = mode == "auto" and full.gpu_total <= budget.gpu and full.cpu_total <= budget.ram
+    across = any(g.vendor == "rpc" for g in hw.gpus)
+    if whole and not across:
         return None  # it all fits on the GPU: the plain plan is simpler and as fast
     try:
         p = plan_offload(
@@ -314,6 +316,8 @@ def _offload_plan(
     except OffloadError as exc:
         attempts.append(Attempt(c.label, n_ctx, -1, False, f"offload: {exc}"))
         return None
+    if whole and decode_speed(c, full, hw, 0, -1) >= p.decode_tps:
+        return None  # llama.cpp's own split of the layers over the machines is as fast: the simpler plan
     if p.decode_tps < min_tps:
         why = f"offload fits, but {_too_slow(p.decode_tps, min_tps)}"
         attempts.append(Attempt(c.label, n_ctx, -1, False, why, p.decode_tps))
@@ -336,7 +340,8 @@ def _offload_plan(
             n_ctx,
             -1,
             True,
-            f"offload: hot tensors on the GPU, experts by tier: about {p.decode_tps:.1f} tokens/s",
+            f"offload: hot tensors on {'one device' if p.devices else 'the GPU'}, experts by tier: "
+            f"about {p.decode_tps:.1f} tokens/s",
         )
     )
     notes = [reduced] if reduced else []
@@ -408,13 +413,13 @@ class Fallbacks:
         return n_ctx, layers
 
 
-def device_shares(hw: Hardware, gpu_bytes: int) -> list[tuple[str, int]]:
-    """How llama.cpp spreads ``gpu_bytes`` over the GPUs (local and `localr1 worker`s) when no --tensor-split is
-    given: in proportion to each device's free memory. The shares add up to ``gpu_bytes``."""
-    free = [max(g.free, 0) for g in hw.gpus]
+def device_shares(gpus, gpu_bytes: int) -> list[tuple[str, int]]:
+    """How llama.cpp spreads ``gpu_bytes`` over these GPUs (local and `localr1 worker`s) when no --tensor-split
+    is given: in proportion to each device's free memory. The shares add up to ``gpu_bytes``."""
+    free = [max(g.free, 0) for g in gpus]
     total = sum(free)
-    if not hw.gpus or total <= 0:
+    if not gpus or total <= 0:
         return []
     shares = [gpu_bytes * f // total for f in free]
     shares[-1] += gpu_bytes - sum(shares)
-    return [(g.name, b) for g, b in zip(hw.gpus, shares, strict=True)]
+    return [(g.name, b) for g, b in zip(gpus, shares, strict=True)]

@@ -61,7 +61,9 @@ def fit_mark(plan) -> str:
         "unified": "fits (unified memory)",
         "partial": "partial offload",
         "cpu": "CPU only",
-        "offload": "offload: experts across GPU, RAM and disk",
+        "offload": "offload: experts across machines, RAM and disk"
+        if plan.placement is not None and plan.placement.devices
+        else "offload: experts across GPU, RAM and disk",
     }[plan.mode]
 
 
@@ -75,7 +77,13 @@ def plan_lines(plan, *, explain: bool, hw=None) -> list[str]:
         if plan.n_gpu_layers
         else "on the CPU"
     )
-    if plan.placement is not None:
+    if plan.placement is not None and plan.placement.devices:  # across machines
+        main, *helpers = plan.placement.devices
+        layers = f"hot tensors and {len(main.expert_layers)} layers' experts on {main.device}"
+        if helpers:
+            spread = sum(len(d.expert_layers) for d in helpers)
+            layers += f", {spread} layers' experts on {len(helpers)} more device{'s' if len(helpers) > 1 else ''}"
+    elif plan.placement is not None:
         layers = f"hot tensors and {len(plan.placement.gpu_expert_layers)} layers' experts on the GPU"
     lines = [f"{c.label}: {plan.n_ctx:,}-token context, {layers} ({fit_mark(plan)})"]
     # weights left memory-mapped on disk are not held in memory: shown on a line of their own
@@ -287,6 +295,13 @@ def plan(
                 "decode_tokens_per_s": round(placement.decode_tps, 1),
                 "llama_cpp_args": placement.ot_args(),
             }
+            if placement.devices:  # across machines: what each device holds
+                out["offload"]["main_device"] = placement.main_device
+                out["offload"]["devices"] = [
+                    {"device": d.device, "endpoint": d.endpoint, "hot": d.hot, "bytes": d.bytes,
+                     "expert_layers": d.expert_layers}
+                    for d in placement.devices
+                ]  # fmt: skip
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
         return
     lines = plan_lines(chosen, explain=explain, hw=machine_info)
@@ -304,16 +319,23 @@ def plan(
     elif why_not:
         lines += ["", f"Offload placement: {why_not}"]
     if machines:
-        lines += ["", "Across machines (llama.cpp spreads the GPU layers by each device's free memory):"]
+        spread = chosen.placement is not None and chosen.placement.devices
+        how = (
+            "the layers on one device, routed experts spread by tier"
+            if spread
+            else "llama.cpp spreads the GPU layers by each device's free memory"
+        )
+        lines += ["", f"Across machines ({how}):"]
         for m in machines:
             rtt = f", round trip {m['rtt_ms']:.2f} ms" if m.get("rtt_ms") else ""  # (measured, or assumed)
             lines.append(f"  {m['device']:32} {gib(m['bytes'])}{rtt}")
-        layers = chosen.n_gpu_layers if chosen.n_gpu_layers >= 0 else 999
-        rpc = ",".join(m["endpoint"] for m in machines if m.get("endpoint"))
-        lines += [
-            "  the same with llama.cpp:",
-            f"  llama-cli -m MODEL.gguf --rpc {rpc} -ngl {layers} -c {chosen.n_ctx}",
-        ]
+        if not spread:  # (a spread placement printed its llama.cpp command above)
+            layers = chosen.n_gpu_layers if chosen.n_gpu_layers >= 0 else 999
+            rpc = ",".join(m["endpoint"] for m in machines if m.get("endpoint"))
+            lines += [
+                "  the same with llama.cpp:",
+                f"  llama-cli -m MODEL.gguf --rpc {rpc} -ngl {layers} -c {chosen.n_ctx}",
+            ]
     sys.stdout.write("\n".join(lines) + "\n")
 
 
@@ -325,8 +347,19 @@ def _machines(plan, hw, remote) -> list[dict]:
     from localr1.planner import device_shares
 
     measured = {d.name for d in remote}
-    out = [{"device": "this machine (RAM)", "bytes": plan.memory.cpu_total}]
-    for gpu, (name, share) in zip(hw.gpus, device_shares(hw, plan.memory.gpu_total), strict=False):  # [] if no free
+    placement = plan.placement
+    if placement is not None and placement.devices:  # the main device and the experts' devices, as placed
+        held = {d.device: d.bytes for d in placement.devices}
+        here = placement.devices[0].bytes if placement.main_device == "local" else 0
+        shares = device_shares([g for g in hw.gpus if g.vendor != "rpc"], here)  # this machine's GPUs
+        shares += [(g.name, held.get(g.name, 0)) for g in hw.gpus if g.vendor == "rpc"]
+        out = [{"device": "this machine (RAM)", "bytes": placement.ram_bytes}]
+    else:
+        shares = device_shares(hw.gpus, plan.memory.gpu_total)
+        out = [{"device": "this machine (RAM)", "bytes": plan.memory.cpu_total}]
+    by_name = {g.name: g for g in hw.gpus}
+    for name, share in shares:  # [] if no free
+        gpu = by_name[name]
         entry = {"device": name, "bytes": share, "rtt_ms": None, "measured": name in measured}
         if gpu.vendor == "rpc":
             entry.update(endpoint=name[name.find("[") + 1 : name.find("]")], rtt_ms=round(gpu.latency_s * 1000, 3))

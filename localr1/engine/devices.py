@@ -109,3 +109,33 @@ def backend_names() -> list[str]:
 def rpc_available() -> bool:
     """Whether this build has ggml's RPC backend (llama.cpp built with -DGGML_RPC=on)."""
     return "RPC" in backend_names()
+
+
+def model_devices(devices: list[Device] | None = None) -> list[Device]:
+    """The devices llama.cpp gives a model, in its order (llama_model_load_from_file's default selection): the
+    RPC workers' devices first, then the GPUs, then integrated GPUs only when there is no GPU. A tensor split
+    is indexed in this order."""
+    devices = list_devices() if devices is None else devices
+    remote = [d for d in devices if d.name.startswith("RPC")]
+    gpus = [d for d in devices if d.kind == "gpu" and not d.name.startswith("RPC")]
+    igpus = [d for d in devices if d.kind == "igpu"] if not gpus else []
+    return remote + gpus + igpus
+
+
+def tensor_split(main: str, devices: list[Device] | None = None) -> list[float]:
+    """llama.cpp's tensor_split that gives every layer to ``main``: "local" (this machine's GPUs, shared by
+    free memory as llama.cpp shares them) or one worker device's name ("RPC1"); the other devices get none
+    (tensor rules may still place tensors on them)."""
+    order = model_devices(devices)
+    if main == "local":
+        split = [0.0 if d.name.startswith("RPC") else float(max(d.memory_free, 1)) for d in order]
+    else:
+        split = [1.0 if d.name == main else 0.0 for d in order]
+    if not any(split):
+        from localr1.errors import EngineError
+
+        raise EngineError(
+            f"no device {main!r} to hold the layers among {', '.join(d.name for d in order) or 'none'}",
+            hint="The workers or GPUs changed since the plan: plan again (localr1 plan --workers ...).",
+        )
+    return split

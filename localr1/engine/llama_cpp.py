@@ -194,6 +194,7 @@ class LlamaCppEngine:
         threadpool: bool = True,
         n_seq: int = 1,
         kv_type: str = "f16",
+        main_device: str | None = None,
     ) -> None:
         from localr1 import limits
 
@@ -220,7 +221,7 @@ class LlamaCppEngine:
             from localr1.cpu import physical_cores
 
             n_threads = physical_cores()
-        self._load_model(header, n_gpu_layers, use_mmap, use_mlock, tensor_overrides, cancel)
+        self._load_model(header, n_gpu_layers, use_mmap, use_mlock, tensor_overrides, cancel, main_device)
         n_ctx_train = lib.llama_model_n_ctx_train(self._model)
         if n_ctx is None or n_ctx <= 0:
             n_ctx = min(n_ctx_train, 8192) if n_ctx_train > 0 else 4096
@@ -253,7 +254,8 @@ class LlamaCppEngine:
         )
 
     def _load_model(self, header: GGUFInfo, n_gpu_layers: int, use_mmap: bool, use_mlock: bool,
-                    tensor_overrides: Sequence[tuple[str, str]], cancel: threading.Event | None) -> None:  # fmt: skip
+                    tensor_overrides: Sequence[tuple[str, str]], cancel: threading.Event | None,
+                    main_device: str | None = None) -> None:  # fmt: skip
         lib = self._lib
         # Loading a large model takes a while: Ctrl-C (the cancel event) aborts it through this callback.
         progress = lib.llama_progress_callback(lambda _p, _d: not (cancel is not None and cancel.is_set()))
@@ -268,6 +270,12 @@ class LlamaCppEngine:
         self._overrides = _override_array(tensor_overrides)
         if self._overrides is not None:
             set_fields(mparams, tensor_buft_overrides=ctypes.cast(self._overrides, ctypes.c_void_p).value)
+        if main_device is not None:  # every layer on one device (offload across machines); read during the load
+            from localr1.engine.devices import tensor_split
+
+            split = tensor_split(main_device)
+            self._split = (ctypes.c_float * max(lib.llama_max_devices(), len(split)))(*split)
+            set_fields(mparams, tensor_split=ctypes.cast(self._split, ctypes.POINTER(ctypes.c_float)))
         first = header.split_paths[0] if header.split_paths else self.path
         with _LOG.capture() as load_log:
             self._model = lib.llama_model_load_from_file(str(first).encode(), mparams)

@@ -52,6 +52,7 @@ def _llama_cpp(path, header, options, cancel=None):
         cancel=cancel,
         tensor_overrides=options.tensor_overrides,
         use_mlock=options.mlock,
+        main_device=options.main_device,
     )
 
 

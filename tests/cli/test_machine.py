@@ -185,3 +185,20 @@ def test_plan_for_a_gpu_by_name(runner):
     assert bad.exit_code == 2 and "--known-gpus" in bad.stderr
     listing = runner.invoke(app, ["hw", "--known-gpus"])
     assert "RTX 4090" in listing.stdout and "1008 GB/s" in listing.stdout and "M2 Max" in listing.stdout
+
+
+def test_plan_across_machines_shows_each_devices_share_and_the_llama_cpp_command(runner, monkeypatch):
+    """The full R1 on a 24 GB GPU box with two simulated workers: the layers stay on the GPU, the experts go
+    to RAM and the workers (table, JSON, and the llama-cli line with --rpc, -ts and per-worker -ot rules)."""
+    monkeypatch.setenv("LOCALR1_HW", "vram=24GiB,ram=16GiB,disk=2TiB,workers=2,worker_mem=64GiB")
+    result = runner.invoke(app, ["plan", "r1:671b"])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "experts across machines" in out and "the layers on one device, routed experts spread by tier" in out
+    assert "--rpc worker1:50052,worker2:50052" in out and "-ts 0,0,1" in out and "=RPC0[worker2:50052]'" in out
+    data = json.loads(runner.invoke(app, ["plan", "r1:671b", "--json"]).stdout)
+    devices = data["offload"]["devices"]
+    assert data["offload"]["main_device"] == "local" and devices[0]["hot"]
+    assert [d["endpoint"] for d in devices] == [None, "worker1:50052", "worker2:50052"]
+    machines = {m["device"]: m["bytes"] for m in data["machines"]}
+    assert all(machines[d["device"]] == d["bytes"] for d in devices)  # one source for both tables

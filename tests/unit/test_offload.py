@@ -115,3 +115,81 @@ def test_one_speed_model_for_every_placement():
     # only the active experts count: 8 of 256 routed experts per token
     dense_share = (R1.weights.total - sum(R1.weights.expert_layers)) / R1.weights.total
     assert dense_share < 0.1 and on_gpu.decode_tps > 3 * (big.gpus[0].bandwidth_gbs * 1e9 * 0.7) / R1.weights.total
+
+
+def across(vram, ram, workers, worker_mem, **kw):
+    return machine(
+        Simulation(vram=vram * GiB if vram else None, ram=ram * GiB, disk=4096 * GiB, workers=workers,
+                   worker_mem=worker_mem * GiB, **kw)
+    )  # fmt: skip
+
+
+def first_rule(rules, tensor: str) -> str | None:
+    """The device llama.cpp gives a tensor: the first rule whose pattern matches its name (re.search)."""
+    return next((device for pattern, device in rules if re.search(pattern, tensor)), None)
+
+
+@pytest.mark.parametrize(
+    ("vram", "ram", "workers", "mem"), [(24, 64, 2, 128), (24, 16, 2, 64), (24, 16, 3, 48), (0, 64, 2, 128)]
+)
+def test_across_machines_the_layers_on_one_device_and_every_expert_layer_in_one_place(vram, ram, workers, mem):
+    """The hot part and the KV cache on the main device (this machine's GPU, else a worker's), each MoE layer's
+    routed experts on exactly one device or tier, within what each offers; the rules send them there."""
+    from localr1.offload import device_room
+
+    m = across(vram, ram, workers, mem)
+    p = plan_offload(R1, m, 8192)
+    main, *helpers = p.devices
+    assert main.hot and not any(h.hot for h in helpers)
+    assert p.main_device == ("local" if vram else main.ggml_name)
+    moe = [i for i, x in enumerate(R1.weights.expert_layers) if x]
+    placed = [i for d in p.devices for i in d.expert_layers] + list(p.ram_expert_layers + p.disk_expert_layers)
+    assert sorted(placed) == moe  # each layer once
+    assert sorted(p.gpu_expert_layers) == sorted(i for d in p.devices for i in d.expert_layers)
+    by_name = {g.name: g for g in m.gpus}
+    for d in p.devices:
+        assert d.bytes <= device_room(by_name[d.device]), d
+    assert p.ram_bytes <= Budget.of(m).ram
+    for i in moe:
+        device = first_rule(p.rules, f"blk.{i}.ffn_up_exps.weight")
+        holder = next((d for d in p.devices if i in d.expert_layers), None)
+        if holder is None:
+            assert device == "CPU"  # RAM or disk
+        elif holder.hot:
+            assert device is None  # the tensor split puts the layer, experts included, on the main device
+        else:
+            assert device == holder.ggml_name
+    assert first_rule(p.rules, "blk.5.attn_kv_a_mqa.weight") is None  # the hot part follows the layer
+    if not vram:
+        assert main.endpoint and p.ot_args()[p.ot_args().index("-ts") + 1].startswith("1")
+
+
+def test_across_machines_ram_before_a_worker_and_a_worker_before_the_disk():
+    """A worker's experts cost a network round trip per layer on top of reading them: this machine's RAM is
+    filled first, then the workers, and only then the disk; more workers never make the estimate slower."""
+    one = plan_offload(R1, across(24, 64, 1, 32), 8192)
+    helper = one.devices[1]
+    assert max(one.ram_expert_layers) < min(helper.expert_layers)  # RAM took the first layers, then the worker
+    assert min(one.disk_expert_layers) > max(helper.expert_layers)  # 64 GiB here + 32 there do not hold R1
+    two = plan_offload(R1, across(24, 64, 2, 32), 8192)
+    assert len(two.disk_expert_layers) < len(one.disk_expert_layers) and two.decode_tps > one.decode_tps
+    alone = plan_offload(R1, hw(24, 64), 8192)
+    assert one.decode_tps > alone.decode_tps  # a worker's RAM beats this machine's disk
+
+
+def test_across_machines_the_llama_cpp_command_names_the_workers_buffers():
+    p = plan_offload(R1, across(24, 16, 2, 64), 8192)
+    args = p.ot_args()
+    assert args[:2] == ["--rpc", "worker1:50052,worker2:50052"]
+    assert args[args.index("-ts") + 1] == "0,0,1"  # llama.cpp lists the workers' devices first
+    targets = [a.rpartition("=")[2] for a in args if "exps" in a]
+    assert "RPC0[worker1:50052]" in targets and "RPC0[worker2:50052]" in targets  # each worker's first device
+
+
+def test_across_machines_the_forced_modes():
+    with pytest.raises(OffloadError, match="devices' memory"):
+        plan_offload(R1, across(24, 16, 1, 32), 8192, mode="gpu")
+    ram = plan_offload(R1, across(24, 256, 2, 64), 8192, mode="ram")
+    assert not ram.gpu_expert_layers and all(not d.expert_layers for d in ram.devices)
+    capped = plan_offload(R1, across(24, 16, 2, 64), 8192, gpu_experts=10)
+    assert len(capped.gpu_expert_layers) == 10

@@ -282,7 +282,7 @@ def test_the_full_r1_across_a_gpu_box_and_two_ram_boxes():
     plan = choose(full, hw, min_tps=0.0)
     m = plan.memory
     assert m.gpu_weights + m.cpu_weights == plan.candidate.weights.total  # every weight is somewhere
-    shares = device_shares(hw, m.gpu_total)
+    shares = device_shares(hw.gpus, m.gpu_total)
     assert sum(b for _, b in shares) == m.gpu_total
     for (name, share), gpu in zip(shares, hw.gpus, strict=True):
         assert share <= gpu.total, name
@@ -290,3 +290,11 @@ def test_the_full_r1_across_a_gpu_box_and_two_ram_boxes():
     assert plan.memory.gpu_total > alone.memory.gpu_total  # the workers hold what the GPU box alone cannot
     # the workers' 40 GB/s and round trips: far below what the GPU alone reads per second
     assert plan.decode_tps < 1008 * 0.61 * 1e9 / (plan.candidate.weights.total * 37 / 671)
+    # the layers stay on the GPU here, the routed experts go to RAM and the workers: faster than llama.cpp's
+    # own split, which would put two thirds of every layer's hot part on the slow workers
+    from localr1.memory import estimate
+    from localr1.planner import decode_speed
+
+    assert plan.mode == "offload" and plan.placement.main_device == "local"
+    whole = estimate(plan.candidate.arch, plan.candidate.weights, plan.n_ctx, -1, kv_type=plan.kv_type)
+    assert plan.decode_tps > 1.2 * decode_speed(plan.candidate, whole, hw, 0, -1)

@@ -54,6 +54,64 @@ def generate(path: str, n_gpu_layers: int, n_ctx: int, rules: list, prompt: str,
     return {"tokens": tokens, "placements": placements, "buffers": buffers, "layers": layers}
 
 
+def spread(path: str, workers: list, n_ctx: int, prompt: str, max_tokens: int) -> dict:
+    """Offload across machines as localr1 plans it (offload.plan_offload with the workers added), on the real
+    devices: their memory is what the plan is told, tight enough that the main device (the local GPU if this
+    process sees one, else a worker) holds the layers and one layer's experts, each other worker one layer's
+    experts, and RAM none (what is left stays mapped from disk). Then loaded with the plan's tensor split and rules, for greedy tokens."""
+    from dataclasses import replace
+
+    from localr1.budget import GPU_MARGIN, GPU_RESERVE, RAM_MARGIN, RAM_RESERVE, RPC_RESERVE
+    from localr1.candidates import from_file
+    from localr1.engine.llama_cpp import _LOG, LlamaCppEngine
+    from localr1.engine.rpc import add_workers
+    from localr1.hardware import machine
+    from localr1.memory import estimate, expert_host_compute_bytes, expert_staging_bytes
+    from localr1.offload import plan_offload
+    from localr1.prompt import render, user_turn
+    from localr1.sampling import Sampling
+
+    add_workers(workers)
+    c = from_file(__import__("pathlib").Path(path))
+    experts = [b for b in c.weights.expert_layers if b]
+    layer = max(experts)
+    full = estimate(c.arch, c.weights, n_ctx, -1)
+    hot = full.gpu_total - sum(c.weights.expert_layers)
+    hw = machine()
+    local = [g for g in hw.gpus if g.vendor != "rpc"]
+    gpus = []
+    for g in hw.gpus:
+        if g.vendor == "rpc" and (local or gpus):  # a worker that lends its memory to experts: room for one layer
+            free = (1.5 * layer + expert_host_compute_bytes(c.arch) + RPC_RESERVE) / GPU_MARGIN
+        else:  # the main device: the layers, the KV cache, one layer's experts (and room to stream RAM experts)
+            reserve = RPC_RESERVE if g.vendor == "rpc" else GPU_RESERVE
+            free = (hot + 1.5 * layer + expert_staging_bytes(c.weights, range(len(experts) + 1)) + reserve) / GPU_MARGIN
+        gpus.append(replace(g, free=int(free), total=int(free)))
+    ram = (full.cpu_total + expert_host_compute_bytes(c.arch) + RAM_RESERVE + 0.5 * layer) / RAM_MARGIN
+    hw = replace(hw, gpus=tuple(gpus), ram_available=int(ram))
+    p = plan_offload(c, hw, n_ctx)
+    with _LOG.capture() as lines:
+        engine = LlamaCppEngine(path, n_ctx=n_ctx, n_gpu_layers=-1, use_mmap=False, tensor_overrides=p.rules,
+                                main_device=p.main_device)  # fmt: skip
+    with engine:
+        tokens: list[int] = []
+        original = engine.token_piece
+        engine.token_piece = lambda t: (tokens.append(t), original(t))[1]
+        list(
+            engine.stream(
+                render(user_turn(prompt), engine.info.chat_format), Sampling(temperature=0, max_tokens=max_tokens)
+            )
+        )
+        placements = dict(engine.placements)
+    layers = {m["i"]: m["dev"] for line in lines if (m := _LAYER.search(line))}
+    return {
+        "tokens": tokens, "placements": placements, "layers": layers, "main_device": p.main_device,
+        "rules": p.rules, "describe": p.describe(), "ram_expert_layers": p.ram_expert_layers,
+        "disk_expert_layers": p.disk_expert_layers,
+        "devices": [[d.device, d.ggml_name, list(d.expert_layers), d.hot] for d in p.devices],
+    }  # fmt: skip
+
+
 def measure(path: str, n_ctx: int, n_gpu_layers: int, rules: list, n_ubatch: int = 512) -> dict:
     from localr1.engine.llama_cpp import measure_allocation
 
@@ -63,5 +121,5 @@ def measure(path: str, n_ctx: int, n_gpu_layers: int, rules: list, n_ubatch: int
 
 if __name__ == "__main__":
     task, args = sys.argv[1], json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
-    result = {"devices": devices, "generate": generate, "measure": measure}[task](**args)
+    result = {"devices": devices, "generate": generate, "measure": measure, "spread": spread}[task](**args)
     sys.stdout.write("\n" + json.dumps(result) + "\n")

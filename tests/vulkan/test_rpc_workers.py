@@ -216,3 +216,31 @@ def test_a_worker_whose_network_goes_silent_is_a_clear_error_within_the_link_tim
     assert "a worker stopped answering" in result["stderr"] and "Traceback" not in result["stderr"]
     assert result["again_code"] == 0 and result["again_seconds"] < 60, result
     assert result["worker_alive"]
+
+
+@pytest.mark.parametrize("local_gpu", [True, False], ids=["main-device-local-gpu", "main-device-a-worker"])
+def test_a_moe_model_spread_as_planned_across_machines(vulkan, workers, tiny_moe, local_gpu):
+    """Offload across machines as the planner places it: every layer (attention, norms, router, shared
+    experts, KV cache) on the main device — this machine's Vulkan GPU, or the first worker's device when this
+    machine has no GPU — and one layer's routed experts on each other device, by a tensor split and tensor
+    rules. llama.cpp's log shows it so, and greedy tokens are the local CPU run's."""
+    local = generate(str(tiny_moe), 0, 1024, [], PROMPT, 16)
+    env = vulkan.env()
+    if not local_gpu:
+        env.pop("GGML_VK_VISIBLE_DEVICES")
+    run = vulkan.child("spread", env=env, path=str(tiny_moe), workers=[w.endpoint for w in workers], n_ctx=1024,
+                       prompt=PROMPT, max_tokens=16)  # fmt: skip
+    assert run["tokens"] == local["tokens"], run["describe"]
+    main, *helpers = run["devices"]
+    assert main[3] and run["ram_expert_layers"] == [] and len(main[2]) == 1, run["describe"]
+    main_name = "Vulkan0" if local_gpu else main[1]
+    assert run["main_device"] == ("local" if local_gpu else main[1])
+    assert set(run["layers"].values()) == {main_name}, run["layers"]  # every layer on the main device
+    assert len(helpers) == (2 if local_gpu else 1) and all(len(h[2]) == 1 for h in helpers), run["describe"]
+    for name, _ggml_name, layers, _hot in helpers:  # each helper's experts in that worker's buffers
+        endpoint = name[name.index("[") + 1 : name.index("]")]
+        for kind in ("up", "gate", "down"):
+            assert run["placements"][f"blk.{layers[0]}.ffn_{kind}_exps.weight"].endswith(f"[{endpoint}]"), run
+    for i in run["disk_expert_layers"]:  # with no GPU here, the experts nothing else holds: mapped from disk
+        assert run["placements"][f"blk.{i}.ffn_up_exps.weight"] == "CPU"
+    assert len(run["disk_expert_layers"]) == (0 if local_gpu else 1)
