@@ -18,6 +18,7 @@ RPC_RESERVE = 32 * MiB  # per `localr1 worker` device: no driver context on this
 GPU_MARGIN = 0.95
 RAM_RESERVE = int(1.5 * GiB)  # the OS, localr1 itself, the page cache it needs to breathe
 RAM_MARGIN = 0.90
+DEFAULT_LINK_GBS = 0.125  # a worker's link when not measured: 1 Gbit/s Ethernet
 GPU_EFFICIENCY = 0.61  # share of memory bandwidth llama.cpp decoding reaches: calibrated, see docs/performance.md
 CPU_EFFICIENCY = 0.60
 
@@ -81,7 +82,7 @@ def placement_tps(
     cpu_read = cpu_dense + active * cpu_experts + cpu_kv / 4
     if not hw.gpus:  # nothing is on a GPU: every byte comes from RAM
         gpu_read, cpu_read = 0.0, gpu_read + cpu_read
-    return tokens_per_s(hw, gpu_read, cpu_read, active * disk_experts, quant=quant)
+    return tokens_per_s(hw, gpu_read, cpu_read, active * disk_experts, quant=quant, hop_bytes=activation_bytes(arch))
 
 
 def cpu_rate(hw: Hardware, quant: str = "") -> float:
@@ -96,13 +97,29 @@ def cpu_rate(hw: Hardware, quant: str = "") -> float:
     return hw.ram_bandwidth_gbs * 1e9 * CPU_EFFICIENCY
 
 
-def tokens_per_s(hw: Hardware, gpu_read: float, cpu_read: float, disk_read: float, *, quant: str = "") -> float:
-    """Decode speed when each token reads these bytes from the GPU, RAM and disk tiers."""
+def activation_bytes(arch: Architecture) -> int:
+    """What crosses to a device and back for each decoded token: one f32 hidden state."""
+    return 4 * arch.n_embd
+
+
+def round_trip_s(g: GPU, hop_bytes: float) -> float:
+    """Seconds a token pays to visit a remote device (llama.cpp RPC) once: the activations go there and the
+    result comes back, two transfers over the link (0 for a local device)."""
+    if g.vendor != "rpc":
+        return 0.0
+    return 2 * (g.latency_s + hop_bytes / ((g.link_gbs or DEFAULT_LINK_GBS) * 1e9))
+
+
+def tokens_per_s(
+    hw: Hardware, gpu_read: float, cpu_read: float, disk_read: float, *, quant: str = "", hop_bytes: float = 0.0
+) -> float:
+    """Decode speed when each token reads these bytes from the GPU, RAM and disk tiers (``hop_bytes``: what
+    crosses to a remote device and back, see activation_bytes)."""
     seconds = 0.0
     if gpu_read > 0 and hw.gpus:
         seconds += gpu_seconds(hw.gpus, gpu_read)
         # a remote device (llama.cpp RPC) holding a run of layers: the activations go there and back
-        seconds += sum(2 * g.latency_s for g in hw.gpus)
+        seconds += sum(round_trip_s(g, hop_bytes) for g in hw.gpus)
     if cpu_read > 0:
         seconds += cpu_read / cpu_rate(hw, quant)
     if disk_read > 0:

@@ -104,6 +104,7 @@ class GPU:
     unified: bool = False  # memory shared with the CPU (Apple Silicon)
     bandwidth_gbs: float = 0.0
     latency_s: float = 0.0  # a remote device's network round trip (llama.cpp RPC)
+    link_gbs: float = 0.0  # its link's measured GB/s (plan --measure-link); 0: assumed (budget.DEFAULT_LINK_GBS)
 
     def with_bandwidth(self) -> GPU:
         if self.bandwidth_gbs:
@@ -344,14 +345,15 @@ def devices_as_gpus(devices: list) -> list[GPU]:
 def remote_gpus(devices: list) -> list[GPU]:
     """The devices of `localr1 worker`s (llama.cpp's RPC devices, "RPC0[host:port]"), as GPUs llama.cpp splits
     layers over: their memory as the worker offers it, a CPU worker's bandwidth, and the link's round trip
-    (measured when the worker was added), which every token pays twice per remote device."""
-    from localr1.engine.rpc import link_rtt, remote_name
+    (measured when the worker was added) and bandwidth (when measured), which tokens pay to cross to it."""
+    from localr1.engine.rpc import link_bandwidth, link_rtt, remote_name
 
     out = []
     for d in devices:
         if d.name.startswith("RPC") and d.memory_total > 0:
-            rtt = link_rtt(d.description)
-            out.append(GPU(remote_name(d), "rpc", d.memory_total, d.memory_free, latency_s=rtt).with_bandwidth())
+            rtt, link = link_rtt(d.description), link_bandwidth(d.description) / 1e9
+            gpu = GPU(remote_name(d), "rpc", d.memory_total, d.memory_free, latency_s=rtt, link_gbs=link)
+            out.append(gpu.with_bandwidth())
     return out
 
 

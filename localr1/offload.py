@@ -22,8 +22,10 @@ from localr1.budget import (
     RPC_RESERVE,
     Budget,
     Candidate,
+    activation_bytes,
     cpu_rate,
     placement_tps,
+    round_trip_s,
     spread_tps,
 )
 from localr1.hardware import GPU, Hardware
@@ -294,13 +296,19 @@ def _plan_across(
     hot = full.gpu_total - sum(experts)
     local = [g for g in hw.gpus if g.vendor != "rpc"]
     remote = [g for g in hw.gpus if g.vendor == "rpc"]
+    act = activation_bytes(c.arch)
     if local:
-        main, main_device, rtt = local, "local", 0.0
+        main, main_device, main_trip = local, "local", 0.0
         main_label = local[0].name if len(local) == 1 else "this machine's GPUs"
         main_room = sum(device_room(g) for g in local) - (len(local) - 1) * full.gpu_compute  # a buffer each
     else:
         best = max(remote, key=lambda g: (g.bandwidth_gbs, device_room(g)))
-        main, main_device, rtt, main_label = [best], best.name.partition("[")[0], best.latency_s, best.name
+        main, main_device, main_trip, main_label = (
+            [best],
+            best.name.partition("[")[0],
+            round_trip_s(best, act),
+            best.name,
+        )
         main_room = device_room(best)
     if hot > main_room:
         raise OffloadError(
@@ -315,20 +323,21 @@ def _plan_across(
     tiers = [_Tier("main", main_room - hot - staging, active * layer / main_bw)]
     for g in remote:
         if g not in main:
-            hop = 2 * (rtt + g.latency_s)
-            cost = active * layer / (g.bandwidth_gbs * 1e9 * GPU_EFFICIENCY) + hop
+            cost = active * layer / (g.bandwidth_gbs * 1e9 * GPU_EFFICIENCY) + main_trip + round_trip_s(g, act)
             tiers.append(_Tier(g.name, device_room(g) - device_compute, cost, g))
     host_compute = expert_host_compute_bytes(c.arch)
     ram_room = max(0, budget.ram - full.cpu_total - host_compute)
-    tiers.append(_Tier("RAM", ram_room, active * layer / cpu_rate(hw, c.quant) + 2 * rtt))
+    tiers.append(_Tier("RAM", ram_room, active * layer / cpu_rate(hw, c.quant) + main_trip))
+    # memory-mapped from disk: as much as it takes, and before a worker whose link costs more than the disk
+    tiers.append(_Tier("disk", float("inf"), active * layer / (hw.disk_bandwidth_gbs * 1e9) + main_trip))
     devices_allowed = mode != "ram"
     limit = len(moe_layers) if gpu_experts is None else max(0, min(gpu_experts, len(moe_layers)))
     rest = list(moe_layers)
     on_devices = 0
     for tier in sorted(tiers, key=lambda t: t.layer_s):
         tier.layers = []
-        is_device = tier.name != "RAM"
-        if is_device and not devices_allowed:
+        is_device = tier.name not in ("RAM", "disk")
+        if (is_device and not devices_allowed) or (not is_device and mode == "gpu"):
             continue
         # the main device takes the last layers (like llama.cpp's --n-cpu-moe), the others the first ones
         order = list(reversed(rest)) if tier.name == "main" else list(rest)
@@ -339,8 +348,8 @@ def _plan_across(
             tier.room -= experts[i]
             on_devices += is_device
         rest = [i for i in rest if i not in set(tier.layers)]
-    on_disk = rest
-    if mode == "gpu" and (on_disk or any(t.layers for t in tiers if t.name == "RAM")):
+    on_disk = sorted((next(t for t in tiers if t.name == "disk").layers or []) + rest)
+    if mode == "gpu" and on_disk:
         raise OffloadError("--offload gpu: the experts do not fit in the devices' memory")
     if on_disk and mode == "ram":
         raise OffloadError("--offload ram: the experts do not fit in RAM")
@@ -362,8 +371,13 @@ def _plan_across(
         shares.append(DeviceShare(t.name, layers, sum(experts[i] for i in layers) + device_compute, False,
                                   _endpoint(t.device)))  # fmt: skip
     disk_bytes = sum(experts[i] for i in on_disk)
-    hops = 2 * rtt if not local else 0.0  # the embeddings (here) to the main worker and the logits back
-    hops += sum(2 * (rtt + t.device.latency_s) * len(t.layers) for t in helpers) + 2 * rtt * len(cpu_layers)
+    # the embeddings (here) to a main worker and the logits back; per layer whose experts are elsewhere, the
+    # way there and back (through this machine: ggml's RPC backend does not copy between workers)
+    hops = (
+        main_trip
+        + sum((main_trip + round_trip_s(t.device, act)) * len(t.layers) for t in helpers)
+        + main_trip * len(cpu_layers)
+    )
     decode_tps = spread_tps(
         hw,
         main=main,

@@ -255,6 +255,9 @@ def plan(
     kv_type: KvTypeOpt = None,
     workers: WorkersOpt = None,
     measure_disk: bool = typer.Option(False, "--measure-disk", help="Measure disk read speed (reads 256 MiB)."),
+    measure_link: bool = typer.Option(
+        False, "--measure-link", help="Time an 8 MiB transfer to and from each worker (else 1 Gbit/s is assumed)."
+    ),
     simulate=None,  # the simulation flags, as one Simulation (see options.simulated)
 ) -> None:
     from localr1.config import load_config
@@ -266,6 +269,15 @@ def plan(
     )
     config = load_config()
     remote = join_workers(request, config)  # their devices join hw.gpus
+    if measure_link and remote:
+        from localr1.engine.rpc import link_rtt, measure_links
+
+        for endpoint, rate in measure_links([d.endpoint for d in remote]).items():
+            if not json_out:
+                sys.stdout.write(
+                    f"Link to {endpoint}: {rate / 1e9:.2f} GB/s, round trip {link_rtt(endpoint) * 1000:.2f} ms "
+                    "(measured)\n"
+                )
     machine_info = machine(request.simulation)
     if measure_disk:
         from localr1.hardware import measure_disk_read
@@ -328,6 +340,8 @@ def plan(
         lines += ["", f"Across machines ({how}):"]
         for m in machines:
             rtt = f", round trip {m['rtt_ms']:.2f} ms" if m.get("rtt_ms") else ""  # (measured, or assumed)
+            if m.get("endpoint"):
+                rtt += f", link {m['link_gbs']:.2f} GB/s" if m.get("link_gbs") else ", link 1 Gbit/s assumed"
             lines.append(f"  {m['device']:32} {gib(m['bytes'])}{rtt}")
         if not spread:  # (a spread placement printed its llama.cpp command above)
             layers = chosen.n_gpu_layers if chosen.n_gpu_layers >= 0 else 999
@@ -362,6 +376,10 @@ def _machines(plan, hw, remote) -> list[dict]:
         gpu = by_name[name]
         entry = {"device": name, "bytes": share, "rtt_ms": None, "measured": name in measured}
         if gpu.vendor == "rpc":
-            entry.update(endpoint=name[name.find("[") + 1 : name.find("]")], rtt_ms=round(gpu.latency_s * 1000, 3))
+            entry.update(
+                endpoint=name[name.find("[") + 1 : name.find("]")],
+                rtt_ms=round(gpu.latency_s * 1000, 3),
+                link_gbs=round(gpu.link_gbs, 3) or None,  # None: not measured (1 Gbit/s assumed)
+            )
         out.append(entry)
     return out

@@ -89,6 +89,76 @@ def check_reachable(endpoint: str, timeout: float = CONNECT_TIMEOUT_S) -> float:
     return best
 
 
+LINK_PROBE_BYTES = 8 << 20  # under ggml's 10 MiB threshold for its tensor cache: the bytes really cross
+_LINK: dict[str, float] = {}
+
+
+def link_bandwidth(endpoint: str) -> float:
+    """The link's measured bytes/s to a worker (``measure_link``), 0 if never measured."""
+    return _LINK.get(endpoint, 0.0)
+
+
+def measure_link(device) -> float:
+    """Time a short transfer to a worker's device and back through ggml itself (a buffer on the worker, one
+    8 MiB tensor written and read twice, fresh random bytes each time so no cache can answer): the link's
+    bytes/s, the slower direction, kept for the speed estimate. ``device``: engine.devices.Device."""
+    from localr1.engine.cpu_speed import _InitParams
+    from localr1.engine.devices import ggml_base_library, ggml_library
+
+    base, lib = ggml_base_library(), ggml_library()
+    vp, sz = ctypes.c_void_p, ctypes.c_size_t
+    base.ggml_init.argtypes, base.ggml_init.restype = [_InitParams], vp
+    base.ggml_new_tensor_1d.argtypes, base.ggml_new_tensor_1d.restype = [vp, ctypes.c_int, ctypes.c_int64], vp
+    base.ggml_free.argtypes, base.ggml_free.restype = [vp], None
+    base.ggml_backend_buft_alloc_buffer.argtypes, base.ggml_backend_buft_alloc_buffer.restype = [vp, sz], vp
+    base.ggml_backend_buffer_get_base.argtypes, base.ggml_backend_buffer_get_base.restype = [vp], vp
+    base.ggml_backend_buffer_free.argtypes, base.ggml_backend_buffer_free.restype = [vp], None
+    base.ggml_backend_tensor_alloc.argtypes, base.ggml_backend_tensor_alloc.restype = [vp, vp, vp], ctypes.c_int
+    for fn in (base.ggml_backend_tensor_set, base.ggml_backend_tensor_get):
+        fn.argtypes, fn.restype = [vp, vp, sz, sz], None
+    endpoint = device.description
+    buffer = base.ggml_backend_buft_alloc_buffer(lib.ggml_backend_dev_buffer_type(device.handle), LINK_PROBE_BYTES)
+    if not buffer:
+        raise EngineError(f"the worker at {endpoint} has no {LINK_PROBE_BYTES >> 20} MiB to measure the link with")
+    ctx = base.ggml_init(_InitParams(1 << 16, None, True))  # tensor headers only: the data lives on the worker
+    try:
+        tensor = base.ggml_new_tensor_1d(ctx, 0, LINK_PROBE_BYTES // 4)  # f32
+        if base.ggml_backend_tensor_alloc(buffer, tensor, base.ggml_backend_buffer_get_base(buffer)) != 0:
+            raise EngineError(f"could not place a tensor on the worker at {endpoint}")
+        data = ctypes.create_string_buffer(LINK_PROBE_BYTES)
+        small = ctypes.create_string_buffer(4)
+        best_up = best_down = float("inf")
+        for _ in range(2):
+            ctypes.memmove(data, os.urandom(LINK_PROBE_BYTES), LINK_PROBE_BYTES)
+            started = time.perf_counter()
+            base.ggml_backend_tensor_get(tensor, small, 0, 4)  # a round trip: what the transfers are beyond
+            rtt = time.perf_counter() - started
+            started = time.perf_counter()
+            base.ggml_backend_tensor_set(tensor, data, 0, LINK_PROBE_BYTES)
+            base.ggml_backend_tensor_get(tensor, small, 0, 4)  # the write has landed once this answers
+            best_up = min(best_up, time.perf_counter() - started - rtt)
+            started = time.perf_counter()
+            base.ggml_backend_tensor_get(tensor, data, 0, LINK_PROBE_BYTES)
+            best_down = min(best_down, time.perf_counter() - started - rtt)
+    finally:
+        base.ggml_free(ctx)
+        base.ggml_backend_buffer_free(buffer)
+    rate = LINK_PROBE_BYTES / max(best_up, best_down, 1e-6)
+    _LINK[endpoint] = rate
+    return rate
+
+
+def measure_links(endpoints: list[str]) -> dict[str, float]:
+    """``measure_link`` for each worker (through its first device): bytes/s by endpoint."""
+    from localr1.engine.devices import list_devices
+
+    out: dict[str, float] = {}
+    for d in list_devices():
+        if d.name.startswith("RPC") and d.description in endpoints and d.description not in out:
+            out[d.description] = measure_link(d)
+    return out
+
+
 @dataclass(frozen=True)
 class RemoteDevice:
     endpoint: str

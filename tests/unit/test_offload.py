@@ -193,3 +193,23 @@ def test_across_machines_the_forced_modes():
     assert not ram.gpu_expert_layers and all(not d.expert_layers for d in ram.devices)
     capped = plan_offload(R1, across(24, 16, 2, 64), 8192, gpu_experts=10)
     assert len(capped.gpu_expert_layers) == 10
+
+
+def test_across_machines_a_slow_link_costs_what_it_carries():
+    """Each layer on a worker sends a hidden state there and back (4 x 7168 bytes for R1): on a 10 Mbit/s link
+    that costs more than reading the layer's active experts from this machine's disk, so the disk comes first
+    there; a measured fast link makes the estimate faster than the 1 Gbit/s assumed."""
+    from dataclasses import replace as with_
+
+    from localr1.budget import activation_bytes, round_trip_s
+
+    m = across(24, 64, 1, 128)
+    assert activation_bytes(R1.arch) == 4 * 7168
+    worker = m.gpus[1]
+    assert round_trip_s(worker, 28672) == pytest.approx(2 * (0.0005 + 28672 / 0.125e9))
+    assert round_trip_s(m.gpus[0], 28672) == 0  # this machine's GPU
+    lan = plan_offload(R1, m, 8192)
+    slow = plan_offload(R1, with_(m, gpus=(m.gpus[0], with_(worker, link_gbs=0.00125))), 8192)
+    fast = plan_offload(R1, with_(m, gpus=(m.gpus[0], with_(worker, link_gbs=10.0))), 8192)
+    assert lan.devices[1].expert_layers and not lan.disk_expert_layers
+    assert len(slow.disk_expert_layers) > 0 and slow.decode_tps < lan.decode_tps < fast.decode_tps
