@@ -24,7 +24,19 @@ from dataclasses import dataclass
 from localr1.arch import Architecture
 from localr1.quants import BITS_PER_WEIGHT  # noqa: F401  (also read from here)
 
-MLA_FLOATS_PER_HEAD = 1632
+# MLA's working set beside the attention, in floats per token of a micro-batch: an upper envelope of
+# llama.cpp's no_alloc compute buffers over 40 deepseek2 shapes (8-128 heads, n_embd 1024-7168; CPU backend,
+# flash attention), R1's own shape within 0.3%. Its allocator packs tensors differently from shape to shape
+# (the buffer is not even monotone in the sizes), so the envelope is up to ~70% over for small shapes.
+MLA_FLOATS_PER_HEAD = 1378
+MLA_FLOATS_PER_EMBD = 3.91
+MLA_FLOATS_FIXED = 6050
+# The routed experts' intermediates while the attention mask is still alive (every layer but the last):
+# the same kind of envelope over 27 shapes (2-8 experts used of 64, expert_ff 512-2048, n_embd 1024-4096).
+MOE_FLOATS_PER_EXPERT_FF = 1.61
+MOE_FLOATS_PER_EXPERT_EMBD = 1.06
+MOE_FLOATS_PER_EMBD = 1.52
+MOE_FLOATS_FIXED = 21832
 
 
 @dataclass(frozen=True)
@@ -172,13 +184,22 @@ def compute_bytes(
     u = n_ubatch
     logits = 4 * u * (arch.n_vocab + 2 * arch.n_embd)
     if arch.is_mla:
-        # Two peaks, as for dense models: the micro-batch's logits beside the MoE intermediates, or the
-        # attention (mask or scores) beside MLA's per-head working set. That working set, 1632 floats per
-        # head and token, is fitted to llama.cpp's figures for DeepSeek-R1's shape.
-        moe = 4 * u * (arch.n_vocab + 2 * arch.n_embd + 2 * arch.n_expert_used * arch.expert_ff)
-        mla = 4 * u * arch.n_head * MLA_FLOATS_PER_HEAD
-        attn = mla + (2 * u * n_ctx if flash_attn else 4 * u * n_ctx * (arch.n_head + 1))
-        return int(max(moe, attn))
+        # Three peaks: the micro-batch's logits beside the last layer's MoE intermediates; the attention (mask
+        # or scores) beside MLA's working set; the routed experts' intermediates beside the mask, which every
+        # layer but the last still needs. The last two are envelopes fitted to llama.cpp (constants above).
+        logits = 4 * u * (arch.n_vocab + 2 * arch.n_embd + 2 * arch.n_expert_used * arch.expert_ff)
+        mla = 4 * u * (arch.n_head * MLA_FLOATS_PER_HEAD + arch.n_embd * MLA_FLOATS_PER_EMBD + MLA_FLOATS_FIXED)
+        # without flash attention: the f32 scores of every head, the f32 mask, and one more n_ctx-wide f32 row
+        # per token (seen with few heads: 16 heads at 32k need it, 128 do not)
+        attn = mla + (2 * u * n_ctx if flash_attn else 4 * u * n_ctx * (arch.n_head + 2))
+        used = arch.n_expert_used
+        moe = 4 * u * (
+            used * arch.expert_ff * MOE_FLOATS_PER_EXPERT_FF
+            + used * arch.n_embd * MOE_FLOATS_PER_EXPERT_EMBD
+            + arch.n_embd * MOE_FLOATS_PER_EMBD
+            + MOE_FLOATS_FIXED
+        ) + mask_bytes(n_ctx, u, flash_attn)
+        return int(max(logits, attn, moe))
     kv_dim = arch.n_head_kv * arch.head_dim
     rest = 4 * u * (5 * arch.n_embd + 2 * kv_dim)
     mask = mask_bytes(n_ctx, u, flash_attn)

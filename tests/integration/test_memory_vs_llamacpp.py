@@ -27,6 +27,11 @@ ARCHS["deepseek2-lite-shape"] = Architecture(
     "deepseek2", 30, 2048, 10944, 16, 16, 192, 102400, 163840, n_expert=64, n_expert_used=6, n_expert_shared=2,
     expert_ff=1408, n_dense_lead=1, q_lora_rank=768, kv_lora_rank=512, rope_dim=64, nope_dim=128, v_head_dim=128,
 )  # fmt: skip
+# the same with a 32k vocabulary: the logits no longer hide MLA's working set and the experts' intermediates
+ARCHS["deepseek2-lite-32k-vocab"] = Architecture(
+    "deepseek2", 30, 2048, 10944, 16, 16, 192, 32000, 163840, n_expert=64, n_expert_used=6, n_expert_shared=2,
+    expert_ff=1408, n_dense_lead=1, q_lora_rank=768, kv_lora_rank=512, rope_dim=64, nope_dim=128, v_head_dim=128,
+)  # fmt: skip
 ARCHS["qwen3-odd-shape"] = Architecture("qwen3", 5, 1024, 3072, 16, 4, 96, 60000, 8192)
 ARCHS["qwen3moe-30b-a3b-shape"] = Architecture(
     "qwen3moe", 48, 2048, 6144, 32, 4, 128, 151936, 40960, n_expert=128, n_expert_used=8, expert_ff=768
@@ -54,10 +59,13 @@ def test_kv_and_compute_agree_with_llamacpp(layouts, name, flash_attn):
         kv = kv_cache_bytes(arch, n_ctx) / MiB
         compute = compute_bytes(arch, n_ctx, flash_attn=flash_attn) / MiB
         assert _close(kv, theirs["kv"]), (name, n_ctx, kv, theirs)
-        # 3% for every shape an R1 build has; 5% for the made-up shapes (deepseek2's MLA working set is fitted
-        # to R1's shape: the lite shape without flash attention at 32k is 3.1% under)
-        tolerance = 0.03 if name in CATALOG else 0.05
-        assert _close(compute, theirs["compute:CPU"], tolerance), (name, n_ctx, compute, theirs)
+        # 3% for every shape an R1 build has and the dense made-up shapes; deepseek2's MLA and MoE working sets
+        # are upper envelopes (memory.py): never under for a made-up shape, and at most 25% over here
+        where = (name, n_ctx, compute, theirs)
+        if name in CATALOG or arch.arch != "deepseek2":
+            assert _close(compute, theirs["compute:CPU"]), where
+        else:
+            assert theirs["compute:CPU"] <= compute <= 1.25 * theirs["compute:CPU"] + 0.02, where
         assert _close(4 * arch.n_vocab / MiB, theirs["output:CPU"], 0.05)
 
 

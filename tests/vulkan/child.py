@@ -88,7 +88,8 @@ def spread(path: str, workers: list, n_ctx: int, prompt: str, max_tokens: int) -
             free = (hot + 1.5 * layer + expert_staging_bytes(c.weights, range(len(experts) + 1)) + reserve) / GPU_MARGIN
         gpus.append(replace(g, free=int(free), total=int(free)))
     ram = (full.cpu_total + expert_host_compute_bytes(c.arch) + RAM_RESERVE + 0.5 * layer) / RAM_MARGIN
-    hw = replace(hw, gpus=tuple(gpus), ram_available=int(ram))
+    # a slow disk (50 MB/s): for layers this small a fast disk would cost a token less than a network visit
+    hw = replace(hw, gpus=tuple(gpus), ram_available=int(ram), disk_bandwidth_gbs=0.05)
     p = plan_offload(c, hw, n_ctx)
     with _LOG.capture() as lines:
         engine = LlamaCppEngine(path, n_ctx=n_ctx, n_gpu_layers=-1, use_mmap=False, tensor_overrides=p.rules,
