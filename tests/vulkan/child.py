@@ -17,6 +17,23 @@ def devices() -> dict:
     return {"devices": [{"name": d.name, "kind": d.kind, "description": d.description} for d in list_devices()]}
 
 
+def _greedy(engine, prompt: str, max_tokens: int) -> tuple[list[int], dict]:
+    """Greedy tokens for the prompt, and where llama.cpp put each overridden tensor; closes the engine."""
+    from localr1.prompt import render, user_turn
+    from localr1.sampling import Sampling
+
+    with engine:
+        tokens: list[int] = []
+        original = engine.token_piece
+        engine.token_piece = lambda t: (tokens.append(t), original(t))[1]
+        list(
+            engine.stream(
+                render(user_turn(prompt), engine.info.chat_format), Sampling(temperature=0, max_tokens=max_tokens)
+            )
+        )
+        return tokens, dict(engine.placements)
+
+
 def generate(path: str, n_gpu_layers: int, n_ctx: int, rules: list, prompt: str, max_tokens: int,
              flash_attn: bool | None = None, n_batch: int = 512, workers: list | None = None) -> dict:  # fmt: skip
     """Greedy tokens and llama.cpp's own buffer and placement log (``workers``: `localr1 worker`s added
@@ -27,22 +44,11 @@ def generate(path: str, n_gpu_layers: int, n_ctx: int, rules: list, prompt: str,
         from localr1.engine.rpc import add_workers
 
         add_workers(workers)
-    from localr1.prompt import render, user_turn
-    from localr1.sampling import Sampling
 
     with _LOG.capture() as lines:
         engine = LlamaCppEngine(path, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, use_mmap=False, flash_attn=flash_attn,
                                 n_batch=n_batch, tensor_overrides=[tuple(r) for r in rules])  # fmt: skip
-    with engine:
-        tokens: list[int] = []
-        original = engine.token_piece
-        engine.token_piece = lambda t: (tokens.append(t), original(t))[1]
-        list(
-            engine.stream(
-                render(user_turn(prompt), engine.info.chat_format), Sampling(temperature=0, max_tokens=max_tokens)
-            )
-        )
-        placements = dict(engine.placements)
+    tokens, placements = _greedy(engine, prompt, max_tokens)
     buffers: dict[str, float] = {}
     layers: dict[str, str] = {}
     for line in lines:
@@ -68,8 +74,6 @@ def spread(path: str, workers: list, n_ctx: int, prompt: str, max_tokens: int) -
     from localr1.hardware import machine
     from localr1.memory import estimate, expert_host_compute_bytes, expert_staging_bytes
     from localr1.offload import plan_offload
-    from localr1.prompt import render, user_turn
-    from localr1.sampling import Sampling
 
     add_workers(workers)
     c = from_file(__import__("pathlib").Path(path))
@@ -94,16 +98,7 @@ def spread(path: str, workers: list, n_ctx: int, prompt: str, max_tokens: int) -
     with _LOG.capture() as lines:
         engine = LlamaCppEngine(path, n_ctx=n_ctx, n_gpu_layers=-1, use_mmap=False, tensor_overrides=p.rules,
                                 main_device=p.main_device)  # fmt: skip
-    with engine:
-        tokens: list[int] = []
-        original = engine.token_piece
-        engine.token_piece = lambda t: (tokens.append(t), original(t))[1]
-        list(
-            engine.stream(
-                render(user_turn(prompt), engine.info.chat_format), Sampling(temperature=0, max_tokens=max_tokens)
-            )
-        )
-        placements = dict(engine.placements)
+    tokens, placements = _greedy(engine, prompt, max_tokens)
     layers = {m["i"]: m["dev"] for line in lines if (m := _LAYER.search(line))}
     return {
         "tokens": tokens, "placements": placements, "layers": layers, "main_device": p.main_device,
