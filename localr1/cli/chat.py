@@ -146,4 +146,26 @@ def chat(
         hide_thinking=hide_thinking or config.hide_thinking,
         quit_on_signals=True,
     )
+    if request.workers or config.workers:  # a lost worker ends the process: keep the reply, give back the terminal
+        from localr1.engine.rpc import at_worker_loss
+
+        at_worker_loss(lambda: tui.save_for_exit("worker lost"))
+        at_worker_loss(terminal_restorer())
     tui.run()
+
+
+def terminal_restorer():
+    """A function that puts the terminal back as it is now (line mode, echo, the normal screen, the cursor,
+    no mouse reporting), for when the full-screen app cannot shut down itself."""
+    import os
+    import termios
+
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+
+    def restore() -> None:
+        # leave the alternate screen, show the cursor, stop mouse and bracketed-paste reporting
+        os.write(sys.__stdout__.fileno(), b"\x1b[?1000l\x1b[?1003l\x1b[?1006l\x1b[?2004l\x1b[?25h\x1b[?1049l")
+        termios.tcsetattr(fd, termios.TCSANOW, saved)
+
+    return restore

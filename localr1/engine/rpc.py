@@ -254,25 +254,39 @@ def choose_devices(kind: str) -> list:
 
 _ABORT_FN = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
 _abort_handler: Any = None
+_last_words: list = []  # callables run before a lost worker ends the process (chat: save, restore the terminal)
+
+
+def at_worker_loss(fn) -> None:
+    """Run ``fn()`` when a lost worker is about to end the process (llama.cpp cannot go on): what must not be
+    lost with it. Runs on llama.cpp's thread while the rest of the process waits; errors in it are ignored."""
+    _last_words.append(fn)
 
 
 def on_worker_loss(message: bytes | None) -> None:
     """ggml's abort, when a worker vanished mid-generation: llama.cpp cannot go on (it aborts the process), so
-    say what happened in one line, not a core dump, and exit non-zero. Earlier chat turns are already saved."""
+    run the last words (chat saves the reply so far and gives the terminal back), say what happened in one
+    line, not a core dump, and exit non-zero. Written straight to file descriptor 2: a full-screen app may
+    have replaced sys.stderr, and nothing here may raise (the process would abort after all)."""
     import os
-    import sys
 
-    text = (message or b"").decode("utf-8", "replace")
-    if "RPC" in text:
-        sys.stderr.write(
-            "\nError: a worker stopped answering mid-generation (llama.cpp RPC); this reply is lost.\n"
-            "Hint: check the worker machine and `localr1 worker` there, then ask again (its tensor cache makes "
-            "the reload quick), or leave it out of --workers.\n"
-        )
-    else:
-        sys.stderr.write(f"\nError: llama.cpp stopped: {text}\nHint: run again with --debug, and report it.\n")
-    sys.stderr.flush()
-    os._exit(3)
+    try:
+        text = (message or b"").decode("utf-8", "replace")
+        for fn in _last_words:
+            with contextlib.suppress(Exception):
+                fn()
+        if "RPC" in text:
+            said = (
+                "\nError: a worker stopped answering mid-generation (llama.cpp RPC); this reply is lost.\n"
+                "Hint: check the worker machine and `localr1 worker` there, then ask again (its tensor cache makes "
+                "the reload quick), or leave it out of --workers.\n"
+            )
+        else:
+            said = f"\nError: llama.cpp stopped: {text}\nHint: run again with --debug, and report it.\n"
+        with contextlib.suppress(Exception):
+            os.write(2, said.encode("utf-8", "replace"))
+    finally:
+        os._exit(3)
 
 
 def _ggml_base_copies() -> list[Any]:

@@ -178,17 +178,22 @@ class ChatApp(App):
 
     def _stop_and_save(self) -> None:
         self._cancel.set()
+        self.save_for_exit("cancelled")
+        if self.engine is not None:
+            self.engine.close()
+
+    def save_for_exit(self, finish_reason: str) -> None:
+        """Save the conversation with the reply in progress as far as it got (quitting, or the process about
+        to end because a worker was lost: then called from llama.cpp's thread, with the engine left alone)."""
         if self.generating and self.conversation.turns and self._view is not None:
             turn = self.conversation.turns[-1]
             turn.answer = self._view.answer
             turn.reasoning = self._view.thinking.content if self._view.thinking else ""
-            turn.finish_reason = "cancelled"
+            turn.finish_reason = finish_reason
             self.generating = False
         if self.conversation.turns:
             with contextlib.suppress(OSError):  # quitting: nowhere left to say so
                 self.store.save(self.conversation)
-        if self.engine is not None:
-            self.engine.close()
 
     @property
     def status(self) -> StatusLine:

@@ -4,6 +4,7 @@ build) taking layers of a model that runs here. Loopback only, bounded in time."
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -263,3 +264,30 @@ def test_plan_measures_each_workers_link_when_asked(vulkan, workers, smollm2):
         assert measured["decode_tokens_per_s"] >= assumed["decode_tokens_per_s"]
     text = subprocess.run([*base[:-1], "--measure-link"], env=env, capture_output=True, text=True, timeout=120).stdout
     assert all(f"Link to {w.endpoint}: " in text for w in workers) and "(measured)" in text
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_chat_keeps_the_reply_and_the_terminal_when_a_worker_dies(vulkan, workers, tiny_r1, tmp_path):
+    """`localr1 chat` in a real terminal with a layer on each worker: one dies mid-reply. llama.cpp cannot go
+    on, so the process ends (exit 3), but first the reply so far is saved with the conversation and the
+    terminal is given back: the error line shows on the normal screen, not under a dead full-screen app."""
+    from tmux_chat import TmuxChat
+
+    env = {k: v for k, v in vulkan.env().items() if k != "GGML_VK_VISIBLE_DEVICES"}
+    endpoints = ",".join(w.endpoint for w in workers)
+    chat = TmuxChat(tmp_path, f"{tiny_r1} --ctx 4096 --gpu-layers -1 --workers {endpoints}", env=env, hold=True)
+    try:
+        chat.start_long_reply()
+        workers[1].proc.kill()
+        assert chat.exit_code(30) == "3", chat.screen()
+        shown = chat.screen()
+    finally:
+        chat.close()
+    assert "Error: a worker stopped answering" in shown and "Traceback" not in shown, shown
+    # the app's screen is gone (its footer and the reply): the terminal left its alternate screen; without
+    # that the error lines were printed over the dead app
+    assert "esc Stop" not in shown and "Thinking" not in shown, shown
+    saved = json.loads(next((tmp_path / "data" / "conversations").glob("*.json")).read_text())
+    turn = saved["turns"][-1]
+    assert turn["user"] == "Tell me a very long story." and turn["finish_reason"] == "worker lost"
+    assert turn["reasoning"] or turn["answer"]  # what had streamed is kept
