@@ -69,6 +69,7 @@ class Placement:
     devices: tuple[DeviceShare, ...] = ()  # per device, when workers take part (else the GPUs are one tier)
     main_device: str | None = None  # where the layers go: "local" (this machine's GPUs), a worker's "RPC1", or
     # None (llama.cpp's own split of the layers over every device, by free memory)
+    local_gpus: int = 0  # with main_device "local": how many GPUs share the layers (by free memory)
 
     def ot_args(self) -> list[str]:
         """The same placement as llama.cpp command-line arguments (``-ngl 999 -ot ...``). llama-cli names a
@@ -80,7 +81,7 @@ class Placement:
             out[:0] = ["--rpc", ",".join(dict.fromkeys(d.endpoint for d in remote))]
             split = [1 if d.hot else 0 for d in remote]
             if self.main_device == "local":
-                split.append(1)
+                split += [1] * max(1, self.local_gpus)  # equal shares of the layers among this machine's GPUs
             out += ["-ts", ",".join(map(str, split))]
         buffer_names: dict[str, str] = {}
         for d in remote:
@@ -405,6 +406,7 @@ def _plan_across(
         mlock=not on_disk and bool(in_ram),
         devices=tuple(shares),
         main_device=main_device,
+        local_gpus=len(local),
     )
 
 

@@ -213,3 +213,10 @@ def test_across_machines_a_slow_link_costs_what_it_carries():
     fast = plan_offload(R1, with_(m, gpus=(m.gpus[0], with_(worker, link_gbs=10.0))), 8192)
     assert lan.devices[1].expert_layers and not lan.disk_expert_layers
     assert len(slow.disk_expert_layers) > 0 and slow.decode_tps < lan.decode_tps < fast.decode_tps
+
+
+def test_across_machines_two_gpus_here_share_the_layers_in_the_llama_cpp_command():
+    p = plan_offload(R1, across(24, 16, 2, 64, gpus=2), 8192)
+    args = p.ot_args()
+    assert p.devices[0].device == "this machine's GPUs" and p.local_gpus == 2
+    assert args[args.index("-ts") + 1] == "0,0,1,1"
