@@ -25,6 +25,10 @@ llama.cpp's RPC protocol has no authentication and no encryption: a worker liste
 Across machines, keep it on 127.0.0.1 and reach it through SSH: on the machine that runs the model,
 ssh -N -L 50052:127.0.0.1:50052 user@worker-host, then --workers 127.0.0.1:50052.
 
+A worker serves one client at a time. A client whose network goes silent is dropped after 20 seconds
+without an answer (LOCALR1_WORKER_TIMEOUT, in seconds; the client side gives up on a silent worker the same
+way), so the worker is free for the next one.
+
 Examples:
 $ localr1 worker
 $ localr1 worker --device gpu --port 50053
