@@ -72,6 +72,22 @@ def _describe(n_ctx: int | None, layers: int | None) -> str:
     return f"a {n_ctx or 0:,}-token context and {where}"
 
 
+def _plan_options(request: LoadRequest, config) -> dict:
+    """The planner's options for a request: its context (else the config's, else the default: kept only
+    when the user set one), GPU layers, MoE placement, slots and KV cache type."""
+    from localr1.planner import DEFAULT_CTX
+
+    return {
+        "want_ctx": request.ctx or config.ctx or DEFAULT_CTX,
+        "keep_ctx": bool(request.ctx or config.ctx),
+        "gpu_layers": request.gpu_layers,
+        "offload": request.offload,
+        "gpu_experts": request.gpu_experts,
+        "slots": request.parallel,
+        "kv_type": request.kv_type or config.kv_type,
+    }
+
+
 def plan_for(request: LoadRequest, hw, config, *, prefer_local: bool):
     """The plan for what the request names (a catalog name, a file) or, with nothing named, the best R1 for
     the machine, with the request's context (else the config's), GPU layers and MoE placement. With
@@ -86,16 +102,7 @@ def plan_for(request: LoadRequest, hw, config, *, prefer_local: bool):
     keep = bool(request.ctx or config.ctx)  # a context the user set is kept; the default may shrink to fit
     catalog = load_catalog()
     spec = request.spec or config.default_model
-
-    opts = {
-        "want_ctx": want,
-        "keep_ctx": keep,
-        "gpu_layers": request.gpu_layers,
-        "offload": request.offload,
-        "gpu_experts": request.gpu_experts,
-        "slots": request.parallel,
-        "kv_type": request.kv_type or config.kv_type,
-    }
+    opts = _plan_options(request, config)
 
     def best(pool, what):
         if prefer_local and (local := [c for c in pool if c.path is not None]):
@@ -147,6 +154,29 @@ def plan_for(request: LoadRequest, hw, config, *, prefer_local: bool):
             skipped.append(f"{m.path.name} was left out: {exc.message}")
     plan = best(pool, None)
     return replace(plan, notes=(*plan.notes, *skipped)) if skipped else plan
+
+
+def _replan_for_listing(plan, listed: int, request: LoadRequest, hw, config, say):
+    """Before the first byte: when the Hub lists the build at another size than the catalog planned with (a
+    re-upload), plan that build again at the listed size and say so; if it no longer fits, stop before
+    downloading. None when the plan stands."""
+    from localr1.planner import plan_candidate
+
+    planned = plan.candidate.weights.total
+    if not listed or abs(listed - planned) <= 0.02 * planned:
+        return None
+    c = replace(plan.candidate, weights=plan.candidate.weights.scaled_to(listed), listed=True)
+    fresh = plan_candidate(c, hw, min_tps=0.0, **_plan_options(request, config))
+    differs = f"{c.label} is {gib(listed)} on the Hub, not the {gib(planned)} the catalog lists"
+    if fresh is None:
+        raise ModelTooBigError(
+            f"{differs}: at that size it does not fit this machine (nothing was downloaded)",
+            hint="Choose a smaller build (localr1 plan --explain lists them), or update localr1 for a newer catalog.",
+        )
+    (say or (lambda text: sys.stderr.write(text + "\n")))(
+        f"{differs}: planned again before downloading ({fresh.n_ctx:,}-token context, GPU layers {fresh.n_gpu_layers})."
+    )
+    return fresh
 
 
 def _replan_if_different(plan, path: Path, request: LoadRequest, hw, config, say):
@@ -270,6 +300,20 @@ def open_model(
             off = offline_mode(request.offline)
             try:
                 target = resolve_target(label, offline=off)
+            except DownloadError as exc:
+                raise _not_on_disk(label, chosen=spec is None, offline=off, cause=exc) from exc
+            if fresh := _replan_for_listing(
+                plan, target.size, replace(request, gpu_layers=asked_layers), hw, config, say
+            ):
+                plan, n_ctx, layers, overrides, mlock = (
+                    fresh,
+                    fresh.n_ctx,
+                    fresh.n_gpu_layers,
+                    fresh.overrides,
+                    fresh.mlock,
+                )
+                kv_type = fresh.kv_type
+            try:
                 path = fetch(target, off) if fetch else pull(target, offline=off, show_progress=False)
             except DownloadError as exc:
                 raise _not_on_disk(label, chosen=spec is None, offline=off, cause=exc) from exc

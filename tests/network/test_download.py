@@ -281,3 +281,51 @@ def test_the_hubs_listing_wins_over_the_catalogs_split_names(runner, fake_hub, i
     result = runner.invoke(app, ["pull", "tiny:1b:Q4_K_M"])
     assert result.exit_code == 0, result.output
     assert "Note: the Hub now lists this build as split/tiny-Q4_K_M-00001-of-00003.gguf" in result.stderr
+
+
+class _Stop(Exception):
+    """Raised by a test's fetch: the download would start here."""
+
+
+def _catalog_listing(isolated_dirs, fake_hub, tmp_path, catalog_size: int, hub_size: int) -> None:
+    (isolated_dirs / "config").mkdir(parents=True, exist_ok=True)
+    entry = (
+        tiny_entry("tiny:1b", REPO, {"Q8_0": "tiny-Q8_0.gguf"}) + f'[models."tiny:1b".sizes]\nQ8_0 = {catalog_size}\n'
+    )
+    (isolated_dirs / "config" / "models.toml").write_text(entry)
+    model = write_gguf(tmp_path / "m.gguf").read_bytes()
+    fake_hub.add(REPO, "tiny-Q8_0.gguf", model + b"\0" * (hub_size - len(model)))
+
+
+def test_a_build_the_hub_lists_bigger_is_planned_again_before_the_first_byte(fake_hub, isolated_dirs, tmp_path):
+    """A re-upload the catalog does not know: the Hub's listing (32 MiB) is not the catalog's size (1 MiB).
+    The build is planned again at the listed size and the user told so, before anything is downloaded."""
+    from localr1.config import load_config
+    from localr1.request import LoadRequest
+
+    _catalog_listing(isolated_dirs, fake_hub, tmp_path, 1 << 20, 32 << 20)
+    said, fetched = [], []
+
+    def fetch(target, offline):
+        fetched.append(target.size)
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        loader_module.open_model(LoadRequest(spec="tiny:1b:Q8_0"), load_config(), fetch=fetch, say=said.append)
+    assert fetched == [32 << 20]
+    assert any(s.startswith("tiny:1b:Q8_0 is ") and "on the Hub, not the" in s and "planned again before downloading" in s
+               for s in said), said  # fmt: skip
+
+
+def test_a_build_that_no_longer_fits_at_its_listed_size_stops_before_the_download(
+    runner, fake_hub, isolated_dirs, tmp_path, monkeypatch
+):
+    """The catalog's 1 MiB fits a machine with ~40 MiB to spare; the 96 MiB the Hub lists does not: one line,
+    exit 1, and nothing fetched."""
+    _catalog_listing(isolated_dirs, fake_hub, tmp_path, 1 << 20, 96 << 20)
+    monkeypatch.setenv("LOCALR1_HW", "gpu=none,ram=1740MiB,disk=1TiB")
+    result = runner.invoke(app, ["ask", "hi", "-m", "tiny:1b:Q8_0"])
+    assert result.exit_code == 1, result.output
+    assert "on the Hub, not the" in result.stderr and "nothing was downloaded" in result.stderr
+    assert "Traceback" not in result.output
+    assert not fake_hub.downloads("tiny-Q8_0.gguf")
