@@ -269,7 +269,13 @@ def plan(
     )
     config = load_config()
     remote = join_workers(request, config)  # their devices join hw.gpus
-    if measure_link and remote:
+    if measure_link and not remote:
+        from localr1.errors import UsageError
+
+        raise UsageError(
+            "--measure-link measures the links to workers: there are none", hint="Add --workers host:port,..."
+        )
+    if measure_link:
         from localr1.engine.rpc import link_rtt, measure_links
 
         for endpoint, rate in measure_links([d.endpoint for d in remote]).items():

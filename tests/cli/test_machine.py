@@ -202,3 +202,8 @@ def test_plan_across_machines_shows_each_devices_share_and_the_llama_cpp_command
     assert [d["endpoint"] for d in devices] == [None, "worker1:50052", "worker2:50052"]
     machines = {m["device"]: m["bytes"] for m in data["machines"]}
     assert all(machines[d["device"]] == d["bytes"] for d in devices)  # one source for both tables
+
+
+def test_measure_link_without_workers_is_a_usage_error(runner):
+    result = runner.invoke(app, ["plan", "--measure-link"])
+    assert result.exit_code == 2 and "there are none" in result.stderr and "--workers" in result.stderr
