@@ -220,7 +220,10 @@ def test_convert_then_list_quantize_and_ask(runner, ckpts, isolated_dirs):
     q4 = json.loads(quant.stdout)["output"]
     answer = runner.invoke(app, ["ask", "hi", "-m", q4, "--max-tokens", "4", "--json"])
     assert answer.exit_code == 0, answer.output
-    assert json.loads(answer.stdout)["usage"]["completion_tokens"] == 4
+    reply = json.loads(answer.stdout)
+    # random weights: a sampled end-of-text token may end the reply before the limit (it did, once in CI)
+    used = reply["usage"]["completion_tokens"]
+    assert (used == 4 and reply["finish_reason"] == "length") or (1 <= used < 4 and reply["finish_reason"] == "stop")
 
 
 def _copy(folder: Path, dest: Path) -> Path:
