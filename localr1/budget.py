@@ -49,13 +49,16 @@ class Budget:
 
     @classmethod
     def of(cls, hw: Hardware) -> Budget:
-        gpu = 0
-        for g in hw.gpus:
-            gpu += max(0, int(g.free * GPU_MARGIN) - (RPC_RESERVE if g.vendor == "rpc" else GPU_RESERVE))
+        gpu = sum(device_room(g) for g in hw.gpus)
         ram = max(0, int(hw.ram_available * RAM_MARGIN) - RAM_RESERVE)
         if hw.unified:
             gpu = min(gpu, ram)  # one pool of memory
         return cls(gpu=gpu, ram=ram, disk=hw.disk_free, n_gpus=len(hw.gpus), unified=hw.unified)
+
+
+def device_room(g: GPU) -> int:
+    """Bytes one GPU (or worker device) may take: its free memory with a margin, less its reserve."""
+    return max(0, int(g.free * GPU_MARGIN) - (RPC_RESERVE if g.remote else GPU_RESERVE))
 
 
 def placement_tps(
@@ -105,7 +108,7 @@ def activation_bytes(arch: Architecture) -> int:
 def round_trip_s(g: GPU, hop_bytes: float) -> float:
     """Seconds a token pays to visit a remote device (llama.cpp RPC) once: the activations go there and the
     result comes back, two transfers over the link (0 for a local device)."""
-    if g.vendor != "rpc":
+    if not g.remote:
         return 0.0
     return 2 * (g.latency_s + hop_bytes / ((g.link_gbs or DEFAULT_LINK_GBS) * 1e9))
 
@@ -115,16 +118,12 @@ def tokens_per_s(
 ) -> float:
     """Decode speed when each token reads these bytes from the GPU, RAM and disk tiers (``hop_bytes``: what
     crosses to a remote device and back, see activation_bytes)."""
-    seconds = 0.0
-    if gpu_read > 0 and hw.gpus:
-        seconds += gpu_seconds(hw.gpus, gpu_read)
-        # a remote device (llama.cpp RPC) holding a run of layers: the activations go there and back
-        seconds += sum(round_trip_s(g, hop_bytes) for g in hw.gpus)
-    if cpu_read > 0:
-        seconds += cpu_read / cpu_rate(hw, quant)
-    if disk_read > 0:
-        seconds += disk_read / (hw.disk_bandwidth_gbs * 1e9)
-    return 1.0 / seconds if seconds > 0 else float("inf")
+    # llama.cpp splits the layers over all the GPUs; a remote device (llama.cpp RPC) holding a run of layers
+    # costs one visit per token: the activations go there and back
+    hops = sum(round_trip_s(g, hop_bytes) for g in hw.gpus) if gpu_read > 0 else 0.0
+    return spread_tps(
+        hw, main=hw.gpus, main_read=gpu_read, cpu_read=cpu_read, disk_read=disk_read, hops_s=hops, quant=quant
+    )
 
 
 def gpu_seconds(gpus, read: float) -> float:
@@ -145,9 +144,9 @@ def spread_tps(
     hops_s: float = 0.0,
     quant: str = "",
 ) -> float:
-    """Decode tokens/s when the layers sit on ``main`` (this machine's GPUs, or one worker's device) and other
-    devices hold only routed experts: bytes each token reads from each, plus ``hops_s`` of network round
-    trips (the caller counts them: a remote device's experts cost two per layer)."""
+    """Decode tokens/s when the layers sit on ``main`` (split by free memory) and other devices hold only
+    routed experts: bytes each token reads from each tier, plus ``hops_s`` of network visits (the caller
+    counts them: a worker holding a run of layers costs one, a worker's experts one per layer)."""
     seconds = gpu_seconds(main, main_read) if main_read > 0 and main else 0.0
     for device, read in device_reads:
         seconds += read / (device.bandwidth_gbs * 1e9 * GPU_EFFICIENCY)

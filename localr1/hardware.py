@@ -106,6 +106,18 @@ class GPU:
     latency_s: float = 0.0  # a remote device's network round trip (llama.cpp RPC)
     link_gbs: float = 0.0  # its link's measured GB/s (plan --measure-link); 0: assumed (budget.DEFAULT_LINK_GBS)
 
+    @property
+    def remote(self) -> bool:
+        """A `localr1 worker`'s device (llama.cpp RPC)."""
+        return self.vendor == "rpc"
+
+    @property
+    def endpoint(self) -> str | None:
+        """A worker device's host:port, from its name "RPC1[host:port]" (None for this machine's GPUs)."""
+        if not self.remote or "[" not in self.name:
+            return None
+        return self.name[self.name.index("[") + 1 : self.name.index("]")]
+
     def with_bandwidth(self) -> GPU:
         if self.bandwidth_gbs:
             return self
@@ -133,6 +145,11 @@ class Hardware:
     # GB/s of weights llama.cpp's CPU kernels get through per quant family (q4_k, q6_k, q8_0), measured on
     # this machine (engine/cpu_speed.py); empty: unknown, the RAM bandwidth model applies
     cpu_decode_gbs: dict = field(default_factory=dict)
+
+    @property
+    def has_workers(self) -> bool:
+        """`localr1 worker`s take part (real or simulated): some GPUs are remote devices."""
+        return any(g.remote for g in self.gpus)
 
     @property
     def vram_total(self) -> int:

@@ -17,13 +17,11 @@ from dataclasses import dataclass
 
 from localr1.budget import (
     GPU_EFFICIENCY,
-    GPU_MARGIN,
-    GPU_RESERVE,
-    RPC_RESERVE,
     Budget,
     Candidate,
     activation_bytes,
     cpu_rate,
+    device_room,
     placement_tps,
     round_trip_s,
     spread_tps,
@@ -182,7 +180,7 @@ def plan_offload(
     if not c.arch.is_moe:
         raise OffloadError(f"{c.label} is not a mixture-of-experts model")
     budget = budget or Budget.of(hw)
-    if any(g.vendor == "rpc" for g in hw.gpus):
+    if hw.has_workers:
         return _plan_across(c, hw, n_ctx, mode=mode, gpu_experts=gpu_experts, budget=budget, kv_type=kv_type)
     w = c.weights
     experts = list(w.expert_layers)
@@ -264,11 +262,6 @@ def plan_offload(
     )
 
 
-def device_room(g: GPU) -> int:
-    """Bytes one device may take (as Budget counts them for all GPUs together)."""
-    return max(0, int(g.free * GPU_MARGIN) - (RPC_RESERVE if g.vendor == "rpc" else GPU_RESERVE))
-
-
 @dataclass
 class _Tier:
     name: str  # "main", a worker device's hardware name, "RAM" or "disk"
@@ -295,8 +288,8 @@ def _plan_across(
     active = c.arch.n_expert_used / c.arch.n_expert if c.arch.n_expert else 1.0
     full = estimate(c.arch, w, n_ctx, -1, kv_type=kv_type)
     hot = full.gpu_total - sum(experts)
-    local = [g for g in hw.gpus if g.vendor != "rpc"]
-    remote = [g for g in hw.gpus if g.vendor == "rpc"]
+    local = [g for g in hw.gpus if not g.remote]
+    remote = [g for g in hw.gpus if g.remote]
     act = activation_bytes(c.arch)
     if local:
         main, main_device, main_trip = local, "local", 0.0
@@ -366,11 +359,11 @@ def _plan_across(
         + sum(experts[i] for i in main_layers)
         + (expert_staging_bytes(w, cpu_layers) if cpu_layers and local else 0)
     )
-    shares = [DeviceShare(main_label, main_layers, main_bytes, True, _endpoint(main[0]) if not local else None)]
+    shares = [DeviceShare(main_label, main_layers, main_bytes, True, main[0].endpoint)]
     for t in helpers:
         layers = tuple(sorted(t.layers))
         shares.append(DeviceShare(t.name, layers, sum(experts[i] for i in layers) + device_compute, False,
-                                  _endpoint(t.device)))  # fmt: skip
+                                  t.device.endpoint))  # fmt: skip
     disk_bytes = sum(experts[i] for i in on_disk)
     # the embeddings (here) to a main worker and the logits back; per layer whose experts are elsewhere, the
     # way there and back (through this machine: ggml's RPC backend does not copy between workers)
@@ -408,10 +401,3 @@ def _plan_across(
         main_device=main_device,
         local_gpus=len(local),
     )
-
-
-def _endpoint(g: GPU) -> str | None:
-    """A worker device's host:port, from its name "RPC1[host:port]" (None for this machine's GPUs)."""
-    if g.vendor != "rpc" or "[" not in g.name:
-        return None
-    return g.name[g.name.index("[") + 1 : g.name.index("]")]

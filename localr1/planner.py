@@ -305,8 +305,7 @@ def _offload_plan(
 
     full = estimate(c.arch, c.weights, n_ctx, -1, flash_attn=flash_attn, kv_type=kv_type)
     whole = mode == "auto" and full.gpu_total <= budget.gpu and full.cpu_total <= budget.ram
-    across = any(g.vendor == "rpc" for g in hw.gpus)
-    if whole and not across:
+    if whole and not hw.has_workers:
         return None  # it all fits on the GPU: the plain plan is simpler and as fast
     try:
         p = plan_offload(

@@ -362,7 +362,7 @@ def plan(
 def _machines(plan, hw, remote) -> list[dict]:
     """GB per machine when workers (real or simulated) take part: this one's RAM, and each device's share of
     the GPU part; a worker's device with its endpoint (its name is "RPCn[host:port]") and round trip."""
-    if not any(g.vendor == "rpc" for g in hw.gpus):
+    if not hw.has_workers:
         return []
     from localr1.planner import device_shares
 
@@ -371,8 +371,8 @@ def _machines(plan, hw, remote) -> list[dict]:
     if placement is not None and placement.devices:  # the main device and the experts' devices, as placed
         held = {d.device: d.bytes for d in placement.devices}
         here = placement.devices[0].bytes if placement.main_device == "local" else 0
-        shares = device_shares([g for g in hw.gpus if g.vendor != "rpc"], here)  # this machine's GPUs
-        shares += [(g.name, held.get(g.name, 0)) for g in hw.gpus if g.vendor == "rpc"]
+        shares = device_shares([g for g in hw.gpus if not g.remote], here)  # this machine's GPUs
+        shares += [(g.name, held.get(g.name, 0)) for g in hw.gpus if g.remote]
         out = [{"device": "this machine (RAM)", "bytes": placement.ram_bytes}]
     else:
         shares = device_shares(hw.gpus, plan.memory.gpu_total)
@@ -381,9 +381,9 @@ def _machines(plan, hw, remote) -> list[dict]:
     for name, share in shares:  # [] if no free
         gpu = by_name[name]
         entry = {"device": name, "bytes": share, "rtt_ms": None, "measured": name in measured}
-        if gpu.vendor == "rpc":
+        if gpu.remote:
             entry.update(
-                endpoint=name[name.find("[") + 1 : name.find("]")],
+                endpoint=gpu.endpoint,
                 rtt_ms=round(gpu.latency_s * 1000, 3),
                 link_gbs=round(gpu.link_gbs, 3) or None,  # None: not measured (1 Gbit/s assumed)
             )

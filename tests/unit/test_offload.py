@@ -135,7 +135,7 @@ def first_rule(rules, tensor: str) -> str | None:
 def test_across_machines_the_layers_on_one_device_and_every_expert_layer_in_one_place(vram, ram, workers, mem):
     """The hot part and the KV cache on the main device (this machine's GPU, else a worker's), each MoE layer's
     routed experts on exactly one device or tier, within what each offers; the rules send them there."""
-    from localr1.offload import device_room
+    from localr1.budget import device_room
 
     m = across(vram, ram, workers, mem)
     p = plan_offload(R1, m, 8192)
