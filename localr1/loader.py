@@ -95,14 +95,13 @@ def plan_for(request: LoadRequest, hw, config, *, prefer_local: bool):
     still has to be downloaded."""
     from localr1 import candidates as cands
     from localr1.catalog import load_catalog, split_name
-    from localr1.planner import DEFAULT_CTX, NoPlanError, choose, plan_candidate
+    from localr1.planner import NoPlanError, choose, plan_candidate
     from localr1.resolve import resolve_model
 
-    want = request.ctx or config.ctx or DEFAULT_CTX
-    keep = bool(request.ctx or config.ctx)  # a context the user set is kept; the default may shrink to fit
+    opts = _plan_options(request, config)
+    want, keep = opts["want_ctx"], opts["keep_ctx"]  # a context the user set is kept; the default may shrink
     catalog = load_catalog()
     spec = request.spec or config.default_model
-    opts = _plan_options(request, config)
 
     def best(pool, what):
         if prefer_local and (local := [c for c in pool if c.path is not None]):
@@ -195,7 +194,7 @@ def _replan_if_different(plan, path: Path, request: LoadRequest, hw, config, say
         f"{plan.candidate.label} is {gib(exact.weights.total)}, not the {gib(planned)} planned: "
         f"re-planned for the file ({fresh.n_ctx:,}-token context, GPU layers {fresh.n_gpu_layers})."
     )
-    return fresh, fresh.n_ctx, fresh.n_gpu_layers, fresh.overrides, fresh.mlock, fresh.kv_type
+    return fresh
 
 
 def _check_kv_type(candidate, kv_type: str | None) -> None:
@@ -284,7 +283,6 @@ def open_model(
     layers = request.gpu_layers if request.gpu_layers is not None else config.gpu_layers
     overrides, mlock, plan = (), False, None
     kv_type = request.kv_type or config.kv_type or "f16"
-    asked_layers = layers
     if n_ctx and layers is not None:  # both given: load exactly that, no planning
         local = resolve_model(spec, config)
         path, label = local.path, local.name
@@ -292,34 +290,24 @@ def open_model(
         hw = machine(request.simulation)
         if warning := idle_gpu_warning(hw):
             say(f"Warning: {warning}")
-        plan = plan_for(replace(request, gpu_layers=layers), hw, config, prefer_local=True)
+        asked = replace(request, gpu_layers=layers)  # the GPU layers the user or the config set, if any
+        plan = plan_for(asked, hw, config, prefer_local=True)
         path, label = plan.candidate.path, plan.candidate.label
-        n_ctx, layers, overrides, mlock = plan.n_ctx, plan.n_gpu_layers, plan.overrides, plan.mlock
-        kv_type = plan.kv_type
         if path is None:  # the chosen build is not on disk yet
             off = offline_mode(request.offline)
             try:
                 target = resolve_target(label, offline=off)
             except DownloadError as exc:
                 raise _not_on_disk(label, chosen=spec is None, offline=off, cause=exc) from exc
-            if fresh := _replan_for_listing(
-                plan, target.size, replace(request, gpu_layers=asked_layers), hw, config, say
-            ):
-                plan, n_ctx, layers, overrides, mlock = (
-                    fresh,
-                    fresh.n_ctx,
-                    fresh.n_gpu_layers,
-                    fresh.overrides,
-                    fresh.mlock,
-                )
-                kv_type = fresh.kv_type
+            plan = _replan_for_listing(plan, target.size, asked, hw, config, say) or plan
             try:
                 path = fetch(target, off) if fetch else pull(target, offline=off, show_progress=False)
             except DownloadError as exc:
                 raise _not_on_disk(label, chosen=spec is None, offline=off, cause=exc) from exc
-            plan, n_ctx, layers, overrides, mlock, kv_type = _replan_if_different(
-                plan, path, replace(request, gpu_layers=asked_layers), hw, config, say
-            ) or (plan, n_ctx, layers, overrides, mlock, kv_type)
+            plan = _replan_if_different(plan, path, asked, hw, config, say) or plan
+        n_ctx, layers, overrides, mlock, kv_type = (
+            plan.n_ctx, plan.n_gpu_layers, plan.overrides, plan.mlock, plan.kv_type
+        )  # fmt: skip
     options = EngineOptions(
         n_ctx=n_ctx,
         n_threads=request.threads or config.threads,
