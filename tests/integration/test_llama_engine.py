@@ -60,13 +60,17 @@ def test_smollm2_generates_a_plain_answer(smol):
     assert done.timings.llama_decode_calls >= done.usage.completion_tokens - 1
 
 
-def test_greedy_is_repeatable_and_the_prefix_cache_changes_nothing(smol):
+def test_greedy_is_repeatable_and_the_prefix_cache_changes_nothing(smol, monkeypatch):
     prompt = render(user_turn("Name three colours."), smol.info.chat_format)
     first = _texts(list(smol.stream(prompt, Sampling(temperature=0, max_tokens=20))))[1]
+    decoded: list[int] = []
+    prefill = smol._prefill
+    monkeypatch.setattr(smol, "_prefill", lambda tokens: decoded.append(prefill(tokens)) or decoded[-1])
     second_events = list(smol.stream(prompt, Sampling(temperature=0, max_tokens=20)))
     assert _texts(second_events)[1] == first
-    # the second run reused the cached prompt: only the last prompt token was decoded again
-    assert second_events[-1].timings.llama_prefill_ms < 1 or second_events[-1].timings.prefill_s < 0.05
+    # the second run reused the cached prompt: only the last prompt token was decoded again (counted, not
+    # timed: a time bound fails on a loaded machine)
+    assert decoded == [1]
 
 
 def test_seeded_sampling_is_repeatable(smol):

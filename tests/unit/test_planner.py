@@ -298,3 +298,21 @@ def test_the_full_r1_across_a_gpu_box_and_two_ram_boxes():
     assert plan.mode == "offload" and plan.placement.main_device == "local"
     whole = estimate(plan.candidate.arch, plan.candidate.weights, plan.n_ctx, -1, kv_type=plan.kv_type)
     assert plan.decode_tps > 1.2 * decode_speed(plan.candidate, whole, hw, 0, -1)
+
+
+def test_a_dense_model_across_workers_is_faster_on_a_faster_link_at_the_same_round_trip():
+    """What `plan --measure-link` relies on, held exact: with the round trip fixed, a worker's measured link
+    faster than the 1 Gbit/s assumed never lowers the estimate (tests/vulkan measures a real link, but two
+    plans each measure their own round trip, so their estimates differ by noise and are not compared there)."""
+    from dataclasses import replace as with_
+
+    sim = Simulation(gpu="none", ram=8 * GiB, disk=512 * GiB, workers=2, worker_mem=16 * GiB)
+    hw = machine(sim)
+    dense = [c for c in CANDIDATES if c.label == "r1:7b:Q4_K_M"]
+    assumed = choose(dense, hw, min_tps=0.0)
+    assert assumed.n_gpu_layers != 0  # layers on the workers, so the link matters
+    fast = with_(hw, gpus=tuple(with_(g, link_gbs=1.5) for g in hw.gpus))
+    slow = with_(hw, gpus=tuple(with_(g, link_gbs=0.01) for g in hw.gpus))
+    measured = choose(dense, fast, min_tps=0.0)
+    assert measured.n_gpu_layers == assumed.n_gpu_layers
+    assert choose(dense, slow, min_tps=0.0).decode_tps <= assumed.decode_tps <= measured.decode_tps

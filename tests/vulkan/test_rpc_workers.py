@@ -249,7 +249,7 @@ def test_a_moe_model_spread_as_planned_across_machines(vulkan, workers, tiny_moe
 
 def test_plan_measures_each_workers_link_when_asked(vulkan, workers, smollm2):
     """--measure-link times 8 MiB each way through ggml's own RPC calls (a buffer on the worker): loopback is
-    far faster than the 1 Gbit/s assumed otherwise, and the estimate rises with it."""
+    far faster than the 1 Gbit/s assumed otherwise, and the plan shows what it measured."""
     env = {k: v for k, v in vulkan.env().items() if k != "GGML_VK_VISIBLE_DEVICES"}
     endpoints = ",".join(w.endpoint for w in workers)
     base = [sys.executable, "-m", "localr1", "plan", str(smollm2), "--ctx", "1024", "--workers", endpoints, "--json"]
@@ -260,8 +260,8 @@ def test_plan_measures_each_workers_link_when_asked(vulkan, workers, smollm2):
     links = [m["link_gbs"] for m in measured["machines"] if m.get("endpoint")]
     assert len(links) == 2 and all(rate > 0.2 for rate in links), measured["machines"]  # loopback: > 1.6 Gbit/s
     assert all(m.get("link_gbs") is None for m in assumed["machines"])
-    if measured["n_gpu_layers"] != 0:  # layers on the workers: the faster link makes the estimate faster
-        assert measured["decode_tokens_per_s"] >= assumed["decode_tokens_per_s"]
+    # Each plan measures the workers' round trips anew, so the two estimates differ by that noise: they are
+    # not compared here (a faster link at the same round trip never lowers the estimate: tests/unit/test_planner)
     text = subprocess.run([*base[:-1], "--measure-link"], env=env, capture_output=True, text=True, timeout=120).stdout
     assert all(f"Link to {w.endpoint}: " in text for w in workers) and "(measured)" in text
 
