@@ -278,7 +278,12 @@ class BatchedEngine:
         engine = self._engine
         clock = time.perf_counter
         t = clock()
-        token = job.sample(job.chain, ctx, row)
+        try:
+            token = job.sample(job.chain, ctx, row)
+        except LocalR1Error as exc:  # this request's grammar has no way on: it ends, the others go on
+            with self._cv:
+                self._finish(job, None, exc)
+            return
         job.sample_s += clock() - t
         piece = engine._pieces.get(token, _UNSEEN)
         if piece is _UNSEEN:

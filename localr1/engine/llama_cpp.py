@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import os
 import re
 import sys
@@ -619,10 +620,46 @@ class LlamaCppEngine:
         a candidate array for the whole vocabulary every token (and its top-p sorts it); an argmax, or
         localr1.nucleus, reads llama.cpp's logits in place instead. The caller frees the chain."""
         if sampling.grammar:
-            return self._sampler(sampling), self._lib.llama_sampler_sample
+            return self._sampler(sampling), self._constrained()
         if sampling.temperature <= 0:
             return None, self._greedy(sampling)
         return None, self._nucleus(sampling)
+
+    def _constrained(self):
+        """A sample(chain, ctx, idx) for a chain with a grammar: llama_sampler_sample's own steps (every token's
+        logit, the chain applied, the chosen token accepted), except that a token the grammar does not allow
+        is refused before the chain accepts it. That is what the chain chooses when every token the grammar
+        permits is banned (a logit bias of -100, an end the grammar needs made impossible): llama.cpp's grammar
+        then throws inside llama_sampler_accept, through its C API, and the process aborts, a server with
+        every other request in it. Here it is a UsageError for the request that asked for it."""
+        import numpy as np
+
+        lib, n_vocab = self._lib, self.n_vocab
+        read = self._logits_reader()
+        data = (lib.llama_token_data * n_vocab)()
+        view = np.frombuffer(data, dtype=np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)]))
+        ids = np.arange(n_vocab, dtype=np.int32)
+        cur = lib.llama_token_data_array(data, n_vocab, -1, False)
+        ref = ctypes.byref(cur)
+        apply, accept, isfinite = lib.llama_sampler_apply, lib.llama_sampler_accept, math.isfinite
+
+        def sample(chain, ctx, idx) -> int:
+            view["id"] = ids  # samplers sort the array in place: every step starts from the vocabulary order
+            view["logit"] = read(ctx, idx)
+            view["p"] = 0.0
+            cur.data, cur.size, cur.selected, cur.sorted = data, n_vocab, -1, False
+            apply(chain, ref)
+            chosen = cur.selected
+            if not 0 <= chosen < cur.size or not isfinite(cur.data[chosen].logit):
+                raise UsageError(
+                    "the grammar allows no token here: every token it permits is banned",
+                    hint="Drop the logit_bias (or stop rule) that bans what the grammar needs next.",
+                )
+            token = cur.data[chosen].id
+            accept(chain, token)
+            return token
+
+        return sample
 
     def _learn_piece(self, token: int) -> bytes | None:
         """The token's text, or None for an end-of-generation token; remembered for the model's life."""
