@@ -289,3 +289,20 @@ def render(messages: Sequence[Message], fmt: ChatFormat, *, force_thinking: bool
             text += THINK_OPEN + "\n"
             opens = True
     return Prompt(text=text, opens_thinking=opens, add_bos=add_bos)
+
+
+def continue_reply(messages: Sequence[Message], fmt: ChatFormat) -> Prompt:
+    """A conversation whose last message is the assistant's start of a reply (a prefill, as OpenAI-style and
+    Ollama clients send it): the text the model continues from that start.
+
+    The start is written where the reply begins, as it is: one that opens with ``<think>`` continues the
+    thinking (or, with its ``</think>``, the answer after it); one without the tags is the start of an answer,
+    so the model writes no thinking before it."""
+    *history, start = messages
+    base = render(history, fmt, force_thinking=False)
+    text = base.text
+    if fmt.reasoning and text.rstrip().endswith(THINK_OPEN):  # the template opened the thinking itself
+        text = text[: text.rstrip().rindex(THINK_OPEN)]
+    text += start.content
+    opened = THINK_OPEN in start.content and THINK_CLOSE not in start.content.rsplit(THINK_OPEN, 1)[1]
+    return Prompt(text=text, opens_thinking=fmt.reasoning and opened, add_bos=base.add_bos)

@@ -19,8 +19,9 @@ TRANSITION = "\n\nConsidering the limited time, I have to give the solution now.
 WAIT = "\n\nWait"
 MAX_WAITS = 3
 
-# reasoning_effort (OpenAI's field, as llama-server and others take it) as thinking budgets, in tokens
-EFFORT_BUDGETS = {"low": 1024, "medium": 4096, "high": None}
+# reasoning_effort (OpenAI's field, as llama-server and others take it) as thinking budgets, in tokens;
+# "minimal" is what OpenAI's newer clients send for the least thinking
+EFFORT_BUDGETS = {"minimal": 256, "low": 1024, "medium": 4096, "high": None}
 
 Action = Literal["accept", "cut", "suppress"]
 

@@ -3,31 +3,28 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import Iterator
 
 from localr1.server.app import Settings, build_app
+from localr1.server.connections import ConnectionLimits
+from localr1.server.run import bind_socket, uvicorn_config
 from localr1.server.service import Service
 
 
 class RunningServer:
-    def __init__(self, service: Service, settings: Settings) -> None:
+    def __init__(self, service: Service, settings: Settings, limits: ConnectionLimits | None = None) -> None:
         import uvicorn
 
         self.service = service
         self.lines: list[str] = []
         settings = Settings(**{**settings.__dict__, "log": self.lines.append})
         self.app = build_app(service, settings)
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(128)
+        self.sock = bind_socket("127.0.0.1", 0)  # the socket and the uvicorn settings `localr1 serve` uses
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off", ws="none",
-                                timeout_graceful_shutdown=2)  # fmt: skip
-        self.server = uvicorn.Server(config)
+        self.server = uvicorn.Server(uvicorn_config(self.app, limits or ConnectionLimits(), drain_s=2))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def start(self) -> RunningServer:
@@ -57,8 +54,10 @@ class RunningServer:
 
 
 @contextlib.contextmanager
-def running(engine, name: str = "tiny-r1", *, queue: int = 8, **settings) -> Iterator[RunningServer]:
-    server = RunningServer(Service(engine, name, queue=queue), Settings(**settings)).start()
+def running(
+    engine, name: str = "tiny-r1", *, queue: int = 8, limits: ConnectionLimits | None = None, **settings
+) -> Iterator[RunningServer]:
+    server = RunningServer(Service(engine, name, queue=queue), Settings(**settings), limits).start()
     try:
         yield server
     finally:

@@ -11,6 +11,8 @@ import typer
 from localr1.cli import options as opt
 from localr1.cli.helptext import command_help
 from localr1.cli.state import command, handle_errors
+from localr1.server.connections import DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT_S, ConnectionLimits
+from localr1.server.run import is_loopback
 
 HELP = """Serve a model over the OpenAI and Ollama APIs, with the thinking kept apart.
 
@@ -48,6 +50,12 @@ def serve(
         list[str] | None, typer.Option("--cors", help="Allow browser requests from this origin (repeatable).")
     ] = None,
     json_logs: bool = typer.Option(False, "--json-logs", help="Log one JSON object per request."),
+    max_connections: int = typer.Option(
+        DEFAULT_MAX_CONNECTIONS, "--max-connections", help="Open connections at most (an idle one makes room)."
+    ),
+    request_timeout: float = typer.Option(
+        DEFAULT_REQUEST_TIMEOUT_S, "--request-timeout", help="Seconds a client has to send a whole request."
+    ),
     ctx: opt.CtxOpt = None,
     threads: opt.ThreadsOpt = None,
     gpu_layers: opt.GpuLayersOpt = None,
@@ -65,6 +73,7 @@ def serve(
     from localr1.server.run import bind_socket, check_bind
 
     limits.bounded("--queue", queue, 0, 4096)
+    connection_limits = ConnectionLimits(max_connections, request_timeout)
     request = opt.load_request(
         model, ctx=ctx, gpu_layers=gpu_layers, threads=threads, offline=offline, offload=offload_mode,
         gpu_experts=gpu_experts, simulate=simulate, kv_type=kv_type, parallel=parallel, workers=workers,
@@ -79,13 +88,19 @@ def serve(
             loaded = open_model(
                 request, load_config(), cancel=cancel, fetch=lambda t, off: pull_target(t, off, cancel=cancel)
             )
-        _serve_loaded(loaded, sock, host, queue=queue, api_key=api_key, cors=tuple(cors or ()), json_logs=json_logs)
+        from localr1.server.app import Settings  # starlette: imported when serving, not for --help
+
+        settings = Settings(api_key=api_key, cors=tuple(cors or ()), json_logs=json_logs, local_only=is_loopback(host))
+        _serve_loaded(loaded, sock, host, queue=queue, settings=settings, limits=connection_limits)
     finally:
         sock.close()
 
 
-def _serve_loaded(loaded, sock, host: str, *, queue: int, api_key, cors, json_logs: bool) -> None:
-    from localr1.server.app import Settings, build_app
+def _serve_loaded(loaded, sock, host: str, *, queue: int, settings, limits: ConnectionLimits) -> None:
+    from dataclasses import replace
+
+    from localr1.server.app import build_app
+    from localr1.server.connections import fit_to_open_files
     from localr1.server.run import serve as run_server
     from localr1.server.service import Service
 
@@ -100,7 +115,10 @@ def _serve_loaded(loaded, sock, host: str, *, queue: int, api_key, cors, json_lo
         sys.stderr.write(line + "\n")
         sys.stderr.flush()
 
-    app = build_app(service, Settings(api_key=api_key, cors=cors, json_logs=json_logs, log=log))
+    app = build_app(service, replace(settings, log=log))
+    limits, note = fit_to_open_files(limits)
+    if note:
+        log(f"Note: {note}")
     port = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
 
@@ -113,7 +131,7 @@ def _serve_loaded(loaded, sock, host: str, *, queue: int, api_key, cors, json_lo
         log(f"OpenAI: http://{shown}:{port}/v1   Ollama: http://{shown}:{port}   Ctrl-C stops.")
 
     try:
-        run_server(app, sock, on_started=started)
+        run_server(app, sock, limits=limits, on_started=started)
     finally:
         engine.close()
     log("Stopped.")

@@ -27,6 +27,7 @@ from starlette.routing import Route
 from localr1 import __version__
 from localr1.errors import ContextOverflowError, LocalR1Error, TemplateError, UsageError
 from localr1.events import Answer, Done, Event, Reasoning
+from localr1.printable import printable
 from localr1.server import protocol
 from localr1.server.protocol import Generation, RequestError
 from localr1.server.service import Busy, Service
@@ -42,6 +43,7 @@ class Settings:
     json_logs: bool = False
     max_body: int = protocol.MAX_BODY_BYTES
     log: Callable[[str], None] = print
+    local_only: bool = True  # bound to loopback: only loopback names in Host (no DNS rebinding)
 
 
 def _is_ollama(request: Request) -> bool:
@@ -57,6 +59,15 @@ def error_response(request: Request, exc: RequestError, headers: dict[str, str] 
         )
         body = {"error": {"message": exc.message, "type": kind, "param": exc.param, "code": exc.code}}
     return JSONResponse(body, status_code=exc.status, headers=headers)
+
+
+def request_error(exc: LocalR1Error) -> RequestError:
+    """What the client hears of an engine's error: its own fault (400) or the server's (500)."""
+    if isinstance(exc, ContextOverflowError):
+        return RequestError(exc.message, code="context_length_exceeded")
+    if isinstance(exc, UsageError):  # a value the engine refused (a grammar that does not parse, or has no way on)
+        return RequestError(exc.message)
+    return RequestError(exc.message, status=500)
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
@@ -144,6 +155,14 @@ def build_app(service: Service, settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
     key = settings.api_key.encode() if settings.api_key else None
 
+    def busy_response(request: Request) -> Response:
+        error = RequestError(
+            f"the server is busy: {service.slots} generating and {service.admission.queue} waiting",
+            status=503,
+            code="server_busy",
+        )
+        return error_response(request, error, headers={"Retry-After": str(RETRY_AFTER_S)})
+
     async def start(request: Request, gen: Generation) -> tuple[AsyncIterator[Event], Event] | Response | None:
         """Check the model, build the prompt and wait for the first event; an error response, or None if the
         client left while waiting."""
@@ -157,18 +176,9 @@ def build_app(service: Service, settings: Settings | None = None) -> Starlette:
             first = await _first_or_gone(request, events)
         except Busy:
             await events.aclose()
-            error = RequestError(
-                f"the server is busy: {service.slots} generating and {service.admission.queue} waiting",
-                status=503,
-                code="server_busy",
-            )
-            return error_response(request, error, headers={"Retry-After": str(RETRY_AFTER_S)})
-        except ContextOverflowError as exc:
-            raise RequestError(exc.message, code="context_length_exceeded") from None
-        except UsageError as exc:  # a value the engine refused (a grammar that does not parse)
-            raise RequestError(exc.message) from None
+            return busy_response(request)
         except LocalR1Error as exc:
-            raise RequestError(exc.message, status=500) from None
+            raise request_error(exc) from None
         if first is None:  # the client left while waiting
             return None
         return events, first
@@ -181,8 +191,11 @@ def build_app(service: Service, settings: Settings | None = None) -> Starlette:
         """A non-streaming reply: every event, unless the client leaves first (then the generation stops)."""
         run = _Run()
         run.add(first)
-        async for event in _until_gone(request, events):
-            run.add(event)
+        try:
+            async for event in _until_gone(request, events):
+                run.add(event)
+        except LocalR1Error as exc:  # the generation failed after its first event (a grammar with no way on)
+            raise request_error(exc) from None
         note(request, run)
         return run
 
@@ -324,6 +337,12 @@ def build_app(service: Service, settings: Settings | None = None) -> Starlette:
             if chat
             else protocol.ollama_generate(body, service.n_ctx_slot)
         )
+        if gen.load_only:  # a preload: the model is loaded already (Ollama answers one object, streaming or not)
+            service.check_model(gen.model)
+            now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+            loaded: dict[str, Any] = {"model": gen.model or service.name, "created_at": now}
+            loaded.update({"message": {"role": "assistant", "content": ""}} if chat else {"response": ""})
+            return JSONResponse({**loaded, "done": True, "done_reason": "load"})
         started = await start(request, gen)
         if not isinstance(started, tuple):
             return started or Response(status_code=499)
@@ -468,8 +487,6 @@ def build_app(service: Service, settings: Settings | None = None) -> Starlette:
 
     async def tokenize(request: Request) -> Response:
         """llama-server's /tokenize: the token ids of ``content`` (``ask --server`` counts with it)."""
-        from starlette.concurrency import run_in_threadpool
-
         body = await read_json(request, settings.max_body)
         content = body.get("content")
         if not isinstance(content, str):
@@ -477,7 +494,10 @@ def build_app(service: Service, settings: Settings | None = None) -> Starlette:
         add_special = body.get("add_special", False)
         if not isinstance(add_special, bool):
             raise RequestError("'add_special' must be true or false", param="add_special")
-        tokens = await run_in_threadpool(service.engine.tokenize, content, add_bos=add_special)
+        try:
+            tokens = await service.tokenize(content, add_bos=add_special)
+        except Busy:
+            return busy_response(request)
         return JSONResponse({"tokens": tokens})
 
     # --- the rest ---------------------------------------------------------------------------------------
@@ -541,6 +561,7 @@ def build_app(service: Service, settings: Settings | None = None) -> Starlette:
             allow_headers=["Authorization", "Content-Type"],
         )
     app.add_middleware(_KeyCheck, key=key)
+    app.add_middleware(_SameMachine, settings=settings)
     app.add_middleware(_AccessLog, settings=settings)
     return app
 
@@ -589,6 +610,81 @@ class _KeyCheck:
         error = RequestError("missing or wrong API key", status=401, code="invalid_api_key")
         response = error_response(request, error, headers={"WWW-Authenticate": "Bearer"})
         await response(scope, receive, send)
+
+
+# Pages of desktop apps (Electron, Tauri, VS Code webviews): no website can send these origins
+_APP_ORIGINS = ("app://", "tauri://", "vscode-webview://", "vscode-file://")
+
+
+def _host_name(value: str) -> str:
+    """The name in a Host header or an origin's authority, without the port: ``[::1]:80`` -> ``::1``."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def is_loopback_name(host: str) -> bool:
+    """Whether a Host header names this machine: localhost, *.localhost, a loopback address, its hostname."""
+    import ipaddress
+    import socket
+
+    name = _host_name(host)
+    if name in ("localhost", socket.gethostname().lower()) or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class _SameMachine:
+    """What a web page could make a browser send is refused here, before the key and the routes.
+
+    A cross-site page can POST ``text/plain`` without a CORS preflight, so CORS alone does not stop it from
+    running generations: a request whose ``Origin`` is not the server's own, not a desktop app's and not one
+    that ``--cors`` names gets 403 (and so does a cross-site request without an Origin, by
+    ``Sec-Fetch-Site``). On a loopback server the ``Host`` must name this machine too, or a page on a name
+    that resolves to 127.0.0.1 (DNS rebinding) could read the replies, as Ollama refuses them."""
+
+    def __init__(self, app: Any, settings: Settings) -> None:
+        self.app, self.settings = app, settings
+        self.origins = {o.lower().rstrip("/") for o in settings.cors}
+
+    def refusal(self, headers: dict[bytes, bytes]) -> RequestError | None:
+        host = headers.get(b"host", b"").decode("latin-1")
+        if self.settings.local_only and host and not is_loopback_name(host):
+            return RequestError(
+                f"requests for the host name {printable(host)!r} are refused: this server is for this "
+                "machine (127.0.0.1 or localhost)",
+                status=403,
+                code="forbidden_host",
+            )
+        origin = headers.get(b"origin")
+        if origin is None:
+            if headers.get(b"sec-fetch-site") == b"cross-site":
+                return RequestError(
+                    "cross-site requests from web pages are refused", status=403, code="forbidden_origin"
+                )
+            return None
+        text = origin.decode("latin-1").strip().lower().rstrip("/")
+        if "*" in self.origins or text in self.origins or text.startswith(_APP_ORIGINS):
+            return None
+        if host and text in (f"http://{host.lower()}", f"https://{host.lower()}"):  # the server's own page
+            return None
+        shown = printable(text)
+        return RequestError(
+            f"requests from the web page at {shown} are refused; to allow that page, start the server "
+            f"with --cors {shown}",
+            status=403,
+            code="forbidden_origin",
+        )
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and (error := self.refusal(dict(scope.get("headers") or []))) is not None:
+            await error_response(Request(scope, receive), error)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 class _AccessLog:

@@ -50,6 +50,7 @@ class Generation:
     stop: tuple[str, ...] = ()
     reasoning: ReasoningFormat = "separate"
     include_usage: bool = False  # OpenAI stream_options.include_usage
+    load_only: bool = False  # Ollama's preload: no prompt (generate) or no messages (chat), answered "load"
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
@@ -167,8 +168,8 @@ def _logit_bias(value: Any) -> dict[int, float]:
 
 def _effort(value: Any, param: str) -> int | None:
     """reasoning_effort (OpenAI) / think (Ollama) as a thinking budget: low 1k, medium 4k, high unbounded."""
-    if value not in EFFORT_BUDGETS:
-        raise RequestError(f"'{param}' must be one of low, medium or high", param=param)
+    if not isinstance(value, str) or value not in EFFORT_BUDGETS:
+        raise RequestError(f"'{param}' must be one of {', '.join(EFFORT_BUDGETS)}", param=param)
     return EFFORT_BUDGETS[value]
 
 
@@ -217,8 +218,16 @@ def _messages(value: Any) -> tuple[Message, ...]:
             what = "tool_calls" if m.get("tool_calls") else "images"
             raise RequestError(f"'{where}.{what}' is not supported by localr1", param=f"{where}.{what}")
         out.append(Message(role, _content(m.get("content"), f"{where}.content")))
+    # the last message is the user's, or the assistant's start of its reply (a prefill: the model continues
+    # it), after a user's
+    last = len(out) - 1
+    if out[-1].role == "assistant" and last > 0 and out[-2].role == "user":
+        return tuple(out)
     if out[-1].role != "user":
-        raise RequestError("the last message must be the user's", param=f"messages[{len(out) - 1}].role")
+        raise RequestError(
+            "the last message must be the user's (or the assistant's start of a reply, after the user's)",
+            param=f"messages[{last}].role",
+        )
     return tuple(out)
 
 
@@ -336,6 +345,9 @@ _OLLAMA_OPTIONS = {
     "num_batch", "repeat_penalty", "presence_penalty", "frequency_penalty", "repeat_last_n", "mirostat",
     "typical_p", "tfs_z", "numa", "use_mmap", "use_mlock", "num_keep", "penalize_newline", "low_vram", "main_gpu",
     "thinking_budget", "thinking_min",
+    # mirostat's own settings (mirostat itself must stay 0) and load-time options older clients still send
+    "mirostat_eta", "mirostat_tau", "f16_kv", "vocab_only", "num_gqa", "rope_frequency_base",
+    "rope_frequency_scale", "embedding_only", "logits_all",
 }  # fmt: skip
 
 
@@ -373,7 +385,7 @@ def _ollama_options(body: dict, n_ctx_slot: int) -> tuple[Sampling, tuple[str, .
 
 def _think(body: dict) -> ReasoningFormat:
     think = body.get("think")
-    if think is None or think is True or think in ("low", "medium", "high"):
+    if think is None or think is True or (isinstance(think, str) and think in EFFORT_BUDGETS):
         return "separate"
     if think is False:
         return "hidden"
@@ -395,6 +407,8 @@ def ollama_chat(body: dict, n_ctx_slot: int) -> Generation:
     _unknown(body, _OLLAMA_COMMON | {"messages"})
     _ollama_refusals(body)
     sampling, stops = _ollama_options(body, n_ctx_slot)
+    if body.get("messages") in (None, []):  # Ollama's way to load a model before the first question
+        return Generation(model=_string(body, "model"), stream=_boolean(body, "stream", True), load_only=True)
     return Generation(
         model=_string(body, "model"),
         messages=_messages(body.get("messages")),
@@ -413,8 +427,10 @@ def ollama_generate(body: dict, n_ctx_slot: int) -> Generation:
     sampling, stops = _ollama_options(body, n_ctx_slot)
     prompt = _string(body, "prompt") or ""
     raw = _boolean(body, "raw", False)
+    if prompt == "":  # Ollama's way to load a model before the first question
+        return Generation(model=_string(body, "model"), stream=_boolean(body, "stream", True), load_only=True)
     if not prompt.strip():
-        raise RequestError("'prompt' must not be empty", param="prompt")
+        raise RequestError("'prompt' must not be only white space", param="prompt")
     system = _string(body, "system")
     return Generation(
         model=_string(body, "model"),

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from localr1.errors import UsageError
+from localr1.server.connections import BACKLOG, ConnectionLimits, protocol_class
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11435  # Ollama's 11434 + 1: both can run side by side
@@ -40,7 +41,10 @@ def check_bind(host: str, port: int, *, api_key: str | None, insecure: bool) -> 
 def bind_socket(host: str, port: int) -> socket.socket:
     """The listening socket, bound before the model loads: a port in use is a one-line error at once."""
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets whose protocol says TCP, and accepted
+    # sockets inherit it. Without it every keep-alive request after the first waited ~40 ms for Nagle's
+    # algorithm and the client's delayed ACK (the headers and the body go out as two writes).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host.strip("[]"), port))
@@ -48,7 +52,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.close()
         hint = "Choose another --port, or stop the program using it." if exc.errno in (98, 48) else None
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", hint=hint) from None
-    sock.listen(128)
+    sock.listen(BACKLOG)
     return sock
 
 
@@ -74,22 +78,33 @@ def _server_class() -> type:
     return Server
 
 
-def serve(
-    app: Any, sock: socket.socket, *, drain_s: float = DRAIN_S, on_started: Callable[[], None] | None = None
-) -> None:
-    """Serve until Ctrl-C or SIGTERM; requests in flight then get ``drain_s`` seconds to finish."""
+def uvicorn_config(app: Any, limits: ConnectionLimits, *, drain_s: float = DRAIN_S) -> Any:
+    """uvicorn's settings for the app: HTTP/1.1 through the guarded protocol (server/connections.py)."""
     import uvicorn
 
-    _Server = _server_class()
-    config = uvicorn.Config(
+    return uvicorn.Config(
         app,
+        http=protocol_class(limits),
+        backlog=BACKLOG,
         log_level="warning",
         access_log=False,  # the app logs one line per request itself
         timeout_graceful_shutdown=drain_s,
         lifespan="off",
         ws="none",
     )
-    server = _Server(config)
+
+
+def serve(
+    app: Any,
+    sock: socket.socket,
+    *,
+    limits: ConnectionLimits | None = None,
+    drain_s: float = DRAIN_S,
+    on_started: Callable[[], None] | None = None,
+) -> None:
+    """Serve until Ctrl-C or SIGTERM; requests in flight then get ``drain_s`` seconds to finish."""
+    _Server = _server_class()
+    server = _Server(uvicorn_config(app, limits or ConnectionLimits(), drain_s=drain_s))
     if on_started is not None:
         original = server.startup
 

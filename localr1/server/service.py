@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from localr1.events import Answer, Done, Event, Reasoning
-from localr1.prompt import Prompt, render
+from localr1.prompt import Message, Prompt, continue_reply, render
 from localr1.reasoning import THINK_OPEN
 from localr1.server.protocol import Generation, RequestError
 from localr1.stops import StopScanner
@@ -37,6 +37,7 @@ class Admission:
 
     def __post_init__(self) -> None:
         self._running = asyncio.Semaphore(self.slots)
+        self._tokenizing = asyncio.Semaphore(1)  # /tokenize: one text at a time, in the same line
 
     def enter(self) -> None:
         if self.inside >= self.slots + self.queue:
@@ -85,10 +86,21 @@ class Service:
             return Prompt(text, opens_thinking=fmt.reasoning and text.rstrip().endswith(THINK_OPEN), add_bos=add_bos)
         messages = list(gen.messages)
         if gen.system:
-            from localr1.prompt import Message
-
             messages.insert(0, Message("system", gen.system))
+        if messages[-1].role == "assistant":  # the start of the reply, for the model to continue
+            return continue_reply(messages, fmt)
         return render(messages, fmt)
+
+    async def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
+        """The token ids of ``text``, admitted like a generation (Busy when the line is full) and one at a time:
+        a tokenization holds a copy of its text and its ids, so unbounded ones in parallel were the way to
+        take the server's memory (8 texts of 7.8 MB at once took it from 0.4 to 3.1 GB)."""
+        self.admission.enter()
+        try:
+            async with self.admission._tokenizing:
+                return await asyncio.to_thread(self.engine.tokenize, text, add_bos=add_bos)
+        finally:
+            self.admission.leave()
 
     async def generate(self, gen: Generation, prompt: Prompt) -> AsyncIterator[Event]:
         """The events of one generation; stop strings applied. Closing the iterator cancels it."""

@@ -126,7 +126,7 @@ def test_a_non_streaming_client_that_leaves_frees_its_slot(server, batched):
     body = b'{"messages": [{"role": "user", "content": "go"}], "max_tokens": 20000}'
     sock = socket.create_connection(("127.0.0.1", server.port))
     sock.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         + f"Content-Length: {len(body)}\r\n\r\n".encode()
         + body
     )

@@ -119,7 +119,8 @@ def test_harmless_values_of_unsupported_fields_pass():
         [{"role": "tool", "content": "x"}],
         [{"role": "user", "content": 5}],
         [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
-        [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+        [{"role": "assistant", "content": "a"}],  # a prefill needs the user's message before it
+        [{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}],
         [{"role": "user", "content": "x"}] * (protocol.MAX_MESSAGES + 1),
     ],
 )

@@ -1,0 +1,170 @@
+"""What a connection may cost the server before it has sent a whole request: a deadline and a cap.
+
+uvicorn reads a request's headers and body with no deadline and accepts connections without a limit, so a
+client that sends its headers a byte a second, a body shorter than its Content-Length, or a few hundred
+connections that never finish a request held the server's file descriptors until authenticated clients
+could not connect. This is uvicorn's own HTTP protocol with two rules, applied before the app (and so
+before the API key) sees anything:
+
+- **A deadline for each request.** From the moment a connection opens (or its previous response ends) the
+  client has ``request_timeout_s`` to send the whole request, headers and body; then it gets 408 (or,
+  when it sent nothing, the connection is just closed, as idle keep-alive connections are). The time the app takes to answer is not counted (a generation may take minutes).
+- **A cap on connections.** At most ``max_connections`` are open at once. One more displaces the one that
+  has waited longest without starting a request (an idle keep-alive or a stalled client); when every
+  connection is busy with a request the new one gets 503 and is closed.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from dataclasses import dataclass
+from typing import Any
+
+from localr1.errors import UsageError
+
+DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_REQUEST_TIMEOUT_S = 30.0
+# The listening socket's queue. asyncio also takes it as how many connections to accept at once before any is
+# handed to the protocol (which closes those beyond the cap), so that many descriptors are kept in hand beside
+# the cap's; uvicorn's own default, 2048, let a burst of connections run the process out of them.
+BACKLOG = 128
+SPARE_FDS = 16  # files opened later (the log, a model's header)
+
+_TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+_FULL = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\nretry-after: 2\r\n"
+    b"content-length: 31\r\nconnection: close\r\n\r\ntoo many connections; try again"
+)
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_connections <= 65536:
+            raise UsageError(f"--max-connections must be from 1 to 65,536, not {self.max_connections:,}")
+        if not 0.1 <= self.request_timeout_s <= 3600:
+            raise UsageError(f"--request-timeout must be from 0.1 to 3600 seconds, not {self.request_timeout_s:g}")
+
+
+def open_files_allowed() -> int:
+    """Raise this process's soft limit on open files to its hard limit (as servers do), and return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def open_files_now() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"))
+    except OSError:
+        return 64
+
+
+def fit_to_open_files(limits: ConnectionLimits) -> tuple[ConnectionLimits, str | None]:
+    """The limits with the connection cap lowered below what the process may open, and a note if it was."""
+    allowed = open_files_allowed()
+    room = allowed - open_files_now() - BACKLOG - SPARE_FDS
+    if limits.max_connections <= room:
+        return limits, None
+    fitted = ConnectionLimits(max(room, 1), limits.request_timeout_s)
+    note = (
+        f"at most {fitted.max_connections} connections: this process may open {allowed} files "
+        "(raise `ulimit -n` for more)"
+    )
+    return fitted, note
+
+
+def protocol_class(limits: ConnectionLimits) -> type:
+    """uvicorn's h11 HTTP protocol with the request deadline and the connection cap (for uvicorn.Config.http)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    complete = (h11.DONE, h11.MUST_CLOSE)
+
+    class GuardedProtocol(H11Protocol):
+        _deadline: Any = None
+        _waiting_since: float = 0.0
+        _heard = False  # bytes came since the deadline was set (a request started)
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if len(self.connections) > limits.max_connections and not self._make_room():
+                self.connections.discard(self)
+                transport.write(_FULL)
+                transport.close()
+                return
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            self._heard = True
+            super().data_received(data)
+            if self.conn.their_state in complete:
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()  # the next request on this connection has the same deadline
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        # --- the rules ---------------------------------------------------------------------------------
+        @property
+        def waiting(self) -> bool:
+            """Open, and no request started yet (idle between requests, or headers still coming)."""
+            return self._deadline is not None and self.conn.their_state is h11.IDLE
+
+        def _arm(self) -> None:
+            self._disarm()
+            if self.conn.their_state in complete:  # a pipelined request is already whole
+                return
+            self._waiting_since, self._heard = self.loop.time(), False
+            self._deadline = self.loop.call_later(limits.request_timeout_s, self._expired)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _expired(self) -> None:
+            self._deadline = None
+            if self.transport.is_closing() or self.conn.their_state in complete:
+                return
+            # a request begun and not finished hears why; an idle connection is closed quietly (as servers close
+            # idle keep-alive connections: a client may reuse it at that moment and would take a 408 as its answer)
+            answering = self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete
+            if self._heard and not answering and self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                self.transport.write(_TIMED_OUT)
+            self._cut()
+
+        def _cut(self) -> None:
+            """Close the connection; a request whose body was still coming hears that its client left."""
+            self._disarm()
+            if self.cycle is not None and not self.cycle.response_complete:
+                self.cycle.disconnected = True
+                self.cycle.message_event.set()
+            self.transport.close()
+
+        def _make_room(self) -> bool:
+            """Close the connection that has waited longest without starting a request; False if none."""
+            idle = [c for c in self.connections if c is not self and getattr(c, "waiting", False)]
+            if not idle:
+                return False
+            oldest = min(idle, key=lambda c: c._waiting_since)
+            oldest._cut()
+            self.connections.discard(oldest)
+            return True
+
+    return GuardedProtocol
