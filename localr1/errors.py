@@ -99,6 +99,7 @@ def from_os_error(exc: OSError) -> LocalR1Error | None:
         errno.EEXIST: ("{where} exists already, and is not a folder", "Move it away, or choose another folder."),
         errno.ENAMETOOLONG: ("the name is too long: {where}", "Use a shorter name."),
         errno.EMFILE: ("too many open files", "Raise the limit (ulimit -n) and run it again."),
+        errno.ENOENT: ("no such file or folder: {where}", "Check the path; a folder to write in must exist."),
     }
     if exc.errno not in reasons:
         return None

@@ -15,6 +15,7 @@ import typer
 from localr1.cli import options as opt
 from localr1.cli.helptext import command_help
 from localr1.cli.state import command, handle_errors
+from localr1.printable import printable
 from localr1.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 
 HELP = """Measure how well this build reasons: problems with known answers through the same engine and prompt as
@@ -53,7 +54,7 @@ def parse_budgets(text: str | None, single: int | None) -> list[int | None]:
     for part in (p.strip().lower() for p in text.split(",") if p.strip()):
         if part in ("none", "off", "unbounded"):
             value = None
-        elif part.isdigit() and int(part) > 0:
+        elif part.isascii() and part.isdigit() and int(part) > 0:  # "²".isdigit(), but int("²") fails
             value = int(part)
         else:
             raise UsageError(f"--budgets: {part!r} is not a token count", hint="Write them like 512,1024,4096.")
@@ -86,7 +87,7 @@ class _Progress:
         pct = 100 * self.done / self.total if self.total else 100.0
         text = (
             f"[{self.done}/{self.total}] {pct:3.0f}% · {_duration(left)} left · "
-            f"{self.right}/{self.new} right this session · last: {sample.problem} "
+            f"{self.right}/{self.new} right this session · last: {printable(sample.problem, limit=40)} "
             f"{'✓' if sample.correct else '✗'} ({sample.thinking_tokens} thinking tokens)"
         )
         if self.tty:
@@ -128,7 +129,8 @@ def result_lines(results, *, per_problem: bool) -> list[str]:
             for p in r.per_problem:
                 mark = "✓" if p.majority else "✗"
                 lines.append(
-                    f"  {p.problem:24.24} pass@1 {100 * p.pass_at_1:5.1f}%  vote {mark} {str(p.majority_answer)[:18]:18} "
+                    f"  {printable(p.problem):24.24} pass@1 {100 * p.pass_at_1:5.1f}%  vote {mark} "
+                    f"{printable(str(p.majority_answer))[:18]:18} "
                     f"think {p.thinking_tokens:6.0f}  {p.seconds:6.1f} s"
                 )
     return lines
@@ -283,7 +285,8 @@ def _compare(folders: tuple[Path, Path], *, plot: Path | None, json_out: bool) -
 
     a, b = (load_run(f) for f in folders)
     rows = compare(a, b)
-    name_a, name_b = a.meta.get("model", "A"), b.meta.get("model", "B")
+    # the run files' own words (they may have been edited, or come from someone else): printed safe
+    name_a, name_b = (printable(str(r.meta.get("model", k)), limit=80) for r, k in ((a, "A"), (b, "B")))
     if not rows:
         from localr1.errors import UsageError
 
@@ -293,7 +296,8 @@ def _compare(folders: tuple[Path, Path], *, plot: Path | None, json_out: bool) -
     if plot or any(len(s[1]) > 1 for s in series):
         from localr1.evaluation.plot import svg_plot
 
-        svg = svg_plot(series, plot or Path(folders[1]) / "compare.svg", title=f"{name_a} vs {name_b}")
+        # beside run B's samples (its folder, also when it was given as its samples.jsonl)
+        svg = svg_plot(series, plot or b.folder / "compare.svg", title=f"{name_a} vs {name_b}")
     if json_out:
         out = {
             "a": {"run": str(folders[0]), "model": name_a},

@@ -82,6 +82,7 @@ def worker(
     allow_network: bool = typer.Option(False, "--allow-network", help="Listen beyond loopback (no encryption!)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Keep no tensor cache (clients resend every weight)."),
 ) -> None:
+    from localr1 import limits
     from localr1.cpu import physical_cores
     from localr1.engine.rpc import choose_devices, guard_links, link_timeout, rpc_reg, serve_devices
     from localr1.errors import UsageError
@@ -91,6 +92,7 @@ def worker(
 
     if device not in ("auto", "cpu", "gpu", "all"):
         raise UsageError(f"--device must be auto, cpu, gpu or all, not {device!r}")
+    limits.threads(threads)  # the same bounds as ask's (a worker with 100,000 died at its first client)
     check_worker_bind(host, port, allow_network=allow_network)
     link_timeout()  # a bad LOCALR1_WORKER_TIMEOUT fails here, not later
     cap = parse_size(mem) if mem else None

@@ -99,7 +99,7 @@ def load_run(folder: Path) -> Run:
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     try:
         meta = json.loads(lines[0])["meta"]
-    except (IndexError, json.JSONDecodeError, KeyError, TypeError):
+    except (IndexError, ValueError, RecursionError, KeyError, TypeError):  # (JSONDecodeError is a ValueError)
         meta = None
     if not isinstance(meta, dict):
         raise UsageError(f"{path} is not a localr1 eval run (no header line)")
@@ -109,6 +109,10 @@ def load_run(folder: Path) -> Run:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue  # the line being written when the process died
+        except (ValueError, RecursionError):  # a 5,000-digit number, a line of 100,000 '['
+            raise UsageError(
+                f"{path} line {n} is not a sample of a localr1 eval run", hint="Was it edited by hand?"
+            ) from None
         sample = _sample(record)
         if sample is None:
             raise UsageError(f"{path} line {n} is not a sample of a localr1 eval run", hint="Was it edited by hand?")

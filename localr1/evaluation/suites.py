@@ -155,6 +155,13 @@ def load_suite(spec: str | None) -> tuple[str, list[Problem]]:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise UsageError(f"{path.name} line {n} is not JSON: {exc.msg}") from None
+            except RecursionError:
+                raise UsageError(f"{path.name} line {n} is nested too deeply to be a problem") from None
+            except ValueError:  # a number of more than 4,300 digits: Python refuses to convert it
+                raise UsageError(
+                    f"{path.name} line {n} holds a number of more than 4,300 digits",
+                    hint='Write a long answer as a string: "answer": "123...".',
+                ) from None
             if not isinstance(record, dict):
                 raise UsageError(f"{path.name} line {n} is not a JSON object")
             text = record.get("problem", record.get("Problem", record.get("question")))

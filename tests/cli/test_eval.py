@@ -119,3 +119,65 @@ def test_bad_input_is_one_line(runner, small_gguf, tmp_path):
     assert result.exit_code == 2 and "not both" in result.stderr
     result = runner.invoke(app, ["eval", "--compare", str(tmp_path / "x"), str(tmp_path / "y")])
     assert result.exit_code == 2 and "no eval run" in result.stderr
+
+
+def test_hostile_suites_and_paths_are_one_line(runner, monkeypatch, small_gguf, tmp_path):
+    """A suite line of 100,000 '[' (RecursionError), a 5,000-digit answer (ValueError), a budget of '²' (a
+    digit to str.isdigit, not to int) and output paths that cannot be written all said "internal error"."""
+    deep, digits = tmp_path / "deep.jsonl", tmp_path / "digits.jsonl"
+    deep.write_text("[" * 100_000 + "\n")
+    digits.write_text('{"problem": "How many?", "answer": ' + "7" * 5000 + "}\n")
+    cases = [
+        (["--suite", str(deep)], "nested too deeply"),
+        (["--suite", str(digits)], "more than 4,300 digits"),
+        (["--budgets", "²"], "'²' is not a token count"),
+    ]
+    for args, fragment in cases:
+        result = runner.invoke(app, ["eval", str(small_gguf), *args])
+        assert result.exit_code == 2 and fragment in result.stderr, result.output
+        assert "internal error" not in result.output
+    suite = tmp_path / "suite.jsonl"
+    suite.write_text(json.dumps({"problem": "2+2?", "answer": "4"}) + "\n")
+    for args, fragment in [
+        (["--out", "/proc/nope"], "/proc/nope"),
+        (["--plot", "/nonexistent/dir/x.svg"], "/nonexistent"),
+    ]:
+        use(monkeypatch, FakeEngine([reply("4")] * 2))
+        result = runner.invoke(
+            app, ["eval", str(small_gguf), "--suite", str(suite), "--out", str(tmp_path / "r"), *args]
+        )
+        assert result.exit_code == 1 and fragment in result.stderr and "internal error" not in result.output, (
+            result.output
+        )
+
+
+def test_a_long_answer_from_the_model_is_checked_not_crashed_on():
+    from localr1.answers import is_equivalent
+
+    assert not is_equivalent("7" * 5000, "7" * 4999)
+    assert is_equivalent("7" * 5000, "7" * 5000)
+
+
+def test_compare_takes_runs_as_their_samples_files(runner, monkeypatch, suite, small_gguf, tmp_path):
+    """The documented samples.jsonl form: the curve goes beside run B's samples (it was written *into*
+    b/samples.jsonl/compare.svg and failed)."""
+    base = ["eval", str(small_gguf), "--suite", str(suite), "--budgets", "8,16"]
+    use(monkeypatch, FakeEngine([reply("0")] * 6))
+    assert runner.invoke(app, [*base, "--out", str(tmp_path / "a")]).exit_code == 0
+    use(monkeypatch, FakeEngine([reply("4")] * 6))
+    assert runner.invoke(app, [*base, "--out", str(tmp_path / "b"), "--temperature", "0.5"]).exit_code == 0
+    a, b = tmp_path / "a" / "samples.jsonl", tmp_path / "b" / "samples.jsonl"
+    result = runner.invoke(app, ["eval", "--compare", str(a), str(b)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "b" / "compare.svg").is_file()
+
+
+def test_problem_ids_and_answers_print_without_their_escape_sequences(runner, monkeypatch, small_gguf, tmp_path):
+    suite = tmp_path / "suite.jsonl"
+    suite.write_text(json.dumps({"id": "\x1b]0;PWNED\x07p1\x1b[2J", "problem": "2+2?", "answer": "4"}) + "\n")
+    use(monkeypatch, FakeEngine([reply("4\x1b[31m")]))
+    result = runner.invoke(
+        app, ["eval", str(small_gguf), "--suite", str(suite), "--out", str(tmp_path / "r"), "--per-problem"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "p1" in result.stdout and "\x1b" not in result.output and "\x07" not in result.output

@@ -58,3 +58,12 @@ def test_workers_in_the_config(tmp_path):
     path.write_text('workers = ["nope"]\n')
     with pytest.raises(ConfigError, match="is not host:port"):
         load_config(path)
+
+
+@pytest.mark.parametrize("threads", ["100000", "-3", "0"])
+def test_worker_threads_have_asks_bounds(runner, threads):
+    """--threads 100000 started a worker that died at its first client (libgomp could not make them)."""
+    from localr1.cli.app import app
+
+    result = runner.invoke(app, ["worker", "--threads", threads])
+    assert result.exit_code == 2 and "--threads must be from 1" in result.stderr, result.output
