@@ -7,10 +7,11 @@ import threading
 import time
 from collections.abc import Iterator
 
-from localr1.server.app import Settings, build_app
+from localr1.server.app import build_app
 from localr1.server.connections import ConnectionLimits
 from localr1.server.run import bind_socket, uvicorn_config
 from localr1.server.service import Service
+from localr1.server.settings import Settings
 
 
 class RunningServer:

@@ -88,7 +88,7 @@ def serve(
             loaded = open_model(
                 request, load_config(), cancel=cancel, fetch=lambda t, off: pull_target(t, off, cancel=cancel)
             )
-        from localr1.server.app import Settings  # starlette: imported when serving, not for --help
+        from localr1.server.settings import Settings
 
         settings = Settings(api_key=api_key, cors=tuple(cors or ()), json_logs=json_logs, local_only=is_loopback(host))
         _serve_loaded(loaded, sock, host, queue=queue, settings=settings, limits=connection_limits)
@@ -104,11 +104,7 @@ def _serve_loaded(loaded, sock, host: str, *, queue: int, settings, limits: Conn
     from localr1.server.run import serve as run_server
     from localr1.server.service import Service
 
-    engine = loaded.engine
-    if hasattr(engine, "n_seq"):  # llama.cpp: requests share one context, decoded in one batch per step
-        from localr1.engine.batching import BatchedEngine
-
-        engine = BatchedEngine(engine)
+    engine = loaded.engine  # with --parallel N > 1, a BatchedEngine (the registry's choice)
     service = Service(engine, loaded.label, queue=queue)
 
     def log(line: str) -> None:

@@ -26,14 +26,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from localr1.engine.backend import _LOG
-from localr1.engine.base import EventAssembler, common_prefix
+from localr1.engine.base import common_prefix
+from localr1.engine.generation import Generation
 from localr1.errors import ContextOverflowError, EngineError, LocalR1Error
 from localr1.events import Done, Event, FinishReason, Timings
 from localr1.prompt import Prompt
 from localr1.sampling import Sampling
-from localr1.thinking import TRANSITION, WAIT
-
-_UNSEEN = object()
 
 
 @dataclass(eq=False)
@@ -46,22 +44,15 @@ class _Job:
     slot: int = -1
     n_past: int = 0  # tokens of this sequence in the KV cache
     prefilling: bool = True
-    budget: int = 0
-    generated: int = 0
-    last_token: int = -1
-    assembler: EventAssembler | None = None
+    last_token: int = -1  # chosen, to be decoded in the next step (-1: none)
+    gen: Generation | None = None  # the per-token decisions, once admitted
     sample: Any = None
     chain: Any = None
-    held: list[bytes] = field(default_factory=list)
-    handed_at: float = float("-inf")
     t_queued: float = 0.0
     t_admitted: float = 0.0
     t_first: float = 0.0  # the prompt's last chunk decoded: the first token can be chosen
-    t_last: float = 0.0
     sample_s: float = 0.0
     n_prompt: int = 0  # the prompt's tokens (``tokens`` grows by what a thinking budget appends)
-    control: Any = None  # localr1.thinking.ThinkingControl, with a thinking budget
-    close_id: int = -1  # the end-of-thinking token, with a thinking budget
 
 
 class BatchedEngine:
@@ -71,9 +62,9 @@ class BatchedEngine:
         self._engine = engine
         self.info = engine.info
         self.slots = engine.n_seq
-        self._lib = engine._lib
+        self._lib = engine.lib
         # one KV cache for all sequences (kv_unified): each may use its share, so none crowds out another
-        self.n_ctx_slot = self._lib.llama_n_ctx(engine._ctx) // self.slots
+        self.n_ctx_slot = self._lib.llama_n_ctx(engine.context) // self.slots
         self.n_batch = engine.n_batch
         self._cv = threading.Condition()
         self._pending: collections.deque[_Job] = collections.deque()
@@ -148,7 +139,7 @@ class BatchedEngine:
     def close(self, timeout: float = 10.0) -> None:
         """Stop the scheduler (running requests end as cancelled), then free the model."""
         self._closing.set()
-        self._engine._closing.set()  # a long prompt in llama_decode stops through the abort callback
+        self._engine.stop()  # a long prompt in llama_decode stops through the abort callback
         with self._cv:
             self._cv.notify_all()
         self._thread.join(timeout)
@@ -163,11 +154,11 @@ class BatchedEngine:
     # --- the scheduler -------------------------------------------------------------------------------
     def _run(self) -> None:
         engine, lib = self._engine, self._lib
-        engine._lock.acquire()  # the context is this thread's until it ends: engine.close() waits for it
+        engine.lock.acquire()  # the context is this thread's until it ends: engine.close() waits for it
         batch = None
         try:
             batch = lib.llama_batch_init(self.n_batch, 0, 1)
-            lib.llama_set_abort_callback(engine._ctx, engine._abort_cb, None)
+            lib.llama_set_abort_callback(engine.context, engine.abort_callback, None)
             self._started.set()
             while True:
                 with self._cv:
@@ -186,7 +177,7 @@ class BatchedEngine:
             self._fail_all(None)
             if batch is not None:
                 lib.llama_batch_free(batch)
-            engine._lock.release()
+            engine.lock.release()
 
     def _admit(self) -> None:
         """Give waiting requests the free slots (called with the lock held)."""
@@ -203,25 +194,20 @@ class BatchedEngine:
 
     def _start(self, job: _Job, slot: int) -> None:
         engine, lib = self._engine, self._lib
-        mem = engine._mem
         keep = min(common_prefix(self._cached[slot], job.tokens), len(job.tokens) - 1)
-        if not lib.llama_memory_seq_rm(mem, slot, keep, -1):
-            lib.llama_memory_seq_rm(mem, slot, -1, -1)  # this model's cache cannot be cut: start over
+        if not lib.llama_memory_seq_rm(engine.memory, slot, keep, -1):
+            lib.llama_memory_seq_rm(engine.memory, slot, -1, -1)  # this model's cache cannot be cut: start over
             keep = 0
         self._cached[slot] = job.tokens[:keep]
         job.slot, job.n_past = slot, keep
         job.t_admitted = time.perf_counter()
-        job.assembler = EventAssembler(opened=job.prompt.opens_thinking)
-        sampling = job.sampling
         job.n_prompt = len(job.tokens)
-        job.budget = self.n_ctx_slot - len(job.tokens)
-        if sampling.max_tokens is not None:
-            job.budget = min(job.budget, sampling.max_tokens)
         try:
-            job.control = sampling.thinking_control(opened=job.prompt.opens_thinking)
-            if job.control is not None:
-                job.close_id = engine._think_close_token()
-            job.chain, job.sample = engine._token_chooser(sampling)
+            job.gen = Generation(
+                job.prompt, job.sampling, room=self.n_ctx_slot - len(job.tokens),
+                close_token=engine.think_close_token, interval=engine.stream_interval_s,
+            )  # fmt: skip
+            job.chain, job.sample = engine.token_chooser(job.sampling)
         except LocalR1Error as exc:
             job.out.put(exc)
             return
@@ -234,7 +220,7 @@ class BatchedEngine:
 
     def _step(self, batch: Any) -> None:
         """One llama_decode: a token for each generating sequence, then prompt chunks in the room left."""
-        lib, ctx = self._lib, self._engine._ctx
+        lib, ctx = self._lib, self._engine.context
         n = 0
         outputs: list[tuple[int, _Job]] = []  # (row of logits, job)
         prefill: list[tuple[_Job, int]] = []  # (job, tokens of its prompt in this batch)
@@ -266,7 +252,7 @@ class BatchedEngine:
             self._cached[job.slot].extend(job.tokens[job.n_past : job.n_past + take])
             job.n_past += take
             if job.n_past == len(job.tokens):
-                job.prefilling, job.t_last = False, now
+                job.prefilling, job.gen.t_last = False, now
                 job.t_first = job.t_first or now  # (text a thinking budget appended is decoded this way too)
         for job in decoding:
             self._cached[job.slot].append(job.last_token)
@@ -275,7 +261,7 @@ class BatchedEngine:
             self._choose(job, row, ctx)
 
     def _choose(self, job: _Job, row: int, ctx: Any) -> None:
-        engine = self._engine
+        """The job's next token from its row of logits, and what its generation decides of it."""
         clock = time.perf_counter
         t = clock()
         try:
@@ -285,54 +271,24 @@ class BatchedEngine:
                 self._finish(job, None, exc)
             return
         job.sample_s += clock() - t
-        piece = engine._pieces.get(token, _UNSEEN)
-        if piece is _UNSEEN:
-            piece = engine._learn_piece(token)
-        job.last_token = -1
-        if piece is None:  # end of generation
-            with self._cv:
-                self._finish(job, "stop")
-            return
-        control = job.control
-        action = control.step(token == job.close_id) if control is not None and control.thinking else "accept"
-        if action == "suppress":  # an early end of thinking: dropped, and "Wait" appended instead
-            self._force(job, WAIT, None)
-            return
-        job.generated += 1
-        job.t_last = now = clock()
-        job.held.append(piece)
-        if job.generated >= job.budget:
-            with self._cv:
-                self._finish(job, "length")
-            return
-        if action == "cut":  # the budget is spent: the token, then the end of the thinking, for the model
-            self._force(job, TRANSITION, token)
-            return
-        job.last_token = token
-        if now - job.handed_at >= engine.stream_interval_s:
-            job.handed_at = now
-            for event in job.assembler.feed_many(job.held):
+        step = job.gen.choose(token, self._engine.piece(token))
+        job.last_token = token if step.decode and step.append is None else -1
+        for event in step.events:
+            job.out.put(event)
+        if step.append is not None:  # it streams (marked forced) and goes into the sequence in the next steps
+            ids = self._engine.tokenize(step.append, add_bos=False)
+            events = job.gen.append([self._engine.token_piece(t) for t in ids])
+            if events is None:
+                with self._cv:
+                    self._finish(job, "length")
+                return
+            for event in events:
                 job.out.put(event)
-            job.held = []
-
-    def _force(self, job: _Job, text: str, accepted: int | None) -> None:
-        """Append a thinking budget's text: it streams (marked forced) and its tokens, after ``accepted``
-        (the token just chosen), go into the sequence as a prompt chunk would, in the next steps."""
-        engine, assembler = self._engine, job.assembler
-        for event in assembler.feed_many(job.held):
-            job.out.put(event)
-        job.held = []
-        ids = engine.tokenize(text, add_bos=False)
-        if job.n_past + len(ids) + 1 >= self.n_ctx_slot or job.generated + len(ids) >= job.budget:
+            job.tokens.extend(([token] if step.decode else []) + ids)
+            job.prefilling = True
+        if step.finish is not None:
             with self._cv:
-                self._finish(job, "length")
-            return
-        for event in assembler.feed_forced([engine.token_piece(t) for t in ids]):
-            job.out.put(event)
-        job.tokens.extend(([accepted] if accepted is not None else []) + ids)
-        job.prefilling = True
-        job.control.forced_tokens += len(ids)
-        job.generated += len(ids)
+                self._finish(job, step.finish)
 
     def _failed_step(self, rc: int, jobs: list[_Job]) -> None:
         with self._cv:
@@ -352,7 +308,7 @@ class BatchedEngine:
         if self._active.get(job.slot) is job:
             del self._active[job.slot]
             if job.prefilling or error is not None:  # a half-processed prompt is not worth keeping
-                self._lib.llama_memory_seq_rm(self._engine._mem, job.slot, -1, -1)
+                self._lib.llama_memory_seq_rm(self._engine.memory, job.slot, -1, -1)
                 self._cached[job.slot] = []
         if job.chain is not None:
             self._lib.llama_sampler_free(job.chain)
@@ -360,25 +316,19 @@ class BatchedEngine:
         if error is not None:
             job.out.put(error)
             return
-        assembler = job.assembler or EventAssembler(opened=job.prompt.opens_thinking)
-        for event in [*assembler.feed_many(job.held), *assembler.finish()]:
-            job.out.put(event)
-        job.held = []
+        gen = job.gen or Generation(job.prompt, job.sampling, room=0)  # (cancelled before its slot)
         first = job.t_first or job.t_admitted or job.t_queued
         timings = Timings(
             load_s=self.info.load_s,
             prefill_s=max(first - (job.t_admitted or first), 0.0),
-            decode_s=max(job.t_last - first, 0.0) if job.t_first else 0.0,
-            thinking_s=assembler.thinking_s,
+            decode_s=max(gen.t_last - first, 0.0) if job.t_first else 0.0,
+            thinking_s=gen.assembler.thinking_s,
             prompt_tokens=job.n_prompt or len(job.tokens),
-            decode_tokens=job.generated,
+            decode_tokens=gen.generated,
             sample_ms=job.sample_s * 1000,
         )
-        job.out.put(
-            assembler.done(
-                reason or "stop", prompt_tokens=job.n_prompt or len(job.tokens), timings=timings, thinking=job.control
-            )  # fmt: skip
-        )
+        for event in gen.done(reason or "stop", prompt_tokens=job.n_prompt or len(job.tokens), timings=timings):
+            job.out.put(event)
 
     def _fail_all(self, error: BaseException | None) -> None:
         with self._cv:

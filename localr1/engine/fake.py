@@ -11,11 +11,20 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 
-from localr1.engine.base import EventAssembler, ModelInfo
+from localr1.engine.base import ModelInfo
+from localr1.engine.generation import Generation
 from localr1.events import Event, FinishReason, Timings
 from localr1.prompt import Prompt, chat_format_for
+from localr1.reasoning import THINK_CLOSE
 from localr1.sampling import Sampling
-from localr1.thinking import THINK_CLOSE, TRANSITION, WAIT
+
+_CLOSE_ID = -2  # the script's "</think>" as a token id (the others are their positions)
+
+
+def _pieces(text: str) -> list[bytes]:
+    """The fake's tokens of an appended text: the delimiter alone, and the text around it (so the transition
+    is 3 tokens and "Wait" 1)."""
+    return [p.encode() for p in re.split(f"({re.escape(THINK_CLOSE)})", text) if p]
 
 
 def fake_model_info(name: str | None = None, *, reasoning: bool = True, n_ctx: int = 4096) -> ModelInfo:
@@ -90,19 +99,18 @@ class FakeEngine:
         self.prompts.append(prompt)
         self.samplings.append(sampling)
         script = self._scripts.pop(0) if self._scripts else ["<think>\n", "Hmm.", "</think>", "\n\nOK."]
-        assembler = EventAssembler(opened=prompt.opens_thinking)
-        control = sampling.thinking_control(opened=prompt.opens_thinking)
+        # each piece is a token; every piece is handed on at once (interval 0), so UI tests see each one
+        room = self.info.n_ctx - self.count_tokens(prompt.text)
+        gen = Generation(prompt, sampling, room=room, close_token=lambda: _CLOSE_ID, interval=0.0)
         start = time.perf_counter()
         finish: FinishReason = self.finish_reason
-        limit = sampling.max_tokens
-        generated = 0  # the model's pieces and the forced ones, as the real engine counts them
         for i, piece in enumerate(script):
             if self.closed:
                 self.used_after_close = True
             if (cancel is not None and cancel.is_set()) or self._closing.is_set():
                 finish = "cancelled"
                 break
-            if limit is not None and generated >= limit:
+            if gen.full:
                 finish = "length"
                 break
             if self.interrupt_after is not None and i >= self.interrupt_after:
@@ -110,48 +118,41 @@ class FakeEngine:
             if self.delay:
                 time.sleep(self.delay)
             data = piece.encode() if isinstance(piece, str) else piece
-            action = (
-                control.step(data == THINK_CLOSE.encode()) if control is not None and control.thinking else "accept"
-            )
-            if action == "suppress":  # the script's early "</think>" is dropped: "Wait" instead
-                generated += yield from self._force(WAIT, assembler, control)
-                continue
-            generated += 1
-            yield from assembler.feed(data)
-            if action == "cut":
-                generated += yield from self._force(TRANSITION, assembler, control)
-                # the model would now answer: the script's own thinking up to its "</think>" is skipped
-                rest = script[i + 1 :]
-                close = next((j for j, p in enumerate(rest) if p in (THINK_CLOSE, THINK_CLOSE.encode())), None)
-                if close is not None:
-                    yield from self._replay(rest[close + 1 :], assembler, cancel)
+            step = gen.choose(_CLOSE_ID if data == THINK_CLOSE.encode() else i, data)
+            yield from step.events
+            if step.append is not None:
+                events = gen.append(_pieces(step.append))
+                if events is None:
+                    finish = "length"
+                    break
+                yield from events
+                if step.decode:  # a cut (the token stays, then the transition), not a "Wait"
+                    # the model would now answer: the script's own thinking up to its "</think>" is skipped
+                    rest = script[i + 1 :]
+                    close = next((j for j, p in enumerate(rest) if p in (THINK_CLOSE, THINK_CLOSE.encode())), None)
+                    if close is not None:
+                        yield from self._replay(rest[close + 1 :], gen, cancel)
+                    break
+            if step.finish is not None:
+                finish = step.finish
                 break
-        yield from assembler.finish()
         elapsed = time.perf_counter() - start
         n_prompt = self.count_tokens(prompt.text)
         timings = Timings(
             prefill_s=0.0,
             decode_s=elapsed,
-            thinking_s=assembler.thinking_s,
+            thinking_s=gen.assembler.thinking_s,
             prompt_tokens=n_prompt,
-            decode_tokens=assembler.completion_tokens,
+            decode_tokens=gen.assembler.completion_tokens,
         )
-        yield assembler.done(finish, prompt_tokens=n_prompt, timings=self.timings or timings, thinking=control)
+        yield from gen.done(finish, prompt_tokens=n_prompt, timings=self.timings or timings)
 
-    @staticmethod
-    def _force(text: str, assembler: EventAssembler, control) -> Iterator[Event]:
-        """The fake's tokens of a forced text: the delimiter alone, and the text around it (so the
-        transition is 3 tokens and "Wait" 1). Returns (through ``yield from``) the count."""
-        pieces = [p for p in re.split(f"({re.escape(THINK_CLOSE)})", text) if p]
-        yield from assembler.feed_forced([p.encode() for p in pieces])
-        control.forced_tokens += len(pieces)
-        return len(pieces)
-
-    def _replay(self, pieces, assembler: EventAssembler, cancel) -> Iterator[Event]:
-        for piece in pieces:
-            if (cancel is not None and cancel.is_set()) or self._closing.is_set():
+    def _replay(self, pieces, gen: Generation, cancel) -> Iterator[Event]:
+        """The rest of the script after a cut: the answer, as the model writes it after the transition."""
+        for i, piece in enumerate(pieces):
+            if (cancel is not None and cancel.is_set()) or self._closing.is_set() or gen.full:
                 return
-            yield from assembler.feed(piece.encode() if isinstance(piece, str) else piece)
+            yield from gen.choose(i, piece.encode() if isinstance(piece, str) else piece).events
 
     def close(self, timeout: float = 10.0) -> None:
         self._closing.set()

@@ -31,20 +31,19 @@ from localr1.engine.backend import (
     set_fields,
     weight_repacking,
 )
-from localr1.engine.base import EventAssembler, ModelInfo, common_prefix
+from localr1.engine.base import ModelInfo, common_prefix
+from localr1.engine.generation import STREAM_INTERVAL_S, Generation
 from localr1.errors import ContextOverflowError, EngineError, ModelLoadError, OutOfMemoryError, UsageError
 from localr1.events import Event, FinishReason, Timings
 from localr1.gguf_info import GGUFInfo, inspect_model
 from localr1.prompt import Prompt, chat_format_for
 from localr1.reasoning import THINK_CLOSE, THINK_OPEN
 from localr1.sampling import Sampling
-from localr1.thinking import TRANSITION, WAIT
 
 DEFAULT_BATCH = 512
 CLOSE_TIMEOUT_S = 10.0  # how long close() waits for a generation in another thread to stop
 _UNSEEN = object()
 # Generated text is handed to the front end at most this often (one 60 Hz display frame); 0: every token.
-STREAM_INTERVAL_S = 1 / 60
 
 
 # How llama.cpp and its backends say that an allocation failed (the only place that reads their wording)
@@ -485,39 +484,31 @@ class LlamaCppEngine:
                 hint="Shorten the question or raise --ctx.",
             )
         self._cancel = cancel
-        assembler = EventAssembler(opened=prompt.opens_thinking)
-        control = sampling.thinking_control(opened=prompt.opens_thinking)
-        close_id = self._think_close_token() if control is not None else None
-        chain, sample = self._token_chooser(sampling)
+        gen = Generation(
+            prompt, sampling, room=self.n_ctx - len(tokens), close_token=self.think_close_token,
+            interval=self.stream_interval_s,
+        )  # fmt: skip
+        chain, sample = self.token_chooser(sampling)
         try:
             lib.llama_perf_context_reset(ctx)
             t0 = time.perf_counter()
             decoded = self._prefill(tokens)
-            t1 = time.perf_counter()
-            finish: FinishReason = "stop"
-            budget = self.n_ctx - len(tokens)
-            if sampling.max_tokens is not None:
-                budget = min(budget, sampling.max_tokens)
-            generated = 0
-            t_last = t1
-            if decoded < 0:
-                finish = "cancelled"
-            # Per token: one sample, one dictionary lookup for the token's text and one decode of a batch
-            # built once (it points at token_buf). The token is decoded before its text is streamed: on a GPU
-            # llama_decode returns while the graph runs, so the Python side below overlaps with it (on the CPU
-            # the decode is synchronous and the order changes nothing). Text is handed on at most once per
-            # ``stream_interval_s`` (a display frame): at hundreds of tokens a second, per-token events cost
-            # more in Python than they show on screen. Both measured in docs/performance.md.
+            t1 = gen.t_last = time.perf_counter()
+            finish: FinishReason = "cancelled" if decoded < 0 else "stop"
+            # Per token: one sample, one dictionary lookup for the token's text, the generation's decision
+            # (engine/generation.py) and one decode of a batch built once (it points at token_buf). The token
+            # is decoded before its text is handed on: on a GPU llama_decode returns while the graph runs, so
+            # the Python side overlaps with it (on the CPU the decode is synchronous and the order changes
+            # nothing). Both measured in docs/performance.md.
             token_buf = self._token_buf
             batch = lib.llama_batch_get_one(token_buf, 1)
             decode, pieces, clock = lib.llama_decode, self._pieces, time.perf_counter
             sample_s = 0.0
-            interval, handed_at, held = self.stream_interval_s, float("-inf"), []
             while decoded >= 0:
                 if (cancel is not None and cancel.is_set()) or self._closing.is_set():
                     finish = "cancelled"
                     break
-                if generated >= budget:
+                if gen.full:
                     finish = "length"
                     break
                 t_sample = clock()
@@ -526,21 +517,8 @@ class LlamaCppEngine:
                 piece = pieces.get(token, _UNSEEN)
                 if piece is _UNSEEN:
                     piece = self._learn_piece(token)
-                if piece is None:  # end of generation
-                    break
-                action = control.step(token == close_id) if control is not None and control.thinking else "accept"
-                if action == "suppress":  # an early end of thinking: dropped, and "Wait" appended instead
-                    events, generated, full = self._force(WAIT, assembler, control, held, generated)
-                    held = []
-                    yield from events
-                    if full:
-                        finish = "length"
-                        break
-                    continue
-                generated += 1
-                t_last = clock()
-                held.append(piece)
-                if generated < budget:
+                step = gen.choose(token, piece)
+                if step.decode:
                     token_buf[0] = token
                     rc = decode(ctx, batch)
                     if rc == 0:
@@ -549,46 +527,38 @@ class LlamaCppEngine:
                         finish = "length"
                         break
                     else:
-                        yield from assembler.feed_many(held)
+                        yield from gen.flush()
                         raise EngineError(f"llama.cpp failed while generating (code {rc}): {_LOG.tail(2)}")
-                if action == "cut" and generated < budget:  # the budget is spent: end the thinking for the model
-                    events, generated, full = self._force(TRANSITION, assembler, control, held, generated)
-                    held = []
-                    yield from events
-                    if full:
+                if step.events:
+                    yield from step.events
+                if step.append is not None:
+                    appended = self._append(gen, step.append)
+                    if appended is None:  # no room for it
                         finish = "length"
                         break
-                if t_last - handed_at >= interval:
-                    handed_at = t_last
-                    events = assembler.feed_many(held)
-                    held = []
-                    if events:
-                        yield from events
-                if generated >= budget:
-                    finish = "length"
+                    yield from appended
+                if step.finish is not None:
+                    finish = step.finish
                     break
-            if held:
-                yield from assembler.feed_many(held)
-            yield from assembler.finish()
             perf = lib.llama_perf_context(ctx)
             timings = Timings(
                 load_s=self.info.load_s,
                 prefill_s=t1 - t0,
-                decode_s=t_last - t1,
-                thinking_s=assembler.thinking_s,
+                decode_s=gen.t_last - t1,
+                thinking_s=gen.assembler.thinking_s,
                 prompt_tokens=len(tokens),
-                decode_tokens=generated,
+                decode_tokens=gen.generated,
                 llama_prefill_ms=perf.t_p_eval_ms,
                 llama_decode_ms=perf.t_eval_ms,
                 llama_decode_calls=perf.n_eval,
                 sample_ms=sample_s * 1000,
             )
-            yield assembler.done(finish, prompt_tokens=len(tokens), timings=timings, thinking=control)
+            yield from gen.done(finish, prompt_tokens=len(tokens), timings=timings)
         finally:
             if chain is not None:
                 lib.llama_sampler_free(chain)
 
-    def _think_close_token(self) -> int:
+    def think_close_token(self) -> int:
         """The end-of-thinking token, which a thinking budget needs to see and to write."""
         ids = self.tokenize(THINK_CLOSE, add_bos=False)
         if len(ids) != 1:
@@ -598,23 +568,21 @@ class LlamaCppEngine:
             )
         return ids[0]
 
-    def _force(self, text: str, assembler: EventAssembler, control, held: list[bytes], generated: int):
-        """Append ``text`` for a thinking budget: the model's pending pieces first, then the forced text's
-        tokens, fed (marked forced) and decoded into the KV cache. (events, generated, the context is full)."""
-        events = assembler.feed_many(held)
+    def _append(self, gen: Generation, text: str) -> list[Event] | None:
+        """Append ``text`` for a thinking budget: its tokens decoded into the KV cache, and their events
+        (marked forced); None when they do not fit (nothing is decoded then)."""
         ids = self.tokenize(text, add_bos=False)
-        if len(self._cached) + len(ids) >= self.n_ctx:
-            return events, generated, True
-        events += assembler.feed_forced([self.token_piece(t) for t in ids])
+        events = gen.append([self.token_piece(t) for t in ids])
+        if events is None:
+            return None
         arr = (self._lib.llama_token * len(ids))(*ids)
         rc = self._lib.llama_decode(self._ctx, self._lib.llama_batch_get_one(arr, len(ids)))
         if rc != 0:
             raise EngineError(f"llama.cpp failed while generating (code {rc}): {_LOG.tail(2)}")
         self._cached.extend(ids)
-        control.forced_tokens += len(ids)
-        return events, generated + len(ids), False
+        return events
 
-    def _token_chooser(self, sampling: Sampling) -> tuple[Any, Any]:
+    def token_chooser(self, sampling: Sampling) -> tuple[Any, Any]:
         """How tokens are chosen for these settings, for one generation: (llama.cpp sampler chain, or None;
         ``sample(chain, ctx, idx)`` -> token). Without a grammar no chain is needed: llama_sampler_sample fills
         a candidate array for the whole vocabulary every token (and its top-p sorts it); an argmax, or
@@ -660,6 +628,40 @@ class LlamaCppEngine:
             return token
 
         return sample
+
+    # --- what the batched engine (engine/batching.py) drives the context with ---------------------------
+    @property
+    def lib(self) -> Any:
+        """llama.cpp's ctypes bindings."""
+        return self._lib
+
+    @property
+    def context(self) -> Any:
+        return self._ctx
+
+    @property
+    def memory(self) -> Any:
+        """The context's KV cache (llama_memory_t)."""
+        return self._mem
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Held by whoever drives the context; close() waits for it."""
+        return self._lock
+
+    @property
+    def abort_callback(self) -> Any:
+        """llama.cpp's abort callback: a long decode stops when the engine closes."""
+        return self._abort_cb
+
+    def stop(self) -> None:
+        """Make a decode in progress stop through the abort callback (before close())."""
+        self._closing.set()
+
+    def piece(self, token: int) -> bytes | None:
+        """The token's text, or None for an end-of-generation token (remembered for the model's life)."""
+        piece = self._pieces.get(token, _UNSEEN)
+        return self._learn_piece(token) if piece is _UNSEEN else piece
 
     def _learn_piece(self, token: int) -> bytes | None:
         """The token's text, or None for an end-of-generation token; remembered for the model's life."""

@@ -2,7 +2,8 @@
 
 ``llama.cpp`` (the real engine) is registered here, imported only when a model is opened; the scripted
 ``FakeEngine`` registers itself as ``fake`` the same way, so tests (and plug-ins) swap engines without
-patching the loader. A factory takes ``(path, header, EngineOptions, cancel)`` and returns an ``Engine``.
+patching the loader. A factory takes ``(path, header, EngineOptions, cancel)`` and returns an ``Engine``:
+llama.cpp's is a ``BatchedEngine`` when more than one sequence is asked for (``serve --parallel N``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def get(name: str) -> Factory:
 def _llama_cpp(path, header, options, cancel=None):
     from localr1.engine.llama_cpp import DEFAULT_BATCH, LlamaCppEngine
 
-    return LlamaCppEngine(
+    engine = LlamaCppEngine(
         path,
         n_ctx=options.n_ctx * options.n_seq if options.n_ctx else None,
         n_seq=options.n_seq,
@@ -54,6 +55,11 @@ def _llama_cpp(path, header, options, cancel=None):
         use_mlock=options.mlock,
         main_device=options.main_device,
     )
+    if options.n_seq > 1:  # several sequences: requests from many threads decode together, one batch a step
+        from localr1.engine.batching import BatchedEngine
+
+        return BatchedEngine(engine)
+    return engine
 
 
 register("llama.cpp", _llama_cpp)

@@ -174,12 +174,14 @@ def test_random_r1_streams_match_the_whole_text(tiny, monkeypatch):
     """Whatever tokens come out, streaming gives what decoding the whole byte string at once gives."""
     pieces: list[bytes] = []
 
-    class Recording(llama_engine.EventAssembler):
+    from localr1.engine import generation
+
+    class Recording(generation.EventAssembler):
         def feed_many(self, run: list[bytes]):
             pieces.extend(run)
             return super().feed_many(run)
 
-    monkeypatch.setattr(llama_engine, "EventAssembler", Recording)
+    monkeypatch.setattr(generation, "EventAssembler", Recording)
     monkeypatch.setattr(tiny, "stream_interval_s", 0.0)  # each token handed on by itself
     prompt = render(user_turn("Say something."), tiny.info.chat_format)
     for seed in (1, 2, 3):

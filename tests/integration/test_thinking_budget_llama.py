@@ -113,3 +113,29 @@ def test_a_short_eval_with_the_real_model(tiny_r1, tmp_path):
     meta = json.loads(lines[0])["meta"]
     assert meta["quant"] == "F16" and meta["llama_cpp_python"] and meta["hardware"]["cores"] >= 1
     assert [json.loads(line)["problem"] for line in lines[1:]] == ["arith-1", "arith-2"]
+
+
+def test_the_policy_lives_in_one_place_and_every_engine_follows_it(tiny, tiny_r1, monkeypatch):
+    """engine/generation.py decides what follows each token: changing its texts there changes what the plain,
+    the batched and the scripted engine append, and all three count the budget the same way."""
+    from localr1.engine import generation
+    from localr1.engine.batching import BatchedEngine
+    from localr1.engine.fake import FakeEngine
+    from localr1.engine.llama_cpp import LlamaCppEngine
+
+    monkeypatch.setattr(generation, "TRANSITION", "\n\nTime is up.\n</think>\n\n")
+    monkeypatch.setattr(generation, "WAIT", "\n\nHold on")
+    cut = Sampling(temperature=0, max_tokens=40, think_budget=3)
+    wait = Sampling(temperature=0, max_tokens=30, think_min=500, logit_bias={THINK_CLOSE_ID: 100.0})
+    prompt = render(user_turn("What is 6*7?"), tiny.info.chat_format)
+    fake = FakeEngine([["<think>\n", "a", "b", "c", "d", "</think>", "\n\nIt is 42."], ["</think>"] * 8])
+    batched = BatchedEngine(LlamaCppEngine(tiny_r1, n_ctx=2048, n_seq=2, n_threads=2))
+    try:
+        for engine in (tiny, batched, fake):
+            model, forced, answer, done = _split(list(engine.stream(prompt, cut)))
+            assert "".join(forced).strip() == "Time is up.", engine  # (the "</think>" closes the reasoning)
+            assert done.thinking.cut and done.thinking.model_tokens == 3, engine
+            model, forced, answer, done = _split(list(engine.stream(prompt, wait)))
+            assert "".join(forced).count("Hold on") == MAX_WAITS == done.thinking.waits, engine
+    finally:
+        batched.close()
