@@ -8,7 +8,7 @@ import sys
 import typer
 
 from localr1.cli.helptext import command_help
-from localr1.cli.options import GpuLayersOpt, JsonOpt, ThreadsOpt, load_request
+from localr1.cli.options import GpuLayersOpt, JsonOpt, ModelOpt, ThreadsOpt, load_request, one_model
 from localr1.cli.state import command, handle_errors
 from localr1.errors import UsageError
 from localr1.sampling import Sampling
@@ -36,6 +36,7 @@ $ localr1 bench --greedy
 @handle_errors
 def bench(
     model: str | None = typer.Argument(None, help="A catalog name or .gguf file (default: as for ask)."),
+    model_option: ModelOpt = None,
     prompt: int = typer.Option(512, "--prompt", help="Prompt length in tokens."),
     gen: int = typer.Option(128, "--gen", help="Tokens to generate."),
     reps: int = typer.Option(3, "--reps", help="Repetitions (min / median / max are reported)."),
@@ -49,6 +50,7 @@ def bench(
     flash_attn: str = typer.Option("auto", "--flash-attn", help="on, off or auto (llama.cpp decides)."),
     json_out: JsonOpt = False,
 ) -> None:
+    model = one_model(model, model_option)
     from localr1 import bench as bench_mod
     from localr1.gguf_info import inspect_model
     from localr1.hardware import machine

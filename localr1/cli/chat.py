@@ -95,6 +95,7 @@ def server_entries(remote):
 @opt.simulated
 def chat(
     model: str | None = typer.Argument(None, help="A catalog name or .gguf file (default: the best that fits)."),
+    model_option: opt.ModelOpt = None,
     ctx: opt.CtxOpt = None,
     gpu_layers: opt.GpuLayersOpt = None,
     threads: opt.ThreadsOpt = None,
@@ -112,6 +113,7 @@ def chat(
     server: opt.ServerOpt = None,
     simulate=None,  # the simulation flags, as one Simulation (see options.simulated)
 ) -> None:
+    model = opt.one_model(model, model_option)
     from localr1.config import load_config
     from localr1.conversations import ConversationStore
     from localr1.resolve import check_spec

@@ -141,6 +141,7 @@ def result_lines(results, *, per_problem: bool) -> list[str]:
 @opt.simulated
 def evaluate_command(
     model: str | None = typer.Argument(None, help="A .gguf file or a catalog name (default: the best fit)."),
+    model_option: opt.ModelOpt = None,
     suite: str = typer.Option("basic", "--suite", help="basic (localr1's own 36 problems) or a JSONL file."),
     limit: int | None = typer.Option(None, "--limit", help="Only the first N problems.", min=1),
     samples: int = typer.Option(1, "--samples", "-k", help="Samples per problem (pass@1 is their mean).", min=1),
@@ -172,6 +173,7 @@ def evaluate_command(
     server: opt.ServerOpt = None,
     simulate=None,  # the simulation flags, as one Simulation (see options.simulated)
 ) -> None:
+    model = opt.one_model(model, model_option)
     if compare is not None:
         _compare(compare, plot=plot, json_out=json_out)
         return

@@ -14,9 +14,11 @@ from localr1.cli.options import (
     GpuExpertsOpt,
     JsonOpt,
     KvTypeOpt,
+    ModelOpt,
     OffloadOpt,
     WorkersOpt,
     load_request,
+    one_model,
     simulated,
 )
 from localr1.cli.state import command, handle_errors
@@ -247,6 +249,7 @@ def models(
 @simulated
 def plan(
     model: str | None = typer.Argument(None, help="A catalog name or .gguf file (default: the best that fits)."),
+    model_option: ModelOpt = None,
     ctx: CtxOpt = None,
     explain: bool = typer.Option(False, "--explain", help="Show every option tried and why it was rejected."),
     json_out: JsonOpt = False,
@@ -260,6 +263,7 @@ def plan(
     ),
     simulate=None,  # the simulation flags, as one Simulation (see options.simulated)
 ) -> None:
+    model = one_model(model, model_option)
     from localr1.config import load_config
     from localr1.hardware import machine
     from localr1.loader import join_workers, plan_for

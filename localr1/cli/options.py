@@ -43,6 +43,17 @@ ServerOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="The model, as the argument (llama.cpp's -m).", show_default=False),
+]
+
+
+def one_model(argument: str | None, option: str | None) -> str | None:
+    """The model named by the argument or by -m/--model (llama.cpp users type -m by habit), not both."""
+    if argument is not None and option is not None and argument != option:
+        raise UsageError(f"two models named: {argument!r} and -m {option!r}", hint="Name the model once.")
+    return option if option is not None else argument
 WorkersOpt = Annotated[
     str | None,
     typer.Option(

@@ -38,6 +38,7 @@ $ localr1 ask "what is 7*6?" --server http://127.0.0.1:11435
 @opt.simulated
 def serve(
     model: str | None = typer.Argument(None, help="A .gguf file or a catalog name (default: the best fit)."),
+    model_option: opt.ModelOpt = None,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback unless you say so)."),
     port: int = typer.Option(11435, "--port", help="Port to listen on."),
     parallel: int = typer.Option(1, "--parallel", "-p", help="Requests decoded together (each gets --ctx)."),
@@ -66,6 +67,7 @@ def serve(
     workers: opt.WorkersOpt = None,
     simulate=None,
 ) -> None:
+    model = opt.one_model(model, model_option)
     from localr1 import limits
     from localr1.cli.library import pull_target
     from localr1.config import load_config

@@ -207,3 +207,23 @@ def test_plan_across_machines_shows_each_devices_share_and_the_llama_cpp_command
 def test_measure_link_without_workers_is_a_usage_error(runner):
     result = runner.invoke(app, ["plan", "--measure-link"])
     assert result.exit_code == 2 and "there are none" in result.stderr and "--workers" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["ask", "chat", "serve", "eval", "bench", "plan"])
+def test_every_command_that_opens_a_model_takes_dash_m(runner, command):
+    """llama.cpp users type -m by habit: every command that opens a model takes it beside the argument."""
+    from localr1.cli.app import app
+
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert "-m" in result.stdout and "--model" in result.stdout
+
+
+def test_dash_m_names_the_same_model_as_the_argument(runner, monkeypatch):
+    from localr1.cli.app import app
+
+    monkeypatch.setenv("LOCALR1_HW", "gpu=none,ram=64GiB,disk=1TiB")
+    by_argument = runner.invoke(app, ["plan", "r1:7b", "--json"])
+    by_option = runner.invoke(app, ["plan", "-m", "r1:7b", "--json"])
+    assert by_argument.exit_code == by_option.exit_code == 0 and by_argument.stdout == by_option.stdout
+    both = runner.invoke(app, ["plan", "r1:7b", "-m", "r1:8b"])
+    assert both.exit_code == 2 and "two models named" in both.stderr
