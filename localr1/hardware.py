@@ -152,14 +152,6 @@ class Hardware:
         return any(g.remote for g in self.gpus)
 
     @property
-    def vram_total(self) -> int:
-        return sum(g.total for g in self.gpus if not g.unified)
-
-    @property
-    def vram_free(self) -> int:
-        return sum(g.free for g in self.gpus)
-
-    @property
     def unified(self) -> bool:
         return any(g.unified for g in self.gpus)
 

@@ -12,8 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from localr1.config import Config
 from localr1.engine.base import Engine
 from localr1.errors import DownloadError, InvalidModelFileError, ModelTooBigError
+from localr1.gguf_info import GGUFInfo
+from localr1.hardware import Hardware
+from localr1.planner import DEFAULT_CTX, Plan, PlanOptions
 from localr1.request import LoadRequest
 from localr1.units import gib
 
@@ -41,7 +45,14 @@ def load_engine(path: Path, header, options: EngineOptions, cancel: threading.Ev
     return registry.get(options.engine)(path, header, options, cancel)
 
 
-def load_with_fallback(path: Path, header, options: EngineOptions, plan, cancel: threading.Event, say=None):
+def load_with_fallback(
+    path: Path,
+    header: GGUFInfo,
+    options: EngineOptions,
+    plan: Plan | None,
+    cancel: threading.Event,
+    say: Callable[[str], None] | None = None,
+) -> Engine:
     """Load as planned; if memory runs out after all, retry with fewer GPU layers or a smaller context.
 
     ``say`` receives the retry notice (default: stderr)."""
@@ -72,23 +83,21 @@ def _describe(n_ctx: int | None, layers: int | None) -> str:
     return f"a {n_ctx or 0:,}-token context and {where}"
 
 
-def _plan_options(request: LoadRequest, config) -> dict:
+def _plan_options(request: LoadRequest, config: Config) -> PlanOptions:
     """The planner's options for a request: its context (else the config's, else the default: kept only
     when the user set one), GPU layers, MoE placement, slots and KV cache type."""
-    from localr1.planner import DEFAULT_CTX
-
-    return {
-        "want_ctx": request.ctx or config.ctx or DEFAULT_CTX,
-        "keep_ctx": bool(request.ctx or config.ctx),
-        "gpu_layers": request.gpu_layers,
-        "offload": request.offload,
-        "gpu_experts": request.gpu_experts,
-        "slots": request.parallel,
-        "kv_type": request.kv_type or config.kv_type,
-    }
+    return PlanOptions(
+        want_ctx=request.ctx or config.ctx or DEFAULT_CTX,
+        keep_ctx=bool(request.ctx or config.ctx),
+        gpu_layers=request.gpu_layers,
+        offload=request.offload,
+        gpu_experts=request.gpu_experts,
+        slots=request.parallel,
+        kv_type=request.kv_type or config.kv_type,
+    )
 
 
-def plan_for(request: LoadRequest, hw, config, *, prefer_local: bool):
+def plan_for(request: LoadRequest, hw: Hardware, config: Config, *, prefer_local: bool) -> Plan:
     """The plan for what the request names (a catalog name, a file) or, with nothing named, the best R1 for
     the machine, with the request's context (else the config's), GPU layers and MoE placement. With
     ``prefer_local``, builds already on disk win when one fits. The plan's candidate has no path when it
@@ -99,24 +108,24 @@ def plan_for(request: LoadRequest, hw, config, *, prefer_local: bool):
     from localr1.resolve import resolve_model
 
     opts = _plan_options(request, config)
-    want, keep = opts["want_ctx"], opts["keep_ctx"]  # a context the user set is kept; the default may shrink
+    want, keep = opts.want_ctx, opts.keep_ctx  # a context the user set is kept; the default may shrink
     catalog = load_catalog()
     spec = request.spec or config.default_model
 
     def best(pool, what):
         if prefer_local and (local := [c for c in pool if c.path is not None]):
             try:
-                return choose(local, hw, **opts)
+                return choose(local, hw, opts)
             except NoPlanError:
                 pass
         try:
-            return choose(pool, hw, **opts)
+            return choose(pool, hw, opts)
         except NoPlanError as exc:
             if what is None:
                 raise _too_big(None, exc, want, keep) from None
             # the user chose this model: rather than refuse it for speed, take its fastest build that fits
             for c in sorted(pool, key=lambda c: c.weights.total):
-                plan = plan_candidate(c, hw, min_tps=0.0, **opts)
+                plan = plan_candidate(c, hw, opts, min_tps=0.0)
                 if plan is not None:
                     return replace(
                         plan, notes=(*plan.notes, f"slower than usual: about {plan.decode_tps:.1f} tokens/s")
@@ -131,13 +140,13 @@ def plan_for(request: LoadRequest, hw, config, *, prefer_local: bool):
                 model.file_for(quant)  # an unknown quant is a clear error
             pool = [c for c in cands.from_catalog({name: model}) if quant is None or c.quant == quant]
             if pool:
-                _check_kv_type(pool[0], opts["kv_type"])
+                _check_kv_type(pool[0], opts.kv_type)
             return best(pool, spec)
         local = resolve_model(spec, config, catalog)
         candidate = cands.from_file(local.path, local=local)
-        _check_kv_type(candidate, opts["kv_type"])
+        _check_kv_type(candidate, opts.kv_type)
         attempts: list = []
-        plan = plan_candidate(candidate, hw, min_tps=0.0, attempts=attempts, **opts)
+        plan = plan_candidate(candidate, hw, opts, min_tps=0.0, attempts=attempts)
         if plan is None:
             reason = next((a.reason for a in reversed(attempts) if not a.ok), "it does not fit")
             raise ModelTooBigError(
@@ -231,10 +240,10 @@ def _too_big(what: str | None, exc, want: int, keep: bool) -> ModelTooBigError:
 
 @dataclass
 class LoadedModel:
-    engine: object
+    engine: Engine
     label: str
     path: Path
-    plan: object | None  # planner.Plan, or None when --ctx and --gpu-layers were both given
+    plan: Plan | None  # None when --ctx and --gpu-layers were both given
 
 
 def _not_on_disk(label: str, *, chosen: bool, offline: bool, cause: DownloadError) -> DownloadError:
@@ -249,7 +258,7 @@ def _not_on_disk(label: str, *, chosen: bool, offline: bool, cause: DownloadErro
     return DownloadError(f"could not download {what}: {cause.message}", hint=cause.hint or on_disk)
 
 
-def join_workers(request: LoadRequest, config) -> list:
+def join_workers(request: LoadRequest, config: Config) -> list:
     """The request's (else the config's) `localr1 worker`s, added as llama.cpp devices before planning."""
     workers = list(request.workers or config.workers)
     if not workers:
@@ -261,7 +270,7 @@ def join_workers(request: LoadRequest, config) -> list:
 
 def open_model(
     request: LoadRequest,
-    config,
+    config: Config,
     *,
     cancel: threading.Event | None = None,
     fetch: Callable | None = None,

@@ -11,6 +11,7 @@ estimated decode speed stays usable. Every budget keeps a safety margin. Each tr
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from localr1.budget import (  # noqa: F401  (re-exported: planner.Budget, planner.Candidate, ...)
     CPU_EFFICIENCY,
@@ -165,34 +166,46 @@ def _fits(est: MemoryEstimate, budget: Budget, c: Candidate, allow_disk: bool) -
     return False, f"RAM needs {est.cpu_total / GiB:.1f} GiB, {budget.ram / GiB:.1f} GiB usable", 0
 
 
+@dataclass(frozen=True)
+class PlanOptions:
+    """What the planner is asked for, beside the candidates and the machine."""
+
+    want_ctx: int = DEFAULT_CTX  # per sequence
+    min_tps: float = DEFAULT_MIN_TPS  # slower plans are passed over (a smaller build, or less context)
+    gpu_layers: int | None = None  # the user's; None: as many as fit
+    flash_attn: bool = True
+    allow_disk: bool = True  # a MoE's routed experts may stay memory-mapped on disk
+    offload: str = "auto"  # MoE placement: auto, gpu, ram, disk or off
+    gpu_experts: int | None = None  # MoE: layers of experts on the GPU, the user's
+    keep_ctx: bool = False  # the user set the context: never shrink it
+    slots: int = 1  # a server's parallel sequences, each with want_ctx
+    kv_type: str | None = None  # None: f16, or q8_0 where f16 does not fit
+
+
 def plan_candidate(
     c: Candidate,
     hw: Hardware,
+    options: PlanOptions | None = None,
     *,
-    want_ctx: int = DEFAULT_CTX,
-    min_tps: float = DEFAULT_MIN_TPS,
-    gpu_layers: int | None = None,
-    flash_attn: bool = True,
-    allow_disk: bool = True,
     attempts: list[Attempt] | None = None,
     budget: Budget | None = None,
-    offload: str = "auto",
-    gpu_experts: int | None = None,
-    keep_ctx: bool = False,
-    slots: int = 1,
-    kv_type: str | None = None,
+    **overrides: Any,
 ) -> Plan | None:
-    """The plan for one candidate, or None. ``want_ctx`` is per sequence; with ``slots`` > 1 (a server's
-    parallel requests) the KV cache holds ``slots`` times as much and the plan's ``n_ctx`` is still per
-    sequence. ``kv_type`` None lets the planner keep the KV cache in q8_0 (half of f16, with flash attention)
-    where f16 does not fit at a context, before it shrinks the context or takes a smaller build."""
+    """The plan for one candidate, or None. ``options`` (or the ``PlanOptions`` fields given by name):
+    ``want_ctx`` is per sequence; with ``slots`` > 1 (a server's parallel requests) the KV cache holds
+    ``slots`` times as much and the plan's ``n_ctx`` is still per sequence. ``kv_type`` None lets the planner
+    keep the KV cache in q8_0 (half of f16, with flash attention) where f16 does not fit at a context,
+    before it shrinks the context or takes a smaller build."""
+    o = replace(options or PlanOptions(), **overrides)  # an unknown name is a TypeError, not ignored
+    want_ctx, min_tps, gpu_layers, flash_attn, kv_type = o.want_ctx, o.min_tps, o.gpu_layers, o.flash_attn, o.kv_type
+    offload, slots = o.offload, o.slots
+    attempts = attempts if attempts is not None else []
     budget = budget or Budget.of(hw)
     kv_options = [kv_type] if kv_type else (["f16", "q8_0"] if flash_attn else ["f16"])
     kv_options = [kv for kv in kv_options if kv_type_fits(c.arch, kv)]
     if not kv_options:
         attempts.append(Attempt(c.label, 0, 0, False, f"its head size does not allow a {kv_type} KV cache"))
         return None
-    attempts = attempts if attempts is not None else []
     n_layer = c.arch.n_layer
     on_gpu = bool(hw.gpus) and (hw.gpu_offload_built or hw.simulated)
     if not c.path and budget.disk is not None and c.weights.total > budget.disk:
@@ -207,8 +220,8 @@ def plan_candidate(
         )
         return None
     slow: tuple[int, float] | None = None  # the largest context that fitted, and its speed, when too slow
-    for per_seq in ctx_ladder(want_ctx, c.arch.ctx_train, keep=keep_ctx):
-        reduced = _ctx_note(per_seq, want_ctx, c.arch.ctx_train, slow, min_tps, keep_ctx)
+    for per_seq in ctx_ladder(want_ctx, c.arch.ctx_train, keep=o.keep_ctx):
+        reduced = _ctx_note(per_seq, want_ctx, c.arch.ctx_train, slow, min_tps, o.keep_ctx)
         n_ctx = per_seq * slots  # the KV cache holds every sequence's context
         if gpu_layers is not None:
             layer_options = [gpu_layers if gpu_layers >= 0 else n_layer + 1]
@@ -218,9 +231,7 @@ def plan_candidate(
             layer_options = [0]
         if c.arch.is_moe and on_gpu and gpu_layers is None and offload != "off" and not budget.unified:
             for kv in kv_options:
-                placed = _offload_plan(
-                    c, hw, n_ctx, budget, offload, gpu_experts, min_tps, attempts, flash_attn, reduced, kv
-                )
+                placed = _offload_plan(c, hw, n_ctx, budget, o, attempts, reduced, kv)
                 if isinstance(placed, Plan):
                     return replace(placed, n_ctx=per_seq, slots=slots, kv_type=kv)
                 if placed is not None and slow is None:
@@ -233,7 +244,7 @@ def plan_candidate(
             f16_failed = "to fit"  # why an f16 cache was not taken at this layer count, for the note
             for kv in kv_options:
                 est = estimate(c.arch, c.weights, n_ctx, k, flash_attn=flash_attn, kv_type=kv)
-                ok, why, disk_bytes = _fits(est, budget, c, allow_disk)
+                ok, why, disk_bytes = _fits(est, budget, c, o.allow_disk)
                 kv_note = "" if kv == "f16" else f" (KV cache {kv})"
                 if not ok:
                     if k in (layer_options[0], layer_options[-1]):  # full offload and CPU only, not every count
@@ -297,11 +308,20 @@ def _ctx_note(
 
 
 def _offload_plan(
-    c, hw, n_ctx, budget, mode, gpu_experts, min_tps, attempts, flash_attn, reduced, kv_type="f16"
+    c: Candidate,
+    hw: Hardware,
+    n_ctx: int,
+    budget: Budget,
+    o: PlanOptions,
+    attempts: list[Attempt],
+    reduced: str,
+    kv_type: str = "f16",
 ) -> Plan | float | None:
     """A MoE model that does not fit on the GPU whole: hot tensors there, experts by tier (see offload.py).
     The plan, or its speed when it fits but is too slow, or None."""
     from localr1.offload import OffloadError, plan_offload
+
+    mode, gpu_experts, min_tps, flash_attn = o.offload, o.gpu_experts, o.min_tps, o.flash_attn
 
     full = estimate(c.arch, c.weights, n_ctx, -1, flash_attn=flash_attn, kv_type=kv_type)
     whole = mode == "auto" and full.gpu_total <= budget.gpu and full.cpu_total <= budget.ram
@@ -352,40 +372,14 @@ def _offload_plan(
     )  # fmt: skip
 
 
-def choose(
-    candidates: list[Candidate],
-    hw: Hardware,
-    *,
-    want_ctx: int = DEFAULT_CTX,
-    min_tps: float = DEFAULT_MIN_TPS,
-    gpu_layers: int | None = None,
-    flash_attn: bool = True,
-    offload: str = "auto",
-    gpu_experts: int | None = None,
-    keep_ctx: bool = False,
-    slots: int = 1,
-    kv_type: str | None = None,
-) -> Plan:
-    """The best expected quality that fits; raises NoPlanError with every attempt when nothing does."""
+def choose(candidates: list[Candidate], hw: Hardware, options: PlanOptions | None = None, **overrides: Any) -> Plan:
+    """The best expected quality that fits (``options``, or the ``PlanOptions`` fields given by name); raises
+    NoPlanError with every attempt when nothing does."""
+    options = replace(options or PlanOptions(), **overrides)
     budget = Budget.of(hw)
     attempts: list[Attempt] = []
-    ranked = sorted(candidates, key=lambda c: (-c.quality, c.weights.total))
-    for c in ranked:
-        plan = plan_candidate(
-            c,
-            hw,
-            want_ctx=want_ctx,
-            min_tps=min_tps,
-            gpu_layers=gpu_layers,
-            flash_attn=flash_attn,
-            attempts=attempts,
-            budget=budget,
-            offload=offload,
-            gpu_experts=gpu_experts,
-            keep_ctx=keep_ctx,
-            slots=slots,
-            kv_type=kv_type,
-        )
+    for c in sorted(candidates, key=lambda c: (-c.quality, c.weights.total)):
+        plan = plan_candidate(c, hw, options, attempts=attempts, budget=budget)
         if plan is not None:
             return plan
     raise NoPlanError(attempts, budget)

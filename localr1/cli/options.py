@@ -54,6 +54,8 @@ def one_model(argument: str | None, option: str | None) -> str | None:
     if argument is not None and option is not None and argument != option:
         raise UsageError(f"two models named: {argument!r} and -m {option!r}", hint="Name the model once.")
     return option if option is not None else argument
+
+
 WorkersOpt = Annotated[
     str | None,
     typer.Option(

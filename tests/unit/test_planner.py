@@ -316,3 +316,26 @@ def test_a_dense_model_across_workers_is_faster_on_a_faster_link_at_the_same_rou
     measured = choose(dense, fast, min_tps=0.0)
     assert measured.n_gpu_layers == assumed.n_gpu_layers
     assert choose(dense, slow, min_tps=0.0).decode_tps <= assumed.decode_tps <= measured.decode_tps
+
+
+def test_a_kv_type_the_head_size_refuses_is_an_attempt_not_a_crash():
+    """plan_candidate appended to its attempts before it had a list (AttributeError on None)."""
+    from dataclasses import replace as with_
+
+    c = next(c for c in CANDIDATES if c.label == "r1:7b:Q4_K_M")
+    odd = with_(c, arch=with_(c.arch, head_dim=80))  # 80 is not a multiple of q8_0's 32-value blocks
+    hw = machine(MACHINES["desktop-32g-cpu"])
+    assert plan_candidate(odd, hw, kv_type="q8_0") is None
+    attempts: list = []
+    assert plan_candidate(odd, hw, kv_type="q8_0", attempts=attempts) is None
+    assert "does not allow a q8_0 KV cache" in attempts[0].reason
+
+
+def test_planner_options_are_one_typed_value():
+    from localr1.planner import PlanOptions
+
+    hw = machine(MACHINES["desktop-32g-cpu"])
+    options = PlanOptions(want_ctx=4096, min_tps=0.0)
+    assert choose(CANDIDATES, hw, options) == choose(CANDIDATES, hw, want_ctx=4096, min_tps=0.0)
+    with pytest.raises(TypeError):
+        choose(CANDIDATES, hw, options, want_context=4096)  # a misspelt option is an error, not ignored
