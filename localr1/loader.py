@@ -174,7 +174,7 @@ def _replan_for_listing(plan, listed: int, request: LoadRequest, hw, config, say
     if not listed or abs(listed - planned) <= 0.02 * planned:
         return None
     c = replace(plan.candidate, weights=plan.candidate.weights.scaled_to(listed), listed=True)
-    fresh = plan_candidate(c, hw, min_tps=0.0, **_plan_options(request, config))
+    fresh = plan_candidate(c, hw, _plan_options(request, config), min_tps=0.0)
     differs = f"{c.label} is {gib(listed)} on the Hub, not the {gib(planned)} the catalog lists"
     if fresh is None:
         raise ModelTooBigError(
