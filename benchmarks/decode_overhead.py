@@ -5,7 +5,7 @@ For each model and sampling setting this runs one generation through ``LlamaCppE
 
 * ``eval``: time inside ``llama_decode`` (what llama.cpp's "eval time" line reports);
 * ``bare loop``: a loop that does nothing but choose a token + ``llama_decode``, with the same sampler as
-  localr1 (an argmax for greedy, ``localr1.nucleus`` for R1 sampling) and the same context;
+  localr1 (an argmax for greedy, ``localr1.engine.nucleus`` for R1 sampling) and the same context;
 * ``chain loop``: the same loop with llama.cpp's native sampler chain (``llama_sampler_sample``: what
   llama-cli and llama-server run for the same settings without top-k), for the R1 setting.
 
@@ -37,8 +37,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from localr1.engine.llama_cpp import LlamaCppEngine  # noqa: E402
 from localr1.events import Done  # noqa: E402
-from localr1.prompt import render, user_turn  # noqa: E402
-from localr1.sampling import Sampling  # noqa: E402
+from localr1.text.prompt import render, user_turn  # noqa: E402
+from localr1.text.sampling import Sampling  # noqa: E402
 
 PROMPT = "Write a long story about a lighthouse keeper who discovers a new prime number."
 SETTINGS = {
@@ -79,7 +79,7 @@ def run_bare_loop(engine: LlamaCppEngine, n_tokens: int, setting: dict, *, nativ
     """The least a program can do per token: sample + llama_decode, nothing else.
 
     Same context, same prompt as ``run_localr1``, and the same sampler (greedy: the engine's argmax over the
-    logits; otherwise localr1.nucleus), or with ``native_chain`` llama.cpp's sampler chain; what localr1
+    logits; otherwise localr1.engine.nucleus), or with ``native_chain`` llama.cpp's sampler chain; what localr1
     spends beyond the first is the cost of its detokenizing, reasoning split and events.
     """
     lib = engine._lib

@@ -33,9 +33,9 @@ def main() -> int:
 
     import model_factory
 
-    from localr1.catalog import load_catalog
-    from localr1.gguf_info import read_gguf
-    from localr1.quantize import parse_type, quantize
+    from localr1.models.catalog import load_catalog
+    from localr1.models.gguf_info import read_gguf
+    from localr1.models.quantize import parse_type, quantize
 
     entry = load_catalog(include_user=False).get(args.model)
     if entry is None or entry.arch is None:

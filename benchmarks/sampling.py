@@ -1,4 +1,4 @@
-"""Time per token to choose a token from R1's 152,064 logits: localr1.nucleus beside llama.cpp's chain.
+"""Time per token to choose a token from R1's 152,064 logits: localr1.engine.nucleus beside llama.cpp's chain.
 
 Both sample as ``ask`` does by default (temperature 0.6, then top-p 0.95, no top-k) from the same logit
 vectors:
@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from localr1.nucleus import NucleusSampler  # noqa: E402
+from localr1.engine.nucleus import NucleusSampler  # noqa: E402
 
 R1_VOCAB = 152_064
 
@@ -55,8 +55,8 @@ def real_logits(n: int, steps: int = 64) -> dict[str, np.ndarray]:
     import model_factory
 
     from localr1.engine.llama_cpp import LlamaCppEngine
-    from localr1.prompt import render, user_turn
-    from localr1.sampling import Sampling
+    from localr1.text.prompt import render, user_turn
+    from localr1.text.sampling import Sampling
 
     engine = LlamaCppEngine(model_factory.smollm2_path(), n_ctx=512)
     try:

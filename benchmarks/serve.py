@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 import threading
@@ -51,8 +50,8 @@ def ask_decode_tps(model: Path, tokens: int, threads: int, ctx: int) -> float:
     """Decode tokens/s of one generation through the engine `ask` uses, R1 sampling, EOS banned."""
     from localr1.engine.llama_cpp import LlamaCppEngine
     from localr1.events import Done
-    from localr1.prompt import render, user_turn
-    from localr1.sampling import Sampling
+    from localr1.text.prompt import render, user_turn
+    from localr1.text.sampling import Sampling
 
     with LlamaCppEngine(model, n_ctx=ctx, n_threads=threads) as engine:
         bias = {t: float("-inf") for t in engine.end_tokens()}
@@ -163,8 +162,8 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    from localr1.cpu import physical_cores
     from localr1.engine.backend import init_backend, weight_repacking
+    from localr1.machine.cpu import physical_cores
 
     threads = args.threads or physical_cores()
     ctx = args.prompt_ctx + args.tokens

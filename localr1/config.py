@@ -26,7 +26,7 @@ _FIELDS: dict[str, type] = {
 
 
 def _kv_type(value: str, name: str) -> str:
-    from localr1.memory import check_kv_type  # memory.py is imported only where a setting needs it
+    from localr1.fit.memory import check_kv_type  # memory.py is imported only where a setting needs it
 
     return check_kv_type(value, name)
 

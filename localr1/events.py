@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from localr1.thinking import ThinkingReport
+    from localr1.text.thinking import ThinkingReport
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -20,7 +20,7 @@ FinishReason = Literal["stop", "length", "cancelled"]
 @dataclass(frozen=True, slots=True)
 class Reasoning:
     """A piece of the model's thinking, and the number of tokens it came from (see ``Answer``). ``forced``:
-    text the engine appended to the thinking for a thinking budget (localr1.thinking), not the model's."""
+    text the engine appended to the thinking for a thinking budget (localr1.text.thinking), not the model's."""
 
     text: str
     tokens: int = 1

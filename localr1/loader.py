@@ -15,10 +15,10 @@ from pathlib import Path
 from localr1.config import Config
 from localr1.engine.base import Engine
 from localr1.errors import DownloadError, InvalidModelFileError, ModelTooBigError
-from localr1.gguf_info import GGUFInfo
-from localr1.hardware import Hardware
-from localr1.planner import DEFAULT_CTX, Plan, PlanOptions
-from localr1.request import LoadRequest
+from localr1.fit.planner import DEFAULT_CTX, Plan, PlanOptions
+from localr1.fit.request import LoadRequest
+from localr1.machine.hardware import Hardware
+from localr1.models.gguf_info import GGUFInfo
 from localr1.units import gib
 
 
@@ -59,7 +59,7 @@ def load_with_fallback(
     from dataclasses import replace
 
     from localr1.errors import OutOfMemoryError
-    from localr1.planner import Fallbacks
+    from localr1.fit.planner import Fallbacks
 
     fallbacks = Fallbacks(plan) if plan is not None else None
     while True:
@@ -102,10 +102,10 @@ def plan_for(request: LoadRequest, hw: Hardware, config: Config, *, prefer_local
     the machine, with the request's context (else the config's), GPU layers and MoE placement. With
     ``prefer_local``, builds already on disk win when one fits. The plan's candidate has no path when it
     still has to be downloaded."""
-    from localr1 import candidates as cands
-    from localr1.catalog import load_catalog, split_name
-    from localr1.planner import NoPlanError, choose, plan_candidate
-    from localr1.resolve import resolve_model
+    from localr1.fit import candidates as cands
+    from localr1.fit.planner import NoPlanError, choose, plan_candidate
+    from localr1.models.catalog import load_catalog, split_name
+    from localr1.models.resolve import resolve_model
 
     opts = _plan_options(request, config)
     want, keep = opts.want_ctx, opts.keep_ctx  # a context the user set is kept; the default may shrink
@@ -168,7 +168,7 @@ def _replan_for_listing(plan, listed: int, request: LoadRequest, hw, config, say
     """Before the first byte: when the Hub lists the build at another size than the catalog planned with (a
     re-upload), plan that build again at the listed size and say so; if it no longer fits, stop before
     downloading. None when the plan stands."""
-    from localr1.planner import plan_candidate
+    from localr1.fit.planner import plan_candidate
 
     planned = plan.candidate.weights.total
     if not listed or abs(listed - planned) <= 0.02 * planned:
@@ -190,8 +190,8 @@ def _replan_for_listing(plan, listed: int, request: LoadRequest, hw, config, say
 def _replan_if_different(plan, path: Path, request: LoadRequest, hw, config, say):
     """After a download: when the file is not the size the catalog planned with (a re-upload, a build the
     Hub lists differently), plan again for the file itself, and say so. None when the plan stands."""
-    from localr1 import candidates as cands
-    from localr1.resolve import resolve_model
+    from localr1.fit import candidates as cands
+    from localr1.models.resolve import resolve_model
 
     local = resolve_model(str(path), config)
     exact = cands.from_file(local.path, local=local)
@@ -208,7 +208,7 @@ def _replan_if_different(plan, path: Path, request: LoadRequest, hw, config, say
 
 def _check_kv_type(candidate, kv_type: str | None) -> None:
     from localr1.errors import UsageError
-    from localr1.memory import kv_type_fits
+    from localr1.fit.memory import kv_type_fits
 
     if kv_type and not kv_type_fits(candidate.arch, kv_type):
         raise UsageError(
@@ -218,7 +218,7 @@ def _check_kv_type(candidate, kv_type: str | None) -> None:
 
 
 def _loose_local_models(catalog):
-    from localr1.resolve import local_models
+    from localr1.models.resolve import local_models
 
     return [m for m in local_models(catalog) if m.catalog is None]
 
@@ -278,11 +278,11 @@ def open_model(
 ) -> LoadedModel:
     """Plan (unless both a context and GPU layers are given), fetch with ``fetch(target, offline)`` if the
     planned build is not on disk, and load it, retrying smaller if llama.cpp runs out of memory."""
-    from localr1.doctor import idle_gpu_warning
-    from localr1.download import offline_mode, pull, resolve_target
-    from localr1.gguf_info import inspect_model
-    from localr1.hardware import machine
-    from localr1.resolve import resolve_model
+    from localr1.machine.doctor import idle_gpu_warning
+    from localr1.machine.hardware import machine
+    from localr1.models.download import offline_mode, pull, resolve_target
+    from localr1.models.gguf_info import inspect_model
+    from localr1.models.resolve import resolve_model
 
     request = request.validated()
     say = say or (lambda text: sys.stderr.write(text + "\n"))

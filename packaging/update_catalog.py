@@ -19,9 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from localr1.catalog import parse_catalog  # noqa: E402
-from localr1.download import _with_parts, list_remote, listed_build  # noqa: E402
 from localr1.errors import LocalR1Error  # noqa: E402
+from localr1.models.catalog import parse_catalog  # noqa: E402
+from localr1.models.download import _with_parts, list_remote, listed_build  # noqa: E402
 
 
 def live_builds(model) -> dict[str, tuple[str, int]]:

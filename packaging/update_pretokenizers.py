@@ -1,4 +1,4 @@
-"""Regenerate localr1/convert/pretokenizers.json from llama.cpp's converter.
+"""Regenerate localr1/models/convert/pretokenizers.json from llama.cpp's converter.
 
 llama.cpp names a BPE pre-tokenizer (``tokenizer.ggml.pre``) by hashing the token ids its tokenizer gives for
 one fixed text; the table of known hashes lives in ``get_vocab_base_pre`` of its converter. localr1 reads the
@@ -28,6 +28,6 @@ def extract(source: str) -> dict:
 
 if __name__ == "__main__":
     data = extract(Path(sys.argv[1]).read_text(encoding="utf-8"))
-    out = Path(__file__).resolve().parent.parent / "localr1" / "convert" / "pretokenizers.json"
+    out = Path(__file__).resolve().parent.parent / "localr1" / "models" / "convert" / "pretokenizers.json"
     out.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"{len(data['hashes'])} pre-tokenizers -> {out}")

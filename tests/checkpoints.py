@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from localr1.convert.vocab import _DEEPSEEK3_REGEXES, _LLAMA3_REGEX, _QWEN2_REGEX
+from localr1.models.convert.vocab import _DEEPSEEK3_REGEXES, _LLAMA3_REGEX, _QWEN2_REGEX
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. Prove that sqrt(2) is irrational.",

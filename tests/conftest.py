@@ -24,7 +24,7 @@ def runner():
     """Typer's runner for the CLI, with --debug off (a test that turns it on must not leak it)."""
     from typer.testing import CliRunner
 
-    from localr1.cli.app import state
+    from localr1.cli.state import state
 
     state.debug = False
     return CliRunner()
@@ -104,7 +104,7 @@ def tiny_r1() -> Path:
 
 @pytest.fixture(scope="session")
 def r1_template(r1_header) -> str:
-    from localr1.gguf_info import read_gguf
+    from localr1.models.gguf_info import read_gguf
 
     return read_gguf(r1_header, check_data=False).chat_template
 

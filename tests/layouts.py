@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ggufs import add_metadata
 
-from localr1.arch import Architecture
+from localr1.fit.arch import Architecture
 
 F32, F16, Q8_0, Q4_K = 0, 1, 8, 12
 
@@ -28,7 +28,7 @@ def write_layout(arch: Architecture, path: Path, *, quant: int = Q4_K, name: str
     import gguf
     import numpy as np
 
-    from localr1.gguf_info import tensor_nbytes
+    from localr1.models.gguf_info import tensor_nbytes
 
     writer = gguf.GGUFWriter(str(path), arch.arch)
     writer.add_name(name)
@@ -49,7 +49,7 @@ def write_layout(arch: Architecture, path: Path, *, quant: int = Q4_K, name: str
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     writer.close()
-    from localr1.gguf_info import read_gguf
+    from localr1.models.gguf_info import read_gguf
 
     info = read_gguf(path, check_data=False)
     total = max(t.offset + t.nbytes for t in info.tensors)

@@ -82,7 +82,7 @@ def tiny_r1_path() -> Path:
 
 
 def build_tiny_r1(header_path: Path, target: Path, *, seed: int = 1234) -> None:
-    from localr1.arch import Architecture
+    from localr1.fit.arch import Architecture
 
     # Untied output: with tied embeddings a random model only repeats the token it just read.
     arch = Architecture("qwen2", 2, 64, 128, 4, 2, 16, 152064, 4096)
@@ -104,7 +104,7 @@ def tiny_moe_path() -> Path:
 
 def big_moe_path() -> Path:
     """A ~510 MB deepseek2 MoE (random weights): larger than the memory the disk-tier test allows."""
-    from localr1.arch import Architecture
+    from localr1.fit.arch import Architecture
 
     target = cache_dir() / f"big-moe-deepseek2-v{TINY_MOE_VERSION}.gguf"
     if not target.exists():
@@ -118,7 +118,7 @@ def big_moe_path() -> Path:
 
 def tiny_qwen3moe_path() -> Path:
     """A small qwen3moe model (mixture of experts without MLA), random weights, the real R1 tokenizer."""
-    from localr1.arch import Architecture
+    from localr1.fit.arch import Architecture
 
     target = cache_dir() / f"tiny-moe-qwen3moe-v{TINY_MOE_VERSION}.gguf"
     if not target.exists():
@@ -148,8 +148,8 @@ def build_random_model(
     import numpy as np
     from ggufs import add_metadata
 
-    from localr1.arch import Architecture
-    from localr1.gguf_info import read_gguf
+    from localr1.fit.arch import Architecture
+    from localr1.models.gguf_info import read_gguf
 
     src = read_gguf(
         header_path,

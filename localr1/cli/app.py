@@ -13,7 +13,7 @@ import typer
 
 from localr1 import __version__
 from localr1.cli.helptext import command_help
-from localr1.cli.state import handle_errors, print_error, state  # noqa: F401  (re-exported for tests)
+from localr1.cli.state import state
 
 app = typer.Typer(
     name="localr1",

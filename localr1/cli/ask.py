@@ -17,7 +17,7 @@ from localr1.cli import options as opt
 from localr1.cli.helptext import command_help
 from localr1.cli.state import command, handle_errors
 from localr1.errors import UsageError
-from localr1.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Sampling
+from localr1.text.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Sampling
 
 HELP = """Ask an R1 model one question; the answer streams to stdout.
 
@@ -140,7 +140,7 @@ def ask(
     from localr1.cli.engines import open_engine
     from localr1.cli.render import TerminalRenderer, dump_json, result_object, stats_line
     from localr1.events import collect
-    from localr1.prompt import render, user_turn
+    from localr1.text.prompt import render, user_turn
 
     text = read_question(question)  # before anything slow: an empty question fails at once
     sampling = Sampling(

@@ -11,7 +11,7 @@ from localr1.cli.helptext import command_help
 from localr1.cli.options import GpuLayersOpt, JsonOpt, ModelOpt, ThreadsOpt, load_request, one_model
 from localr1.cli.state import command, handle_errors
 from localr1.errors import UsageError
-from localr1.sampling import Sampling
+from localr1.text.sampling import Sampling
 
 HELP = """Measure prefill and decode tokens/s through localr1's own streaming path (what ask and chat use).
 
@@ -51,10 +51,10 @@ def bench(
     json_out: JsonOpt = False,
 ) -> None:
     model = one_model(model, model_option)
-    from localr1 import bench as bench_mod
-    from localr1.gguf_info import inspect_model
-    from localr1.hardware import machine
+    from localr1.engine import bench as bench_mod
     from localr1.loader import load_engine
+    from localr1.machine.hardware import machine
+    from localr1.models.gguf_info import inspect_model
 
     if prompt < 1 or gen < 2 or reps < 1 or rounds < 1:
         raise UsageError("--prompt must be at least 1, --gen at least 2, --reps and --rounds at least 1")
@@ -119,9 +119,9 @@ def _setup(request, hw, *, n_ctx: int, flash_attn: bool | None):
     from dataclasses import replace
 
     from localr1.config import load_config
-    from localr1.cpu import physical_cores
     from localr1.engine.llama_cpp import DEFAULT_BATCH
     from localr1.loader import EngineOptions, plan_for
+    from localr1.machine.cpu import physical_cores
 
     config = load_config()
     plan = plan_for(replace(request, ctx=n_ctx), hw, config, prefer_local=True)
@@ -142,7 +142,7 @@ def _setup(request, hw, *, n_ctx: int, flash_attn: bool | None):
 
 def _compared(result, theirs: dict[str, list[float]], binary, rounds: int) -> dict:
     """llama-bench's figures and the ratios localr1 / llama.cpp, for the JSON and text reports."""
-    from localr1 import bench as bench_mod
+    from localr1.engine import bench as bench_mod
 
     ours_pp, ours_tg = result.prefill_tps.summary()["median"], result.decode_tps.summary()["median"]
     their_pp, their_tg = bench_mod.median(theirs["prefill"]), bench_mod.median(theirs["decode"])

@@ -10,7 +10,7 @@ from localr1.cli import options as opt
 from localr1.cli.helptext import command_help
 from localr1.cli.state import command, handle_errors
 from localr1.errors import UsageError
-from localr1.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Sampling
+from localr1.text.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Sampling
 
 HELP = """Chat with an R1 model in a terminal app: the thinking streams live into a collapsible block.
 
@@ -34,8 +34,8 @@ def real_loader(request, notice):
 
     def load(spec, progress):
         from localr1.config import load_config
-        from localr1.download import pull
         from localr1.loader import open_model
+        from localr1.models.download import pull
 
         return open_model(
             request.for_spec(spec),
@@ -49,11 +49,11 @@ def real_loader(request, notice):
 
 def picker_entries(sim):
     def entries():
-        from localr1.candidates import catalog_fits
-        from localr1.catalog import load_catalog
         from localr1.cli.machine import fit_mark
-        from localr1.hardware import machine
-        from localr1.resolve import local_models
+        from localr1.fit.candidates import catalog_fits
+        from localr1.machine.hardware import machine
+        from localr1.models.catalog import load_catalog
+        from localr1.models.resolve import local_models
         from localr1.tui.screens import PickerEntry
         from localr1.units import GiB
 
@@ -115,8 +115,8 @@ def chat(
 ) -> None:
     model = opt.one_model(model, model_option)
     from localr1.config import load_config
-    from localr1.conversations import ConversationStore
-    from localr1.resolve import check_spec
+    from localr1.models.resolve import check_spec
+    from localr1.text.conversations import ConversationStore
 
     if not is_terminal():
         raise UsageError("chat needs a terminal", hint='For pipes and scripts: localr1 ask "..." (or --json).')

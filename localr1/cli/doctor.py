@@ -79,7 +79,7 @@ def doctor_lines(report) -> list[str]:
 )
 @handle_errors
 def doctor(json_out: JsonOpt = False) -> None:
-    from localr1.doctor import diagnose
+    from localr1.machine.doctor import diagnose
 
     report = diagnose()
     if json_out:
@@ -130,7 +130,7 @@ class _BuildProgress:
         self.stage = "downloading the source"
 
     def __call__(self, line: str) -> None:
-        from localr1.backends import build_progress
+        from localr1.machine.builds import build_progress
 
         text = line.strip()
         if "Building wheel" in text or "Running command Building wheel" in text:
@@ -181,7 +181,8 @@ def install(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the pip command and do nothing."),
     force: bool = typer.Option(False, "--force", help="Build even where a toolchain piece seems missing."),
 ) -> None:
-    from localr1.backends import (
+    from localr1.errors import BackendBuildError
+    from localr1.machine.builds import (
         build_failure,
         describe,
         find_toolchain,
@@ -191,8 +192,7 @@ def install(
         this_environment,
         verify_backend,
     )
-    from localr1.errors import BackendBuildError
-    from localr1.hardware import probe
+    from localr1.machine.hardware import probe
     from localr1.paths import cache_dir
 
     backend = backend.value

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from localr1.cli.options import remote_engine
-from localr1.request import LoadRequest
+from localr1.fit.request import LoadRequest
 
 
 def open_engine(request: LoadRequest, server: str | None, model: str | None, cancel):

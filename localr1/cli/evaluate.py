@@ -16,7 +16,7 @@ from localr1.cli import options as opt
 from localr1.cli.helptext import command_help
 from localr1.cli.state import command, handle_errors
 from localr1.printable import printable
-from localr1.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
+from localr1.text.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 
 HELP = """Measure how well this build reasons: problems with known answers through the same engine and prompt as
 `ask --math`, the final \\boxed{} answer checked with math-verify, pass@1 averaged over --samples (the R1
@@ -181,10 +181,10 @@ def evaluate_command(
     from localr1.cli.ask import cancel_on_sigint
     from localr1.cli.engines import open_engine
     from localr1.evaluation.report import summarise
-    from localr1.evaluation.run import evaluate, open_run
+    from localr1.evaluation.runs import evaluate, open_run
     from localr1.evaluation.suites import load_suite
     from localr1.paths import data_dir
-    from localr1.sampling import Sampling
+    from localr1.text.sampling import Sampling
 
     budget_list = parse_budgets(budgets, think_budget)
     sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens).validate()
@@ -266,13 +266,13 @@ def _wanted(problems, samples: int, budgets: list[int | None]) -> set:
 
 
 def _llama_version() -> str | None:
-    from localr1.backends import llama_cpp_python_version
+    from localr1.machine.builds import llama_cpp_python_version
 
     return llama_cpp_python_version()
 
 
 def _hardware() -> dict:
-    from localr1.hardware import machine
+    from localr1.machine.hardware import machine
 
     try:
         hw = machine(backends=False)
@@ -283,7 +283,7 @@ def _hardware() -> dict:
 
 def _compare(folders: tuple[Path, Path], *, plot: Path | None, json_out: bool) -> None:
     from localr1.evaluation.report import compare, summarise
-    from localr1.evaluation.run import load_run
+    from localr1.evaluation.runs import load_run
 
     a, b = (load_run(f) for f in folders)
     rows = compare(a, b)

@@ -48,9 +48,9 @@ def progress_bar(desc: str, **tqdm_args) -> Iterator[Callable[..., None]]:
 
 def choose_quant_for_machine(model) -> str:
     """The planner's quant for this machine, or the catalog default when nothing fits."""
-    from localr1 import candidates as cands
-    from localr1.hardware import machine
-    from localr1.planner import NoPlanError, choose
+    from localr1.fit import candidates as cands
+    from localr1.fit.planner import NoPlanError, choose
+    from localr1.machine.hardware import machine
 
     try:
         return choose(cands.from_catalog({model.name: model}, include_local=False), machine()).candidate.quant
@@ -61,10 +61,10 @@ def choose_quant_for_machine(model) -> str:
 def pull_target(target, offline: bool = False, *, announce: bool = True, cancel=None) -> Path:
     """Download with a progress bar on a terminal. Ctrl-C (or ``cancel``, the event ask's Ctrl-C handler
     sets) stops it between chunks, keeping what was downloaded for the next run."""
-    from localr1.download import pull
+    from localr1.models.download import pull
 
     if announce and not offline:
-        from localr1.download import remaining_bytes
+        from localr1.models.download import remaining_bytes
 
         left = remaining_bytes(target)
         what = f"{len(target.files)} files, " if len(target.files) > 1 else ""
@@ -110,11 +110,11 @@ def pull(
     revision: str = typer.Option("main", "--revision", help="Branch, tag or commit of the repository."),
     json_out: JsonResultOpt = False,
 ) -> None:
-    from localr1.download import offline_mode, resolve_target
+    from localr1.models.download import offline_mode, resolve_target
 
     off = offline_mode(offline)
     if not off and sys.stderr.isatty():  # the Hub may take a while to answer (or to fail)
-        from localr1.download import endpoint
+        from localr1.models.download import endpoint
 
         sys.stderr.write(f"Looking up {model} on {endpoint()}…\n")
     target = resolve_target(model, quant=quant, choose_quant=choose_quant_for_machine, offline=off, revision=revision)
@@ -139,8 +139,8 @@ def pull(
 )
 @handle_errors
 def list_models(json_out: JsonOpt = False) -> None:
-    from localr1.gguf_info import split_siblings
-    from localr1.resolve import local_models
+    from localr1.models.gguf_info import split_siblings
+    from localr1.models.resolve import local_models
 
     rows = []
     for m in sorted(local_models(), key=lambda m: m.name):
@@ -148,7 +148,7 @@ def list_models(json_out: JsonOpt = False) -> None:
         quant = m.quant
         if quant is None:
             try:
-                from localr1.gguf_info import inspect_model
+                from localr1.models.gguf_info import inspect_model
 
                 quant = inspect_model(m.path).quant_name
             except Exception:  # a broken file is listed, not fatal: `ask` will say what is wrong
@@ -182,8 +182,8 @@ def rm(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
     json_out: JsonOpt = False,
 ) -> None:
-    from localr1.gguf_info import split_siblings
-    from localr1.resolve import local_models
+    from localr1.models.gguf_info import split_siblings
+    from localr1.models.resolve import local_models
 
     models = local_models()
     # Exactly what was named: one build (r1:14b:Q5_K_M), every quant of one catalog model (r1:14b), or a
@@ -211,7 +211,7 @@ def rm(
         names = ", ".join(m.name for m in matches)
         if not typer.confirm(f"Delete {names} ({size / GiB:.2f} GiB)?", default=False, err=True):
             raise typer.Exit(1)
-    from localr1.hf_cache import remove_files
+    from localr1.models.hf_cache import remove_files
 
     freed = remove_files(files)
     if json_out:
@@ -244,13 +244,13 @@ def quantize(
     json_out: JsonResultOpt = False,
 ) -> None:
     from localr1 import limits
-    from localr1 import quantize as q
+    from localr1.models import quantize as q
 
     limits.threads(threads)
     from localr1.config import load_config
-    from localr1.download import free_disk
+    from localr1.models.download import free_disk
+    from localr1.models.resolve import resolve_model
     from localr1.paths import models_dir
-    from localr1.resolve import resolve_model
 
     if to.lower() == "list":
         rows = [(name, q.bits_per_weight(name)) for name in q.QUANT_TYPES]
@@ -310,13 +310,13 @@ def convert(
     revision: str = typer.Option("main", "--revision", help="Branch, tag or commit, for a Hub repository."),
     json_out: JsonResultOpt = False,
 ) -> None:
-    from localr1 import convert as cv
-    from localr1.download import free_disk, offline_mode
+    from localr1.models import convert as cv
+    from localr1.models.download import free_disk, offline_mode
     from localr1.paths import models_dir
 
     folder, folder_name = Path(source).expanduser(), None
     if not folder.exists() and "/" in source and not source.startswith((".", "/", "~")):
-        from localr1.download import checkpoint_folder
+        from localr1.models.download import checkpoint_folder
 
         show = sys.stderr.isatty() or bool(os.environ.get("LOCALR1_PROGRESS"))
         folder = checkpoint_folder(source, revision=revision, offline=offline_mode(offline), show_progress=show)

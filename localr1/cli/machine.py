@@ -47,7 +47,7 @@ def hardware_lines(hw) -> list[str]:
         lines.append(f"{'':12} (simulated)")
     for note in hw.notes:
         lines.append(f"{'Note':12} {note}")
-    from localr1.doctor import idle_gpu_warning
+    from localr1.machine.doctor import idle_gpu_warning
 
     fix = idle_gpu_warning(hw)
     if fix:
@@ -128,7 +128,7 @@ def plan_lines(plan, *, explain: bool, hw=None) -> list[str]:
 
 def _placement(plan, hw, mode: str, gpu_experts: int | None):
     """For a MoE model: its tensor placement across GPU, RAM and disk (None for dense models or --offload off)."""
-    from localr1.offload import OffloadError, plan_offload
+    from localr1.fit.offload import OffloadError, plan_offload
 
     if mode == "off" or not plan.candidate.arch.is_moe:
         return None, None
@@ -162,7 +162,7 @@ def hw(
     ),
     simulate=None,  # the simulation flags, as one Simulation (see options.simulated)
 ) -> None:
-    from localr1.hardware import KNOWN_GPUS, machine
+    from localr1.machine.hardware import KNOWN_GPUS, machine
 
     if known_gpus:
         if json_out:
@@ -196,9 +196,9 @@ def models(
     json_out: JsonOpt = False,
     simulate=None,  # the simulation flags, as one Simulation (see options.simulated)
 ) -> None:
-    from localr1.candidates import catalog_fits
-    from localr1.catalog import load_catalog
-    from localr1.hardware import machine
+    from localr1.fit.candidates import catalog_fits
+    from localr1.machine.hardware import machine
+    from localr1.models.catalog import load_catalog
 
     rows = []
     for fit in catalog_fits(load_catalog(), machine(simulate)):
@@ -265,8 +265,8 @@ def plan(
 ) -> None:
     model = one_model(model, model_option)
     from localr1.config import load_config
-    from localr1.hardware import machine
     from localr1.loader import join_workers, plan_for
+    from localr1.machine.hardware import machine
 
     request = load_request(
         model, ctx=ctx, offload=offload, gpu_experts=gpu_experts, simulate=simulate, kv_type=kv_type, workers=workers
@@ -290,7 +290,7 @@ def plan(
                 )
     machine_info = machine(request.simulation)
     if measure_disk:
-        from localr1.hardware import measure_disk_read
+        from localr1.machine.hardware import measure_disk_read
         from localr1.paths import models_dir
 
         speed = measure_disk_read(models_dir())
@@ -368,7 +368,7 @@ def _machines(plan, hw, remote) -> list[dict]:
     the GPU part; a worker's device with its endpoint (its name is "RPCn[host:port]") and round trip."""
     if not hw.has_workers:
         return []
-    from localr1.planner import device_shares
+    from localr1.fit.planner import device_shares
 
     measured = {d.name for d in remote}
     placement = plan.placement

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from localr1.errors import UsageError
-from localr1.request import LoadRequest
+from localr1.fit.request import LoadRequest
 
 _SIMULATE = "Simulate"
 
@@ -104,7 +104,7 @@ DiskOpt = Annotated[
 
 def simulation(vram: str | None, ram: str | None, gpus: int | None, gpu: str | None, disk: str | None):
     """The simulated machine the flags describe (None where nothing is simulated)."""
-    from localr1.hardware import GPU_KINDS, Simulation, gpu_hint, known_gpu, parse_size
+    from localr1.machine.hardware import GPU_KINDS, Simulation, gpu_hint, known_gpu, parse_size
 
     if gpu is not None and gpu.lower() not in GPU_KINDS and known_gpu(gpu) is None:
         raise UsageError(f"--gpu {gpu!r} is neither a vendor nor a GPU localr1 knows", hint=gpu_hint())

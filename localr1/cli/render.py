@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import IO, Any
 
 from localr1.events import Answer, Done, Event, Reasoning
-from localr1.reasoning import thought_summary
+from localr1.text.reasoning import thought_summary
 
 DIM = "\x1b[2m"
 BOLD_DIM = "\x1b[1;2m"

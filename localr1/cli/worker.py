@@ -83,10 +83,10 @@ def worker(
     no_cache: bool = typer.Option(False, "--no-cache", help="Keep no tensor cache (clients resend every weight)."),
 ) -> None:
     from localr1 import limits
-    from localr1.cpu import physical_cores
     from localr1.engine.rpc import choose_devices, guard_links, link_timeout, rpc_reg, serve_devices
     from localr1.errors import UsageError
-    from localr1.hardware import parse_size
+    from localr1.machine.cpu import physical_cores
+    from localr1.machine.hardware import parse_size
     from localr1.paths import cache_dir
     from localr1.units import gib
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from localr1.events import Answer, Done, Event, FinishReason, Reasoning, Timings, Usage
-from localr1.prompt import ChatFormat, Prompt
-from localr1.reasoning import ReasoningSplitter, Utf8Stream
-from localr1.sampling import Sampling
+from localr1.text.prompt import ChatFormat, Prompt
+from localr1.text.reasoning import ReasoningSplitter, Utf8Stream
+from localr1.text.sampling import Sampling
 
 
 @dataclass(frozen=True)

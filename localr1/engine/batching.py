@@ -5,7 +5,7 @@ each sequence bounded here to ``n_ctx / slots`` of them) and wraps it in a :clas
 Each step it builds one ``llama_batch`` holding the next token of every generating sequence plus, in the
 room left (``n_batch``), a chunk of the prompt of each newly admitted request, decodes it once, and chooses
 every sequence's token from its own row of logits with that request's own sampler (the same greedy and
-``localr1.nucleus`` samplers as ``ask``; a seed gives the same tokens whatever else is in the batch).
+``localr1.engine.nucleus`` samplers as ``ask``; a seed gives the same tokens whatever else is in the batch).
 This is what llama-server does: a request joins and leaves the batch between two steps.
 
 ``stream()`` has the ``Engine`` signature and may be called from many threads at once: a request waits
@@ -30,8 +30,8 @@ from localr1.engine.base import common_prefix
 from localr1.engine.generation import Generation
 from localr1.errors import ContextOverflowError, EngineError, LocalR1Error
 from localr1.events import Done, Event, FinishReason, Timings
-from localr1.prompt import Prompt
-from localr1.sampling import Sampling
+from localr1.text.prompt import Prompt
+from localr1.text.sampling import Sampling
 
 
 @dataclass(eq=False)

@@ -14,9 +14,9 @@ from collections.abc import Iterator, Sequence
 from localr1.engine.base import ModelInfo
 from localr1.engine.generation import Generation
 from localr1.events import Event, FinishReason, Timings
-from localr1.prompt import Prompt, chat_format_for
-from localr1.reasoning import THINK_CLOSE
-from localr1.sampling import Sampling
+from localr1.text.prompt import Prompt, chat_format_for
+from localr1.text.reasoning import THINK_CLOSE
+from localr1.text.sampling import Sampling
 
 _CLOSE_ID = -2  # the script's "</think>" as a token id (the others are their positions)
 

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 
 from localr1.engine.base import EventAssembler
 from localr1.events import Event, FinishReason, Timings
-from localr1.prompt import Prompt
-from localr1.sampling import Sampling
-from localr1.thinking import TRANSITION, WAIT
+from localr1.text.prompt import Prompt
+from localr1.text.sampling import Sampling
+from localr1.text.thinking import TRANSITION, WAIT
 
 # Text moves at display rate, tokens at model rate: a 1,000 token/s model would otherwise spend more on
 # Python events than a screen can show (docs/architecture.md, "Text moves at display rate").

@@ -2,7 +2,7 @@
 
 The decode loop is written against llama.cpp's C API directly rather than ``llama_cpp.Llama``: each
 token costs a handful of ctypes calls. Tokens are chosen from llama.cpp's logits read in place through a
-NumPy view (no copy): an argmax for greedy decoding, ``localr1.nucleus`` for temperature and top-p (R1's
+NumPy view (no copy): an argmax for greedy decoding, ``localr1.engine.nucleus`` for temperature and top-p (R1's
 default), which is exact and costs a few passes where llama.cpp's chain sorts the whole vocabulary.
 Only a grammar keeps llama.cpp's native sampler chain. ``benchmarks/decode_overhead.py`` holds the loop to
 llama.cpp's own eval time.
@@ -35,10 +35,10 @@ from localr1.engine.base import ModelInfo, common_prefix
 from localr1.engine.generation import STREAM_INTERVAL_S, Generation
 from localr1.errors import ContextOverflowError, EngineError, ModelLoadError, OutOfMemoryError, UsageError
 from localr1.events import Event, FinishReason, Timings
-from localr1.gguf_info import GGUFInfo, inspect_model
-from localr1.prompt import Prompt, chat_format_for
-from localr1.reasoning import THINK_CLOSE, THINK_OPEN
-from localr1.sampling import Sampling
+from localr1.models.gguf_info import GGUFInfo, inspect_model
+from localr1.text.prompt import Prompt, chat_format_for
+from localr1.text.reasoning import THINK_CLOSE, THINK_OPEN
+from localr1.text.sampling import Sampling
 
 DEFAULT_BATCH = 512
 CLOSE_TIMEOUT_S = 10.0  # how long close() waits for a generation in another thread to stop
@@ -157,7 +157,7 @@ def measure_allocation(
 def _attention_fields(cparams: Any, kv_type: str, flash_attn: bool | None) -> Any:
     """Set a context's flash attention (None: llama.cpp decides per backend) and KV cache type; llama.cpp
     keeps a quantized V cache only with flash attention, so a quantized type turns it on."""
-    from localr1.memory import KV_TYPES, check_kv_type
+    from localr1.fit.memory import KV_TYPES, check_kv_type
 
     check_kv_type(kv_type)  # an unknown type is a one-line error before llama.cpp sees it
     if kv_type != "f16":
@@ -218,7 +218,7 @@ class LlamaCppEngine:
         if n_gpu_layers is None:
             n_gpu_layers = -1 if lib.llama_supports_gpu_offload() else 0
         if n_threads is None:
-            from localr1.cpu import physical_cores
+            from localr1.machine.cpu import physical_cores
 
             n_threads = physical_cores()
         self._load_model(header, n_gpu_layers, use_mmap, use_mlock, tensor_overrides, cancel, main_device)
@@ -586,7 +586,7 @@ class LlamaCppEngine:
         """How tokens are chosen for these settings, for one generation: (llama.cpp sampler chain, or None;
         ``sample(chain, ctx, idx)`` -> token). Without a grammar no chain is needed: llama_sampler_sample fills
         a candidate array for the whole vocabulary every token (and its top-p sorts it); an argmax, or
-        localr1.nucleus, reads llama.cpp's logits in place instead. The caller frees the chain."""
+        localr1.engine.nucleus, reads llama.cpp's logits in place instead. The caller frees the chain."""
         if sampling.grammar:
             return self._sampler(sampling), self._constrained()
         if sampling.temperature <= 0:
@@ -719,8 +719,8 @@ class LlamaCppEngine:
         return sample
 
     def _nucleus(self, sampling: Sampling):
-        """A sample(chain, ctx, idx) stand-in: temperature, top-k, top-p and min-p by ``localr1.nucleus``."""
-        from localr1.nucleus import NucleusSampler
+        """A sample(chain, ctx, idx) stand-in: temperature, top-k, top-p and min-p by ``localr1.engine.nucleus``."""
+        from localr1.engine.nucleus import NucleusSampler
 
         read = self._logits_reader()
         sampler = NucleusSampler(

@@ -26,8 +26,8 @@ from localr1.engine.base import ModelInfo
 from localr1.errors import ContextOverflowError, EngineError, UsageError
 from localr1.events import Answer, Done, Event, FinishReason, Reasoning, Timings, Usage
 from localr1.printable import printable
-from localr1.prompt import ChatFormat, Prompt
-from localr1.sampling import Sampling
+from localr1.text.prompt import ChatFormat, Prompt
+from localr1.text.sampling import Sampling
 
 # What a peer may cost this client. It may be any program on that port (a mistyped --server), or hostile:
 # every wait has a deadline, every read a bound, every field a type check, and its text is printed safe.
@@ -135,7 +135,7 @@ class RemoteEngine:
         show = _Fields(self._json("POST", "/api/show", {}), "/api/show", url)
         details, meta = show.obj("details"), show.obj("model_info")
         capabilities = show.get("capabilities", list, [])
-        reasoning = meta.get("localr1.reasoning", bool, "thinking" in capabilities)
+        reasoning = meta.get("localr1.text.reasoning", bool, "thinking" in capabilities)
         fmt = ChatFormat(
             template=show.get("template", str, ""),
             source=printable(str(meta.get("localr1.template_source", str, "server"))),
@@ -415,7 +415,7 @@ _FINISH_REASONS = get_args(FinishReason)
 
 def _thinking_report(d: dict):
     """The server's ``thinking_budget`` object back as a ThinkingReport (what the budget did)."""
-    from localr1.thinking import ThinkingReport
+    from localr1.text.thinking import ThinkingReport
 
     def count(key: str) -> int:
         value = d.get(key)

@@ -7,8 +7,8 @@ import random
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
-from localr1.answers import is_equivalent
-from localr1.evaluation.run import Run, Sample
+from localr1.evaluation.answers import is_equivalent
+from localr1.evaluation.runs import Run, Sample
 
 
 @dataclass(frozen=True)

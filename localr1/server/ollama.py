@@ -169,7 +169,7 @@ async def api_show(request: Request) -> Response:
                 "localr1.bos_token": fmt.bos_token,
                 "localr1.eos_token": fmt.eos_token,
                 "localr1.add_bos": fmt.add_bos,
-                "localr1.reasoning": fmt.reasoning,
+                "localr1.text.reasoning": fmt.reasoning,
                 "localr1.template_source": fmt.source,
                 "localr1.quant": info.quant,
             },

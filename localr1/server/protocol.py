@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from localr1 import limits
-from localr1.prompt import Message
-from localr1.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Sampling
-from localr1.thinking import EFFORT_BUDGETS
+from localr1.text.prompt import Message
+from localr1.text.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Sampling
+from localr1.text.thinking import EFFORT_BUDGETS
 
 MAX_BODY_BYTES = 8 << 20  # a 128k-token conversation is ~0.5 MB of text
 MAX_MESSAGES = 4096
@@ -177,7 +177,7 @@ def _sampling(body: dict, *, max_tokens: int | None, seed: int | None, effort: i
     grammar = _string(body, "grammar")  # llama-server's extension: a GBNF grammar the output must follow
     if grammar is not None and len(grammar) > MAX_GRAMMAR_CHARS:
         raise RequestError(f"'grammar' is longer than {MAX_GRAMMAR_CHARS >> 10} KiB", param="grammar")
-    # localr1's thinking budget (budget forcing, localr1.thinking): an explicit count wins over an effort
+    # localr1's thinking budget (budget forcing, localr1.text.thinking): an explicit count wins over an effort
     budget = _integer(body, "thinking_budget", 1, MAX_TOKENS)
     minimum = _integer(body, "thinking_min", 1, MAX_TOKENS)
     if budget is None:

@@ -15,10 +15,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from localr1.events import Answer, Done, Event, Reasoning
-from localr1.prompt import Message, Prompt, continue_reply, render
-from localr1.reasoning import THINK_OPEN
 from localr1.server.protocol import Generation, RequestError
-from localr1.stops import StopScanner
+from localr1.text.prompt import Message, Prompt, continue_reply, render
+from localr1.text.reasoning import THINK_OPEN
+from localr1.text.stops import StopScanner
 
 _END = object()
 

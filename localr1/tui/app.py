@@ -25,12 +25,12 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, ProgressBar
 from textual.worker import get_current_worker
 
-from localr1.conversations import Conversation, ConversationStore
 from localr1.errors import LocalR1Error
 from localr1.events import Answer, Done, Event, Reasoning
-from localr1.prompt import render
-from localr1.reasoning import thought_summary
-from localr1.sampling import Sampling
+from localr1.text.conversations import Conversation, ConversationStore
+from localr1.text.prompt import render
+from localr1.text.reasoning import thought_summary
+from localr1.text.sampling import Sampling
 from localr1.tui.screens import ConversationList, HelpScreen, ModelPicker, PickerEntry, RenameScreen
 from localr1.tui.widgets import AssistantMessage, PromptInput, StatusLine, ThinkingBlock, UserMessage
 

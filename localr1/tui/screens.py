@@ -12,7 +12,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from localr1.conversations import Conversation
+from localr1.text.conversations import Conversation
 
 MODAL_CSS = """
 {name} {{ align: center middle; }}

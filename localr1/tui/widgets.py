@@ -12,7 +12,7 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import Collapsible, Markdown, Static, TextArea
 
-from localr1.reasoning import thought_summary
+from localr1.text.reasoning import thought_summary
 
 _BOXED = re.compile(r"\\boxed\{")
 

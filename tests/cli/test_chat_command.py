@@ -7,7 +7,7 @@ import pytest
 from localr1.cli import chat as chat_cli
 from localr1.cli.app import app
 from localr1.errors import ModelNotFoundError
-from localr1.resolve import check_spec
+from localr1.models.resolve import check_spec
 
 
 @pytest.fixture

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from localr1 import backends
 from localr1 import loader as loader_module
-from localr1.backends import Toolchain
 from localr1.cli.app import app
 from localr1.engine.fake import FakeEngine
-from localr1.hardware import GPU, Hardware
+from localr1.machine import builds as backends
+from localr1.machine.builds import Toolchain
+from localr1.machine.hardware import GPU, Hardware
 from localr1.units import GiB
 
 FULL = Toolchain(
@@ -127,14 +127,14 @@ def test_doctor_exits_1_on_a_broken_config(runner, tmp_path, monkeypatch):
 
 def test_ask_warns_once_when_the_gpu_sits_idle(runner, small_gguf, monkeypatch):
     """A machine with an NVIDIA GPU and a CPU-only llama.cpp: one warning line naming the fix."""
-    import localr1.hardware
+    import localr1.machine.hardware
 
     hw = Hardware(
         os="Linux x86_64", cpu="test", physical_cores=2, simd=(), ram_total=16 * GiB, ram_available=12 * GiB,
         gpus=(GPU("NVIDIA GeForce RTX 4090", "nvidia", 24 * GiB, 23 * GiB, "8.9", bandwidth_gbs=1008),),
         disk_free=100 * GiB, disk_path="/models", backends=("CPU",),
     )  # fmt: skip
-    monkeypatch.setattr(localr1.hardware, "machine", lambda simulation=None, backends=True: hw)
+    monkeypatch.setattr(localr1.machine.hardware, "machine", lambda simulation=None, backends=True: hw)
     engine = FakeEngine([["<think>\n", "hm", "</think>", "\n\n", "4"]])
     monkeypatch.setattr(loader_module, "load_engine", lambda path, header, options, cancel=None: engine)
     result = runner.invoke(app, ["ask", "What is 2+2?", "--model", str(small_gguf)])

@@ -152,7 +152,7 @@ def test_hostile_suites_and_paths_are_one_line(runner, monkeypatch, small_gguf, 
 
 
 def test_a_long_answer_from_the_model_is_checked_not_crashed_on():
-    from localr1.answers import is_equivalent
+    from localr1.evaluation.answers import is_equivalent
 
     assert not is_equivalent("7" * 5000, "7" * 4999)
     assert is_equivalent("7" * 5000, "7" * 5000)

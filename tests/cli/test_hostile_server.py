@@ -21,7 +21,11 @@ HEALTH = {"status": "ok", "model": "m", "slots": 1, "generating": 0, "waiting": 
 SHOW = {
     "template": "{% for m in messages %}{{ m['content'] }}{% endfor %}",
     "details": {"family": "qwen2", "quantization_level": "Q4_K_M"},
-    "model_info": {"general.architecture": "qwen2", "localr1.context_per_request": 4096, "localr1.reasoning": True},
+    "model_info": {
+        "general.architecture": "qwen2",
+        "localr1.context_per_request": 4096,
+        "localr1.text.reasoning": True,
+    },
     "capabilities": ["completion", "thinking"],
 }
 MODELS = {"object": "list", "data": [{"id": "m"}]}

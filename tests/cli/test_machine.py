@@ -122,7 +122,7 @@ def test_ask_does_not_retry_other_load_errors(runner, monkeypatch, tmp_path):
 
 def test_gpu_without_gpu_backend_names_the_fix():
     from localr1.cli.machine import hardware_lines
-    from localr1.hardware import GPU, Hardware
+    from localr1.machine.hardware import GPU, Hardware
 
     hw = Hardware(
         os="Linux x86_64",

@@ -7,10 +7,11 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from localr1 import bench
-from localr1.cli.app import app, state
-from localr1.prompt import render, user_turn
-from localr1.sampling import Sampling
+from localr1.cli.app import app
+from localr1.cli.state import state
+from localr1.engine import bench
+from localr1.text.prompt import render, user_turn
+from localr1.text.sampling import Sampling
 
 pytestmark = pytest.mark.integration
 
@@ -134,7 +135,7 @@ def test_bench_text_states_the_sampling(tiny_r1):
 
 
 def test_run_samples_like_ask_by_default(tiny):
-    """bench.run with no sampling given goes through localr1.nucleus, as ask does, and times it."""
+    """bench.run with no sampling given goes through localr1.engine.nucleus, as ask does, and times it."""
     calls = []
     original = tiny._nucleus
 

@@ -24,7 +24,7 @@ import checkpoints  # noqa: E402
 import model_factory  # noqa: E402
 
 from localr1.cli.app import app  # noqa: E402
-from localr1.convert import convert  # noqa: E402
+from localr1.models.convert import convert  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -142,7 +142,7 @@ def _compare(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
 def test_logits_match_pytorch(family, ckpts, converted, tmp_path, capsys):
     from tokenizers import Tokenizer
 
-    from localr1.quantize import quantize
+    from localr1.models.quantize import quantize
 
     folder = ckpts[family]
     ids = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(" ".join(TEXTS)).ids[:48]
@@ -191,7 +191,7 @@ def test_pre_tokenizer_hash_is_computed_as_llama_cpp_computes_it(ckpts, monkeypa
     from tokenizers import Tokenizer
     from transformers import AutoTokenizer
 
-    from localr1.convert import vocab
+    from localr1.models.convert import vocab
 
     chktxt = vocab._table()["chktxt"]
     for fam in ("llama", "qwen3"):  # the families transformers loads without adding tokens

@@ -17,10 +17,11 @@ pytest.importorskip("transformers")
 import checkpoints  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from localr1 import quantize as q  # noqa: E402
-from localr1.cli.app import app, state  # noqa: E402
-from localr1.convert import convert  # noqa: E402
+from localr1.cli.app import app
+from localr1.cli.state import state  # noqa: E402
 from localr1.errors import InvalidModelFileError, UsageError  # noqa: E402
+from localr1.models import quantize as q  # noqa: E402
+from localr1.models.convert import convert  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

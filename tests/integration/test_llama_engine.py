@@ -13,12 +13,12 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from localr1.cli.app import app, state
-from localr1.engine import llama_cpp as llama_engine
+from localr1.cli.app import app
+from localr1.cli.state import state
 from localr1.events import Answer, Done, Reasoning
-from localr1.prompt import render, user_turn
-from localr1.reasoning import split_text
-from localr1.sampling import Sampling
+from localr1.text.prompt import render, user_turn
+from localr1.text.reasoning import split_text
+from localr1.text.sampling import Sampling
 
 pytestmark = pytest.mark.integration
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from layouts import write_layout
 
-from localr1.arch import Architecture
-from localr1.catalog import load_catalog
-from localr1.gguf_info import read_gguf
-from localr1.memory import WeightLayout, compute_bytes, kv_cache_bytes
+from localr1.fit.arch import Architecture
+from localr1.fit.memory import WeightLayout, compute_bytes, kv_cache_bytes
+from localr1.models.catalog import load_catalog
+from localr1.models.gguf_info import read_gguf
 from localr1.units import MiB
 
 pytestmark = pytest.mark.integration

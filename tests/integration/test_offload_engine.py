@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from localr1.errors import UsageError
-from localr1.offload import expert_rule
-from localr1.prompt import render, user_turn
-from localr1.sampling import Sampling
+from localr1.fit.offload import expert_rule
+from localr1.text.prompt import render, user_turn
+from localr1.text.sampling import Sampling
 
 pytestmark = pytest.mark.integration
 
@@ -73,8 +73,8 @@ def test_bad_rules_are_clear_errors(tiny_moe):
 RUN_ENGINE = """
 import json, sys
 from localr1.engine.llama_cpp import LlamaCppEngine
-from localr1.prompt import render, user_turn
-from localr1.sampling import Sampling
+from localr1.text.prompt import render, user_turn
+from localr1.text.sampling import Sampling
 engine = LlamaCppEngine(sys.argv[1], n_ctx=256, n_batch=64)
 tokens = []
 piece = engine.token_piece

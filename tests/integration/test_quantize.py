@@ -7,10 +7,10 @@ import subprocess
 
 import pytest
 
-from localr1 import quantize as q
 from localr1.cli.app import app
 from localr1.errors import LocalR1Error, UsageError
-from localr1.gguf_info import read_gguf
+from localr1.models import quantize as q
+from localr1.models.gguf_info import read_gguf
 
 pytestmark = pytest.mark.integration
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from localr1.events import Answer, Done, Reasoning
-from localr1.prompt import render, user_turn
-from localr1.sampling import Sampling
-from localr1.thinking import MAX_WAITS
+from localr1.text.prompt import render, user_turn
+from localr1.text.sampling import Sampling
+from localr1.text.thinking import MAX_WAITS
 
 pytestmark = pytest.mark.integration
 
@@ -99,7 +99,8 @@ def test_a_short_eval_with_the_real_model(tiny_r1, tmp_path):
 
     from typer.testing import CliRunner
 
-    from localr1.cli.app import app, state
+    from localr1.cli.app import app
+    from localr1.cli.state import state
 
     state.debug = False
     out = tmp_path / "run"

@@ -13,7 +13,8 @@ pytest.importorskip("transformers")
 import checkpoints  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from localr1.cli.app import app, state  # noqa: E402
+from localr1.cli.app import app
+from localr1.cli.state import state  # noqa: E402
 
 pytestmark = pytest.mark.network
 

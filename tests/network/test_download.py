@@ -13,12 +13,12 @@ import typer
 from catalogs import tiny_entry
 from ggufs import write_gguf
 
-from localr1 import download
 from localr1 import loader as loader_module
 from localr1.cli.app import app
 from localr1.cli.library import pull_target
 from localr1.engine.fake import FakeEngine
 from localr1.errors import DownloadError
+from localr1.models import download
 
 pytestmark = pytest.mark.network
 
@@ -301,7 +301,7 @@ def test_a_build_the_hub_lists_bigger_is_planned_again_before_the_first_byte(fak
     """A re-upload the catalog does not know: the Hub's listing (32 MiB) is not the catalog's size (1 MiB).
     The build is planned again at the listed size and the user told so, before anything is downloaded."""
     from localr1.config import load_config
-    from localr1.request import LoadRequest
+    from localr1.fit.request import LoadRequest
 
     _catalog_listing(isolated_dirs, fake_hub, tmp_path, 1 << 20, 32 << 20)
     said, fetched = [], []

@@ -9,7 +9,7 @@ import pytest
 from catalogs import tiny_entry
 from ggufs import write_gguf
 
-from localr1.catalog import parse_catalog
+from localr1.models.catalog import parse_catalog
 
 pytestmark = pytest.mark.network
 

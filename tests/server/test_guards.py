@@ -161,5 +161,5 @@ def test_stop_strings_cut_the_answer_and_the_stream(server):
 def test_tokenize_and_show(server):
     assert post(server, "/tokenize", {"content": "one two three"}).json() == {"tokens": [0, 1, 2]}
     show = post(server, "/api/show", {"model": "fake-r1"}).json()
-    assert show["model_info"]["localr1.reasoning"] is True and "thinking" in show["capabilities"]
+    assert show["model_info"]["localr1.text.reasoning"] is True and "thinking" in show["capabilities"]
     assert httpx.get(server.url + "/api/version").json()["version"]

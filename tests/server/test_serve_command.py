@@ -179,12 +179,12 @@ def test_chat_through_a_server(runner, monkeypatch):
 
 
 def _prompt(engine):
-    from localr1.prompt import render, user_turn
+    from localr1.text.prompt import render, user_turn
 
     return render(user_turn("hi"), engine.info.chat_format)
 
 
 def _sampling():
-    from localr1.sampling import Sampling
+    from localr1.text.sampling import Sampling
 
     return Sampling()

@@ -68,8 +68,8 @@ def test_the_plain_engine_refuses_the_dead_end_too(tiny_r1):
     """`ask`'s engine (no batching) goes through the same check."""
     from localr1.engine.llama_cpp import LlamaCppEngine
     from localr1.errors import UsageError
-    from localr1.prompt import Prompt
-    from localr1.sampling import Sampling
+    from localr1.text.prompt import Prompt
+    from localr1.text.sampling import Sampling
 
     engine = LlamaCppEngine(tiny_r1, n_ctx=512, n_threads=2)
     try:

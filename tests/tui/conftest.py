@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 from tui_support import R1_REPLY, FakeClock
 
-from localr1.conversations import ConversationStore
 from localr1.engine.fake import FakeEngine
+from localr1.text.conversations import ConversationStore
 from localr1.tui.app import make_app
 from localr1.tui.screens import PickerEntry
 

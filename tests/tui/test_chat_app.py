@@ -436,7 +436,7 @@ def test_damaged_saved_conversations_are_skipped_in_the_list(build, tmp_path):
 
 
 def test_a_thinking_budgets_words_are_shown_as_not_the_models(build):
-    from localr1.sampling import Sampling
+    from localr1.text.sampling import Sampling
 
     script = ["<think>\n", "one", " two", " three", "</think>", "\n\n", "Done."]
 

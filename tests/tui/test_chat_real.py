@@ -12,7 +12,7 @@ import pytest
 from tmux_chat import TmuxChat
 
 from localr1.cli.chat import real_loader
-from localr1.conversations import ConversationStore
+from localr1.text.conversations import ConversationStore
 from localr1.tui.app import make_app
 from localr1.tui.widgets import AssistantMessage, PromptInput
 
@@ -20,10 +20,10 @@ pytestmark = pytest.mark.integration
 
 
 def test_chat_with_a_real_tiny_r1_model(tiny_r1, tmp_path):
-    from localr1.request import LoadRequest
+    from localr1.fit.request import LoadRequest
 
     loader = real_loader(LoadRequest(ctx=2048, offline=True), print)
-    from localr1.sampling import Sampling
+    from localr1.text.sampling import Sampling
 
     app = make_app(
         loader=loader,

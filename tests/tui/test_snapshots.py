@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from tui_support import R1_REPLY
 
-from localr1.conversations import ConversationStore
 from localr1.engine.fake import FakeEngine
 from localr1.events import Timings
+from localr1.text.conversations import ConversationStore
 from localr1.tui.app import make_app
 from localr1.tui.screens import PickerEntry
 

@@ -103,7 +103,7 @@ def mutated(draw, seed: bytes, limit: int | None = None):
 
 
 def _read_gguf(data: bytes) -> None:
-    from localr1.gguf_info import check_hparams, read_gguf
+    from localr1.models.gguf_info import check_hparams, read_gguf
 
     path = _write("fuzz.gguf", data)
     with contextlib.suppress(LocalR1Error):
@@ -154,7 +154,7 @@ def safetensors_files(draw):
 
 
 def _read_safetensors(data: bytes) -> None:
-    from localr1.convert.checkpoint import read_safetensors_header
+    from localr1.models.convert.checkpoint import read_safetensors_header
 
     with contextlib.suppress(LocalR1Error):
         read_safetensors_header(_write("model.safetensors", data))
@@ -181,7 +181,7 @@ CONFIG_KEYS = ["num_hidden_layers", "hidden_size", "vocab_size", "rope_theta", "
 @FIXED
 @given(st.dictionaries(st.sampled_from(CONFIG_KEYS) | st.text(max_size=6), JSON, max_size=8))
 def test_checkpoint_config(config):
-    from localr1.convert.checkpoint import check_config
+    from localr1.models.convert.checkpoint import check_config
 
     with contextlib.suppress(LocalR1Error):
         check_config(config, Path("config.json"))
@@ -241,7 +241,7 @@ def test_config_loading(text):
 @FIXED
 @given(TOML_TEXT)
 def test_catalog_loading(text):
-    from localr1.catalog import parse_catalog
+    from localr1.models.catalog import parse_catalog
 
     with contextlib.suppress(LocalR1Error):
         parse_catalog(text, "fuzz")
@@ -250,7 +250,7 @@ def test_catalog_loading(text):
 def _valid_conversation() -> dict:
     from dataclasses import asdict
 
-    from localr1.conversations import Conversation
+    from localr1.text.conversations import Conversation
 
     conv = Conversation(id="0" * 32, title="t")
     conv.add_turn("hello").answer = "hi"
@@ -267,7 +267,7 @@ CONV = st.fixed_dictionaries(
 @FIXED
 @given(CONV | JSON)
 def test_conversation_loading(raw):
-    from localr1.conversations import ConversationStore
+    from localr1.text.conversations import ConversationStore
 
     store = ConversationStore(SCRATCH / "chats")
     store.root.mkdir(exist_ok=True)
@@ -345,7 +345,7 @@ TEMPLATE_PIECES = st.sampled_from(
 @FIXED
 @given(st.lists(TEMPLATE_PIECES, max_size=24).map("".join) | st.text(max_size=48))
 def test_template_renderer(template):
-    from localr1.prompt import chat_format_for, render, user_turn
+    from localr1.text.prompt import chat_format_for, render, user_turn
 
     with contextlib.suppress(LocalR1Error):
         render(user_turn("hi", system="be brief"), chat_format_for(template, name="fuzz"))

@@ -19,8 +19,8 @@ def devices() -> dict:
 
 def _greedy(engine, prompt: str, max_tokens: int) -> tuple[list[int], dict]:
     """Greedy tokens for the prompt, and where llama.cpp put each overridden tensor; closes the engine."""
-    from localr1.prompt import render, user_turn
-    from localr1.sampling import Sampling
+    from localr1.text.prompt import render, user_turn
+    from localr1.text.sampling import Sampling
 
     with engine:
         tokens: list[int] = []
@@ -67,13 +67,13 @@ def spread(path: str, workers: list, n_ctx: int, prompt: str, max_tokens: int) -
     experts, and RAM none (what is left stays mapped from disk). Then loaded with the plan's tensor split and rules, for greedy tokens."""
     from dataclasses import replace
 
-    from localr1.budget import GPU_MARGIN, GPU_RESERVE, RAM_MARGIN, RAM_RESERVE, RPC_RESERVE
-    from localr1.candidates import from_file
     from localr1.engine.llama_cpp import _LOG, LlamaCppEngine
     from localr1.engine.rpc import add_workers
-    from localr1.hardware import machine
-    from localr1.memory import estimate, expert_host_compute_bytes, expert_staging_bytes
-    from localr1.offload import plan_offload
+    from localr1.fit.candidates import from_file
+    from localr1.fit.capacity import GPU_MARGIN, GPU_RESERVE, RAM_MARGIN, RAM_RESERVE, RPC_RESERVE
+    from localr1.fit.memory import estimate, expert_host_compute_bytes, expert_staging_bytes
+    from localr1.fit.offload import plan_offload
+    from localr1.machine.hardware import machine
 
     add_workers(workers)
     c = from_file(__import__("pathlib").Path(path))

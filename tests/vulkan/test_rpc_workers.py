@@ -172,7 +172,7 @@ def test_a_restarted_worker_reuses_its_tensor_cache(vulkan, tmp_path, smollm2):
 def test_a_moe_model_across_two_workers(vulkan, workers, tiny_moe):
     """The tiny DeepSeek-shaped MoE (MLA, routed and shared experts) over this machine and two workers, with
     one layer's routed experts kept here by a tensor rule as offload mode writes them: the local tokens."""
-    from localr1.offload import expert_rule
+    from localr1.fit.offload import expert_rule
 
     local = generate(str(tiny_moe), 0, 1024, [], PROMPT, 16)
     env = {k: v for k, v in vulkan.env().items() if k != "GGML_VK_VISIBLE_DEVICES"}

@@ -17,10 +17,10 @@ from dataclasses import replace
 import pytest
 from child import generate
 
-from localr1.arch import Architecture
-from localr1.gguf_info import read_gguf
-from localr1.memory import WeightLayout, estimate
-from localr1.offload import expert_rule
+from localr1.fit.arch import Architecture
+from localr1.fit.memory import WeightLayout, estimate
+from localr1.fit.offload import expert_rule
+from localr1.models.gguf_info import read_gguf
 from localr1.units import MiB
 
 PROMPT = "Why is the sky blue?"
@@ -131,7 +131,7 @@ def test_no_alloc_compute_per_device_on_full_size_layouts(vulkan, tmp_path, name
     above check those."""
     from layouts import write_layout
 
-    from localr1.catalog import load_catalog
+    from localr1.models.catalog import load_catalog
 
     arch = replace(load_catalog(include_user=False)[name].arch, n_vocab=32000)
     path = write_layout(arch, tmp_path / "layout.gguf")
@@ -157,7 +157,7 @@ def test_no_alloc_compute_per_device_for_moe_offload(vulkan, tmp_path, n_ctx):
     tensors are larger than a lavapipe buffer, so llama.cpp would run them on the host.)"""
     from layouts import write_layout
 
-    from localr1.memory import expert_host_compute_bytes, expert_staging_bytes
+    from localr1.fit.memory import expert_host_compute_bytes, expert_staging_bytes
 
     arch = Architecture(
         "deepseek2", 30, 2048, 10944, 16, 16, 192, 32000, 163840, n_expert=64, n_expert_used=6, n_expert_shared=2,

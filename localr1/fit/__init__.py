@@ -1,0 +1,1 @@
+"""Fitting a model to the machine: its architecture, the quant table, memory per device as llama.cpp allocates it, what a machine offers and how fast it reads, MoE offload placement, the planner and its candidates, and the checked request a command builds."""
