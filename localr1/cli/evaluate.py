@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from localr1 import __version__
 from localr1.cli import options as opt
 from localr1.cli.helptext import command_help
 from localr1.cli.state import command, handle_errors
@@ -177,11 +178,9 @@ def evaluate_command(
     if compare is not None:
         _compare(compare, plot=plot, json_out=json_out)
         return
-    from localr1 import __version__
     from localr1.cli.ask import cancel_on_sigint
     from localr1.cli.engines import open_engine
-    from localr1.evaluation.report import summarise
-    from localr1.evaluation.runs import evaluate, open_run
+    from localr1.evaluation.runs import open_run
     from localr1.evaluation.suites import load_suite
     from localr1.paths import data_dir
     from localr1.text.sampling import Sampling
@@ -199,55 +198,55 @@ def evaluate_command(
         engine, label, path = open_engine(request, server, model, cancel)
         try:
             info = engine.info
-            meta = {
-                "model": label,
-                "path": str(path),
-                "quant": info.quant,
-                "suite": suite_name,
-                "temperature": temperature,
-                "top_p": top_p,
-                "max_tokens": max_tokens,
-                "seed": seed,
-                "n_ctx": info.n_ctx,
-                "n_gpu_layers": info.n_gpu_layers,
-                "localr1": __version__,
-                "llama_cpp_python": _llama_version(),
-                "hardware": _hardware(),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            }
+            meta = _meta(label, path, info, suite_name, sampling, seed)
             folder = out or data_dir() / "eval" / f"{_slug(label)}-{_slug(suite_name)}"
             run = open_run(folder, meta, fresh=fresh)
-            total = len(budget_list) * len(problems) * samples
-            done_before = len(run.done_keys() & _wanted(problems, samples, budget_list))
-            if done_before:
-                sys.stderr.write(f"Continuing {folder}: {done_before} of {total} samples are done.\n")
-            sys.stderr.write(f"Evaluating {label} on {suite_name}: {len(problems)} problems × {samples} samples"
-                             f"{' × ' + str(len(budget_list)) + ' budgets' if len(budget_list) > 1 else ''}\n")  # fmt: skip
-            progress = _Progress(total, done_before)
-            try:
-                evaluate(engine, run, problems, samples=samples, budgets=budget_list, sampling=sampling, seed=seed,
-                         on_sample=progress, cancel=cancel)  # fmt: skip
-            except KeyboardInterrupt:
-                progress.end()
-                sys.stderr.write(
-                    f"Interrupted: {len(run.samples)} samples are saved in {folder}; run the same command to continue.\n"
-                )
-                raise typer.Exit(130) from None
-            progress.end()
+            _run(engine, run, folder, label, suite_name, problems, samples, budget_list, sampling, seed, cancel)
         finally:
             engine.close()
+    _report(run, meta, problems, samples, budget_list, plot=plot, json_out=json_out, per_problem=per_problem)
+
+
+def _run(engine, run, folder, label: str, suite_name: str, problems, samples: int, budget_list, sampling, seed, cancel):
+    """The samples not done yet, with progress; Ctrl-C keeps what finished and says how to continue."""
+    from localr1.evaluation.runs import evaluate
+
+    total = len(budget_list) * len(problems) * samples
+    done_before = len(run.done_keys() & _wanted(problems, samples, budget_list))
+    if done_before:
+        sys.stderr.write(f"Continuing {folder}: {done_before} of {total} samples are done.\n")
+    sys.stderr.write(f"Evaluating {label} on {suite_name}: {len(problems)} problems × {samples} samples"
+                     f"{' × ' + str(len(budget_list)) + ' budgets' if len(budget_list) > 1 else ''}\n")  # fmt: skip
+    progress = _Progress(total, done_before)
+    try:
+        evaluate(engine, run, problems, samples=samples, budgets=budget_list, sampling=sampling, seed=seed,
+                 on_sample=progress, cancel=cancel)  # fmt: skip
+    except KeyboardInterrupt:
+        progress.end()
+        sys.stderr.write(
+            f"Interrupted: {len(run.samples)} samples are saved in {folder}; run the same command to continue.\n"
+        )
+        raise typer.Exit(130) from None
+    progress.end()
+
+
+def _report(run, meta: dict, problems, samples: int, budget_list, *, plot, json_out: bool, per_problem: bool) -> None:
+    """The results of a run for the problems and budgets asked for: summary.json, the curve, the table."""
+    from localr1.evaluation.report import summarise
+
+    label, suite_name = meta["model"], meta["suite"]
     wanted = _wanted(problems, samples, budget_list)
     run.samples = [s for s in run.samples if s.key in wanted]
     results = summarise(run)
     order = {b: i for i, b in enumerate(budget_list)}
     results.sort(key=lambda r: order.get(r.budget, len(order)))
-    summary = {"run": str(folder), "meta": meta, "results": [r.to_dict() for r in results]}
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    summary = {"run": str(run.folder), "meta": meta, "results": [r.to_dict() for r in results]}
+    (run.folder / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     svg = None
     if len(results) > 1 or plot:
         from localr1.evaluation.plot import svg_plot
 
-        svg = svg_plot([(label, results)], plot or folder / "curve.svg", title=f"{label} on {suite_name}")
+        svg = svg_plot([(label, results)], plot or run.folder / "curve.svg", title=f"{label} on {suite_name}")
     if json_out:
         summary["plot"] = str(svg) if svg else None
         sys.stdout.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
@@ -258,7 +257,27 @@ def evaluate_command(
         from localr1.evaluation.plot import terminal_plot
 
         sys.stdout.write("\n" + terminal_plot([(label, results)]) + "\n")
-    sys.stdout.write(f"\nRun: {folder}" + (f"  ·  curve: {svg}" if svg else "") + "\n")
+    sys.stdout.write(f"\nRun: {run.folder}" + (f"  ·  curve: {svg}" if svg else "") + "\n")
+
+
+def _meta(label: str, path, info, suite_name: str, sampling, seed: int) -> dict:
+    """A run's header: what makes two runs the same run (model, suite, sampling, seed) and where it ran."""
+    return {
+        "model": label,
+        "path": str(path),
+        "quant": info.quant,
+        "suite": suite_name,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "max_tokens": sampling.max_tokens,
+        "seed": seed,
+        "n_ctx": info.n_ctx,
+        "n_gpu_layers": info.n_gpu_layers,
+        "localr1": __version__,
+        "llama_cpp_python": _llama_version(),
+        "hardware": _hardware(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
 
 
 def _wanted(problems, samples: int, budgets: list[int | None]) -> set:

@@ -303,30 +303,43 @@ def plan(
     )
     machines = _machines(chosen, machine_info, remote)
     if json_out:
-        out = {**chosen.to_dict(), "hardware": machine_info.to_dict()}
-        if machines:
-            out["machines"] = machines
-        if placement is not None:
-            out["offload"] = {
-                "gpu_bytes": placement.gpu_bytes,
-                "ram_bytes": placement.ram_bytes,
-                "disk_bytes": placement.disk_bytes,
-                "gpu_expert_layers": placement.gpu_expert_layers,
-                "ram_expert_layers": placement.ram_expert_layers,
-                "disk_expert_layers": placement.disk_expert_layers,
-                "decode_tokens_per_s": round(placement.decode_tps, 1),
-                "llama_cpp_args": placement.ot_args(),
-            }
-            if placement.devices:  # across machines: what each device holds
-                out["offload"]["main_device"] = placement.main_device
-                out["offload"]["devices"] = [
-                    {"device": d.device, "endpoint": d.endpoint, "hot": d.hot, "bytes": d.bytes,
-                     "expert_layers": d.expert_layers}
-                    for d in placement.devices
-                ]  # fmt: skip
+        out = _plan_json(chosen, machine_info, machines, placement)
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
         return
     lines = plan_lines(chosen, explain=explain, hw=machine_info)
+    lines += _offload_lines(chosen, placement, why_not, offload) + _machine_lines(chosen, machines)
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def _plan_json(chosen, machine_info, machines: list[dict], placement) -> dict:
+    """plan --json: the plan, the machine, each machine's share and the offload placement."""
+    out = {**chosen.to_dict(), "hardware": machine_info.to_dict()}
+    if machines:
+        out["machines"] = machines
+    if placement is not None:
+        out["offload"] = {
+            "gpu_bytes": placement.gpu_bytes,
+            "ram_bytes": placement.ram_bytes,
+            "disk_bytes": placement.disk_bytes,
+            "gpu_expert_layers": placement.gpu_expert_layers,
+            "ram_expert_layers": placement.ram_expert_layers,
+            "disk_expert_layers": placement.disk_expert_layers,
+            "decode_tokens_per_s": round(placement.decode_tps, 1),
+            "llama_cpp_args": placement.ot_args(),
+        }
+        if placement.devices:  # across machines: what each device holds
+            out["offload"]["main_device"] = placement.main_device
+            out["offload"]["devices"] = [
+                {"device": d.device, "endpoint": d.endpoint, "hot": d.hot, "bytes": d.bytes,
+                 "expert_layers": d.expert_layers}
+                for d in placement.devices
+            ]  # fmt: skip
+    return out
+
+
+def _offload_lines(chosen, placement, why_not: str | None, offload: str) -> list[str]:
+    """The offload placement (the plan's, or the one --offload would give) and its llama.cpp command."""
+    lines: list[str] = []
     if placement is not None:
         used = "this plan" if chosen.placement is placement else "if you want it: --offload with ask and chat"
         lines += ["", f"Offload placement ({offload}, {used}):"] + ["  " + line for line in placement.describe()]
@@ -340,6 +353,12 @@ def plan(
         ]
     elif why_not:
         lines += ["", f"Offload placement: {why_not}"]
+    return lines
+
+
+def _machine_lines(chosen, machines: list[dict]) -> list[str]:
+    """Each machine's share when workers take part, and the llama.cpp command for the same split."""
+    lines: list[str] = []
     if machines:
         spread = chosen.placement is not None and chosen.placement.devices
         how = (
@@ -360,7 +379,7 @@ def plan(
                 "  the same with llama.cpp:",
                 f"  llama-cli -m MODEL.gguf --rpc {rpc} -ngl {layers} -c {chosen.n_ctx}",
             ]
-    sys.stdout.write("\n".join(lines) + "\n")
+    return lines
 
 
 def _machines(plan, hw, remote) -> list[dict]:

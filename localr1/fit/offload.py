@@ -164,6 +164,37 @@ class OffloadError(Exception):
     pass
 
 
+def _gpu_expert_layers(
+    moe_layers: list[int], experts: list[int], room: int, mode: str, gpu_experts: int | None
+) -> tuple[list[int], int]:
+    """The layers whose routed experts go on the GPU (the last ones first, like llama.cpp's --n-cpu-moe: the
+    first layers' experts stay on the CPU), and the GPU room left."""
+    if mode == "gpu":
+        return list(moe_layers), room
+    on_gpu: list[int] = []
+    if mode != "ram":
+        limit = len(moe_layers) if gpu_experts is None else max(0, min(gpu_experts, len(moe_layers)))
+        for layer in reversed(moe_layers):
+            if len(on_gpu) >= limit or experts[layer] > room:
+                break
+            on_gpu.append(layer)
+            room -= experts[layer]
+    return on_gpu, room
+
+
+def _fill(layers: list[int], experts: list[int], room: int) -> tuple[list[int], list[int]]:
+    """The layers whose experts fit in ``room`` bytes, in order, and those left over (for the next tier)."""
+    kept: list[int] = []
+    left: list[int] = []
+    for layer in layers:
+        if experts[layer] <= room:
+            kept.append(layer)
+            room -= experts[layer]
+        else:
+            left.append(layer)
+    return kept, left
+
+
 def plan_offload(
     c: Candidate,
     hw: Hardware,
@@ -195,16 +226,7 @@ def plan_offload(
     # experts left in RAM need room on the GPU for one of their tensors at a time (op offload, prompts)
     staging = expert_staging_bytes(w, moe_layers)
     room = budget.gpu - hot_gpu - (0 if mode == "gpu" else staging)
-    on_gpu: list[int] = []
-    if mode == "gpu":
-        on_gpu = moe_layers
-    elif mode != "ram":
-        limit = len(moe_layers) if gpu_experts is None else max(0, min(gpu_experts, len(moe_layers)))
-        for layer in reversed(moe_layers):  # like llama.cpp's --n-cpu-moe: the first layers' experts stay on the CPU
-            if len(on_gpu) >= limit or experts[layer] > room:
-                break
-            on_gpu.append(layer)
-            room -= experts[layer]
+    on_gpu, room = _gpu_expert_layers(moe_layers, experts, room, mode, gpu_experts)
     if mode == "gpu" and sum(experts[i] for i in on_gpu) > room:
         raise OffloadError("--offload gpu: the experts do not fit in GPU memory")
     on_gpu_set = set(on_gpu)
@@ -216,14 +238,7 @@ def plan_offload(
         )
     host_compute = expert_host_compute_bytes(c.arch) if rest else 0  # the CPU computes the experts it holds
     ram_room = max(0, budget.ram - full.cpu_total - host_compute)  # embeddings, host buffers
-    in_ram: list[int] = []
-    on_disk: list[int] = []
-    for layer in rest:
-        if experts[layer] <= ram_room:
-            in_ram.append(layer)
-            ram_room -= experts[layer]
-        else:
-            on_disk.append(layer)
+    in_ram, on_disk = _fill(rest, experts, ram_room)
     if on_disk and mode == "ram":
         raise OffloadError("--offload ram: the experts do not fit in RAM")
     if on_disk and budget.disk is not None and c.path is None and w.total > budget.disk:
@@ -271,6 +286,79 @@ class _Tier:
     layers: list[int] | None = None
 
 
+def _tiers(hw, c, main, remote, main_room, ram_room, layer_bytes, main_trip, device_compute, act) -> list:
+    """Where routed experts can go, each with its room and what a layer's experts there cost a token: the
+    main device, the other workers' devices (a round trip each way), this machine's RAM, the disk."""
+    main_bw = min(g.bandwidth_gbs for g in main) * 1e9 * GPU_EFFICIENCY
+    tiers = [_Tier("main", main_room, layer_bytes / main_bw)]
+    for g in remote:
+        if g not in main:
+            cost = layer_bytes / (g.bandwidth_gbs * 1e9 * GPU_EFFICIENCY) + main_trip + round_trip_s(g, act)
+            tiers.append(_Tier(g.name, device_room(g) - device_compute, cost, g))
+    tiers.append(_Tier("RAM", ram_room, layer_bytes / cpu_rate(hw, c.quant) + main_trip))
+    # memory-mapped from disk: as much as it takes, and before a worker whose link costs more than the disk
+    tiers.append(_Tier("disk", float("inf"), layer_bytes / (hw.disk_bandwidth_gbs * 1e9) + main_trip))
+    return tiers
+
+
+def _shares(
+    main_label, main_endpoint, hot, main_layers, cpu_layers, local, helpers, experts, w, device_compute
+) -> list:
+    """What each device holds: the main one every layer's hot part, its experts and the staging room for the
+    experts kept here; each other device its experts and their intermediates."""
+    staging = expert_staging_bytes(w, cpu_layers) if cpu_layers and local else 0
+    shares = [DeviceShare(main_label, main_layers, hot + sum(experts[i] for i in main_layers) + staging, True,
+                          main_endpoint)]  # fmt: skip
+    for t in helpers:
+        layers = tuple(sorted(t.layers))
+        shares.append(DeviceShare(t.name, layers, sum(experts[i] for i in layers) + device_compute, False,
+                                  t.device.endpoint))  # fmt: skip
+    return shares
+
+
+def _main_device(local: list, remote: list, compute: int, act: int) -> tuple[list, str, float, str, int]:
+    """The device every layer goes to: this machine's GPUs, or the fastest worker device when it has none.
+    (its GPUs, its name for the tensor split, the round trip to it, its label, its room)."""
+    if local:
+        label = local[0].name if len(local) == 1 else "this machine's GPUs"
+        return local, "local", 0.0, label, sum(device_room(g) for g in local) - (len(local) - 1) * compute
+    best = max(remote, key=lambda g: (g.bandwidth_gbs, device_room(g)))
+    return [best], best.name.partition("[")[0], round_trip_s(best, act), best.name, device_room(best)
+
+
+def _fill_tiers(tiers: list, moe_layers: list[int], experts: list[int], mode: str, gpu_experts: int | None) -> list:
+    """Give each tier, cheapest per token first, the routed experts that fit in it; the layers left over."""
+    limit = len(moe_layers) if gpu_experts is None else max(0, min(gpu_experts, len(moe_layers)))
+    rest = list(moe_layers)
+    on_devices = 0
+    for tier in sorted(tiers, key=lambda t: t.layer_s):
+        tier.layers = []
+        is_device = tier.name not in ("RAM", "disk")
+        if (is_device and mode == "ram") or (not is_device and mode == "gpu"):
+            continue
+        # the main device takes the last layers (like llama.cpp's --n-cpu-moe), the others the first ones
+        order = list(reversed(rest)) if tier.name == "main" else list(rest)
+        for i in order:
+            if experts[i] > tier.room or (is_device and on_devices >= limit):
+                break
+            tier.layers.append(i)
+            tier.room -= experts[i]
+            on_devices += is_device
+        rest = [i for i in rest if i not in set(tier.layers)]
+    return rest
+
+
+def _hops_s(main_trip: float, helpers: list, act: int, cpu_layers: int) -> float:
+    """Network time per token: the embeddings (here) to a main worker and the logits back, and per layer whose
+    experts are elsewhere the way there and back (through this machine: ggml's RPC does not copy between
+    workers)."""
+    return (
+        main_trip
+        + sum((main_trip + round_trip_s(t.device, act)) * len(t.layers) for t in helpers)
+        + main_trip * cpu_layers
+    )
+
+
 def _plan_across(
     c: Candidate, hw: Hardware, n_ctx: int, *, mode: str, gpu_experts: int | None, budget: Budget, kv_type: str
 ) -> Placement:
@@ -291,57 +379,19 @@ def _plan_across(
     local = [g for g in hw.gpus if not g.remote]
     remote = [g for g in hw.gpus if g.remote]
     act = activation_bytes(c.arch)
-    if local:
-        main, main_device, main_trip = local, "local", 0.0
-        main_label = local[0].name if len(local) == 1 else "this machine's GPUs"
-        main_room = sum(device_room(g) for g in local) - (len(local) - 1) * full.gpu_compute  # a buffer each
-    else:
-        best = max(remote, key=lambda g: (g.bandwidth_gbs, device_room(g)))
-        main, main_device, main_trip, main_label = (
-            [best],
-            best.name.partition("[")[0],
-            round_trip_s(best, act),
-            best.name,
-        )
-        main_room = device_room(best)
+    main, main_device, main_trip, main_label, main_room = _main_device(local, remote, full.gpu_compute, act)
     if hot > main_room:
         raise OffloadError(
             f"the hot tensors and KV cache need {hot / GiB:.1f} GiB on {main_label}, {main_room / GiB:.1f} GiB usable"
         )
-    layer = sum(experts) / max(1, len(moe_layers))  # an average layer's routed experts
-    main_bw = min(g.bandwidth_gbs for g in main) * 1e9 * GPU_EFFICIENCY
     # for a prompt, llama.cpp copies RAM experts into a local GPU's compute buffer (op offload; RPC devices
     # do not take part in it): room for one of their tensors on the main device when it is this machine's
     staging = expert_staging_bytes(w, moe_layers) if local and mode != "gpu" else 0
-    device_compute = expert_host_compute_bytes(c.arch)  # a worker computing experts: their intermediates
-    tiers = [_Tier("main", main_room - hot - staging, active * layer / main_bw)]
-    for g in remote:
-        if g not in main:
-            cost = active * layer / (g.bandwidth_gbs * 1e9 * GPU_EFFICIENCY) + main_trip + round_trip_s(g, act)
-            tiers.append(_Tier(g.name, device_room(g) - device_compute, cost, g))
-    host_compute = expert_host_compute_bytes(c.arch)
+    device_compute = host_compute = expert_host_compute_bytes(c.arch)  # whoever computes experts: intermediates
+    layer_s = active * sum(experts) / max(1, len(moe_layers))  # an average layer's active expert bytes
     ram_room = max(0, budget.ram - full.cpu_total - host_compute)
-    tiers.append(_Tier("RAM", ram_room, active * layer / cpu_rate(hw, c.quant) + main_trip))
-    # memory-mapped from disk: as much as it takes, and before a worker whose link costs more than the disk
-    tiers.append(_Tier("disk", float("inf"), active * layer / (hw.disk_bandwidth_gbs * 1e9) + main_trip))
-    devices_allowed = mode != "ram"
-    limit = len(moe_layers) if gpu_experts is None else max(0, min(gpu_experts, len(moe_layers)))
-    rest = list(moe_layers)
-    on_devices = 0
-    for tier in sorted(tiers, key=lambda t: t.layer_s):
-        tier.layers = []
-        is_device = tier.name not in ("RAM", "disk")
-        if (is_device and not devices_allowed) or (not is_device and mode == "gpu"):
-            continue
-        # the main device takes the last layers (like llama.cpp's --n-cpu-moe), the others the first ones
-        order = list(reversed(rest)) if tier.name == "main" else list(rest)
-        for i in order:
-            if experts[i] > tier.room or (is_device and on_devices >= limit):
-                break
-            tier.layers.append(i)
-            tier.room -= experts[i]
-            on_devices += is_device
-        rest = [i for i in rest if i not in set(tier.layers)]
+    tiers = _tiers(hw, c, main, remote, main_room - hot - staging, ram_room, layer_s, main_trip, device_compute, act)
+    rest = _fill_tiers(tiers, moe_layers, experts, mode, gpu_experts)
     on_disk = sorted((next(t for t in tiers if t.name == "disk").layers or []) + rest)
     if mode == "gpu" and on_disk:
         raise OffloadError("--offload gpu: the experts do not fit in the devices' memory")
@@ -354,24 +404,10 @@ def _plan_across(
     in_ram = tuple(sorted(by_name["RAM"].layers or ()))
     cpu_layers = tuple(sorted(in_ram + tuple(on_disk)))
     helpers = [t for t in tiers if t.device is not None and t.layers]
-    main_bytes = (
-        hot
-        + sum(experts[i] for i in main_layers)
-        + (expert_staging_bytes(w, cpu_layers) if cpu_layers and local else 0)
-    )
-    shares = [DeviceShare(main_label, main_layers, main_bytes, True, main[0].endpoint)]
-    for t in helpers:
-        layers = tuple(sorted(t.layers))
-        shares.append(DeviceShare(t.name, layers, sum(experts[i] for i in layers) + device_compute, False,
-                                  t.device.endpoint))  # fmt: skip
+    shares = _shares(main_label, main[0].endpoint, hot, main_layers, cpu_layers, bool(local), helpers, experts, w,
+                     device_compute)  # fmt: skip
     disk_bytes = sum(experts[i] for i in on_disk)
-    # the embeddings (here) to a main worker and the logits back; per layer whose experts are elsewhere, the
-    # way there and back (through this machine: ggml's RPC backend does not copy between workers)
-    hops = (
-        main_trip
-        + sum((main_trip + round_trip_s(t.device, act)) * len(t.layers) for t in helpers)
-        + main_trip * len(cpu_layers)
-    )
+    hops = _hops_s(main_trip, helpers, act, len(cpu_layers))
     decode_tps = spread_tps(
         hw,
         main=main,

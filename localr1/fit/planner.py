@@ -226,49 +226,75 @@ def plan_candidate(
                     slow = (per_seq, placed)
             if offload != "auto":
                 continue  # a forced placement mode: no plain layer offload instead
-        too_slow = False
-        for k in layer_options:
-            # at each GPU layer count, an f16 KV cache first, then q8_0 (more layers on the GPU beat an f16 cache)
-            f16_failed = "to fit"  # why an f16 cache was not taken at this layer count, for the note
-            for kv in kv_options:
-                est = estimate(c.arch, c.weights, n_ctx, k, flash_attn=flash_attn, kv_type=kv)
-                ok, why, disk_bytes = _fits(est, budget, c, o.allow_disk)
-                kv_note = "" if kv == "f16" else f" (KV cache {kv})"
-                if not ok:
-                    if k in (layer_options[0], layer_options[-1]):  # full offload and CPU only, not every count
-                        attempts.append(Attempt(c.label, n_ctx, k, False, why + kv_note))
-                    continue
-                tps = decode_speed(c, est, hw, disk_bytes, k)
-                if tps < min_tps:
-                    reason = f"fits{kv_note}, but {_too_slow(tps, min_tps)}"
-                    attempts.append(Attempt(c.label, n_ctx, k, False, reason, tps))
-                    if slow is None:
-                        slow = (per_seq, tps)
-                    too_slow = True  # fewer GPU layers would only be slower; a smaller KV cache may not be
-                    f16_failed = "for speed"
-                    continue
-                if budget.unified or (on_gpu and k > n_layer):
-                    mode = "unified" if budget.unified else "gpu"
-                elif k > 0:
-                    mode = "partial"
-                else:
-                    mode = "cpu"
-                if disk_bytes:
-                    mode = "offload"
-                attempts.append(Attempt(c.label, n_ctx, k, True, f"fits{kv_note}: about {tps:.1f} tokens/s", tps))
-                notes = [reduced] if reduced else []
-                if kv != "f16" and not kv_type:
-                    notes.append(f"KV cache kept in {kv} (half the memory of f16) {f16_failed}")
-                if disk_bytes:
-                    notes.append(f"{disk_bytes / GiB:.1f} GiB of routed experts stream from disk")
-                k = -1 if k > n_layer else k
-                return Plan(
-                    c, per_seq, k, est, tps, mode, budget, tuple(attempts), tuple(notes), disk_bytes=disk_bytes,
-                    slots=slots, kv_type=kv,
-                )  # fmt: skip
-            if too_slow:  # every cache type tried at this layer count: fewer layers would only be slower
-                break
+        plan, slow_tps = _at_context(c, hw, o, budget, attempts, per_seq, n_ctx, layer_options, kv_options, reduced)
+        if plan is not None:
+            return plan
+        if slow_tps is not None and slow is None:
+            slow = (per_seq, slow_tps)
     return None
+
+
+def _at_context(
+    c: Candidate,
+    hw: Hardware,
+    o: PlanOptions,
+    budget: Budget,
+    attempts: list[Attempt],
+    per_seq: int,
+    n_ctx: int,
+    layer_options: list[int],
+    kv_options: list[str],
+    reduced: str,
+) -> tuple[Plan | None, float | None]:
+    """The plan at one context with plain layer offload (most GPU layers first, then an f16 KV cache before
+    q8_0), or None and the speed of the first placement that fitted but was too slow."""
+    n_layer = c.arch.n_layer
+    on_gpu = bool(hw.gpus) and (hw.gpu_offload_built or hw.simulated)
+    min_tps, kv_type = o.min_tps, o.kv_type
+    slow_tps: float | None = None
+    too_slow = False
+    for k in layer_options:
+        # at each GPU layer count, an f16 KV cache first, then q8_0 (more layers on the GPU beat an f16 cache)
+        f16_failed = "to fit"  # why an f16 cache was not taken at this layer count, for the note
+        for kv in kv_options:
+            est = estimate(c.arch, c.weights, n_ctx, k, flash_attn=o.flash_attn, kv_type=kv)
+            ok, why, disk_bytes = _fits(est, budget, c, o.allow_disk)
+            kv_note = "" if kv == "f16" else f" (KV cache {kv})"
+            if not ok:
+                if k in (layer_options[0], layer_options[-1]):  # full offload and CPU only, not every count
+                    attempts.append(Attempt(c.label, n_ctx, k, False, why + kv_note))
+                continue
+            tps = decode_speed(c, est, hw, disk_bytes, k)
+            if tps < min_tps:
+                reason = f"fits{kv_note}, but {_too_slow(tps, min_tps)}"
+                attempts.append(Attempt(c.label, n_ctx, k, False, reason, tps))
+                slow_tps = tps if slow_tps is None else slow_tps
+                too_slow = True  # fewer GPU layers would only be slower; a smaller KV cache may not be
+                f16_failed = "for speed"
+                continue
+            if budget.unified or (on_gpu and k > n_layer):
+                mode = "unified" if budget.unified else "gpu"
+            elif k > 0:
+                mode = "partial"
+            else:
+                mode = "cpu"
+            if disk_bytes:
+                mode = "offload"
+            attempts.append(Attempt(c.label, n_ctx, k, True, f"fits{kv_note}: about {tps:.1f} tokens/s", tps))
+            notes = [reduced] if reduced else []
+            if kv != "f16" and not kv_type:
+                notes.append(f"KV cache kept in {kv} (half the memory of f16) {f16_failed}")
+            if disk_bytes:
+                notes.append(f"{disk_bytes / GiB:.1f} GiB of routed experts stream from disk")
+            k = -1 if k > n_layer else k
+            plan = Plan(
+                c, per_seq, k, est, tps, mode, budget, tuple(attempts), tuple(notes), disk_bytes=disk_bytes,
+                slots=o.slots, kv_type=kv,
+            )  # fmt: skip
+            return plan, None
+        if too_slow:  # every cache type tried at this layer count: fewer layers would only be slower
+            break
+    return None, slow_tps
 
 
 def _too_slow(tps: float, min_tps: float) -> str:

@@ -104,8 +104,6 @@ def diagnose(*, hardware=None, toolchain=None, device_names: list[str] | None = 
     """Everything the doctor checks. ``hardware``, ``toolchain`` and ``device_names`` replace the probes
     (simulated machines, tests)."""
     from localr1.machine.hardware import probe
-    from localr1.models.resolve import hf_hub_cache, local_models
-    from localr1.paths import config_file, models_dir
 
     report = Report()
     env = this_environment()
@@ -125,16 +123,22 @@ def diagnose(*, hardware=None, toolchain=None, device_names: list[str] | None = 
         devices = [Device(n, "", "cpu" if n == "CPU" else "gpu", 0, 0, 0) for n in device_names]
         report.llama_cpp = {"llama_cpp_python": llama_cpp_python_version()}
         _record_devices(report, devices, any(n.startswith("RPC") for n in device_names))
-    built = report.llama_cpp.get("backends", [])
+    hw = _check_gpus(report, hardware or probe(backends=False), devices, toolchain or find_toolchain())
+    _check_disk(report, hw)
+    _check_models_and_config(report)
+    return report
 
-    hw = hardware or probe(backends=False)
+
+def _check_gpus(report: Report, hw, devices: list, toolchain) -> object:
+    """The GPUs (usable by this build or not) and what building the backend they want would need; the
+    machine, with the GPUs only llama.cpp knows added."""
+    built = report.llama_cpp.get("backends", [])
     if not hw.gpus and devices:  # a GPU only llama.cpp knows (Vulkan without the vendor's tools)
         from dataclasses import replace
 
         from localr1.machine.hardware import devices_as_gpus
 
         hw = replace(hw, gpus=tuple(devices_as_gpus(devices)))
-    toolchain = toolchain or find_toolchain()
     vendors = [g.vendor for g in hw.gpus]
     want = recommended_backend(vendors, toolchain.system)
     for g in hw.gpus:
@@ -162,7 +166,11 @@ def diagnose(*, hardware=None, toolchain=None, device_names: list[str] | None = 
         report.problems.append(
             Problem("warning", "no C++ compiler found: llama-cpp-python cannot be rebuilt", fix_for("compiler"))
         )
+    return hw
 
+
+def _check_disk(report: Report, hw) -> None:
+    """Free space where models are kept."""
     report.disk = {"path": hw.disk_path, "free": hw.disk_free}
     if hw.disk_free is not None and hw.disk_free < LOW_DISK:
         report.problems.append(
@@ -173,6 +181,14 @@ def diagnose(*, hardware=None, toolchain=None, device_names: list[str] | None = 
                 "(downloads) LOCALR1_MODELS_DIR=/bigger/disk/models (converted and quantized files)",
             )
         )
+
+
+def _check_models_and_config(report: Report) -> None:
+    """The models on disk (the catalog readable) and the config file (valid)."""
+    from localr1.config import load_config
+    from localr1.errors import LocalR1Error
+    from localr1.models.resolve import hf_hub_cache, local_models
+    from localr1.paths import config_file, models_dir
 
     try:
         found = local_models()
@@ -188,16 +204,12 @@ def diagnose(*, hardware=None, toolchain=None, device_names: list[str] | None = 
             Problem("warning", "no model downloaded yet", 'localr1 pull  (or just: localr1 ask "...")')
         )
 
-    from localr1.config import load_config
-    from localr1.errors import LocalR1Error
-
     path = config_file()
     report.config = {"path": str(path), "exists": path.exists()}
     try:
         load_config()
     except LocalR1Error as exc:
         report.problems.append(Problem("error", exc.message, exc.hint or f"fix or remove {path}"))
-    return report
 
 
 def idle_gpu_warning(hw) -> str | None:
