@@ -72,6 +72,12 @@ class ContextOverflowError(EngineError):
     """The prompt does not fit in the context window."""
 
 
+class WorkerError(EngineError):
+    """A `localr1 worker` that cannot be used: unreachable, not a worker at all, or another protocol version."""
+
+    exit_code = 3  # as for a worker lost mid-reply: the run cannot go on without it
+
+
 class BackendMissingError(EngineError):
     """The llama.cpp Python binding is not installed or cannot be imported."""
 

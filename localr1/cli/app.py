@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> None:
             sys.stderr.write(f"Error: argument {i + 1} is not valid UTF-8: {arg.encode('utf-8', 'replace')!r}\n")
             sys.stderr.write("Hint: check the terminal's encoding (locale), or pass the text on stdin.\n")
             sys.exit(2)
+    if "--debug" not in args:  # ggml's abort path attaches gdb and prints ~100 frames: not at a user
+        os.environ.setdefault("GGML_NO_BACKTRACE", "1")
     if "--debug" in args:
         state.debug = True
         os.environ["LOCALR1_DEBUG"] = "1"  # for the libraries localr1 drives (their own logs)

@@ -13,12 +13,13 @@ import ctypes
 import os
 import socket
 import stat
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from localr1.errors import BackendBuildError, EngineError, UsageError
+from localr1.errors import BackendBuildError, EngineError, UsageError, WorkerError
 
 CONNECT_TIMEOUT_S = 3.0
 LINK_TIMEOUT_S = 20.0  # a worker link silent this long is dead (LOCALR1_WORKER_TIMEOUT)
@@ -70,9 +71,21 @@ def link_rtt(endpoint: str) -> float:
     return _RTT.get(endpoint, 0.0)
 
 
+# ggml's RPC greeting (ggml-rpc.cpp in the vendored llama.cpp): the command byte, the request's size as a
+# little-endian uint64 and the request (the connection capabilities, none here); the reply is its size and
+# the server's protocol version, a padding byte and its capabilities. ggml itself aborts the process on any
+# other answer, so localr1 greets first.
+RPC_CMD_HELLO = 14
+RPC_CONN_CAPS_SIZE = 24
+RPC_PROTO_MAJOR, RPC_PROTO_MINOR = 7, 0  # ggml-rpc.h of the llama.cpp llama-cpp-python builds
+_HELLO_REPLY = 4 + RPC_CONN_CAPS_SIZE
+_NOT_A_WORKER_HINT = "Check the address: it must be a `localr1 worker` (or llama.cpp's rpc-server)."
+
+
 def check_reachable(endpoint: str, timeout: float = CONNECT_TIMEOUT_S) -> float:
     """A TCP connect first, bounded in time (ggml's own connect waits for the system's timeout); the
-    fastest of three connects is the link's round trip, for the speed estimate."""
+    fastest of three connects is the link's round trip, for the speed estimate. Then ggml's greeting,
+    bounded too: anything that is not a compatible worker is one line (ggml would abort the process)."""
     host, port = parse_endpoint(endpoint)
     best = float("inf")
     try:
@@ -81,12 +94,56 @@ def check_reachable(endpoint: str, timeout: float = CONNECT_TIMEOUT_S) -> float:
             with socket.create_connection((host, port), timeout=timeout):
                 best = min(best, time.perf_counter() - started)
     except OSError as exc:
-        raise EngineError(
+        raise WorkerError(
             f"cannot reach the worker at {endpoint}: {exc.strerror or exc}",
             hint="Start it there with `localr1 worker`, check the address, or the SSH tunnel (docs/guide.md).",
         ) from None
+    greet(endpoint, timeout)
     _RTT[endpoint] = best
     return best
+
+
+def greet(endpoint: str, timeout: float = CONNECT_TIMEOUT_S) -> tuple[int, int, int]:
+    """Speak ggml's RPC greeting to ``endpoint`` within ``timeout`` seconds in all: the worker's protocol
+    version, or a WorkerError saying what answered (nothing, something that is not a worker, another version)."""
+    host, port = parse_endpoint(endpoint)
+    request = bytes([RPC_CMD_HELLO]) + struct.pack("<Q", RPC_CONN_CAPS_SIZE) + bytes(RPC_CONN_CAPS_SIZE)
+    deadline = time.monotonic() + timeout
+    reply = b""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(request)
+            while len(reply) < 8 + _HELLO_REPLY:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                sock.settimeout(left)
+                chunk = sock.recv(8 + _HELLO_REPLY - len(reply))
+                if not chunk:
+                    break
+                reply += chunk
+                if len(reply) >= 8 and struct.unpack("<Q", reply[:8])[0] != _HELLO_REPLY:
+                    break  # not the size of a greeting's reply
+    except TimeoutError:
+        what = "accepted the connection but did not answer" if not reply else "answered too slowly"
+        raise WorkerError(
+            f"{endpoint} is not a worker: it {what} within {timeout:g} s", hint=_NOT_A_WORKER_HINT
+        ) from None
+    except OSError as exc:
+        if not reply:
+            raise WorkerError(f"{endpoint} closed the connection at ggml's greeting: {exc.strerror or exc}",
+                              hint=_NOT_A_WORKER_HINT) from None  # fmt: skip
+    if len(reply) < 8 + _HELLO_REPLY or struct.unpack("<Q", reply[:8])[0] != _HELLO_REPLY:
+        what = "closed the connection without a word" if not reply else "answered, but not as a worker does"
+        raise WorkerError(f"{endpoint} is not a worker: it {what}", hint=_NOT_A_WORKER_HINT)
+    major, minor, patch = reply[8], reply[9], reply[10]
+    if major != RPC_PROTO_MAJOR or minor > RPC_PROTO_MINOR:
+        raise WorkerError(
+            f"the worker at {endpoint} speaks RPC protocol {major}.{minor}.{patch}; this llama.cpp speaks "
+            f"{RPC_PROTO_MAJOR}.{RPC_PROTO_MINOR}",
+            hint="Run the same localr1 and llama-cpp-python version on both machines.",
+        )
+    return major, minor, patch
 
 
 LINK_PROBE_BYTES = 8 << 20  # under ggml's 10 MiB threshold for its tensor cache: the bytes really cross

@@ -291,3 +291,48 @@ def test_chat_keeps_the_reply_and_the_terminal_when_a_worker_dies(vulkan, worker
     turn = saved["turns"][-1]
     assert turn["user"] == "Tell me a very long story." and turn["finish_reason"] == "worker lost"
     assert turn["reasoning"] or turn["answer"]  # what had streamed is kept
+
+
+@pytest.mark.parametrize("peer", ["random bytes", "silent", "http"])
+def test_a_port_that_is_not_a_worker_is_one_line_for_every_command(vulkan, smollm2, peer, tmp_path):
+    """`--workers` aimed at the wrong port: ggml's RPC client aborted (exit 134, a gdb backtrace of ~100 frames,
+    or after ~13 s for a silent peer). localr1 greets the endpoint itself first: one line, exit 3."""
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    endpoint = f"127.0.0.1:{server.getsockname()[1]}"
+    stop = threading.Event()
+
+    def serve() -> None:
+        held = []
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            held.append(conn)
+            if peer == "random bytes":
+                conn.sendall(bytes(range(256)) * 4)
+            elif peer == "http":
+                conn.recv(64)
+                conn.sendall(b"HTTP/1.0 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    env = {k: v for k, v in vulkan.env().items() if k != "GGML_VK_VISIBLE_DEVICES"}
+    commands = {
+        "ask": ["ask", "hi", "-m", str(smollm2), "--ctx", "512", "--workers", endpoint],
+        "plan": ["plan", str(smollm2), "--workers", endpoint],
+        "serve": ["serve", str(smollm2), "--port", "0", "--ctx", "512", "--workers", endpoint],
+    }
+    try:
+        for name, args in commands.items():
+            out = subprocess.run([sys.executable, "-m", "localr1", *args], env=env, capture_output=True, text=True,
+                                 timeout=60)  # fmt: skip
+            lines = out.stderr.strip().splitlines()
+            assert out.returncode == 3, (name, out.stderr[-2000:])
+            assert lines[0].startswith("Error: ") and endpoint in lines[0] and len(lines) <= 2, (name, out.stderr)
+            assert "backtrace" not in out.stderr.lower() and "Traceback" not in out.stderr
+    finally:
+        stop.set()
+        server.close()

@@ -56,3 +56,124 @@ def test_the_default_timeout_and_bad_values(monkeypatch):
         monkeypatch.setenv("LOCALR1_WORKER_TIMEOUT", bad)
         with pytest.raises(UsageError, match="LOCALR1_WORKER_TIMEOUT"):
             rpc.link_timeout()
+
+
+# --- ggml's greeting, spoken by localr1 before ggml sees an endpoint (a wrong peer made ggml abort) --------
+class Peer:
+    """A listening socket on 127.0.0.1 that answers each connection as ``answer(conn)`` says."""
+
+    def __init__(self, answer) -> None:
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.answer, self.stop = answer, threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import contextlib
+        import threading
+
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+
+            def one(c=conn) -> None:
+                with contextlib.suppress(OSError), c:
+                    c.settimeout(20)
+                    self.answer(c)
+
+            threading.Thread(target=one, daemon=True).start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+def _hello_reply(major: int, minor: int = 0, patch: int = 0) -> bytes:
+    import struct
+
+    return struct.pack("<Q", 28) + bytes([major, minor, patch, 0]) + bytes(24)
+
+
+def _worker_like(major: int):
+    def answer(conn) -> None:
+        request = b""
+        while len(request) < 1 + 8 + 24:
+            chunk = conn.recv(64)
+            if not chunk:
+                return
+            request += chunk
+        assert request[0] == 14 and request[1:9] == (24).to_bytes(8, "little")
+        conn.sendall(_hello_reply(major))
+
+    return answer
+
+
+def _trickle(conn) -> None:
+    import time
+
+    for byte in _hello_reply(7):
+        conn.sendall(bytes([byte]))
+        time.sleep(0.3)
+
+
+@pytest.mark.parametrize(
+    ("answer", "fragment"),
+    [
+        (lambda conn: conn.sendall(bytes(range(256)) * 8), "answered, but not as a worker does"),
+        (lambda conn: (conn.recv(100), conn.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n")), "not as a worker does"),
+        (lambda conn: conn.sendall(b"\x16\x03\x01\x00\x2a\x02\x00\x00\x26\x03\x03" + bytes(40)), "not as a worker does"),
+        (lambda conn: conn.recv(100) and __import__("time").sleep(10), "did not answer within 1 s"),
+        (_trickle, "answered too slowly within 1 s"),
+        (lambda conn: None, "closed the connection"),
+        (_worker_like(6), "speaks RPC protocol 6.0.0"),
+    ],
+)  # fmt: skip
+def test_a_peer_that_is_not_a_worker_is_one_line(answer, fragment):
+    import time
+
+    from localr1.errors import WorkerError
+
+    peer = Peer(answer)
+    try:
+        started = time.monotonic()
+        with pytest.raises(WorkerError, match=fragment) as info:
+            rpc.check_reachable(peer.endpoint, timeout=1.0)
+        assert time.monotonic() - started < 8
+    finally:
+        peer.close()
+    assert peer.endpoint in info.value.message and info.value.exit_code == 3
+
+
+def test_a_compatible_worker_greets_back():
+    peer = Peer(_worker_like(rpc.RPC_PROTO_MAJOR))
+    try:
+        assert rpc.greet(peer.endpoint, 2.0) == (rpc.RPC_PROTO_MAJOR, 0, 0)
+        assert rpc.check_reachable(peer.endpoint, 2.0) > 0
+    finally:
+        peer.close()
+
+
+def test_the_greetings_constants_are_the_vendored_llama_cpps():
+    """The protocol version and sizes localr1 speaks are those of the llama.cpp llama-cpp-python builds."""
+    import re
+    import tarfile
+    from pathlib import Path
+
+    sdists = sorted((Path.home() / ".cache" / "localr1-test-models").glob("**/llama_cpp_python-*.tar.gz"))
+    if not sdists:
+        pytest.skip("no llama-cpp-python sdist in the test cache to read ggml-rpc's sources from")
+    with tarfile.open(sdists[-1]) as tar:
+
+        def read(suffix: str) -> str:
+            member = next(m for m in tar.getmembers() if m.name.endswith(suffix))
+            return tar.extractfile(member).read().decode()
+
+        header, transport, source = read("ggml/include/ggml-rpc.h"), read("ggml-rpc/transport.h"), read("ggml-rpc.cpp")
+    assert int(re.search(r"RPC_PROTO_MAJOR_VERSION\s+(\d+)", header)[1]) == rpc.RPC_PROTO_MAJOR
+    assert int(re.search(r"RPC_PROTO_MINOR_VERSION\s+(\d+)", header)[1]) == rpc.RPC_PROTO_MINOR
+    assert int(re.search(r"RPC_CONN_CAPS_SIZE = (\d+)", transport)[1]) == rpc.RPC_CONN_CAPS_SIZE
+    assert f"RPC_CMD_HELLO == {rpc.RPC_CMD_HELLO}" in source
