@@ -9,11 +9,11 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from peers import Peer
 
 from localr1.cli.app import app
 
@@ -31,45 +31,9 @@ SHOW = {
 MODELS = {"object": "list", "data": [{"id": "m"}]}
 
 
-class Peer:
-    """A listening socket on 127.0.0.1 whose connections are each handed to ``answer(conn, request)``."""
-
-    def __init__(self, answer: Callable[[socket.socket, bytes], None]) -> None:
-        self.answer = answer
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.sent = 0
-        self.stop = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
-
-    def _one(self, conn: socket.socket) -> None:
-        with contextlib.suppress(OSError), conn:
-            conn.settimeout(30)
-            request = b""
-            while b"\r\n\r\n" not in request:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                request += chunk
-            self.answer(conn, request)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.sock.close()
-
-
 @contextlib.contextmanager
 def peer(answer) -> Iterator[Peer]:
-    p = Peer(answer)
+    p = Peer(answer, http=True)
     try:
         yield p
     finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 
 import pytest
+from peers import Peer
 
 from localr1.engine import rpc
 from localr1.errors import UsageError
@@ -59,39 +60,6 @@ def test_the_default_timeout_and_bad_values(monkeypatch):
 
 
 # --- ggml's greeting, spoken by localr1 before ggml sees an endpoint (a wrong peer made ggml abort) --------
-class Peer:
-    """A listening socket on 127.0.0.1 that answers each connection as ``answer(conn)`` says."""
-
-    def __init__(self, answer) -> None:
-        import threading
-
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.endpoint = f"127.0.0.1:{self.sock.getsockname()[1]}"
-        self.answer, self.stop = answer, threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        import contextlib
-        import threading
-
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-
-            def one(c=conn) -> None:
-                with contextlib.suppress(OSError), c:
-                    c.settimeout(20)
-                    self.answer(c)
-
-            threading.Thread(target=one, daemon=True).start()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.sock.close()
-
-
 def _hello_reply(major: int, minor: int = 0, patch: int = 0) -> bytes:
     import struct
 
