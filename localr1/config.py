@@ -12,11 +12,14 @@ Example ``config.toml``::
 from __future__ import annotations
 
 import os
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from localr1 import limits
+from localr1.engine.rpc import parse_endpoint
 from localr1.errors import ConfigError, UsageError
+from localr1.fit.memory import check_kv_type
 from localr1.paths import config_file
 
 _FIELDS: dict[str, type] = {
@@ -26,13 +29,11 @@ _FIELDS: dict[str, type] = {
 
 
 def _kv_type(value: str, name: str) -> str:
-    from localr1.fit.memory import check_kv_type  # memory.py is imported only where a setting needs it
 
     return check_kv_type(value, name)
 
 
 def _workers(value: list, name: str) -> list:
-    from localr1.engine.rpc import parse_endpoint  # only where a setting needs it
 
     if len(value) > 16 or not all(isinstance(w, str) for w in value):
         raise UsageError(f'{name} must be a list of at most 16 "host:port" strings')
@@ -60,7 +61,6 @@ class Config:
 
 
 def load_config(path: Path | None = None) -> Config:
-    import tomllib
 
     path = path or config_file()
     values: dict = {}

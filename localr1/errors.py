@@ -6,6 +6,9 @@ it). The CLI prints them as one line each, without a traceback unless ``--debug`
 
 from __future__ import annotations
 
+# Imports inside functions: `localr1 --help` imports this module and must stay instant, so what a
+# command needs (localr1's deeper modules, heavy libraries) is imported when it runs.
+
 
 class LocalR1Error(Exception):
     """Base class: an error a user can act on."""

@@ -13,12 +13,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from localr1.config import Config
+from localr1.engine import registry
 from localr1.engine.base import Engine
-from localr1.errors import DownloadError, InvalidModelFileError, ModelTooBigError
-from localr1.fit.planner import DEFAULT_CTX, Plan, PlanOptions
+from localr1.engine.rpc import add_workers, guard_links, worker_peers
+from localr1.errors import DownloadError, InvalidModelFileError, ModelTooBigError, OutOfMemoryError, UsageError
+from localr1.fit import candidates as cands
+from localr1.fit.memory import kv_type_fits
+from localr1.fit.planner import DEFAULT_CTX, Fallbacks, NoPlanError, Plan, PlanOptions, choose, plan_candidate
 from localr1.fit.request import LoadRequest
-from localr1.machine.hardware import Hardware
-from localr1.models.gguf_info import GGUFInfo
+from localr1.machine.doctor import idle_gpu_warning
+from localr1.machine.hardware import Hardware, machine
+from localr1.models.catalog import load_catalog, split_name
+from localr1.models.download import offline_mode, pull, resolve_target
+from localr1.models.gguf_info import GGUFInfo, inspect_model
+from localr1.models.resolve import local_models, resolve_model
 from localr1.units import gib
 
 
@@ -40,7 +48,6 @@ class EngineOptions:
 
 def load_engine(path: Path, header, options: EngineOptions, cancel: threading.Event | None = None) -> Engine:
     """Open the engine registered as ``options.engine`` (llama.cpp unless a test or a plug-in says otherwise)."""
-    from localr1.engine import registry
 
     return registry.get(options.engine)(path, header, options, cancel)
 
@@ -56,10 +63,6 @@ def load_with_fallback(
     """Load as planned; if memory runs out after all, retry with fewer GPU layers or a smaller context.
 
     ``say`` receives the retry notice (default: stderr)."""
-    from dataclasses import replace
-
-    from localr1.errors import OutOfMemoryError
-    from localr1.fit.planner import Fallbacks
 
     fallbacks = Fallbacks(plan) if plan is not None else None
     while True:
@@ -102,10 +105,6 @@ def plan_for(request: LoadRequest, hw: Hardware, config: Config, *, prefer_local
     the machine, with the request's context (else the config's), GPU layers and MoE placement. With
     ``prefer_local``, builds already on disk win when one fits. The plan's candidate has no path when it
     still has to be downloaded."""
-    from localr1.fit import candidates as cands
-    from localr1.fit.planner import NoPlanError, choose, plan_candidate
-    from localr1.models.catalog import load_catalog, split_name
-    from localr1.models.resolve import resolve_model
 
     opts = _plan_options(request, config)
     want, keep = opts.want_ctx, opts.keep_ctx  # a context the user set is kept; the default may shrink
@@ -168,7 +167,6 @@ def _replan_for_listing(plan, listed: int, request: LoadRequest, hw, config, say
     """Before the first byte: when the Hub lists the build at another size than the catalog planned with (a
     re-upload), plan that build again at the listed size and say so; if it no longer fits, stop before
     downloading. None when the plan stands."""
-    from localr1.fit.planner import plan_candidate
 
     planned = plan.candidate.weights.total
     if not listed or abs(listed - planned) <= 0.02 * planned:
@@ -190,8 +188,6 @@ def _replan_for_listing(plan, listed: int, request: LoadRequest, hw, config, say
 def _replan_if_different(plan, path: Path, request: LoadRequest, hw, config, say):
     """After a download: when the file is not the size the catalog planned with (a re-upload, a build the
     Hub lists differently), plan again for the file itself, and say so. None when the plan stands."""
-    from localr1.fit import candidates as cands
-    from localr1.models.resolve import resolve_model
 
     local = resolve_model(str(path), config)
     exact = cands.from_file(local.path, local=local)
@@ -207,8 +203,6 @@ def _replan_if_different(plan, path: Path, request: LoadRequest, hw, config, say
 
 
 def _check_kv_type(candidate, kv_type: str | None) -> None:
-    from localr1.errors import UsageError
-    from localr1.fit.memory import kv_type_fits
 
     if kv_type and not kv_type_fits(candidate.arch, kv_type):
         raise UsageError(
@@ -218,7 +212,6 @@ def _check_kv_type(candidate, kv_type: str | None) -> None:
 
 
 def _loose_local_models(catalog):
-    from localr1.models.resolve import local_models
 
     return [m for m in local_models(catalog) if m.catalog is None]
 
@@ -263,7 +256,6 @@ def join_workers(request: LoadRequest, config: Config) -> list:
     workers = list(request.workers or config.workers)
     if not workers:
         return []
-    from localr1.engine.rpc import add_workers
 
     return add_workers(workers)
 
@@ -278,11 +270,6 @@ def open_model(
 ) -> LoadedModel:
     """Plan (unless both a context and GPU layers are given), fetch with ``fetch(target, offline)`` if the
     planned build is not on disk, and load it, retrying smaller if llama.cpp runs out of memory."""
-    from localr1.machine.doctor import idle_gpu_warning
-    from localr1.machine.hardware import machine
-    from localr1.models.download import offline_mode, pull, resolve_target
-    from localr1.models.gguf_info import inspect_model
-    from localr1.models.resolve import resolve_model
 
     request = request.validated()
     say = say or (lambda text: sys.stderr.write(text + "\n"))
@@ -330,7 +317,5 @@ def open_model(
     )
     engine = load_with_fallback(path, inspect_model(path), options, plan, cancel or threading.Event(), say=say)
     if workers:  # the model's connections to the workers exist now: a silent network drop must not hang it
-        from localr1.engine.rpc import guard_links, worker_peers
-
         guard_links(peers=worker_peers(workers))
     return LoadedModel(engine, label, path, plan)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Imported inside the functions that use them: platformdirs (heavy to import, and not needed by every command).
+
 APP = "localr1"
 
 

@@ -15,6 +15,9 @@ from localr1 import __version__
 from localr1.cli.helptext import command_help
 from localr1.cli.state import state
 
+# Imports inside functions: `localr1 --help` imports this module and must stay instant, so what a
+# command needs (localr1's deeper modules, heavy libraries) is imported when it runs.
+
 app = typer.Typer(
     name="localr1",
     help=command_help(

@@ -19,6 +19,9 @@ from localr1.cli.state import command, handle_errors
 from localr1.errors import UsageError
 from localr1.text.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Sampling
 
+# Imports inside functions: `localr1 --help` imports this module and must stay instant, so what a
+# command needs (localr1's deeper modules, heavy libraries) is imported when it runs.
+
 HELP = """Ask an R1 model one question; the answer streams to stdout.
 
 The model's thinking is hidden (a spinner shows while it thinks) unless --show-thinking streams it,

@@ -13,6 +13,9 @@ from localr1.cli.state import command, handle_errors
 from localr1.errors import UsageError
 from localr1.text.sampling import Sampling
 
+# Imports inside functions: `localr1 --help` imports this module and must stay instant, so what a
+# command needs (localr1's deeper modules, heavy libraries) is imported when it runs.
+
 HELP = """Measure prefill and decode tokens/s through localr1's own streaming path (what ask and chat use).
 
 Decoding samples as ask does by default (R1's temperature 0.6 and top-p 0.95, seeded), and the time spent

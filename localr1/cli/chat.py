@@ -12,6 +12,9 @@ from localr1.cli.state import command, handle_errors
 from localr1.errors import UsageError
 from localr1.text.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Sampling
 
+# Imports inside functions: `localr1 --help` imports this module and must stay instant, so what a
+# command needs (localr1's deeper modules, heavy libraries) is imported when it runs.
+
 HELP = """Chat with an R1 model in a terminal app: the thinking streams live into a collapsible block.
 
 Keys: Enter sends, Ctrl+J new line, Esc stops, Ctrl+T expands/collapses thinking, Ctrl+N new chat,

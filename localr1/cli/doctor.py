@@ -17,6 +17,9 @@ from localr1.cli.options import JsonOpt
 from localr1.cli.state import command, handle_errors
 from localr1.units import gib
 
+# Imports inside functions: `localr1 --help` imports this module and must stay instant, so what a
+# command needs (localr1's deeper modules, heavy libraries) is imported when it runs.
+
 
 def _color(code: str) -> tuple[str, str]:
     on = sys.stdout.isatty() and not os.environ.get("NO_COLOR")

@@ -5,6 +5,9 @@ from __future__ import annotations
 from localr1.cli.options import remote_engine
 from localr1.fit.request import LoadRequest
 
+# Imports inside functions: `localr1 --help` imports this module and must stay instant, so what a
+# command needs (localr1's deeper modules, heavy libraries) is imported when it runs.
+
 
 def open_engine(request: LoadRequest, server: str | None, model: str | None, cancel):
     """The engine a command runs: a running server's (--server), or the model loaded here (planned,

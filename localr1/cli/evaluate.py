@@ -19,6 +19,9 @@ from localr1.cli.state import command, handle_errors
 from localr1.printable import printable
 from localr1.text.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 
+# Imports inside functions: `localr1 --help` imports this module and must stay instant, so what a
+# command needs (localr1's deeper modules, heavy libraries) is imported when it runs.
+
 HELP = """Measure how well this build reasons: problems with known answers through the same engine and prompt as
 `ask --math`, the final \\boxed{} answer checked with math-verify, pass@1 averaged over --samples (the R1
 paper's metric), majority vote, thinking and answer tokens, time and speed.

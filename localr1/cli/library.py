@@ -17,6 +17,9 @@ from localr1.cli.state import command, handle_errors
 from localr1.errors import ModelNotFoundError, UsageError
 from localr1.units import GiB
 
+# Imports inside functions: `localr1 --help` imports this module and must stay instant, so what a
+# command needs (localr1's deeper modules, heavy libraries) is imported when it runs.
+
 OUTPUT_OPTION = typer.Option(None, "-o", "--output", help="The output file.")
 IMATRIX_OPTION = typer.Option(
     None, "--imatrix", help="An importance matrix from llama-imatrix (.gguf or .dat): better low-bit quants."

@@ -24,6 +24,9 @@ from localr1.cli.options import (
 from localr1.cli.state import command, handle_errors
 from localr1.units import gib
 
+# Imports inside functions: `localr1 --help` imports this module and must stay instant, so what a
+# command needs (localr1's deeper modules, heavy libraries) is imported when it runs.
+
 
 def hardware_lines(hw) -> list[str]:
     lines = [

@@ -17,6 +17,9 @@ import typer
 from localr1.errors import UsageError
 from localr1.fit.request import LoadRequest
 
+# Imports inside functions: `localr1 --help` imports this module and must stay instant, so what a
+# command needs (localr1's deeper modules, heavy libraries) is imported when it runs.
+
 _SIMULATE = "Simulate"
 
 CtxOpt = Annotated[

@@ -10,6 +10,9 @@ from typing import Any
 
 import typer
 
+# Imports inside functions: `localr1 --help` imports this module and must stay instant, so what a
+# command needs (localr1's deeper modules, heavy libraries) is imported when it runs.
+
 
 def _option_row(param: Any, ctx: Any) -> str:
     """One table row from the parameter's own help record (what ``--help`` shows: names, help, default)."""

@@ -16,6 +16,9 @@ from typing import IO, Any
 from localr1.events import Answer, Done, Event, Reasoning
 from localr1.text.reasoning import thought_summary
 
+# Imports inside functions: `localr1 --help` imports this module and must stay instant, so what a
+# command needs (localr1's deeper modules, heavy libraries) is imported when it runs.
+
 DIM = "\x1b[2m"
 BOLD_DIM = "\x1b[1;2m"
 RESET = "\x1b[0m"

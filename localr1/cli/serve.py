@@ -14,6 +14,9 @@ from localr1.cli.state import command, handle_errors
 from localr1.server.connections import DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT_S, ConnectionLimits
 from localr1.server.run import is_loopback
 
+# Imports inside functions: `localr1 --help` imports this module and must stay instant, so what a
+# command needs (localr1's deeper modules, heavy libraries) is imported when it runs.
+
 HELP = """Serve a model over the OpenAI and Ollama APIs, with the thinking kept apart.
 
 OpenAI: /v1/chat/completions, /v1/completions, /v1/models (the thinking in "reasoning_content").

@@ -14,6 +14,9 @@ import typer
 from localr1.cli.helptext import command_help
 from localr1.cli.state import command, handle_errors
 
+# Imports inside functions: `localr1 --help` imports this module and must stay instant, so what a
+# command needs (localr1's deeper modules, heavy libraries) is imported when it runs.
+
 HELP = """Lend this machine's CPU or GPU to localr1 on another machine, through llama.cpp's RPC backend.
 
 The machine that runs the model adds workers with --workers host:port (ask, chat, serve, plan, eval) and

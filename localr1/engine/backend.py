@@ -11,6 +11,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from localr1.engine import bindings
+from localr1.engine.bindings import load_bindings
 from localr1.errors import BackendMissingError, EngineError
 
 _LOG_LINES = 200
@@ -18,8 +20,6 @@ _LOG_LINES = 200
 
 def _lib() -> Any:
     try:
-        from localr1.engine.bindings import load_bindings
-
         lib = load_bindings()
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise BackendMissingError(
@@ -59,7 +59,6 @@ class _NativeLog:
     def install(self, lib: Any) -> None:
         if self._callback is not None:
             return
-        from localr1.engine import bindings
 
         # llama-cpp-python's package __init__, when something runs it later, sets its own log callback
         bindings.after_full_import.append(lambda: lib.llama_log_set(self._callback, None))

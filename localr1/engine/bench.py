@@ -17,6 +17,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from localr1.engine.backend import init_backend, weight_repacking
 from localr1.errors import LocalR1Error, UsageError
 from localr1.events import Done
 from localr1.text.prompt import Prompt
@@ -151,7 +152,6 @@ def llama_bench(
     ]  # fmt: skip
     if flash_attn is not None:
         common += ["-fa", "1" if flash_attn else "0"]
-    from localr1.engine.backend import init_backend, weight_repacking
 
     if not weight_repacking(init_backend()):  # as localr1 loads it (an AMX CPU: no repacked weights)
         common += ["--repack", "0"]

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+# Imported inside the functions that use them: llama_cpp (heavy to import, and not needed by every command).
+
 # Called after the package's own __init__ has run: it installs llama-cpp-python's log callback over
 # localr1's, which the engine then puts back.
 after_full_import: list[Callable[[], None]] = []

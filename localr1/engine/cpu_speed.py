@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.metadata
 import json
 import time
 from pathlib import Path
 from typing import Any
+
+from localr1.engine.devices import ggml_base_library
+from localr1.paths import cache_dir
 
 # ggml type ids of the families the planner tells apart (their kernels differ in cost per byte)
 FAMILIES = {"q4_k": 12, "q6_k": 14, "q8_0": 8}
@@ -42,7 +46,6 @@ def family(quant: str) -> str:
 
 
 def _libraries() -> tuple[Any, Any] | None:
-    from localr1.engine.devices import ggml_base_library
 
     base = ggml_base_library()
     folder = Path(base._name).parent if getattr(base, "_name", None) else None
@@ -113,9 +116,6 @@ def measure(threads: int, *, reps: int = 8) -> dict[str, float] | None:
 
 def cpu_speed(cpu_name: str, threads: int, *, cache: Path | None = None) -> dict[str, float] | None:
     """The measured rates for this CPU and thread count, from the cache or measured now (and cached)."""
-    import importlib.metadata
-
-    from localr1.paths import cache_dir
 
     try:
         version = importlib.metadata.version("llama-cpp-python")

@@ -9,7 +9,12 @@ from __future__ import annotations
 import ctypes
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from localr1.engine.backend import init_backend
+from localr1.engine.bindings import load_submodule
+from localr1.errors import EngineError
 
 DEVICE_TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel", 4: "meta"}
 
@@ -30,8 +35,6 @@ class Device:
 
 @functools.lru_cache(maxsize=1)
 def ggml_library() -> Any:
-    from localr1.engine.backend import init_backend
-    from localr1.engine.bindings import load_submodule
 
     g = load_submodule("_ggml")  # loads libggml from llama-cpp-python's own lib folder
 
@@ -52,9 +55,6 @@ def ggml_library() -> Any:
 
 @functools.lru_cache(maxsize=1)
 def ggml_base_library() -> Any:
-    from pathlib import Path
-
-    from localr1.engine.bindings import load_submodule
 
     ext = load_submodule("_ctypes_extensions")
     lib = ext.load_shared_library("ggml-base", Path(ext.__file__).parent / "lib")
@@ -132,8 +132,6 @@ def tensor_split(main: str, devices: list[Device] | None = None) -> list[float]:
     else:
         split = [1.0 if d.name == main else 0.0 for d in order]
     if not any(split):
-        from localr1.errors import EngineError
-
         raise EngineError(
             f"no device {main!r} to hold the layers among {', '.join(d.name for d in order) or 'none'}",
             hint="The workers or GPUs changed since the plan: plan again (localr1 plan --workers ...).",

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 
+from localr1.engine import registry
 from localr1.engine.base import ModelInfo
 from localr1.engine.generation import Generation
 from localr1.events import Event, FinishReason, Timings
@@ -167,7 +168,6 @@ def _fake_factory(path, header, options, cancel=None) -> FakeEngine:
 
 
 def _register() -> None:
-    from localr1.engine import registry
 
     registry.register("fake", _fake_factory)
 

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from localr1 import limits
 from localr1.engine.backend import (
     _LOG,
     LOAD_MODE_MMAP,
@@ -32,13 +33,20 @@ from localr1.engine.backend import (
     weight_repacking,
 )
 from localr1.engine.base import ModelInfo, common_prefix
+from localr1.engine.devices import buffer_type, cpu_buffer_type, list_devices, tensor_split
 from localr1.engine.generation import STREAM_INTERVAL_S, Generation
+from localr1.engine.threadpool import CpuThreadpool
 from localr1.errors import ContextOverflowError, EngineError, ModelLoadError, OutOfMemoryError, UsageError
 from localr1.events import Event, FinishReason, Timings
+from localr1.fit.memory import KV_TYPES, check_kv_type
+from localr1.machine.cpu import physical_cores
 from localr1.models.gguf_info import GGUFInfo, inspect_model
 from localr1.text.prompt import Prompt, chat_format_for
 from localr1.text.reasoning import THINK_CLOSE, THINK_OPEN
 from localr1.text.sampling import Sampling
+
+# Imported inside the functions that use them: numpy (heavy to import, and not needed by every command); localr1
+# modules only some calls need.
 
 DEFAULT_BATCH = 512
 CLOSE_TIMEOUT_S = 10.0  # how long close() waits for a generation in another thread to stop
@@ -74,7 +82,6 @@ def _override_array(rules: Sequence[tuple[str, str]]) -> Any:
     """llama_model_tensor_buft_override[], NULL-terminated, from (regex, device name) rules."""
     if not rules:
         return None
-    from localr1.engine.devices import cpu_buffer_type, list_devices
 
     by_name = {d.name.upper(): d for d in list_devices()}
     arr = (_BuftOverride * (len(rules) + 1))()
@@ -86,8 +93,6 @@ def _override_array(rules: Sequence[tuple[str, str]]) -> Any:
         if device.upper() == "CPU":
             buft = cpu_buffer_type()  # llama.cpp recognises this exact pointer and picks its CPU extras
         elif device.upper() in by_name:
-            from localr1.engine.devices import buffer_type
-
             buft = buffer_type(by_name[device.upper()])[0]
         else:
             known = ", ".join(sorted(by_name)) or "CPU"
@@ -157,7 +162,6 @@ def measure_allocation(
 def _attention_fields(cparams: Any, kv_type: str, flash_attn: bool | None) -> Any:
     """Set a context's flash attention (None: llama.cpp decides per backend) and KV cache type; llama.cpp
     keeps a quantized V cache only with flash attention, so a quantized type turns it on."""
-    from localr1.fit.memory import KV_TYPES, check_kv_type
 
     check_kv_type(kv_type)  # an unknown type is a one-line error before llama.cpp sees it
     if kv_type != "f16":
@@ -196,7 +200,6 @@ class LlamaCppEngine:
         kv_type: str = "f16",
         main_device: str | None = None,
     ) -> None:
-        from localr1 import limits
 
         # the last stop before native code, whatever the caller: llama.cpp crashes on absurd numbers
         limits.threads(n_threads, "threads")
@@ -218,8 +221,6 @@ class LlamaCppEngine:
         if n_gpu_layers is None:
             n_gpu_layers = -1 if lib.llama_supports_gpu_offload() else 0
         if n_threads is None:
-            from localr1.machine.cpu import physical_cores
-
             n_threads = physical_cores()
         self._load_model(header, n_gpu_layers, use_mmap, use_mlock, tensor_overrides, cancel, main_device)
         n_ctx_train = lib.llama_model_n_ctx_train(self._model)
@@ -271,8 +272,6 @@ class LlamaCppEngine:
         if self._overrides is not None:
             set_fields(mparams, tensor_buft_overrides=ctypes.cast(self._overrides, ctypes.c_void_p).value)
         if main_device is not None:  # every layer on one device (offload across machines); read during the load
-            from localr1.engine.devices import tensor_split
-
             split = tensor_split(main_device)
             self._split = (ctypes.c_float * max(lib.llama_max_devices(), len(split)))(*split)
             set_fields(mparams, tensor_split=ctypes.cast(self._split, ctypes.POINTER(ctypes.c_float)))
@@ -331,8 +330,6 @@ class LlamaCppEngine:
             )
         self._threadpool = None
         if threadpool:
-            from localr1.engine.threadpool import CpuThreadpool
-
             self._threadpool = CpuThreadpool.create(n_threads)
             if self._threadpool is not None:
                 attach = lib._lib["llama_attach_threadpool"]  # not in llama-cpp-python's bindings

@@ -8,9 +8,12 @@ llama.cpp's is a ``BatchedEngine`` when more than one sequence is asked for (``s
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
+from localr1.engine.batching import BatchedEngine
+from localr1.engine.llama_cpp import DEFAULT_BATCH, LlamaCppEngine
 from localr1.errors import UsageError
 
 Factory = Callable[..., Any]
@@ -27,8 +30,6 @@ _BUILT_IN = {"fake": "localr1.engine.fake"}
 
 def get(name: str) -> Factory:
     if name not in _FACTORIES and name in _BUILT_IN:
-        import importlib
-
         importlib.import_module(_BUILT_IN[name])
     if name not in _FACTORIES:
         known = ", ".join(sorted({*_FACTORIES, *_BUILT_IN}))
@@ -37,7 +38,6 @@ def get(name: str) -> Factory:
 
 
 def _llama_cpp(path, header, options, cancel=None):
-    from localr1.engine.llama_cpp import DEFAULT_BATCH, LlamaCppEngine
 
     engine = LlamaCppEngine(
         path,
@@ -56,8 +56,6 @@ def _llama_cpp(path, header, options, cancel=None):
         main_device=options.main_device,
     )
     if options.n_seq > 1:  # several sequences: requests from many threads decode together, one batch a step
-        from localr1.engine.batching import BatchedEngine
-
         return BatchedEngine(engine)
     return engine
 

@@ -28,6 +28,7 @@ from localr1.events import Answer, Done, Event, FinishReason, Reasoning, Timings
 from localr1.printable import printable
 from localr1.text.prompt import ChatFormat, Prompt
 from localr1.text.sampling import Sampling
+from localr1.text.thinking import ThinkingReport
 
 # What a peer may cost this client. It may be any program on that port (a mistyped --server), or hostile:
 # every wait has a deadline, every read a bound, every field a type check, and its text is printed safe.
@@ -415,7 +416,6 @@ _FINISH_REASONS = get_args(FinishReason)
 
 def _thinking_report(d: dict):
     """The server's ``thinking_budget`` object back as a ThinkingReport (what the budget did)."""
-    from localr1.text.thinking import ThinkingReport
 
     def count(key: str) -> int:
         value = d.get(key)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from localr1.engine.cpu_speed import _InitParams
+from localr1.engine.devices import ggml_base_library, ggml_library, list_devices
 from localr1.errors import BackendBuildError, EngineError, UsageError, WorkerError
 
 CONNECT_TIMEOUT_S = 3.0
@@ -29,7 +31,6 @@ _GET_MEMORY = 2  # its third: get_memory(dev, size_t *free, size_t *total)
 
 def rpc_reg() -> Any:
     """The RPC backend's registry entry, or a one-line error naming the build that has it."""
-    from localr1.engine.devices import ggml_library
 
     lib = ggml_library()
     lib.ggml_backend_reg_by_name.argtypes, lib.ggml_backend_reg_by_name.restype = [ctypes.c_char_p], ctypes.c_void_p
@@ -43,7 +44,6 @@ def rpc_reg() -> Any:
 
 
 def _proc(name: str, restype: Any, argtypes: list) -> Any:
-    from localr1.engine.devices import ggml_library
 
     lib = ggml_library()
     lib.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
@@ -159,8 +159,6 @@ def measure_link(device) -> float:
     """Time a short transfer to a worker's device and back through ggml itself (a buffer on the worker, one
     8 MiB tensor written and read twice, fresh random bytes each time so no cache can answer): the link's
     bytes/s, the slower direction, kept for the speed estimate. ``device``: engine.devices.Device."""
-    from localr1.engine.cpu_speed import _InitParams
-    from localr1.engine.devices import ggml_base_library, ggml_library
 
     base, lib = ggml_base_library(), ggml_library()
     vp, sz = ctypes.c_void_p, ctypes.c_size_t
@@ -207,7 +205,6 @@ def measure_link(device) -> float:
 
 def measure_links(endpoints: list[str]) -> dict[str, float]:
     """``measure_link`` for each worker (through its first device): bytes/s by endpoint."""
-    from localr1.engine.devices import list_devices
 
     out: dict[str, float] = {}
     for d in list_devices():
@@ -227,7 +224,6 @@ class RemoteDevice:
 
 def add_workers(endpoints: list[str]) -> list[RemoteDevice]:
     """Register each worker's devices with llama.cpp (once per endpoint and process) and return them."""
-    from localr1.engine.devices import ggml_library, list_devices
 
     link_timeout()  # a bad LOCALR1_WORKER_TIMEOUT fails before anything loads
     lib = ggml_library()
@@ -298,7 +294,6 @@ def serve_devices(endpoint: str, devices: list, *, cache_dir: Path | None, threa
 
 def choose_devices(kind: str) -> list:
     """The local devices a worker serves: cpu, gpu (every non-CPU device) or all."""
-    from localr1.engine.devices import list_devices
 
     devices = [d for d in list_devices() if not d.name.startswith("RPC")]
     gpus = [d for d in devices if d.is_gpu]
@@ -325,7 +320,6 @@ def on_worker_loss(message: bytes | None) -> None:
     run the last words (chat saves the reply so far and gives the terminal back), say what happened in one
     line, not a core dump, and exit non-zero. Written straight to file descriptor 2: a full-screen app may
     have replaced sys.stderr, and nothing here may raise (the process would abort after all)."""
-    import os
 
     try:
         text = (message or b"").decode("utf-8", "replace")
@@ -350,7 +344,6 @@ def _ggml_base_copies() -> list[Any]:
     """Every loaded copy of libggml-base. A wheel cannot hold symlinks, so libggml-base.so and .so.0 are two
     files, and a process can load both (llama-cpp-python opens one by name, the other backends' libraries
     link the other): each has its own abort callback."""
-    from localr1.engine.devices import ggml_base_library
 
     copies = [ggml_base_library()]
     maps = Path("/proc/self/maps")

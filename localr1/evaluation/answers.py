@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+# Imported inside the functions that use them: math_verify (heavy to import, and not needed by every command).
+
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
 

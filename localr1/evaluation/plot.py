@@ -8,6 +8,8 @@ from pathlib import Path
 
 from localr1.evaluation.report import BudgetResult
 
+# Imported inside the functions that use them: plotext (heavy to import, and not needed by every command).
+
 Series = tuple[str, list[BudgetResult]]  # (label, results by budget)
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e")
 

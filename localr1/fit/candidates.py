@@ -9,6 +9,7 @@ from localr1.errors import InvalidModelFileError
 from localr1.fit.arch import SUPPORTED, Architecture
 from localr1.fit.capacity import Candidate
 from localr1.fit.memory import WeightLayout
+from localr1.fit.planner import NoPlanError, choose
 from localr1.fit.quant_types import BITS_PER_WEIGHT, QUANT_QUALITY
 from localr1.models.catalog import CatalogModel
 from localr1.models.gguf_info import GGUFInfo, inspect_model
@@ -69,7 +70,6 @@ class ModelFit:
 
 def catalog_fits(catalog: dict, hw) -> list[ModelFit]:
     """Every catalog model's best plan on ``hw`` (what `models` lists and the chat's model picker offers)."""
-    from localr1.fit.planner import NoPlanError, choose
 
     out = []
     for name, model in catalog.items():

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from localr1.engine.cpu_speed import family
 from localr1.fit.arch import Architecture
 from localr1.fit.memory import WeightLayout
 from localr1.machine.hardware import GPU, Hardware
@@ -91,8 +92,6 @@ def cpu_rate(hw: Hardware, quant: str = "") -> float:
     """Bytes/s the CPU gets through when it computes with weights in RAM: its measured kernel speed for the
     quant's family where measured, else the RAM bandwidth times an efficiency."""
     if hw.cpu_decode_gbs:
-        from localr1.engine.cpu_speed import family
-
         measured = hw.cpu_decode_gbs.get(family(quant) if quant else "q4_k")
         if measured:
             return measured * 1e9

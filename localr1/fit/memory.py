@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from localr1.errors import UsageError
 from localr1.fit.arch import Architecture
 from localr1.fit.quant_types import BITS_PER_WEIGHT
 
@@ -140,7 +141,6 @@ KV_TYPES: dict[str, tuple[int, float]] = {"f16": (1, 2.0), "q8_0": (8, 34 / 32),
 
 def check_kv_type(kv_type: str, name: str = "--kv-type") -> str:
     """``kv_type`` if llama.cpp can keep a KV cache as it, else a UsageError naming where it came from."""
-    from localr1.errors import UsageError
 
     if kv_type not in KV_TYPES:
         raise UsageError(f"{name} must be one of {', '.join(KV_TYPES)}, not {kv_type!r}")

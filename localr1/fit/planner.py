@@ -15,6 +15,7 @@ from typing import Any
 
 from localr1.fit.capacity import Budget, Candidate, placement_tps
 from localr1.fit.memory import MemoryEstimate, estimate, gpu_repeating_layers, kv_type_fits
+from localr1.fit.offload import OffloadError, plan_offload
 from localr1.machine.hardware import Hardware
 from localr1.units import GiB
 
@@ -333,7 +334,6 @@ def _offload_plan(
 ) -> Plan | float | None:
     """A MoE model that does not fit on the GPU whole: hot tensors there, experts by tier (see offload.py).
     The plan, or its speed when it fits but is too slow, or None."""
-    from localr1.fit.offload import OffloadError, plan_offload
 
     mode, gpu_experts, min_tps, flash_attn = o.offload, o.gpu_experts, o.min_tps, o.flash_attn
 

@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING
 from localr1 import limits
 from localr1.errors import UsageError
 
+# Imports inside functions: `localr1 --help` imports this module and must stay instant, so what a
+# command needs (localr1's deeper modules, heavy libraries) is imported when it runs.
+
 if TYPE_CHECKING:
     from localr1.machine.hardware import Simulation
 

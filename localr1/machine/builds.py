@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 from localr1.errors import BackendBuildError
@@ -223,7 +225,6 @@ def this_environment() -> Environment:
 
 
 def llama_cpp_python_version() -> str | None:
-    from importlib import metadata
 
     try:
         return metadata.version("llama-cpp-python")
@@ -244,8 +245,6 @@ def pip_command(python: str) -> list[str]:
     """pip of localr1's environment; LOCALR1_PIP replaces it (a command line), for tests and unusual setups."""
     override = os.environ.get("LOCALR1_PIP")
     if override:
-        import shlex
-
         return shlex.split(override)
     return [python, "-m", "pip"]
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import platform
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from localr1 import __version__
+from localr1.config import load_config
+from localr1.engine.devices import Device, list_devices, rpc_available
+from localr1.errors import LocalR1Error
 from localr1.machine.builds import (
     SPECS,
     built_backends,
@@ -19,6 +22,9 @@ from localr1.machine.builds import (
     recommended_backend,
     this_environment,
 )
+from localr1.machine.hardware import devices_as_gpus, probe
+from localr1.models.resolve import hf_hub_cache, local_models
+from localr1.paths import config_file, models_dir
 from localr1.units import GiB
 
 MIN_PYTHON = (3, 11)
@@ -65,8 +71,6 @@ def _llama_cpp(report: Report) -> list:
         )
         return []
     try:
-        from localr1.engine.devices import list_devices, rpc_available
-
         devices = list_devices()
         rpc = rpc_available()
     except Exception as exc:  # noqa: BLE001 - a broken build is exactly what the doctor reports
@@ -103,7 +107,6 @@ def _record_devices(report: Report, devices: list, rpc: bool) -> None:
 def diagnose(*, hardware=None, toolchain=None, device_names: list[str] | None = None) -> Report:
     """Everything the doctor checks. ``hardware``, ``toolchain`` and ``device_names`` replace the probes
     (simulated machines, tests)."""
-    from localr1.machine.hardware import probe
 
     report = Report()
     env = this_environment()
@@ -118,8 +121,6 @@ def diagnose(*, hardware=None, toolchain=None, device_names: list[str] | None = 
     if device_names is None:
         devices = _llama_cpp(report)
     else:  # stand-ins with the names only (tests, simulated builds)
-        from localr1.engine.devices import Device
-
         devices = [Device(n, "", "cpu" if n == "CPU" else "gpu", 0, 0, 0) for n in device_names]
         report.llama_cpp = {"llama_cpp_python": llama_cpp_python_version()}
         _record_devices(report, devices, any(n.startswith("RPC") for n in device_names))
@@ -134,10 +135,6 @@ def _check_gpus(report: Report, hw, devices: list, toolchain) -> object:
     machine, with the GPUs only llama.cpp knows added."""
     built = report.llama_cpp.get("backends", [])
     if not hw.gpus and devices:  # a GPU only llama.cpp knows (Vulkan without the vendor's tools)
-        from dataclasses import replace
-
-        from localr1.machine.hardware import devices_as_gpus
-
         hw = replace(hw, gpus=tuple(devices_as_gpus(devices)))
     vendors = [g.vendor for g in hw.gpus]
     want = recommended_backend(vendors, toolchain.system)
@@ -185,10 +182,6 @@ def _check_disk(report: Report, hw) -> None:
 
 def _check_models_and_config(report: Report) -> None:
     """The models on disk (the catalog readable) and the config file (valid)."""
-    from localr1.config import load_config
-    from localr1.errors import LocalR1Error
-    from localr1.models.resolve import hf_hub_cache, local_models
-    from localr1.paths import config_file, models_dir
 
     try:
         found = local_models()

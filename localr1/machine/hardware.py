@@ -7,17 +7,26 @@ simulate another machine (``--vram 12GiB --ram 32GiB --gpus 2``, or ``LOCALR1_HW
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import platform
 import re
 import shutil
 import subprocess
+import tempfile
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from localr1.engine.cpu_speed import cpu_speed
+from localr1.engine.devices import list_devices
+from localr1.engine.rpc import link_bandwidth, link_rtt, remote_name
 from localr1.errors import UsageError
 from localr1.machine.cpu import physical_cores
+from localr1.paths import models_dir
 from localr1.units import GiB
+
+# Imported inside the functions that use them: pynvml (heavy to import, and not needed by every command).
 
 
 @dataclass(frozen=True)
@@ -213,7 +222,6 @@ def probe_ram(notes: list[str]) -> tuple[int, int]:
             )
             return total, free_pages * page
         if system == "Windows":
-            import ctypes
 
             class MemoryStatus(ctypes.Structure):
                 _fields_ = [("length", ctypes.c_ulong), ("load", ctypes.c_ulong)] + [
@@ -332,8 +340,6 @@ def probe_apple(ram_total: int, ram_available: int, notes: list[str]) -> list[GP
 def probe_devices(notes: list[str]) -> list:
     """llama.cpp's devices (engine.devices.Device), [] where llama.cpp cannot be loaded."""
     try:
-        from localr1.engine.devices import list_devices
-
         return list_devices()
     except Exception as exc:  # a broken install must not stop `localr1 hw`
         notes.append(f"llama.cpp backends: unknown ({exc})")
@@ -355,7 +361,6 @@ def remote_gpus(devices: list) -> list[GPU]:
     """The devices of `localr1 worker`s (llama.cpp's RPC devices, "RPC0[host:port]"), as GPUs llama.cpp splits
     layers over: their memory as the worker offers it, a CPU worker's bandwidth, and the link's round trip
     (measured when the worker was added) and bandwidth (when measured), which tokens pay to cross to it."""
-    from localr1.engine.rpc import link_bandwidth, link_rtt, remote_name
 
     out = []
     for d in devices:
@@ -380,8 +385,6 @@ def probe_disk(path: Path, notes: list[str]) -> int | None:
 def probe_cpu_speed(cpu: str, notes: list[str]) -> dict:
     """This CPU's measured kernel speeds (cached after the first time), or {} where they cannot be measured."""
     try:
-        from localr1.engine.cpu_speed import cpu_speed
-
         return cpu_speed(cpu, physical_cores()) or {}
     except Exception as exc:  # noqa: BLE001 - a failed measurement only means the estimate stays generic
         notes.append(f"CPU speed: not measured ({type(exc).__name__}: {exc})")
@@ -389,7 +392,6 @@ def probe_cpu_speed(cpu: str, notes: list[str]) -> dict:
 
 
 def probe(*, disk_path: Path | None = None, backends: bool = True) -> Hardware:
-    from localr1.paths import models_dir
 
     notes: list[str] = []
     ram_total, ram_available = probe_ram(notes)
@@ -422,8 +424,6 @@ def measure_disk_read(path: Path, *, size: int = 256 << 20, chunk: int = 8 << 20
     """Sequential read speed (GB/s) of ``path`` (a model file), bypassing what the page cache holds.
 
     Without a file big enough, a temporary one is written next to ``path`` first (and removed)."""
-    import tempfile
-    import time
 
     target, made = path, None
     if not path.is_file() or path.stat().st_size < size:

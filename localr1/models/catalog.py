@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
+import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -128,7 +129,6 @@ def _entry(name: str, raw: Any, origin: str) -> CatalogModel:
 
 
 def parse_catalog(text: str, origin: str) -> dict[str, CatalogModel]:
-    import tomllib
 
     try:
         data = tomllib.loads(text)

@@ -22,16 +22,22 @@ import json
 import os
 import re
 import shutil
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 from localr1.errors import DownloadError, ModelNotFoundError, UsageError
+from localr1.machine.hardware import Simulation
 from localr1.models.catalog import CatalogModel, load_catalog, split_name
 from localr1.models.gguf_info import split_siblings
 from localr1.models.resolve import hf_hub_cache
 from localr1.paths import data_dir
 from localr1.units import GiB
+
+# Imported inside the functions that use them: filelock, huggingface_hub, tqdm (heavy to import, and not needed by
+# every command).
 
 _REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 _SPLIT_PART = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
@@ -145,8 +151,6 @@ def check_reachable(timeout: float = 5.0) -> None:
     retries, and so is everything behind a proxy (the client connects through it, this check could not)."""
     if any(os.environ.get(v) for v in _PROXY_VARIABLES):
         return
-    import socket
-    from urllib.parse import urlsplit
 
     url = urlsplit(endpoint())
     if not url.hostname:
@@ -358,7 +362,6 @@ def remaining_bytes(target: PullTarget) -> int:
 
 
 def free_disk(path: Path) -> int:
-    from localr1.machine.hardware import Simulation
 
     simulated = Simulation.from_env().disk
     if simulated is not None:

@@ -24,6 +24,9 @@ from typing import Any
 
 from localr1.errors import InvalidModelFileError
 from localr1.fit.quant_types import FILE_TYPE_NAMES
+from localr1.models import header_cache
+
+# Imported inside the functions that use them: gguf (heavy to import, and not needed by every command).
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -157,7 +160,7 @@ class GGUFInfo:
 
 
 # ggml's tensor types: id -> (name, elements per block, bytes per block). A copy of the gguf package's
-# table (tests/unit/test_gguf_info.py holds the two equal), so that reading a header does not import gguf,
+# table (tests/unit/models/test_gguf_info.py holds the two equal), so that reading a header does not import gguf,
 # which pulls in NumPy and costs 50-100 ms of every command's start; types added after this copy are
 # looked up in the gguf package.
 GGML_TYPES: dict[int, tuple[str, int, int]] = {
@@ -470,7 +473,6 @@ def inspect_model(path: str | os.PathLike[str], *, keep_arrays: Iterable[str] = 
     Results are cached by path, size, modification time and inode, in memory (planning and loading read
     a header once) and on disk (``header_cache``: the next run does not read it again).
     """
-    from localr1.models import header_cache
 
     path = Path(path)
     keep = tuple(keep_arrays)

@@ -8,6 +8,7 @@ so an interrupted or failed run leaves nothing half-written behind.
 
 from __future__ import annotations
 
+import ctypes
 import re
 import struct
 import subprocess
@@ -16,10 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from localr1 import limits
+from localr1.engine.backend import init_backend, set_fields
+from localr1.engine.bindings import load_bindings
 from localr1.errors import InvalidModelFileError, LocalR1Error, UsageError
 from localr1.fit.quant_types import BY_NAME, FILE_TYPE_NAMES, NEEDS_IMATRIX
 from localr1.models.gguf_info import inspect_model
 from localr1.output_file import check_new_output, partial_file
+
+# Imported inside the functions that use them: gguf, numpy (heavy to import, and not needed by every command).
 
 # llama.cpp's llama_ftype values, by the names llama-quantize uses (the table GGUF headers are read with).
 QUANT_TYPES: dict[str, int] = {name: ftype for ftype, name in FILE_TYPE_NAMES.items() if name != "MXFP4_MOE"}
@@ -147,7 +153,6 @@ def quantize(
     progress: Callable[[int, int], None] | None = None,
     free_bytes: Callable[[Path], int] | None = None,
 ) -> QuantizeResult:
-    from localr1 import limits
 
     limits.threads(threads)
     to = parse_type(to, imatrix=imatrix is not None)
@@ -193,9 +198,6 @@ def quantize(
 def _imatrix_params(path: str) -> dict:
     """The NULL-terminated arrays llama_model_quantize_params takes for an importance matrix, and the
     quantize.imatrix.* keys llama-quantize records in the output (kept alive by the returned dict)."""
-    import ctypes
-
-    from localr1.engine.bindings import load_bindings
 
     C = load_bindings()
 
@@ -221,9 +223,6 @@ def _imatrix_params(path: str) -> dict:
 
 def _worker(source: str, dest: str, ftype: int, threads: int, requantize: bool, imatrix: str = "") -> int:
     """In the child: run llama_model_quantize and print progress lines the parent reads."""
-    import ctypes
-
-    from localr1.engine.backend import init_backend, set_fields
 
     lib = init_backend()
     extra = _imatrix_params(imatrix) if imatrix else {}

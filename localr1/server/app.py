@@ -18,6 +18,8 @@ from localr1.server.protocol import RequestError
 from localr1.server.service import Service
 from localr1.server.settings import Settings
 
+# Imported inside the functions that use them: starlette (heavy to import, and not needed by every command).
+
 ROUTES = [
     Route("/", openai.root, methods=["GET", "HEAD"]),
     Route("/health", openai.health, methods=["GET"]),

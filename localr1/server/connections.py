@@ -22,6 +22,9 @@ from dataclasses import dataclass
 
 from localr1.errors import UsageError
 
+# Imports inside functions: `localr1 --help` imports this module and must stay instant, so what a
+# command needs (localr1's deeper modules, heavy libraries) is imported when it runs.
+
 DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
 # The listening socket's queue. asyncio also takes it as how many connections to accept at once before any is
@@ -75,10 +78,3 @@ def fit_to_open_files(limits: ConnectionLimits) -> tuple[ConnectionLimits, str |
         "(raise `ulimit -n` for more)"
     )
     return fitted, note
-
-
-def protocol_class(limits: ConnectionLimits) -> type:
-    """uvicorn's h11 HTTP protocol with the request deadline and the connection cap (for uvicorn.Config.http)."""
-    from localr1.server.guarded_protocol import GuardedProtocol  # uvicorn: imported when serving
-
-    return type("GuardedProtocol", (GuardedProtocol,), {"limits": limits})

@@ -96,3 +96,8 @@ class GuardedProtocol(H11Protocol):
         oldest._cut()
         self.connections.discard(oldest)
         return True
+
+
+def protocol_class(limits: ConnectionLimits) -> type:
+    """The protocol with these limits (for uvicorn.Config.http)."""
+    return type("GuardedProtocol", (GuardedProtocol,), {"limits": limits})

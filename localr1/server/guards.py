@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
+import socket
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -56,8 +58,6 @@ def _host_name(value: str) -> str:
 
 def is_loopback_name(host: str) -> bool:
     """Whether a Host header names this machine: localhost, *.localhost, a loopback address, its hostname."""
-    import ipaddress
-    import socket
 
     name = _host_name(host)
     if name in ("localhost", socket.gethostname().lower()) or name.endswith(".localhost"):

@@ -11,7 +11,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from localr1.errors import UsageError
-from localr1.server.connections import BACKLOG, ConnectionLimits, protocol_class
+from localr1.server.connections import BACKLOG, ConnectionLimits
+
+# Imports inside functions: `localr1 --help` imports this module and must stay instant, so what a
+# command needs (localr1's deeper modules, heavy libraries) is imported when it runs.
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11435  # Ollama's 11434 + 1: both can run side by side
@@ -81,6 +84,8 @@ def _server_class() -> type:
 def uvicorn_config(app: Any, limits: ConnectionLimits, *, drain_s: float = DRAIN_S) -> Any:
     """uvicorn's settings for the app: HTTP/1.1 through the guarded protocol (server/connections.py)."""
     import uvicorn
+
+    from localr1.server.guarded_protocol import protocol_class
 
     return uvicorn.Config(
         app,

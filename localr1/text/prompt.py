@@ -14,7 +14,9 @@ Chat templates come from downloaded files, so they are rendered in Jinja2's immu
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +24,8 @@ from typing import Any, Literal
 
 from localr1.errors import TemplateError
 from localr1.text.reasoning import THINK_CLOSE, THINK_OPEN, strip_reasoning
+
+# Imported inside the functions that use them: jinja2 (heavy to import, and not needed by every command).
 
 Role = Literal["system", "user", "assistant"]
 
@@ -208,8 +212,6 @@ def _render_bounded(compiled: Any, **context: Any) -> str:
 
     The time limit is a watchdog thread that raises ``_RenderTimeout`` inside this thread (at its next
     Python instruction, so a template's loops stop at once, whatever thread renders)."""
-    import ctypes
-    import threading
 
     tid = threading.get_ident()
     lock = threading.Lock()

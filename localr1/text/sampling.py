@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 
 from localr1.errors import UsageError
 
+# Imports inside functions: `localr1 --help` imports this module and must stay instant, so what a
+# command needs (localr1's deeper modules, heavy libraries) is imported when it runs.
+
 # DeepSeek's advice for R1 and its distills: temperature 0.5-0.7 (0.6), top_p 0.95.
 DEFAULT_TEMPERATURE = 0.6
 DEFAULT_TOP_P = 0.95

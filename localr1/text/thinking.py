@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from localr1.errors import UsageError
 from localr1.text.reasoning import THINK_CLOSE
 
 # s1's wording, after the reasoning the model wrote, then the delimiter R1 uses
@@ -88,7 +89,6 @@ class ThinkingReport:
 
 
 def check_budget(budget: int | None, minimum: int | None, *, where: str = "--think-budget") -> None:
-    from localr1.errors import UsageError
 
     if budget is not None and budget < 1:
         raise UsageError(f"{where} must be at least 1, not {budget}")

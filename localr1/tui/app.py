@@ -34,6 +34,9 @@ from localr1.text.sampling import Sampling
 from localr1.tui.screens import ConversationList, HelpScreen, ModelPicker, PickerEntry, RenameScreen
 from localr1.tui.widgets import AssistantMessage, PromptInput, StatusLine, ThinkingBlock, UserMessage
 
+# Imports inside functions: `localr1 --help` imports this module and must stay instant, so what a
+# command needs (localr1's deeper modules, heavy libraries) is imported when it runs.
+
 
 class EngineLoader(Protocol):
     def __call__(self, spec: str | None, progress: Callable[[str, int, int], None]): ...

@@ -14,6 +14,9 @@ from textual.widgets import Collapsible, Markdown, Static, TextArea
 
 from localr1.text.reasoning import thought_summary
 
+# Imports inside functions: `localr1 --help` imports this module and must stay instant, so what a
+# command needs (localr1's deeper modules, heavy libraries) is imported when it runs.
+
 _BOXED = re.compile(r"\\boxed\{")
 
 

@@ -134,7 +134,8 @@ def test_ask_warns_once_when_the_gpu_sits_idle(runner, small_gguf, monkeypatch):
         gpus=(GPU("NVIDIA GeForce RTX 4090", "nvidia", 24 * GiB, 23 * GiB, "8.9", bandwidth_gbs=1008),),
         disk_free=100 * GiB, disk_path="/models", backends=("CPU",),
     )  # fmt: skip
-    monkeypatch.setattr(localr1.machine.hardware, "machine", lambda simulation=None, backends=True: hw)
+    for module in (localr1.machine.hardware, loader_module):  # (the loader imports it at its top)
+        monkeypatch.setattr(module, "machine", lambda simulation=None, backends=True: hw)
     engine = FakeEngine([["<think>\n", "hm", "</think>", "\n\n", "4"]])
     monkeypatch.setattr(loader_module, "load_engine", lambda path, header, options, cancel=None: engine)
     result = runner.invoke(app, ["ask", "What is 2+2?", "--model", str(small_gguf)])

@@ -261,7 +261,7 @@ def test_plan_measures_each_workers_link_when_asked(vulkan, workers, smollm2):
     assert len(links) == 2 and all(rate > 0.2 for rate in links), measured["machines"]  # loopback: > 1.6 Gbit/s
     assert all(m.get("link_gbs") is None for m in assumed["machines"])
     # Each plan measures the workers' round trips anew, so the two estimates differ by that noise: they are
-    # not compared here (a faster link at the same round trip never lowers the estimate: tests/unit/test_planner)
+    # not compared here (a faster link at the same round trip never lowers the estimate: tests/unit/fit/test_planner.py)
     text = subprocess.run([*base[:-1], "--measure-link"], env=env, capture_output=True, text=True, timeout=120).stdout
     assert all(f"Link to {w.endpoint}: " in text for w in workers) and "(measured)" in text
 

@@ -12,6 +12,7 @@ Tensors are read and written one at a time into ``OUTPUT.partial``, renamed at t
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,9 @@ from localr1.models.convert.architectures import (
 )
 from localr1.models.convert.checkpoint import Checkpoint, open_checkpoint, read_json
 from localr1.output_file import check_new_output, partial_file
+
+# Imported inside the functions that use them: gguf (heavy to import, and not needed by every command); localr1
+# modules only some calls need.
 
 OUTTYPES = ("auto", "f32", "f16", "bf16", "q8_0")
 __all__ = ["OUTTYPES", "SUPPORTED", "ConvertResult", "convert", "plan_conversion"]
@@ -114,7 +118,6 @@ def _tensor_data(plan: _Plan, rw: Rewrite, qtype: int) -> np.ndarray:
 def _card_metadata(folder: Path, folder_name: str | None, name: str | None, total: int):
     """gguf.Metadata.load, which also reads name, size and version out of the folder's name: for a Hub
     download that folder is a snapshot named by commit hash, so it is shown the repository's name instead."""
-    import tempfile
 
     import gguf
 

@@ -14,6 +14,8 @@ import numpy as np
 
 from localr1.errors import UsageError
 
+# Imported inside the functions that use them: gguf (heavy to import, and not needed by every command).
+
 # Hugging Face class -> GGUF architecture
 SUPPORTED = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama", "Qwen3ForCausalLM": "qwen3"}
 SKIPPED_SUFFIXES = (".attention.masked_bias", ".attention.bias", ".rotary_emb.inv_freq")

@@ -10,6 +10,7 @@ unless the caller allows them: unpickling runs code. Nothing from the checkout i
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from localr1.errors import InvalidModelFileError, UsageError
+
+# Imported inside the functions that use them: torch (heavy to import, and not needed by every command).
 
 # safetensors dtype -> (numpy dtype of the raw items, bytes per item)
 _DTYPES = {"F32": (np.float32, 4), "F16": (np.float16, 2), "BF16": (np.uint16, 2)}
@@ -195,7 +198,6 @@ _CONFIG_TABLES = ("rope_scaling", "rope_parameters", "quantization_config")
 
 def check_config(config: dict, path: Path) -> None:
     """Refuse a config.json value of the wrong type or an absurd size, naming the key."""
-    import math
 
     def bad(key: str, wanted: str) -> InvalidModelFileError:
         return InvalidModelFileError(

@@ -18,6 +18,9 @@ from pathlib import Path
 
 from localr1.errors import InvalidModelFileError, UsageError
 
+# Imported inside the functions that use them: tokenizers (heavy to import, and not needed by every command); localr1
+# modules only some calls need.
+
 # gguf.TokenType values
 NORMAL, UNUSED, CONTROL, USER_DEFINED = 1, 5, 3, 4
 
