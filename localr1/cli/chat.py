@@ -137,6 +137,10 @@ def chat(
     else:
         if model or config.default_model:
             check_spec(model or config.default_model)  # a typo fails here, not inside the full-screen app
+        if request.workers or config.workers:
+            from localr1.loader import join_workers
+
+            join_workers(request, config)  # a port that is no worker fails here too (exit 3), before the app
         loader = real_loader(request, lambda text: tui.call_from_thread(tui.notify, text, severity="warning"))
         entries = picker_entries(request.simulation)
 

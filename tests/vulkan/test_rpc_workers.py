@@ -295,7 +295,7 @@ def test_chat_keeps_the_reply_and_the_terminal_when_a_worker_dies(vulkan, worker
 
 @pytest.mark.parametrize("peer", ["random bytes", "silent", "http"])
 def test_a_port_that_is_not_a_worker_is_one_line_for_every_command(vulkan, smollm2, peer, tmp_path):
-    """`--workers` aimed at the wrong port: ggml's RPC client aborted (exit 134, a gdb backtrace of ~100 frames,
+    """`--workers` aimed at the wrong port (ask, plan, serve and chat): ggml's RPC client aborted (exit 134, a gdb backtrace of ~100 frames,
     or after ~13 s for a silent peer). localr1 greets the endpoint itself first: one line, exit 3."""
     import threading
 
@@ -326,6 +326,16 @@ def test_a_port_that_is_not_a_worker_is_one_line_for_every_command(vulkan, smoll
         "serve": ["serve", str(smollm2), "--port", "0", "--ctx", "512", "--workers", endpoint],
     }
     try:
+        if peer == "random bytes" and shutil.which("tmux"):  # chat: before its full-screen app starts
+            from tmux_chat import TmuxChat
+
+            chat = TmuxChat(tmp_path, f"-m {smollm2} --ctx 512 --workers {endpoint}", env=env, hold=True)
+            try:
+                assert chat.exit_code(60) == "3", chat.screen()
+                shown = chat.screen()
+            finally:
+                chat.close()
+            assert f"Error: {endpoint} is not a worker" in shown and "backtrace" not in shown.lower(), shown
         for name, args in commands.items():
             out = subprocess.run([sys.executable, "-m", "localr1", *args], env=env, capture_output=True, text=True,
                                  timeout=60)  # fmt: skip
