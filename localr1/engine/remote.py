@@ -167,10 +167,7 @@ class RemoteEngine:
     def _check_peer(self) -> None:
         """Whether a localr1 server answers there, by its /health (open without the key): anything else is
         one line saying what answered, before any request is sent."""
-        try:
-            conn, response = self._request("GET", "/health", None, deadline_s=self._timeout, check_status=False)
-        except EngineError:
-            raise
+        conn, response = self._request("GET", "/health", None, deadline_s=self._timeout, check_status=False)
         try:
             raw = self._read(response, MAX_REPLY_BYTES, "/health")
         finally:
