@@ -65,6 +65,10 @@ def parse_json(body: bytes) -> dict[str, Any]:
         raise RequestError(f"the body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise RequestError("the body must be a JSON object")
+    try:  # a lone surrogate ("\ud800") is valid JSON but no text: it failed later, in the tokenizer (a 500)
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestError("the body holds a lone surrogate escape (\\ud800-\\udfff), which is not text") from None
     return value
 
 

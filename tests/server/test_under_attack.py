@@ -364,3 +364,15 @@ def test_what_current_clients_send_by_default_is_served(fake):
         reply = httpx.post(server.url + "/api/generate", json={"prompt": "hi", "stream": False, "options": options})
         assert reply.status_code == 200 and reply.json()["response"] == "It is 4."
         assert len(fake.prompts) == 2  # the preloads generated nothing
+
+
+def test_a_lone_surrogate_is_a_400(fake):
+    """Valid JSON, but no text: it reached the tokenizer and ended in a 500 with a traceback in the log."""
+    with running(fake, "fake-r1") as server:
+        body = b'{"messages": [{"role": "user", "content": "\\ud800"}]}'
+        for path in ("/v1/chat/completions", "/api/chat", "/tokenize"):
+            payload = body if path != "/tokenize" else b'{"content": "a\\udfffb"}'
+            reply = httpx.post(server.url + path, content=payload, timeout=30)
+            assert reply.status_code == 400 and "surrogate" in reply.text, (path, reply.text)
+        assert fake.prompts == []
+        still_serving(server.url)
