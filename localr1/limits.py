@@ -47,3 +47,20 @@ def gpu_layers(value: int | None, name: str = "--gpu-layers") -> int | None:
 
 def batch(value: int | None, name: str = "batch") -> int | None:
     return bounded(name, value, 1, MAX_BATCH)
+
+
+def seconds_from_env(name: str, default: float, low: float, high: float) -> float:
+    """A number of seconds from the environment variable ``name`` (unset or empty: ``default``), checked."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not low <= value <= high:
+        raise UsageError(
+            f"{name} must be a number of seconds from {low:g} to {high:g}, not {text!r}",
+            hint=f"Unset it for the default ({default:g} seconds).",
+        )
+    return value

@@ -276,8 +276,7 @@ class BatchedEngine:
         for event in step.events:
             job.out.put(event)
         if step.append is not None:  # it streams (marked forced) and goes into the sequence in the next steps
-            ids = self._engine.tokenize(step.append, add_bos=False)
-            events = job.gen.append([self._engine.token_piece(t) for t in ids])
+            ids, events = self._engine.appended(job.gen, step.append)
             if events is None:
                 with self._cv:
                     self._finish(job, "length")

@@ -568,8 +568,7 @@ class LlamaCppEngine:
     def _append(self, gen: Generation, text: str) -> list[Event] | None:
         """Append ``text`` for a thinking budget: its tokens decoded into the KV cache, and their events
         (marked forced); None when they do not fit (nothing is decoded then)."""
-        ids = self.tokenize(text, add_bos=False)
-        events = gen.append([self.token_piece(t) for t in ids])
+        ids, events = self.appended(gen, text)
         if events is None:
             return None
         arr = (self._lib.llama_token * len(ids))(*ids)
@@ -578,6 +577,12 @@ class LlamaCppEngine:
             raise EngineError(f"llama.cpp failed while generating (code {rc}): {_LOG.tail(2)}")
         self._cached.extend(ids)
         return events
+
+    def appended(self, gen: Generation, text: str) -> tuple[list[int], list[Event] | None]:
+        """The tokens of a text a thinking budget appends, and what ``gen`` makes of them: their events, or
+        None when they do not fit (the plain and the batched engine then decode them each their own way)."""
+        ids = self.tokenize(text, add_bos=False)
+        return ids, gen.append([self.token_piece(t) for t in ids])
 
     def token_chooser(self, sampling: Sampling) -> tuple[Any, Any]:
         """How tokens are chosen for these settings, for one generation: (llama.cpp sampler chain, or None;

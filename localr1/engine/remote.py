@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any, get_args
 
+from localr1 import limits
 from localr1.engine.base import ModelInfo
 from localr1.errors import ContextOverflowError, EngineError, UsageError
 from localr1.events import Answer, Done, Event, FinishReason, Reasoning, Timings, Usage
@@ -40,16 +41,7 @@ MAX_LINE_BYTES = 4 << 20  # one line of the event stream (a chunk of text handed
 
 def server_timeout() -> float:
     """LOCALR1_SERVER_TIMEOUT (seconds), else the default: how long a server may take to accept and answer."""
-    value = os.environ.get("LOCALR1_SERVER_TIMEOUT")
-    if value is None:
-        return DEFAULT_TIMEOUT_S
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not 0.1 <= seconds <= 3600:
-        raise UsageError(f"LOCALR1_SERVER_TIMEOUT must be from 0.1 to 3600 seconds, not {value!r}")
-    return seconds
+    return limits.seconds_from_env("LOCALR1_SERVER_TIMEOUT", DEFAULT_TIMEOUT_S, 0.1, 3600)
 
 
 def server_url(value: str) -> tuple[str, str, int, str]:

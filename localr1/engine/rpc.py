@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from localr1 import limits
 from localr1.engine.cpu_speed import _InitParams
 from localr1.engine.devices import ggml_base_library, ggml_library, list_devices
 from localr1.errors import BackendBuildError, EngineError, UsageError, WorkerError
@@ -366,19 +367,7 @@ def install_abort_handler() -> None:
 
 def link_timeout() -> float:
     """Seconds after which a silent link to or from a worker counts as lost: LOCALR1_WORKER_TIMEOUT, else 20."""
-    text = os.environ.get("LOCALR1_WORKER_TIMEOUT", "").strip()
-    if not text:
-        return LINK_TIMEOUT_S
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 2 <= value <= 3600:
-        raise UsageError(
-            f"LOCALR1_WORKER_TIMEOUT must be a number of seconds from 2 to 3600, not {text!r}",
-            hint="Unset it for the default (20 seconds).",
-        )
-    return value
+    return limits.seconds_from_env("LOCALR1_WORKER_TIMEOUT", LINK_TIMEOUT_S, 2, 3600)
 
 
 def _socket_fds() -> list[int]:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import socket
 import time
@@ -17,6 +16,7 @@ from localr1.events import Done
 from localr1.printable import printable
 from localr1.server.exchange import error_response
 from localr1.server.protocol import RequestError
+from localr1.server.run import is_loopback_address
 from localr1.server.settings import Settings
 
 _OPEN_PATHS = {"/", "/health"}
@@ -58,14 +58,10 @@ def _host_name(value: str) -> str:
 
 def is_loopback_name(host: str) -> bool:
     """Whether a Host header names this machine: localhost, *.localhost, a loopback address, its hostname."""
-
     name = _host_name(host)
-    if name in ("localhost", socket.gethostname().lower()) or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+    return (
+        name in ("localhost", socket.gethostname().lower()) or name.endswith(".localhost") or is_loopback_address(name)
+    )
 
 
 class _SameMachine:

@@ -23,10 +23,13 @@ DRAIN_S = 5.0  # how long in-flight requests may finish after Ctrl-C / SIGTERM
 
 def is_loopback(host: str) -> bool:
     """Whether binding ``host`` keeps the server on this machine."""
-    if host in ("localhost", "ip6-localhost"):
-        return True
+    return host in ("localhost", "ip6-localhost") or is_loopback_address(host.strip("[]"))
+
+
+def is_loopback_address(text: str) -> bool:
+    """Whether ``text`` is an IP address of this machine's loopback (127.0.0.0/8, ::1)."""
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        return ipaddress.ip_address(text).is_loopback
     except ValueError:
         return False
 
