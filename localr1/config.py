@@ -7,6 +7,8 @@ Example ``config.toml``::
     threads = 8               # CPU threads (default: physical cores)
     hide_thinking = false     # chat: hide the thinking blocks entirely
     kv_type = "q8_0"          # KV cache type: f16, q8_0 or q4_0 (default: f16 unless q8_0 is needed to fit)
+    speculate = "ngram"       # speculative decoding: off, ngram, draft or auto (the default)
+    draft = "r1:1.5b"         # the draft model for speculate = "draft" / "auto" (default: the catalog's)
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from localr1 import limits
 from localr1.engine.rpc import parse_endpoint
 from localr1.errors import ConfigError, UsageError
 from localr1.fit.memory import check_kv_type
+from localr1.fit.request import check_speculate
 from localr1.paths import config_file
 
 _FIELDS: dict[str, type] = {
     "default_model": str, "ctx": int, "threads": int, "gpu_layers": int, "hide_thinking": bool, "kv_type": str,
-    "workers": list,
+    "workers": list, "speculate": str, "draft": str,
 }  # fmt: skip
 
 
@@ -44,7 +47,7 @@ def _workers(value: list, name: str) -> list:
 
 _BOUNDS = {
     "ctx": limits.ctx, "threads": limits.threads, "gpu_layers": limits.gpu_layers, "kv_type": _kv_type,
-    "workers": _workers,
+    "workers": _workers, "speculate": check_speculate,
 }  # fmt: skip
 
 
@@ -57,6 +60,8 @@ class Config:
     hide_thinking: bool = False
     kv_type: str | None = None
     workers: list = field(default_factory=list)  # "host:port" of `localr1 worker`s (ggml RPC)
+    speculate: str | None = None
+    draft: str | None = None
     path: Path | None = None
 
 

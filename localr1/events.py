@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from localr1.text.thinking import ThinkingReport
@@ -66,6 +66,15 @@ class Timings:
     llama_decode_ms: float = 0.0
     llama_decode_calls: int = 0
     sample_ms: float = 0.0  # time spent choosing tokens (localr1's sampler, or llama.cpp's chain with a grammar)
+    speculative: Any = None  # what speculative decoding did (engine/speculative.DraftStats: mode, drafted, accepted)
+
+    @property
+    def drafts_kept(self) -> str:
+        """Speculation's share of drafted tokens kept, for a status line ("" when nothing was drafted)."""
+        spec = self.speculative
+        if spec is None or not spec.drafted:
+            return ""
+        return f"{spec.accepted / spec.drafted:.0%} of {spec.drafted:,} drafts kept"
 
     @property
     def prefill_tps(self) -> float:
@@ -102,6 +111,8 @@ class Done:
                 "decode_tokens_per_s": round(self.timings.decode_tps, 2),
             },
         }
+        if self.timings.speculative is not None:
+            out["timings"]["speculative"] = self.timings.speculative.to_dict()
         if self.thinking is not None:
             out["thinking_budget"] = self.thinking.to_dict()
         return out

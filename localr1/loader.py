@@ -18,15 +18,16 @@ from localr1.engine.base import Engine
 from localr1.engine.rpc import add_workers, guard_links, worker_peers
 from localr1.errors import DownloadError, InvalidModelFileError, ModelTooBigError, OutOfMemoryError, UsageError
 from localr1.fit import candidates as cands
+from localr1.fit.draft import place_draft
 from localr1.fit.memory import kv_type_fits
 from localr1.fit.planner import DEFAULT_CTX, Fallbacks, NoPlanError, Plan, PlanOptions, choose, plan_candidate
-from localr1.fit.request import LoadRequest
+from localr1.fit.request import DEFAULT_SPECULATE, LoadRequest
 from localr1.machine.doctor import idle_gpu_warning
 from localr1.machine.hardware import Hardware, machine
 from localr1.models.catalog import load_catalog, split_name
 from localr1.models.download import offline_mode, pull, resolve_target
 from localr1.models.gguf_info import GGUFInfo, inspect_model
-from localr1.models.resolve import local_models, resolve_model
+from localr1.models.resolve import find_catalog_file, local_models, resolve_model
 from localr1.units import gib
 
 
@@ -44,6 +45,9 @@ class EngineOptions:
     n_seq: int = 1  # sequences decoded together; n_ctx is each one's context
     kv_type: str = "f16"  # the KV cache's type: f16, q8_0 or q4_0
     main_device: str | None = None  # every layer on it ("local" or a worker's "RPC1"); None: llama.cpp splits
+    speculate: str = "off"  # speculative decoding: off, ngram, draft or auto (engine/speculative.py)
+    draft: Path | None = None  # the draft model's file, for draft and auto
+    draft_gpu_layers: int = 0  # the draft's GPU layers (-1: all), as fit/draft.py placed it
 
 
 def load_engine(path: Path, header, options: EngineOptions, cancel: threading.Event | None = None) -> Engine:
@@ -304,6 +308,7 @@ def open_model(
         n_ctx, layers, overrides, mlock, kv_type = (
             plan.n_ctx, plan.n_gpu_layers, plan.overrides, plan.mlock, plan.kv_type
         )  # fmt: skip
+    speculate, draft, draft_layers = speculation(request, config, plan, label, say)
     options = EngineOptions(
         n_ctx=n_ctx,
         n_threads=request.threads or config.threads,
@@ -314,8 +319,77 @@ def open_model(
         n_seq=request.parallel,
         kv_type=kv_type,
         main_device=plan.placement.main_device if plan is not None and plan.placement is not None else None,
+        speculate=speculate,
+        draft=draft,
+        draft_gpu_layers=draft_layers,
     )
     engine = load_with_fallback(path, inspect_model(path), options, plan, cancel or threading.Event(), say=say)
     if workers:  # the model's connections to the workers exist now: a silent network drop must not hang it
         guard_links(peers=worker_peers(workers))
     return LoadedModel(engine, label, path, plan)
+
+
+def speculation(request: LoadRequest, config: Config, plan: Plan | None, label: str, say) -> tuple:
+    """(mode, draft file or None, the draft's GPU layers) for a request: its --speculate, else the config's,
+    else auto; ``draft`` without a draft that fits is ``ngram`` (the reason said)."""
+    mode = request.speculate or config.speculate or DEFAULT_SPECULATE
+    if mode not in ("draft", "auto"):
+        return mode, None, 0
+    draft, layers = draft_for(request, config, plan, label, mode, say)
+    return ("ngram" if draft is None and mode == "draft" else mode), draft, layers
+
+
+def draft_for(request: LoadRequest, config: Config, plan: Plan | None, label: str, mode: str, say) -> tuple:
+    """The draft model's file and GPU layers for ``--speculate draft`` / ``auto``, or (None, 0) with the
+    reason said: the one asked for (``--draft``, the config's), else the one the catalog names for the
+    target. ``auto`` takes a draft only when it is on disk; ``draft`` downloads a catalog draft. The draft
+    goes beside the target's plan (fit/draft.py) or not at all."""
+    catalog = load_catalog()
+    spec = request.draft or config.draft
+    if spec is None:
+        target = catalog.get(split_name(label)[0])
+        spec = target.draft if target is not None else None
+    if spec is None:
+        if mode == "draft":
+            raise UsageError(
+                f"the catalog names no draft model for {label}",
+                hint="Give --draft MODEL (a catalog name or a .gguf with the same tokenizer), or use --speculate ngram.",
+            )
+        return None, 0
+    if request.parallel > 1:  # the batched engine drafts from n-grams only
+        if mode == "draft":
+            say("Speculating with n-grams only: a draft model is not used with --parallel above 1.")
+        return None, 0
+    path = _draft_on_disk(spec, config, catalog)
+    if path is None:
+        if mode == "auto":
+            return None, 0
+        name = split_name(spec)[0]
+        off = offline_mode(request.offline)
+        quant = split_name(spec)[1] or catalog[name].default_quant
+        path = pull(resolve_target(f"{name}:{quant}", offline=off), offline=off, show_progress=False)
+    local = resolve_model(str(path), config)
+    if plan is None:  # context and GPU layers given: the draft goes where the target's layers go
+        return path, -1 if (request.gpu_layers or 0) != 0 else 0
+    candidate = cands.from_file(local.path, local=local)
+    placed, why = place_draft(
+        candidate, n_ctx=plan.n_ctx, budget=plan.budget, gpu_used=plan.memory.gpu_total,
+        ram_used=plan.memory.cpu_total, kv_type=plan.kv_type,
+    )  # fmt: skip
+    if placed is None:
+        say(f"Not drafting with {spec}: {why} (speculating with n-grams only).")
+        return None, 0
+    return path, placed.n_gpu_layers
+
+
+def _draft_on_disk(spec: str, config: Config, catalog) -> Path | None:
+    """The draft's file when it is on disk (a catalog name: its default quant first, then any), else None."""
+    name, quant = split_name(spec)
+    if name in catalog:
+        model = catalog[name]
+        quants = [quant] if quant else [model.default_quant, *model.quants]
+        for q in quants:
+            if (path := find_catalog_file(model, q)) is not None:
+                return path
+        return None
+    return resolve_model(spec, config, catalog).path  # a file: missing is an error

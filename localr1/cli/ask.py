@@ -137,6 +137,8 @@ def ask(
     gpu_experts: opt.GpuExpertsOpt = None,
     kv_type: opt.KvTypeOpt = None,
     workers: opt.WorkersOpt = None,
+    speculate: opt.SpeculateOpt = None,
+    draft: opt.DraftOpt = None,
     server: opt.ServerOpt = None,
     simulate=None,  # the simulation flags, as one Simulation (see options.simulated)
 ) -> None:
@@ -153,6 +155,7 @@ def ask(
     request = opt.load_request(
         model, ctx=ctx, gpu_layers=gpu_layers, threads=threads, offline=offline, offload=offload_mode,
         gpu_experts=gpu_experts, simulate=simulate, kv_type=kv_type, workers=workers,
+        speculate=speculate, draft=draft,
     )  # fmt: skip
     cancel = threading.Event()
     with cancel_on_sigint(cancel):

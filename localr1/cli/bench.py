@@ -8,7 +8,16 @@ import sys
 import typer
 
 from localr1.cli.helptext import command_help
-from localr1.cli.options import GpuLayersOpt, JsonOpt, ModelOpt, ThreadsOpt, load_request, one_model
+from localr1.cli.options import (
+    DraftOpt,
+    GpuLayersOpt,
+    JsonOpt,
+    ModelOpt,
+    SpeculateOpt,
+    ThreadsOpt,
+    load_request,
+    one_model,
+)
 from localr1.cli.state import command, handle_errors
 from localr1.errors import UsageError
 from localr1.text.sampling import Sampling
@@ -27,11 +36,16 @@ localr1 / llama.cpp is printed (llama-bench only decodes: it chooses no tokens, 
 counts against localr1) (build llama-bench with benchmarks/build_llama_bench.sh, or put one on
 PATH).
 
+Speculative decoding runs as ask runs it (--speculate, default auto), and what it drafted and kept is
+reported: the prompt repeats one sentence, so n-grams predict much of what the model writes; --speculate
+off measures one token per step.
+
 Examples:
 $ localr1 bench
 $ localr1 bench r1:7b --prompt 512 --gen 128 --reps 5 --json
 $ localr1 bench ./model.gguf --compare --rounds 3
 $ localr1 bench --greedy
+$ localr1 bench --speculate off
 """
 
 
@@ -51,6 +65,8 @@ def bench(
     threads: ThreadsOpt = None,
     gpu_layers: GpuLayersOpt = None,
     flash_attn: str = typer.Option("auto", "--flash-attn", help="on, off or auto (llama.cpp decides)."),
+    speculate: SpeculateOpt = None,
+    draft: DraftOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     model = one_model(model, model_option)
@@ -61,7 +77,7 @@ def bench(
 
     if prompt < 1 or gen < 2 or reps < 1 or rounds < 1:
         raise UsageError("--prompt must be at least 1, --gen at least 2, --reps and --rounds at least 1")
-    request = load_request(model, threads=threads, gpu_layers=gpu_layers)
+    request = load_request(model, threads=threads, gpu_layers=gpu_layers, speculate=speculate, draft=draft)
     if flash_attn not in ("on", "off", "auto"):
         raise UsageError(f"--flash-attn must be on, off or auto, not {flash_attn!r}")
     fa = None if flash_attn == "auto" else flash_attn == "on"
@@ -123,13 +139,16 @@ def _setup(request, hw, *, n_ctx: int, flash_attn: bool | None):
 
     from localr1.config import load_config
     from localr1.engine.llama_cpp import DEFAULT_BATCH
-    from localr1.loader import EngineOptions, plan_for
+    from localr1.loader import EngineOptions, plan_for, speculation
     from localr1.machine.cpu import physical_cores
 
     config = load_config()
     plan = plan_for(replace(request, ctx=n_ctx), hw, config, prefer_local=True)
     if plan.candidate.path is None:
         raise UsageError(f"{plan.label} is not downloaded", hint=f"localr1 pull {plan.label}")
+    mode, draft, draft_layers = speculation(
+        request, config, plan, plan.label, lambda text: sys.stderr.write(text + "\n")
+    )
     options = EngineOptions(
         n_ctx=n_ctx,
         n_threads=request.threads or config.threads or physical_cores(),
@@ -139,6 +158,9 @@ def _setup(request, hw, *, n_ctx: int, flash_attn: bool | None):
         mlock=plan.mlock,
         n_batch=min(DEFAULT_BATCH, n_ctx),
         flash_attn=flash_attn,
+        speculate=mode,
+        draft=draft,
+        draft_gpu_layers=draft_layers,
     )
     return plan, options
 
@@ -185,6 +207,11 @@ def _text(out: dict, label: str, info, result, *, gen: int, greedy: bool, hw) ->
         lines.append(f"{name:22} {s['min']:>9} {s['median']:>9} {s['max']:>9}")
     runs = len(result.decode_tps.values)
     lines.append(f"({result.prompt_tokens}-token prompt, {gen} generated, {runs} runs)")
+    if spec := out.get("speculative"):
+        rate = f"{spec['acceptance']:.0%}" if spec["drafted"] else "-"
+        lines.append(
+            f"speculative ({spec['mode']}): {spec['accepted']:,} of {spec['drafted']:,} drafted tokens kept ({rate})"
+        )
     if "llama_bench" in out:
         lb, r = out["llama_bench"], out["ratio"]
         lines.append(

@@ -113,6 +113,8 @@ def chat(
     gpu_experts: opt.GpuExpertsOpt = None,
     kv_type: opt.KvTypeOpt = None,
     workers: opt.WorkersOpt = None,
+    speculate: opt.SpeculateOpt = None,
+    draft: opt.DraftOpt = None,
     server: opt.ServerOpt = None,
     simulate=None,  # the simulation flags, as one Simulation (see options.simulated)
 ) -> None:
@@ -126,6 +128,7 @@ def chat(
     request = opt.load_request(
         model, ctx=ctx, gpu_layers=gpu_layers, threads=threads, offline=offline, offload=offload_mode,
         gpu_experts=gpu_experts, simulate=simulate, kv_type=kv_type, workers=workers,
+        speculate=speculate, draft=draft,
     )  # fmt: skip
     sampling = Sampling(
         temperature=temperature, top_p=top_p, max_tokens=max_tokens, think_budget=think_budget, think_min=think_min

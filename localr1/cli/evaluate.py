@@ -174,6 +174,8 @@ def evaluate_command(
     offline: opt.OfflineOpt = False,
     kv_type: opt.KvTypeOpt = None,
     workers: opt.WorkersOpt = None,
+    speculate: opt.SpeculateOpt = None,
+    draft: opt.DraftOpt = None,
     server: opt.ServerOpt = None,
     simulate=None,  # the simulation flags, as one Simulation (see options.simulated)
 ) -> None:
@@ -195,7 +197,8 @@ def evaluate_command(
     suite_name, problems = load_suite(suite)
     problems = problems[:limit] if limit else problems
     request = opt.load_request(model, ctx=ctx, gpu_layers=gpu_layers, threads=threads, offline=offline,
-                               simulate=simulate, kv_type=kv_type, workers=workers)  # fmt: skip
+                               simulate=simulate, kv_type=kv_type, workers=workers,
+                               speculate=speculate, draft=draft)  # fmt: skip
     cancel = threading.Event()
     with cancel_on_sigint(cancel):
         engine, label, path = open_engine(request, server, model, cancel)

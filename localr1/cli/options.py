@@ -59,6 +59,25 @@ def one_model(argument: str | None, option: str | None) -> str | None:
     return option if option is not None else argument
 
 
+SpeculateOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--speculate",
+        help="Speculative decoding: off, ngram (drafts from the context), draft (a small model drafts) or auto "
+        "(n-grams, plus the catalog's draft model when it is on disk and fits; the default). The tokens keep "
+        "exactly the distribution plain decoding gives.",
+        show_default=False,
+    ),
+]
+DraftOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--draft",
+        help="The draft model for --speculate draft/auto: a catalog name or a .gguf with the same tokenizer "
+        "(default: the catalog's, r1:1.5b for the Qwen distills).",
+        show_default=False,
+    ),
+]
 WorkersOpt = Annotated[
     str | None,
     typer.Option(
@@ -155,6 +174,8 @@ def load_request(
     kv_type: str | None = None,
     parallel: int = 1,
     workers: str | None = None,
+    speculate: str | None = None,
+    draft: str | None = None,
 ) -> LoadRequest:
     """The checked request the options describe."""
     from localr1.cli.state import state
@@ -172,6 +193,8 @@ def load_request(
         kv_type=kv_type,
         parallel=parallel,
         workers=tuple(w.strip() for w in (workers or "").split(",") if w.strip()),
+        speculate=speculate,
+        draft=draft,
     ).validated()
 
 

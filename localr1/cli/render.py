@@ -209,6 +209,7 @@ def stats_line(label: str, done: Done) -> str:
     return (
         f"{label} · {tokens(u.completion_tokens)}{thinking} at {t.decode_tps:.1f} tokens/s"
         f" · prompt {tokens(u.prompt_tokens)} in {t.prefill_s:.2f} s · loaded in {t.load_s:.1f} s"
+        + (f" · {t.drafts_kept}" if t.drafts_kept else "")
     )
 
 

@@ -68,6 +68,8 @@ def serve(
     gpu_experts: opt.GpuExpertsOpt = None,
     kv_type: opt.KvTypeOpt = None,
     workers: opt.WorkersOpt = None,
+    speculate: opt.SpeculateOpt = None,
+    draft: opt.DraftOpt = None,
     simulate=None,
 ) -> None:
     model = opt.one_model(model, model_option)
@@ -82,6 +84,7 @@ def serve(
     request = opt.load_request(
         model, ctx=ctx, gpu_layers=gpu_layers, threads=threads, offline=offline, offload=offload_mode,
         gpu_experts=gpu_experts, simulate=simulate, kv_type=kv_type, parallel=parallel, workers=workers,
+        speculate=speculate, draft=draft,
     )  # fmt: skip
     check_bind(host, port, api_key=api_key, insecure=insecure)
     sock = bind_socket(host, port)  # a port in use fails now, not after a minute of loading

@@ -28,6 +28,7 @@ from typing import Any
 from localr1.engine.backend import _LOG
 from localr1.engine.base import common_prefix
 from localr1.engine.generation import Generation
+from localr1.engine.speculative import MAX_DRAFT, Speculator
 from localr1.errors import ContextOverflowError, EngineError, LocalR1Error
 from localr1.events import Done, Event, FinishReason, Timings
 from localr1.text.prompt import Prompt
@@ -52,7 +53,9 @@ class _Job:
     t_admitted: float = 0.0
     t_first: float = 0.0  # the prompt's last chunk decoded: the first token can be chosen
     sample_s: float = 0.0
-    n_prompt: int = 0  # the prompt's tokens (``tokens`` grows by what a thinking budget appends)
+    n_prompt: int = 0  # the prompt's tokens (``tokens`` grows by every token decoded and what a budget appends)
+    spec: Speculator | None = None  # n-gram drafting (engine/speculative.py), when the engine speculates
+    drafted: list[int] = field(default_factory=list)  # drafts in the last batch, after last_token
 
 
 class BatchedEngine:
@@ -66,11 +69,14 @@ class BatchedEngine:
         # one KV cache for all sequences (kv_unified): each may use its share, so none crowds out another
         self.n_ctx_slot = self._lib.llama_n_ctx(engine.context) // self.slots
         self.n_batch = engine.n_batch
+        # each sequence drafts from its own n-grams (a draft model would need a context of its own per slot)
+        self.speculate = "off" if getattr(engine, "speculate", "off") == "off" else "ngram"
         self._cv = threading.Condition()
         self._pending: collections.deque[_Job] = collections.deque()
         self._active: dict[int, _Job] = {}  # slot -> job
         self._cached: list[list[int]] = [[] for _ in range(self.slots)]  # tokens in each slot's KV cache
         self._closing = threading.Event()
+        self._seconds = 0.0  # the last decode's time
         self.steps = 0  # decode calls, and the sequences they carried (for the tests and benchmarks)
         self.rows = 0
         self._thread = threading.Thread(target=self._run, name="localr1-batch", daemon=True)
@@ -208,6 +214,8 @@ class BatchedEngine:
                 close_token=engine.think_close_token, interval=engine.stream_interval_s,
             )  # fmt: skip
             job.chain, job.sample = engine.token_chooser(job.sampling)
+            if self.speculate != "off":
+                job.spec = Speculator("ngram")
         except LocalR1Error as exc:
             job.out.put(exc)
             return
@@ -219,17 +227,25 @@ class BatchedEngine:
                 self._finish(job, "cancelled")
 
     def _step(self, batch: Any) -> None:
-        """One llama_decode: a token for each generating sequence, then prompt chunks in the room left."""
+        """One llama_decode: a token for each generating sequence (and its drafts), then prompt chunks in the
+        room left."""
         lib, ctx = self._lib, self._engine.context
         n = 0
-        outputs: list[tuple[int, _Job]] = []  # (row of logits, job)
+        outputs: list[tuple[list[int], _Job]] = []  # (rows of logits, job)
         prefill: list[tuple[_Job, int]] = []  # (job, tokens of its prompt in this batch)
         jobs = list(self._active.values())
         decoding = [job for job in jobs if not job.prefilling]
+        spare = self.n_batch - len(decoding)  # batch room for drafts, shared in turn
         for job in decoding:
-            _put(batch, n, job.last_token, job.n_past, job.slot, True)
-            outputs.append((n, job))
-            n += 1
+            job.tokens.append(job.last_token)  # the sequence so far (taken back if the decode fails)
+            job.drafted = self._drafts(job, spare)
+            spare -= len(job.drafted)
+            rows = []
+            for j, token in enumerate((job.last_token, *job.drafted)):
+                _put(batch, n, token, job.n_past + j, job.slot, True)
+                rows.append(n)
+                n += 1
+            outputs.append((rows, job))
         for job in jobs:
             if job.prefilling and n < self.n_batch:
                 take = min(len(job.tokens) - job.n_past, self.n_batch - n)
@@ -237,17 +253,21 @@ class BatchedEngine:
                 for i in range(take):
                     _put(batch, n + i, job.tokens[job.n_past + i], job.n_past + i, job.slot, last and i == take - 1)
                 if last:
-                    outputs.append((n + take - 1, job))
+                    outputs.append(([n + take - 1], job))
                 prefill.append((job, take))
                 n += take
         batch.n_tokens = n
+        t0 = time.perf_counter()
         rc = lib.llama_decode(ctx, batch)
         self.steps += 1
         self.rows += n
         if rc != 0:
+            for job in decoding:
+                job.tokens.pop()
             self._failed_step(rc, jobs)
             return
         now = time.perf_counter()
+        self._seconds = now - t0
         for job, take in prefill:
             self._cached[job.slot].extend(job.tokens[job.n_past : job.n_past + take])
             job.n_past += take
@@ -257,22 +277,49 @@ class BatchedEngine:
         for job in decoding:
             self._cached[job.slot].append(job.last_token)
             job.n_past += 1
-        for row, job in outputs:
-            self._choose(job, row, ctx)
+        for rows, job in outputs:
+            self._choose(job, rows, ctx)
 
-    def _choose(self, job: _Job, row: int, ctx: Any) -> None:
-        """The job's next token from its row of logits, and what its generation decides of it."""
+    def _drafts(self, job: _Job, spare: int) -> list[int]:
+        """The job's n-gram drafts for this step, within the batch room and its own token budget."""
+        if job.spec is None:
+            return []
+        gen = job.gen
+        room = min(spare, MAX_DRAFT, gen.budget - gen.generated - 1, self.n_ctx_slot - job.n_past - 2)
+        return job.spec.propose(job.tokens, room)[0]
+
+    def _choose(self, job: _Job, rows: list[int], ctx: Any) -> None:
+        """The job's next tokens from its rows of logits (one, or one per draft and one more: each draft
+        accepted while the token drawn equals it, engine/speculative.py), and what its generation decides."""
         clock = time.perf_counter
-        t = clock()
-        try:
-            token = job.sample(job.chain, ctx, row)
-        except LocalR1Error as exc:  # this request's grammar has no way on: it ends, the others go on
-            with self._cv:
-                self._finish(job, None, exc)
-            return
-        job.sample_s += clock() - t
-        step = job.gen.choose(token, self._engine.piece(token))
-        job.last_token = token if step.decode and step.append is None else -1
+        drafted, accepted = job.drafted, 0
+        for i, row in enumerate(rows):
+            t = clock()
+            try:
+                token = job.sample(job.chain, ctx, row)
+            except LocalR1Error as exc:  # this request's grammar has no way on: it ends, the others go on
+                with self._cv:
+                    self._finish(job, None, exc)
+                return
+            job.sample_s += clock() - t
+            step = job.gen.choose(token, self._engine.piece(token))
+            in_kv = i < len(drafted) and token == drafted[i] and step.decode
+            if in_kv:  # decoded already, as a draft
+                accepted += 1
+                job.tokens.append(token)
+                self._cached[job.slot].append(token)
+                job.n_past += 1
+                if step.append is None and step.finish is None:
+                    for event in step.events:
+                        job.out.put(event)
+                    continue
+            break
+        if job.spec is not None:
+            job.spec.verified(len(drafted), accepted, self._seconds)
+        if drafted and accepted < len(drafted):  # the drafts after the run leave the KV cache
+            self._lib.llama_memory_seq_rm(self._engine.memory, job.slot, job.n_past, -1)
+        job.drafted = []
+        job.last_token = token if step.decode and step.append is None and not in_kv else -1
         for event in step.events:
             job.out.put(event)
         if step.append is not None:  # it streams (marked forced) and goes into the sequence in the next steps
@@ -283,7 +330,7 @@ class BatchedEngine:
                 return
             for event in events:
                 job.out.put(event)
-            job.tokens.extend(([token] if step.decode else []) + ids)
+            job.tokens.extend(([token] if step.decode and not in_kv else []) + ids)
             job.prefilling = True
         if step.finish is not None:
             with self._cv:
@@ -325,6 +372,7 @@ class BatchedEngine:
             prompt_tokens=job.n_prompt or len(job.tokens),
             decode_tokens=gen.generated,
             sample_ms=job.sample_s * 1000,
+            speculative=job.spec.stats if job.spec is not None else None,
         )
         for event in gen.done(reason or "stop", prompt_tokens=job.n_prompt or len(job.tokens), timings=timings):
             job.out.put(event)

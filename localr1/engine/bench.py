@@ -16,8 +16,10 @@ import statistics
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from localr1.engine.backend import init_backend, weight_repacking
+from localr1.engine.speculative import DraftStats
 from localr1.errors import LocalR1Error, UsageError
 from localr1.events import Done
 from localr1.text.prompt import Prompt
@@ -48,6 +50,7 @@ class BenchResult:
     decode_tps: Series = field(default_factory=Series)
     ttft_s: Series = field(default_factory=Series)
     sample_ms: Series = field(default_factory=Series)  # per generated token
+    speculative: Any = None  # DraftStats summed over the counted runs (None: speculation off)
 
     def to_dict(self) -> dict:
         return {
@@ -57,6 +60,7 @@ class BenchResult:
             "decode_tokens_per_s": self.decode_tps.summary(),
             "time_to_first_token_s": self.ttft_s.summary(),
             "sample_ms_per_token": self.sample_ms.summary(digits=3),
+            **({"speculative": self.speculative.to_dict()} if self.speculative is not None else {}),
         }
 
 
@@ -106,6 +110,11 @@ def run(
         result.decode_tps.values.append(t.decode_tps)
         result.ttft_s.values.append(t.prefill_s)
         result.sample_ms.values.append(t.sample_ms / max(t.decode_tokens, 1))
+        if t.speculative is not None:
+            total = result.speculative or DraftStats(mode=t.speculative.mode)
+            total.drafted += t.speculative.drafted
+            total.accepted += t.speculative.accepted
+            result.speculative = total
     return result
 
 

@@ -18,7 +18,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from localr1.engine.backend import (
 from localr1.engine.base import ModelInfo, common_prefix
 from localr1.engine.devices import buffer_type, cpu_buffer_type, list_devices, tensor_split
 from localr1.engine.generation import STREAM_INTERVAL_S, Generation
+from localr1.engine.speculative import MAX_DRAFT, MODES, Speculator, accept
 from localr1.engine.threadpool import CpuThreadpool
 from localr1.errors import ContextOverflowError, EngineError, ModelLoadError, OutOfMemoryError, UsageError
 from localr1.events import Event, FinishReason, Timings
@@ -199,7 +200,10 @@ class LlamaCppEngine:
         n_seq: int = 1,
         kv_type: str = "f16",
         main_device: str | None = None,
+        speculate: str = "off",
+        draft: Any = None,
     ) -> None:
+        """``speculate``: off, ngram, draft or auto (engine/speculative.py); ``draft``: its DraftModel."""
 
         # the last stop before native code, whatever the caller: llama.cpp crashes on absurd numbers
         limits.threads(n_threads, "threads")
@@ -215,6 +219,7 @@ class LlamaCppEngine:
         self._model = None
         self._ctx = None
         self._lock = threading.Lock()  # held while a generation runs: close() waits for it
+        self.speculate, self.draft = _speculation(speculate, draft)
         self._closing = threading.Event()
         started = time.perf_counter()
 
@@ -239,6 +244,8 @@ class LlamaCppEngine:
         self._no_abort = ctypes.cast(None, lib.ggml_abort_callback)
         self._piece_buf = ctypes.create_string_buffer(256)
         self._token_buf = (lib.llama_token * 1)()
+        self._draft_batch = lib.llama_batch_init(MAX_DRAFT + 1, 0, 1) if speculate != "off" else None
+        self._sample_s = 0.0
         self._pieces: dict[int, bytes | None] = {}  # token -> its text, None for end-of-generation tokens
         self.info = ModelInfo(
             name=header.name,
@@ -345,8 +352,8 @@ class LlamaCppEngine:
         self._think_ids = {t for t in (self._single_token(THINK_OPEN), self._single_token(THINK_CLOSE)) if t >= 0}
         return chat_format_for(
             template,
-            bos_token=self._token_text(bos) if bos >= 0 else "",
-            eos_token=self._token_text(eos) if eos >= 0 else "",
+            bos_token=self.token_text(bos) if bos >= 0 else "",
+            eos_token=self.token_text(eos) if eos >= 0 else "",
             add_bos=bool(lib.llama_vocab_get_add_bos(self._vocab)),
             has_token=lambda text: self._single_token(text) >= 0,
             name=header.name,
@@ -363,9 +370,19 @@ class LlamaCppEngine:
             n = self._lib.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
         return buf.raw[:n].decode("utf-8", errors="replace")
 
-    def _token_text(self, token: int) -> str:
+    def token_text(self, token: int) -> str:
         text = self._lib.llama_vocab_get_text(self._vocab, token)
         return text.decode("utf-8", errors="replace") if text else ""
+
+    def vocab_facts(self) -> dict[str, int]:
+        """What a draft model must share with this one (engine/draft_model.check_compatible)."""
+        lib, vocab = self._lib, self._vocab
+        return {
+            "type": lib.llama_vocab_type(vocab),
+            "n_vocab": self.n_vocab,
+            "bos": lib.llama_vocab_bos(vocab) if lib.llama_vocab_get_add_bos(vocab) else -1,
+            "eos": lib.llama_vocab_eos(vocab),
+        }
 
     def _single_token(self, text: str) -> int:
         toks = self.tokenize(text, add_bos=False)
@@ -486,57 +503,16 @@ class LlamaCppEngine:
             interval=self.stream_interval_s,
         )  # fmt: skip
         chain, sample = self.token_chooser(sampling)
+        spec = Speculator(self.speculate, model=self.draft, sampling=sampling)
         try:
             lib.llama_perf_context_reset(ctx)
             t0 = time.perf_counter()
             decoded = self._prefill(tokens)
             t1 = gen.t_last = time.perf_counter()
-            finish: FinishReason = "cancelled" if decoded < 0 else "stop"
-            # Per token: one sample, one dictionary lookup for the token's text, the generation's decision
-            # (engine/generation.py) and one decode of a batch built once (it points at token_buf). The token
-            # is decoded before its text is handed on: on a GPU llama_decode returns while the graph runs, so
-            # the Python side overlaps with it (on the CPU the decode is synchronous and the order changes
-            # nothing). Both measured in docs/performance.md.
-            token_buf = self._token_buf
-            batch = lib.llama_batch_get_one(token_buf, 1)
-            decode, pieces, clock = lib.llama_decode, self._pieces, time.perf_counter
-            sample_s = 0.0
-            while decoded >= 0:
-                if (cancel is not None and cancel.is_set()) or self._closing.is_set():
-                    finish = "cancelled"
-                    break
-                if gen.full:
-                    finish = "length"
-                    break
-                t_sample = clock()
-                token = sample(chain, ctx, -1)
-                sample_s += clock() - t_sample
-                piece = pieces.get(token, _UNSEEN)
-                if piece is _UNSEEN:
-                    piece = self._learn_piece(token)
-                step = gen.choose(token, piece)
-                if step.decode:
-                    token_buf[0] = token
-                    rc = decode(ctx, batch)
-                    if rc == 0:
-                        self._cached.append(token)
-                    elif rc == 1:  # no room left in the KV cache
-                        finish = "length"
-                        break
-                    else:
-                        yield from gen.flush()
-                        raise EngineError(f"llama.cpp failed while generating (code {rc}): {_LOG.tail(2)}")
-                if step.events:
-                    yield from step.events
-                if step.append is not None:
-                    appended = self._append(gen, step.append)
-                    if appended is None:  # no room for it
-                        finish = "length"
-                        break
-                    yield from appended
-                if step.finish is not None:
-                    finish = step.finish
-                    break
+            self._sample_s = 0.0
+            finish: FinishReason = "cancelled"
+            if decoded >= 0:
+                finish = yield from self._decode_loop(gen, chain, sample, cancel, spec)
             perf = lib.llama_perf_context(ctx)
             timings = Timings(
                 load_s=self.info.load_s,
@@ -548,12 +524,111 @@ class LlamaCppEngine:
                 llama_prefill_ms=perf.t_p_eval_ms,
                 llama_decode_ms=perf.t_eval_ms,
                 llama_decode_calls=perf.n_eval,
-                sample_ms=sample_s * 1000,
+                sample_ms=self._sample_s * 1000,
+                speculative=spec.stats if spec.active else None,
             )
             yield from gen.done(finish, prompt_tokens=len(tokens), timings=timings)
         finally:
             if chain is not None:
                 lib.llama_sampler_free(chain)
+
+    def _decode_loop(self, gen: Generation, chain: Any, sample: Any, cancel: threading.Event | None,
+                     spec: Speculator) -> Generator[Event, None, FinishReason]:  # fmt: skip
+        """Choose, hand on and decode tokens until the generation ends; returns why it ended.
+
+        Each step reads the rows of logits the last decode left: one (a plain step) or, after drafts, one per
+        drafted token and one more. Row i's token (drawn by the request's sampler, or by the acceptance rule
+        for a draft model's sampled drafts: engine/speculative.py) is handed to ``gen`` like any token; while it
+        equals draft i it is in the KV cache already and the next row follows. The first token that differs,
+        or that ``gen`` does not keep as it is, ends the run: the drafts after it leave the KV cache, and the
+        token is decoded with the next drafts. A plain step: one sample, a dictionary lookup, ``gen``'s decision
+        and one decode (before the text is handed on: on a GPU, Python overlaps with the running graph)."""
+        lib, ctx, mem = self._lib, self._ctx, self._mem
+        cached = self._cached  # the tokens in the KV cache that stand (drafts join it once accepted)
+        token_buf = self._token_buf
+        one = lib.llama_batch_get_one(token_buf, 1)
+        decode, pieces, clock = lib.llama_decode, self._pieces, time.perf_counter
+        rows, drafted, dists = [-1], [], None  # the rows of logits to read, and the drafts they verify
+        kv_len, t_step = len(cached), 0.0  # positions in the KV cache (drafts included); the last step's time
+        while True:
+            if (cancel is not None and cancel.is_set()) or self._closing.is_set():
+                return "cancelled"
+            if gen.full:
+                return "length"
+            accepted = 0
+            for i, row in enumerate(rows):
+                in_kv = False
+                t_sample = clock()
+                if dists is not None and i < len(drafted):
+                    token = self._accept_sampled(ctx, row, dists[i], drafted[i], sample)
+                else:
+                    token = sample(chain, ctx, row)
+                self._sample_s += clock() - t_sample
+                piece = pieces.get(token, _UNSEEN)
+                if piece is _UNSEEN:
+                    piece = self._learn_piece(token)
+                step = gen.choose(token, piece)
+                if i < len(drafted) and token == drafted[i]:  # decoded already, as a draft
+                    accepted += 1
+                    in_kv = step.decode
+                    if in_kv:
+                        cached.append(token)
+                    if in_kv and step.append is None and step.finish is None:
+                        yield from step.events
+                        continue
+                break
+            spec.verified(len(drafted), accepted, t_step)
+            if kv_len > len(cached):  # the drafts after the run leave the KV cache
+                lib.llama_memory_seq_rm(mem, 0, len(cached), -1)
+                kv_len = len(cached)
+            rows, drafted, dists = [-1], [], None
+            if step.decode and not in_kv:
+                t_start = clock()
+                cached.append(token)
+                if step.append is None and step.finish is None and spec.active:
+                    room = min(gen.budget - gen.generated - 1, self.n_ctx - len(cached) - 1, MAX_DRAFT)
+                    drafted, dists = spec.propose(cached, room)
+                if drafted:
+                    rc = self._decode_drafts(token, drafted, len(cached) - 1)
+                    rows = list(range(len(drafted) + 1))
+                else:
+                    token_buf[0] = token
+                    rc = decode(ctx, one)
+                t_step = clock() - t_start
+                if rc != 0:
+                    cached.pop()
+                    if rc == 1:  # no room left in the KV cache
+                        return "length"
+                    yield from gen.flush()
+                    raise EngineError(f"llama.cpp failed while generating (code {rc}): {_LOG.tail(2)}")
+                kv_len = len(cached) + len(drafted)
+            if step.events:
+                yield from step.events
+            if step.append is not None:
+                appended = self._append(gen, step.append)
+                if appended is None:  # no room for it
+                    return "length"
+                kv_len = len(cached)
+                yield from appended
+            if step.finish is not None:
+                return step.finish
+
+    def _decode_drafts(self, token: int, drafts: list[int], pos: int) -> int:
+        """Decode ``token`` at ``pos`` and the drafts after it, every row's logits kept; llama_decode's code."""
+        lib, batch = self._lib, self._draft_batch
+        for j, t in enumerate((token, *drafts)):
+            batch.token[j] = t
+            batch.pos[j] = pos + j
+            batch.n_seq_id[j] = 1
+            batch.seq_id[j][0] = 0
+            batch.logits[j] = True
+        batch.n_tokens = len(drafts) + 1
+        return lib.llama_decode(self._ctx, batch)
+
+    def _accept_sampled(self, ctx: Any, row: int, q: Any, draft: int, sample: Any) -> int:
+        """The token at ``row`` for a draft the draft model sampled from ``q``: the standard acceptance rule
+        over the target's nucleus distribution (engine/speculative.py)."""
+        return accept(sample.distribution(ctx, row), q, draft, sample.rng)[1]
 
     def think_close_token(self) -> int:
         """The end-of-thinking token, which a thinking budget needs to see and to write."""
@@ -605,7 +680,7 @@ class LlamaCppEngine:
         import numpy as np
 
         lib, n_vocab = self._lib, self.n_vocab
-        read = self._logits_reader()
+        read = self.logits_reader()
         data = (lib.llama_token_data * n_vocab)()
         view = np.frombuffer(data, dtype=np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)]))
         ids = np.arange(n_vocab, dtype=np.int32)
@@ -671,7 +746,7 @@ class LlamaCppEngine:
         self._pieces[token] = piece
         return piece
 
-    def _logits_reader(self):
+    def logits_reader(self):
         """A function (ctx, idx) -> llama.cpp's logits for output ``idx`` as a float32 NumPy view (no copy).
 
         The view is made once per buffer address (llama.cpp keeps its output buffer until it needs a larger
@@ -701,7 +776,7 @@ class LlamaCppEngine:
         """A sample(chain, ctx, idx) stand-in: argmax of the last logits, with the logit biases applied."""
         import numpy as np
 
-        read = self._logits_reader()
+        read = self.logits_reader()
         n_vocab = self.n_vocab
         biases = [(t, b) for t, b in sampling.logit_bias.items() if 0 <= t < n_vocab and b != float("-inf")]
         # Banned tokens (bias -inf, e.g. end of stream in `bench`) cost nothing unless the argmax lands on one.
@@ -721,10 +796,10 @@ class LlamaCppEngine:
         return sample
 
     def _nucleus(self, sampling: Sampling):
-        """A sample(chain, ctx, idx) stand-in: temperature, top-k, top-p and min-p by ``localr1.engine.nucleus``."""
+        """A sample(chain, ctx, idx) stand-in: temperature, top-k, top-p and min-p by ``localr1.engine.nucleus``
+        (with ``distribution(ctx, idx)`` and ``rng`` for speculative decoding's acceptance rule)."""
         from localr1.engine.nucleus import NucleusSampler
 
-        read = self._logits_reader()
         sampler = NucleusSampler(
             self.n_vocab,
             temperature=sampling.temperature,
@@ -734,11 +809,7 @@ class LlamaCppEngine:
             seed=sampling.seed,
             logit_bias=sampling.logit_bias,
         )
-
-        def sample(_chain, ctx, idx) -> int:
-            return sampler(read(ctx, idx))
-
-        return sample
+        return _NucleusChoice(sampler, self.logits_reader())
 
     def end_tokens(self) -> list[int]:
         """End-of-sequence and end-of-turn tokens (to bias off where a fixed length is wanted)."""
@@ -768,6 +839,12 @@ class LlamaCppEngine:
 
     def _free(self) -> None:
         lib = self._lib
+        if getattr(self, "draft", None) is not None:
+            self.draft.close()
+            self.draft = None
+        if getattr(self, "_draft_batch", None) is not None:
+            lib.llama_batch_free(self._draft_batch)
+            self._draft_batch = None
         if self._ctx:
             lib.llama_free(self._ctx)
             self._ctx = None
@@ -787,3 +864,26 @@ class LlamaCppEngine:
     def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
         with contextlib.suppress(Exception):
             self.close(timeout=0)
+
+
+def _speculation(mode: str, draft: Any) -> tuple[str, Any]:
+    if mode not in MODES:
+        raise UsageError(f"--speculate {mode!r} is not one of {', '.join(MODES)}")
+    if mode == "draft" and draft is None:
+        raise UsageError("--speculate draft needs a draft model", hint="Give --draft MODEL, or use --speculate ngram.")
+    return mode, draft
+
+
+class _NucleusChoice:
+    """``sample(chain, ctx, idx)`` for the nucleus sampler, and the explicit distribution at a row."""
+
+    __slots__ = ("sampler", "read", "rng")
+
+    def __init__(self, sampler: Any, read: Any) -> None:
+        self.sampler, self.read, self.rng = sampler, read, sampler.rng
+
+    def __call__(self, _chain: Any, ctx: Any, idx: int) -> int:
+        return self.sampler(self.read(ctx, idx))
+
+    def distribution(self, ctx: Any, idx: int) -> Any:
+        return self.sampler.distribution(self.read(ctx, idx))

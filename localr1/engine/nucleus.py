@@ -116,6 +116,54 @@ class NucleusSampler:
         token = _Step(self, logits).sample()
         return int(token if ids is None else ids[token])
 
+    def distribution(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The kept tokens and their probabilities, explicitly: (ids, float64 probabilities summing to 1),
+        most probable first. The distribution ``__call__`` draws from, for speculative decoding's acceptance
+        test (``localr1.engine.speculative``), which needs p(token) and the residual p - q.
+
+        Only the tokens the nucleus can hold are sorted: the first set of tokens above a cut (``z >= -7``,
+        then 10, 14, 20, everything) whose weight reaches ``top_p`` of the total."""
+        if self._biased is not None:
+            np.copyto(self._biased, logits)
+            self._biased[self._bias_ids] += self._bias_values
+            logits = self._biased
+        top_ids = None
+        if self.top_k:
+            top_ids = np.argpartition(logits, -self.top_k)[-self.top_k :]
+            top_ids.sort()
+            logits = logits[top_ids]
+        peak = logits.max() if len(logits) else np.float32(-np.inf)
+        if not np.isfinite(peak):
+            raise EngineError(
+                "the model produced no usable logits (NaN, infinite, or every token banned)",
+                hint="The model file may be corrupt, or a logit bias bans every token.",
+            )
+        shift = np.float32(peak * self.inv_t)
+        n = len(logits)
+        w = self._w[:n]
+        total = self._weights(logits, shift, w, may_underflow=True)
+        if not math.isfinite(total):
+            raise EngineError("the model produced NaN or infinite logits", hint="The model file may be corrupt.")
+        temperature = 1.0 / float(self.inv_t)
+        limit = self.top_p * total
+        cand = None
+        for cut in CUTS[::-1]:  # 7, 10, 14, 20: the smallest head that holds the nucleus
+            cand = np.flatnonzero(logits >= peak - cut * temperature)
+            if self.top_p < 1.0 and float(np.einsum("i->", w[cand])) >= limit:
+                break
+        else:
+            cand = np.flatnonzero(w > 0)
+        order = cand[np.lexsort((cand, -logits[cand]))]  # descending logit, ties by token id
+        weights = w[order].astype(np.float64)
+        before = np.cumsum(weights) - weights
+        keep = before < limit if self.top_p < 1.0 else np.ones(len(order), bool)
+        keep[0] = True
+        if self.log_min_p is not None:
+            keep &= logits[order] * self.inv_t - shift >= self.log_min_p
+        ids, probs = order[keep], weights[keep]
+        probs /= probs.sum()
+        return (ids if top_ids is None else top_ids[ids]).astype(np.int64), probs
+
     def _weights(self, logits: np.ndarray, shift: np.float32, out: np.ndarray, *, may_underflow: bool) -> float:
         """``out = exp(logits / T - shift)`` in float32; returns their sum."""
         np.multiply(logits, self.inv_t, out=out)

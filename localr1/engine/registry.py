@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from localr1.engine.batching import BatchedEngine
+from localr1.engine.draft_model import DraftModel, check_compatible
 from localr1.engine.llama_cpp import DEFAULT_BATCH, LlamaCppEngine
 from localr1.errors import UsageError
 
@@ -39,6 +40,28 @@ def get(name: str) -> Factory:
 
 def _llama_cpp(path, header, options, cancel=None):
 
+    draft = _draft(options, cancel) if options.draft is not None and options.n_seq == 1 else None
+    try:
+        engine = _target(path, header, options, cancel, draft)
+    except BaseException:
+        if draft is not None:
+            draft.close()
+        raise
+    if options.n_seq > 1:  # several sequences: requests from many threads decode together, one batch a step
+        return BatchedEngine(engine)
+    return engine
+
+
+def _draft(options, cancel):
+    """The draft model (engine/draft_model.py), in a context as long as the target's."""
+    engine = LlamaCppEngine(
+        options.draft, n_ctx=options.n_ctx, n_threads=options.n_threads, n_gpu_layers=options.draft_gpu_layers,
+        flash_attn=options.flash_attn, debug=options.debug, cancel=cancel,
+    )  # fmt: skip
+    return DraftModel(engine)
+
+
+def _target(path, header, options, cancel, draft):
     engine = LlamaCppEngine(
         path,
         n_ctx=options.n_ctx * options.n_seq if options.n_ctx else None,
@@ -54,9 +77,15 @@ def _llama_cpp(path, header, options, cancel=None):
         tensor_overrides=options.tensor_overrides,
         use_mlock=options.mlock,
         main_device=options.main_device,
+        speculate=options.speculate if draft is not None or options.speculate != "draft" else "ngram",
+        draft=draft,
     )
-    if options.n_seq > 1:  # several sequences: requests from many threads decode together, one batch a step
-        return BatchedEngine(engine)
+    if draft is not None:
+        try:
+            check_compatible(engine, draft.engine)  # one line, before the first token, naming what differs
+        except BaseException:
+            engine.close()
+            raise
     return engine
 
 

@@ -21,6 +21,15 @@ if TYPE_CHECKING:
     from localr1.machine.hardware import Simulation
 
 OFFLOAD_MODES = ("auto", "gpu", "ram", "disk", "off")
+# speculative decoding (engine/speculative.py): n-grams of the context, a draft model, or both where one fits
+SPECULATE_MODES = ("off", "ngram", "draft", "auto")
+DEFAULT_SPECULATE = "auto"
+
+
+def check_speculate(mode: str, name: str = "--speculate") -> str:
+    if mode not in SPECULATE_MODES:
+        raise UsageError(f"{name} must be one of {', '.join(SPECULATE_MODES)}, not {mode!r}")
+    return mode
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,8 @@ class LoadRequest:
     parallel: int = 1  # sequences decoded together (serve); ``ctx`` is each one's context
     kv_type: str | None = None  # f16, q8_0 or q4_0; None: the config's, else f16 unless q8_0 is needed to fit
     workers: tuple[str, ...] = ()  # "host:port" of `localr1 worker`s whose devices join the local ones
+    speculate: str | None = None  # one of SPECULATE_MODES; None: the config's, else DEFAULT_SPECULATE
+    draft: str | None = None  # the draft model (a catalog name or a .gguf); None: the config's, else the catalog's
 
     def validated(self) -> LoadRequest:
         """This request, if every value is in range (else a one-line UsageError naming the option)."""
@@ -49,6 +60,10 @@ class LoadRequest:
         limits.bounded("--parallel", self.parallel, 1, limits.MAX_PARALLEL, hint="Each request needs its own context.")
         if self.ctx is not None:
             limits.ctx(self.ctx * self.parallel, "--ctx times --parallel")
+        if self.speculate is not None:
+            check_speculate(self.speculate)
+        if self.draft is not None and self.speculate == "off":
+            raise UsageError("--draft needs speculation", hint="Drop --speculate off, or drop --draft.")
         if self.kv_type is not None:
             from localr1.fit.memory import check_kv_type
 

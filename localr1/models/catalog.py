@@ -36,6 +36,7 @@ _OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "gpqa": (int, float),
     "sizes": dict,  # quant -> bytes of the whole build (all split parts), as the Hub lists them
     "sizes_note": str,  # where the sizes come from, and whether they are exact or rounded
+    "draft": str,  # the catalog model that drafts for this one (speculative decoding): the same tokenizer
 }
 _FAMILIES = ("distill", "moe")
 
@@ -62,6 +63,7 @@ class CatalogModel:
     arch: Architecture | None = None
     sizes: dict[str, int] = field(default_factory=dict)
     sizes_note: str | None = None
+    draft: str | None = None
 
     @property
     def quants(self) -> list[str]:
@@ -140,6 +142,20 @@ def parse_catalog(text: str, origin: str) -> dict[str, CatalogModel]:
     return {name: _entry(name, raw, origin) for name, raw in models.items()}
 
 
+def _check_drafts(catalog: dict[str, CatalogModel]) -> None:
+    """A model's ``draft`` names another model of the catalog, with the same vocabulary size within llama.cpp's
+    slack of 128 tokens (the file's tokens are compared when both are loaded)."""
+    for model in catalog.values():
+        if model.draft is None:
+            continue
+        draft = catalog.get(model.draft)
+        where = f"{model.source}: model {model.name!r}"
+        if draft is None or draft.name == model.name:
+            raise CatalogError(f"{where}: draft {model.draft!r} is not another model of the catalog")
+        if model.arch and draft.arch and abs(model.arch.n_vocab - draft.arch.n_vocab) > 128:
+            raise CatalogError(f"{where}: draft {model.draft!r} has another vocabulary ({draft.arch.n_vocab:,} tokens)")
+
+
 @functools.lru_cache(maxsize=4)
 def _load(user_file: Path | None) -> dict[str, CatalogModel]:
     text = resources.files("localr1").joinpath("models.toml").read_text(encoding="utf-8")
@@ -154,6 +170,7 @@ def _load(user_file: Path | None) -> dict[str, CatalogModel]:
         except OSError as exc:
             raise CatalogError(f"cannot read {user_file}: {exc.strerror}", hint="Fix or delete the file.") from None
         catalog.update(parse_catalog(text, str(user_file)))
+    _check_drafts(catalog)
     return catalog
 
 

@@ -326,7 +326,8 @@ class ChatApp(App):
         elif done.finish_reason == "length":
             view.note("Cut off at the token limit.")
         used = done.usage.prompt_tokens + done.usage.completion_tokens
-        self.status.detail = f"ctx {used:,}/{self.engine.info.n_ctx:,} · {done.timings.decode_tps:.1f} tok/s"
+        drafts = f" · {done.timings.drafts_kept}" if done.timings.drafts_kept else ""
+        self.status.detail = f"ctx {used:,}/{self.engine.info.n_ctx:,} · {done.timings.decode_tps:.1f} tok/s{drafts}"
         self.generating = False
         try:
             self.store.save(self.conversation)

@@ -454,3 +454,18 @@ def test_a_thinking_budgets_words_are_shown_as_not_the_models(build):
             assert view.thinking.title.endswith("· thinking budget applied") and view.answer == "Done."
 
     run(scenario())
+
+
+def test_the_status_line_shows_what_speculation_kept(build):
+    from localr1.engine.speculative import DraftStats
+    from localr1.events import Timings
+
+    async def scenario():
+        app, engine, _ = build()
+        engine.timings = Timings(decode_s=1.0, decode_tokens=11, speculative=DraftStats("ngram", 40, 30))
+        async with app.run_test(size=(120, 30)) as pilot:
+            await pilot.pause(0.2)
+            await send(pilot, app, "hi")
+            assert app.status.detail.endswith("10.0 tok/s · 75% of 40 drafts kept"), app.status.detail
+
+    run(scenario())

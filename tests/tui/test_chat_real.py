@@ -88,7 +88,9 @@ def test_ctrl_q_while_the_model_generates_exits_cleanly(tiny_r1, tmp_path):
     saved = [json.loads(p.read_text()) for p in (tmp_path / "data" / "conversations").glob("*.json")]
     assert saved and saved[0]["turns"][0]["user"] == "Tell me a very long story."
     turn = saved[0]["turns"][0]
-    assert turn["reasoning"] and (done_before or turn["finish_reason"] == "cancelled")
+    # (random weights may also end the reply between the last look at the screen and Ctrl+Q: on a loaded
+    # machine that window is wide, so a reply that ended by itself, "stop", passes too; "length" would not)
+    assert turn["reasoning"] and turn["finish_reason"] in (("stop", "cancelled") if not done_before else ("stop",))
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")

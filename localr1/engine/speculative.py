@@ -1,0 +1,228 @@
+"""Speculative decoding: guess a few tokens cheaply, check them all in one decode, keep the target's own
+distribution exactly.
+
+A decode step of a large model costs about the same for one token as for a few (on a GPU, and on a CPU
+while the weights, not the arithmetic, are the bottleneck). So a *drafter* proposes the next tokens
+``d1..dk`` and the engine decodes ``[t, d1..dk]`` at once: row ``i`` of that batch's logits is the target's
+distribution ``p`` for the token after ``d_i``, as if ``d1..d_i`` had been decoded one by one. Each draft is
+then accepted or rejected in order by the standard rule (Leviathan et al. 2023, Chen et al. 2023):
+
+    accept d with probability min(1, p(d) / q(d)); else draw from the residual max(0, p - q), normalised,
+
+where ``q`` is the distribution the draft was drawn from. The token that comes out of that rule is, exactly, a
+draw from ``p``, whatever ``q`` is: so speculation changes the speed, never the text's distribution. After a
+rejection the rest of the drafts leave the KV cache; after ``k`` acceptances the last row gives one more
+token for free.
+
+Two kinds of drafts:
+
+- A *point mass* (``q = δ_d``: an n-gram's continuation, a draft model's argmax). Then the rule is: draw
+  ``x`` from ``p`` with the request's own sampler and accept ``d`` exactly when ``x == d`` (accepted with
+  probability p(d); otherwise ``x`` is a draw from ``p`` without ``d``, which is the residual). The sampler
+  is called once per emitted token, as in plain decoding, so a seeded request gives the same tokens with
+  speculation as without (up to the last bits of llama.cpp's batch kernels), grammars included.
+- A *distribution* (a draft model sampling at the request's temperature): :func:`accept` applies the rule
+  to explicit sparse distributions (``NucleusSampler.distribution``).
+
+What is drafted: :class:`NgramDrafter` continues the longest recent n-gram of the context (the prompt and
+what was generated) — R1 restates equations, sub-results and, in the answer, its thinking — and
+``engine/draft_model.py`` runs a small model with the same vocabulary. :class:`DraftLength` adapts the draft
+length to the measured acceptance and switches drafting off for a while where it does not pay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from localr1.fit.request import SPECULATE_MODES
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# Imported inside the functions that use them: numpy (the engine imports it while a model loads).
+
+MODES = SPECULATE_MODES
+NGRAM_MAX, NGRAM_MIN = 4, 2  # the n-grams looked up, longest first
+MAX_DRAFT = 8  # tokens drafted per step at most
+
+
+def accept(
+    p: tuple[np.ndarray, np.ndarray], q: tuple[np.ndarray, np.ndarray], draft: int, rng: np.random.Generator
+) -> tuple[bool, int]:
+    """The standard rule for a draft ``draft`` drawn from ``q``, with the target's ``p``: (accepted, token).
+
+    ``p`` and ``q`` are sparse: (token ids, probabilities), each id once. The token is ``draft`` when
+    accepted, else a draw from ``max(0, p - q)`` normalised (never ``draft``: there ``q >= p``)."""
+    import numpy as np
+
+    p_ids, p_probs = p
+    q_ids, q_probs = q
+    p_d = float(p_probs[p_ids == draft].sum())
+    q_d = float(q_probs[q_ids == draft].sum())
+    if q_d <= 0.0:  # the draft could not have been drawn from q: judge it by p alone (q taken as δ_d)
+        q_ids, q_probs, q_d = np.array([draft]), np.array([1.0]), 1.0
+    if p_d >= q_d or rng.random() * q_d < p_d:
+        return True, draft
+    # residual: p - q on p's support (where q has mass p does not, the difference is negative: 0)
+    q_on_p = np.zeros(len(p_ids))
+    where = {int(t): i for i, t in enumerate(p_ids)}
+    for t, pr in zip(q_ids.tolist(), q_probs.tolist(), strict=True):
+        i = where.get(t)
+        if i is not None:
+            q_on_p[i] = pr
+    residual = np.maximum(p_probs - q_on_p, 0.0)
+    total = float(residual.sum())
+    if total <= 0.0:  # p == q up to rounding: the draft is as good as any draw
+        return True, draft
+    cum = np.cumsum(residual)
+    i = min(int(np.searchsorted(cum, rng.random() * total, side="right")), len(cum) - 1)
+    while residual[i] == 0.0:  # rounding at the end of the cumulative sum
+        i -= 1
+    return False, int(p_ids[i])
+
+
+class NgramDrafter:
+    """Drafts from the context itself: the tokens that followed the most recent earlier occurrence of the
+    context's last n tokens (n = 4, 3, 2, longest first). Indexing is incremental: each call indexes only
+    the tokens added since the last one, a few dictionary writes per token."""
+
+    def __init__(self, n_max: int = NGRAM_MAX, n_min: int = NGRAM_MIN) -> None:
+        self.sizes = tuple(range(n_max, n_min - 1, -1))
+        self._index: dict[tuple[int, ...], int] = {}  # n-gram -> the position just after its latest occurrence
+        self._indexed = 0  # positions indexed (an n-gram ending before position i, continued by tokens[i])
+        self._tokens: list[int] = []
+
+    def propose(self, tokens: list[int], k: int) -> list[int]:
+        """Up to ``k`` tokens to follow ``tokens`` (the whole context, which grows by appending)."""
+        if tokens is not self._tokens or len(tokens) < self._indexed:
+            self._tokens, self._index, self._indexed = tokens, {}, 0
+        index = self._index
+        # every n-gram that ends before position i (< len: it has a continuation) points at i
+        for i in range(max(self._indexed, 1), len(tokens)):
+            for n in self.sizes:
+                if i >= n:
+                    index[tuple(tokens[i - n : i])] = i
+        self._indexed = max(len(tokens), 1)
+        if k <= 0:
+            return []
+        for n in self.sizes:
+            at = index.get(tuple(tokens[-n:])) if len(tokens) > n else None
+            if at is not None:
+                return tokens[at : at + k]
+        return []
+
+
+@dataclass
+class DraftStats:
+    """What speculation did in one generation: ``timings.speculative``."""
+
+    mode: str = "off"
+    drafted: int = 0
+    accepted: int = 0
+
+    def to_dict(self) -> dict:
+        rate = self.accepted / self.drafted if self.drafted else 0.0
+        return {"mode": self.mode, "drafted": self.drafted, "accepted": self.accepted, "acceptance": round(rate, 4)}
+
+
+class DraftLength:
+    """How many tokens to draft next, from what drafting measured.
+
+    The length grows while whole drafts are accepted and falls to just past the last accepted one after a
+    rejection. Whether speculation pays is measured, not assumed: each verifying decode's time against the
+    time of a one-token decode (an average of the plain steps) gives its speed-up, ``(accepted + 1) * t1 /
+    t``, drafting cost included; where its running average falls below 1, drafting stops for a while
+    (16 tokens, doubling up to 1,024 while it keeps losing). Until a plain step has been timed nothing is
+    drafted (a cold start decides nothing)."""
+
+    SMOOTHING = 0.3
+    FIRST_PAUSE, LONGEST_PAUSE = 16, 1024
+
+    def __init__(self, longest: int = MAX_DRAFT, start: int = 4) -> None:
+        self.longest = longest
+        self.k = min(start, longest)
+        self.t1: float | None = None  # seconds per one-token decode (running average)
+        self.gain = 1.0  # running average of the measured speed-up of drafting steps
+        self.pause = 0  # tokens left without drafting
+        self.next_pause = self.FIRST_PAUSE
+
+    def length(self) -> int:
+        """The draft length for the next step (0: do not draft now)."""
+        if self.t1 is None:
+            return 0
+        if self.pause > 0:
+            self.pause -= 1
+            return 0
+        return self.k
+
+    def plain(self, seconds: float) -> None:
+        """A one-token decode took ``seconds``."""
+        if seconds <= 0:
+            return
+        a = self.SMOOTHING
+        self.t1 = seconds if self.t1 is None else (1 - a) * self.t1 + a * seconds
+
+    def verified(self, drafted: int, accepted: int, seconds: float) -> None:
+        """A step drafted ``drafted`` tokens, ``accepted`` of them were kept, and it took ``seconds`` (drafting
+        and the verifying decode)."""
+        if drafted <= 0:
+            return
+        self.k = min(self.k * 2, self.longest) if accepted == drafted else max(1, accepted + 1)
+        if self.t1 is None or seconds <= 0:
+            return
+        a = self.SMOOTHING
+        self.gain = (1 - a) * self.gain + a * ((accepted + 1) * self.t1 / seconds)
+        if self.gain < 1.0:
+            self.pause, self.next_pause = self.next_pause, min(self.next_pause * 2, self.LONGEST_PAUSE)
+            self.gain = 1.0  # judged afresh after the pause
+        elif accepted:
+            self.next_pause = self.FIRST_PAUSE
+
+
+class Speculator:
+    """One generation's drafting: the n-gram drafter and/or a draft model (``propose(tokens, k, sampling)``
+    -> (drafts, their distributions or None)), each with its own :class:`DraftLength`, and the counts."""
+
+    def __init__(self, mode: str, *, model=None, sampling=None, clock=None) -> None:
+        self.stats = DraftStats(mode=mode)
+        self.ngram = NgramDrafter() if mode in ("ngram", "auto") else None
+        self.model = model if mode in ("draft", "auto") else None
+        self.sampling = sampling
+        self._lengths = {"ngram": DraftLength(), "draft": DraftLength(start=4)}
+        self._source: str | None = None  # who drafted the tokens being verified
+
+    @property
+    def active(self) -> bool:
+        return self.ngram is not None or self.model is not None
+
+    def propose(self, tokens: list[int], room: int) -> tuple[list[int], list | None]:
+        """Drafts to follow ``tokens`` (the context, ending with the token about to be decoded), at most
+        ``room``; their distributions when a draft model sampled them (None: point masses)."""
+        self._source = None
+        if room <= 0:
+            return [], None
+        if self.ngram is not None:
+            k = min(self._lengths["ngram"].length(), room)
+            drafts = self.ngram.propose(tokens, k) if k else self.ngram.propose(tokens, 0)
+            if drafts:
+                self._source = "ngram"
+                return drafts, None
+        if self.model is not None:
+            k = min(self._lengths["draft"].length(), room)
+            if k:
+                drafts, dists = self.model.propose(tokens, k, self.sampling)
+                if drafts:
+                    self._source = "draft"
+                    return drafts, dists
+        return [], None
+
+    def verified(self, drafted: int, accepted: int, seconds: float) -> None:
+        """What became of the last proposal (``drafted`` 0: a plain step, which times a one-token decode)."""
+        if not drafted or self._source is None:
+            for length in self._lengths.values():
+                length.plain(seconds)
+            return
+        self.stats.drafted += drafted
+        self.stats.accepted += accepted
+        self._lengths[self._source].verified(drafted, accepted, seconds)
