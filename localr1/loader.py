@@ -343,7 +343,7 @@ def draft_for(request: LoadRequest, config: Config, plan: Plan | None, label: st
     """The draft model's file and GPU layers for ``--speculate draft`` / ``auto``, or (None, 0) with the
     reason said: the one asked for (``--draft``, the config's), else the one the catalog names for the
     target. ``auto`` takes a draft only when it is on disk; ``draft`` downloads a catalog draft. The draft
-    goes beside the target's plan (fit/draft.py) or not at all."""
+    goes beside the target's plan (fit/draft.py) or not at all; for ``auto``, only on a GPU."""
     catalog = load_catalog()
     spec = request.draft or config.draft
     if spec is None:
@@ -370,7 +370,8 @@ def draft_for(request: LoadRequest, config: Config, plan: Plan | None, label: st
         path = pull(resolve_target(f"{name}:{quant}", offline=off), offline=off, show_progress=False)
     local = resolve_model(str(path), config)
     if plan is None:  # context and GPU layers given: the draft goes where the target's layers go
-        return path, -1 if (request.gpu_layers or 0) != 0 else 0
+        on_gpu = (request.gpu_layers or 0) != 0
+        return (path, -1 if on_gpu else 0) if on_gpu or mode == "draft" else (None, 0)
     candidate = cands.from_file(local.path, local=local)
     placed, why = place_draft(
         candidate, n_ctx=plan.n_ctx, budget=plan.budget, gpu_used=plan.memory.gpu_total,
@@ -378,6 +379,10 @@ def draft_for(request: LoadRequest, config: Config, plan: Plan | None, label: st
     )  # fmt: skip
     if placed is None:
         say(f"Not drafting with {spec}: {why} (speculating with n-grams only).")
+        return None, 0
+    if mode == "auto" and placed.device != "GPU":
+        # on a CPU a verifying batch costs about as many one-token steps as it holds tokens over two, and
+        # a draft model on top did not pay (docs/performance.md): auto drafts with a model on a GPU only
         return None, 0
     return path, placed.n_gpu_layers
 

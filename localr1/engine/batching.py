@@ -215,7 +215,7 @@ class BatchedEngine:
             )  # fmt: skip
             job.chain, job.sample = engine.token_chooser(job.sampling)
             if self.speculate != "off":
-                job.spec = Speculator("ngram")
+                job.spec = Speculator("ngram", lengths=engine.draft_lengths)
         except LocalR1Error as exc:
             job.out.put(exc)
             return

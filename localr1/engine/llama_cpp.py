@@ -35,7 +35,7 @@ from localr1.engine.backend import (
 from localr1.engine.base import ModelInfo, common_prefix
 from localr1.engine.devices import buffer_type, cpu_buffer_type, list_devices, tensor_split
 from localr1.engine.generation import STREAM_INTERVAL_S, Generation
-from localr1.engine.speculative import MAX_DRAFT, MODES, Speculator, accept
+from localr1.engine.speculative import MAX_DRAFT, MODES, Speculator, accept, draft_lengths
 from localr1.engine.threadpool import CpuThreadpool
 from localr1.errors import ContextOverflowError, EngineError, ModelLoadError, OutOfMemoryError, UsageError
 from localr1.events import Event, FinishReason, Timings
@@ -245,6 +245,7 @@ class LlamaCppEngine:
         self._piece_buf = ctypes.create_string_buffer(256)
         self._token_buf = (lib.llama_token * 1)()
         self._draft_batch = lib.llama_batch_init(MAX_DRAFT + 1, 0, 1) if speculate != "off" else None
+        self.draft_lengths = draft_lengths()  # what drafting measured here, kept across generations
         self._sample_s = 0.0
         self._pieces: dict[int, bytes | None] = {}  # token -> its text, None for end-of-generation tokens
         self.info = ModelInfo(
@@ -503,7 +504,7 @@ class LlamaCppEngine:
             interval=self.stream_interval_s,
         )  # fmt: skip
         chain, sample = self.token_chooser(sampling)
-        spec = Speculator(self.speculate, model=self.draft, sampling=sampling)
+        spec = Speculator(self.speculate, model=self.draft, sampling=sampling, lengths=self.draft_lengths)
         try:
             lib.llama_perf_context_reset(ctx)
             t0 = time.perf_counter()

@@ -19,8 +19,10 @@ Two kinds of drafts:
 - A *point mass* (``q = δ_d``: an n-gram's continuation, a draft model's argmax). Then the rule is: draw
   ``x`` from ``p`` with the request's own sampler and accept ``d`` exactly when ``x == d`` (accepted with
   probability p(d); otherwise ``x`` is a draw from ``p`` without ``d``, which is the residual). The sampler
-  is called once per emitted token, as in plain decoding, so a seeded request gives the same tokens with
-  speculation as without (up to the last bits of llama.cpp's batch kernels), grammars included.
+  is called once per emitted token, as in plain decoding, so a seeded request draws the same random numbers
+  with speculation as without, grammars included: the tokens are the same except where llama.cpp's kernels,
+  which round a batch of tokens differently from one token (by up to ~0.1 of a logit on SmolLM2's Q4_1 on
+  this CPU), tip a near-tie the other way. The distribution is the model's as llama.cpp computes it.
 - A *distribution* (a draft model sampling at the request's temperature): :func:`accept` applies the rule
   to explicit sparse distributions (``NucleusSampler.distribution``).
 
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
 
 MODES = SPECULATE_MODES
 NGRAM_MAX, NGRAM_MIN = 4, 2  # the n-grams looked up, longest first
-MAX_DRAFT = 8  # tokens drafted per step at most
+MAX_DRAFT = 16  # tokens drafted per step at most
 
 
 def accept(
@@ -127,25 +129,41 @@ class DraftStats:
 
 
 class DraftLength:
-    """How many tokens to draft next, from what drafting measured.
+    """How many tokens to draft next, from what drafting measured: the acceptance and the cost.
 
-    The length grows while whole drafts are accepted and falls to just past the last accepted one after a
-    rejection. Whether speculation pays is measured, not assumed: each verifying decode's time against the
-    time of a one-token decode (an average of the plain steps) gives its speed-up, ``(accepted + 1) * t1 /
-    t``, drafting cost included; where its running average falls below 1, drafting stops for a while
-    (16 tokens, doubling up to 1,024 while it keeps losing). Until a plain step has been timed nothing is
-    drafted (a cold start decides nothing)."""
+    Two running averages decide it. ``rho``: the share of drafted positions the target accepted (a step that
+    accepted ``a`` of ``k`` tested ``a + 1`` positions, or ``k`` when all passed). ``extra``: what each drafted
+    token adds to a step's time (drafting and the verifying decode), against ``t1``, a one-token decode (from
+    the plain steps). A draft of ``k`` then yields ``1 + rho + ... + rho**k`` tokens in ``t1 + k * extra``
+    seconds: ``k`` is the length that yields most per second. Where even the best length would not be 5%
+    faster than plain decoding, drafting stops for a while (16 tokens, doubling up to 1,024 while it keeps losing)
+    and then tries again. On a GPU a drafted token costs a few percent of a step and long drafts pay; on a
+    small CPU a batch of five costs about three one-token steps (measured: docs/performance.md) and only
+    well-predicted text is drafted. Until a plain step has been timed nothing is drafted (a cold start
+    decides nothing)."""
 
     SMOOTHING = 0.3
     FIRST_PAUSE, LONGEST_PAUSE = 16, 1024
+    MARGIN = 1.05  # draft only where the estimate promises at least this speed-up (it is itself measured)
 
     def __init__(self, longest: int = MAX_DRAFT, start: int = 4) -> None:
         self.longest = longest
-        self.k = min(start, longest)
+        self.start = self.k = min(start, longest)
         self.t1: float | None = None  # seconds per one-token decode (running average)
-        self.gain = 1.0  # running average of the measured speed-up of drafting steps
+        self.extra: float | None = None  # seconds each drafted token adds to a step (running average)
+        self._hits = self._tries = 0.0  # accepted / tested positions (running averages): rho
         self.pause = 0  # tokens left without drafting
         self.next_pause = self.FIRST_PAUSE
+
+    def start_generation(self) -> None:
+        """A new reply: its text may be predictable where the last one was not. The costs stay."""
+        self._hits = self._tries = 0.0
+        self.k = self.start
+        self.pause, self.next_pause = 0, self.FIRST_PAUSE
+
+    @property
+    def rho(self) -> float:
+        return self._hits / self._tries if self._tries else 0.0
 
     def length(self) -> int:
         """The draft length for the next step (0: do not draft now)."""
@@ -153,7 +171,7 @@ class DraftLength:
             return 0
         if self.pause > 0:
             self.pause -= 1
-            return 0
+            return 0 if self.pause else max(self.k, self.start)  # after a pause: try again
         return self.k
 
     def plain(self, seconds: float) -> None:
@@ -163,33 +181,52 @@ class DraftLength:
         a = self.SMOOTHING
         self.t1 = seconds if self.t1 is None else (1 - a) * self.t1 + a * seconds
 
+    def speed_up(self, k: int) -> float:
+        """The expected tokens per second of drafting ``k``, over plain decoding's."""
+        rho = min(self.rho, 0.999)
+        tokens = (1 - rho ** (k + 1)) / (1 - rho)
+        return tokens * self.t1 / (self.t1 + k * self.extra)
+
     def verified(self, drafted: int, accepted: int, seconds: float) -> None:
         """A step drafted ``drafted`` tokens, ``accepted`` of them were kept, and it took ``seconds`` (drafting
         and the verifying decode)."""
         if drafted <= 0:
             return
-        self.k = min(self.k * 2, self.longest) if accepted == drafted else max(1, accepted + 1)
+        a = self.SMOOTHING
+        tested = accepted + (accepted < drafted)
+        self._hits = (1 - a) * self._hits + a * accepted
+        self._tries = (1 - a) * self._tries + a * tested
         if self.t1 is None or seconds <= 0:
             return
-        a = self.SMOOTHING
-        self.gain = (1 - a) * self.gain + a * ((accepted + 1) * self.t1 / seconds)
-        if self.gain < 1.0:
+        extra = max(seconds - self.t1, 0.0) / drafted
+        self.extra = extra if self.extra is None else (1 - a) * self.extra + a * extra
+        best = max(range(1, self.longest + 1), key=self.speed_up)
+        self.k = best
+        if self.speed_up(best) < self.MARGIN:
             self.pause, self.next_pause = self.next_pause, min(self.next_pause * 2, self.LONGEST_PAUSE)
-            self.gain = 1.0  # judged afresh after the pause
-        elif accepted:
+        else:
             self.next_pause = self.FIRST_PAUSE
+
+
+def draft_lengths() -> dict[str, DraftLength]:
+    """A :class:`DraftLength` per drafter, for an engine to keep across generations: the cost of a drafted
+    token is the machine's and the model's; the acceptance starts afresh with each reply."""
+    return {"ngram": DraftLength(), "draft": DraftLength()}
 
 
 class Speculator:
     """One generation's drafting: the n-gram drafter and/or a draft model (``propose(tokens, k, sampling)``
-    -> (drafts, their distributions or None)), each with its own :class:`DraftLength`, and the counts."""
+    -> (drafts, their distributions or None)), each with its :class:`DraftLength` (the engine's, kept across
+    generations, or fresh ones), and the counts."""
 
-    def __init__(self, mode: str, *, model=None, sampling=None, clock=None) -> None:
+    def __init__(self, mode: str, *, model=None, sampling=None, lengths: dict[str, DraftLength] | None = None) -> None:
         self.stats = DraftStats(mode=mode)
         self.ngram = NgramDrafter() if mode in ("ngram", "auto") else None
         self.model = model if mode in ("draft", "auto") else None
         self.sampling = sampling
-        self._lengths = {"ngram": DraftLength(), "draft": DraftLength(start=4)}
+        self._lengths = lengths if lengths is not None else draft_lengths()
+        for length in self._lengths.values():
+            length.start_generation()
         self._source: str | None = None  # who drafted the tokens being verified
 
     @property

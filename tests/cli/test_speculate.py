@@ -88,3 +88,27 @@ def test_a_draft_with_another_vocabulary_is_one_line(runner, smollm2, tiny_r1):
     )
     assert result.exit_code == 2, result.output
     assert "cannot draft for" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "sim, mode, expect",
+    [
+        ("gpu", "auto", ("auto", True, -1)),  # a draft that fits on the GPU beside the target
+        ("cpu", "auto", ("auto", False, 0)),  # on a CPU auto drafts from n-grams only
+        ("cpu", "draft", ("draft", True, 0)),  # asked for: in RAM
+    ],
+)
+def test_where_the_draft_goes(small_gguf, sim, mode, expect, monkeypatch):
+    from localr1.config import Config
+    from localr1.fit.request import LoadRequest
+    from localr1.loader import plan_for, speculation
+    from localr1.machine.hardware import Simulation, machine
+    from localr1.units import GiB
+
+    monkeypatch.delenv("LOCALR1_HW", raising=False)
+    simulation = Simulation(vram=24 * GiB, ram=64 * GiB) if sim == "gpu" else Simulation(gpu="none", ram=64 * GiB)
+    request = LoadRequest(spec=str(small_gguf), speculate=mode, draft=str(small_gguf), simulation=simulation)
+    plan = plan_for(request, machine(simulation), Config(), prefer_local=True)
+    said: list[str] = []
+    got_mode, draft, layers = speculation(request, Config(), plan, plan.label, said.append)
+    assert (got_mode, draft is not None, layers) == expect and not said

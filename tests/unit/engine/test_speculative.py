@@ -138,23 +138,36 @@ def test_ngram_index_built_piece_by_piece_equals_one_built_at_once():
         assert step == NgramDrafter().propose(list(live), 5)
 
 
-def test_draft_length_grows_shrinks_and_pauses_where_drafting_loses():
-    length = DraftLength(longest=8, start=4)
+def test_draft_length_follows_acceptance_and_cost_and_pauses_where_drafting_loses():
+    length = DraftLength(longest=16, start=4)
     assert length.length() == 0  # nothing is drafted before a plain step was timed
     length.plain(0.010)
     assert length.length() == 4
-    length.verified(4, 4, 0.012)  # all accepted, 5 tokens in 1.2 steps' time
-    assert length.k == 8
-    length.verified(8, 2, 0.015)
-    assert length.k == 3
-    for _ in range(10):  # nothing accepted, each step dearer than a plain one: drafting pauses
-        length.verified(3, 0, 0.013)
+    length.verified(4, 4, 0.010 + 4 * 0.001)  # everything kept, a drafted token costs a tenth of a step
+    assert length.rho == 1.0 and length.extra == pytest.approx(0.001)
+    assert length.k == 16  # cheap and always right: the longest draft
+    assert length.speed_up(16) > 5
+    length.verified(16, 0, 0.010 + 16 * 0.005)  # nothing kept, and dear
+    assert 0 < length.rho < 1 and length.k < 16
+    assert length.speed_up(length.k) == max(length.speed_up(k) for k in range(1, 17))
+    for _ in range(10):  # it keeps failing: no length pays, drafting pauses
+        length.verified(length.k, 0, 0.010 + length.k * 0.005)
         if length.pause:
             break
     assert length.pause == DraftLength.FIRST_PAUSE
-    assert [length.length() for _ in range(DraftLength.FIRST_PAUSE)] == [0] * DraftLength.FIRST_PAUSE
-    assert length.length() > 0
+    assert [length.length() for _ in range(DraftLength.FIRST_PAUSE - 1)] == [0] * (DraftLength.FIRST_PAUSE - 1)
+    assert length.length() >= 4  # then it tries again
     assert length.next_pause == 2 * DraftLength.FIRST_PAUSE  # losing again would pause twice as long
+
+
+def test_an_expensive_draft_token_shortens_the_draft():
+    cheap, dear = DraftLength(longest=16), DraftLength(longest=16)
+    for length, extra in ((cheap, 0.0005), (dear, 0.005)):
+        length.plain(0.010)
+        for _ in range(5):  # nine in ten drafted tokens kept
+            length.verified(10, 9, 0.010 + 10 * extra)
+    assert 0.85 < cheap.rho < 0.95 and cheap.k > dear.k >= 1
+    assert cheap.speed_up(cheap.k) > dear.speed_up(dear.k) > 1
 
 
 def test_a_speculator_counts_and_routes_each_proposal():
