@@ -104,6 +104,13 @@ class NucleusSampler:
 
     def __call__(self, logits: np.ndarray) -> int:
         """One token id from ``logits`` (``n_vocab`` float32 values; read, never written)."""
+        logits, ids = self._biased_top_k(logits)
+        token = _Step(self, logits).sample()
+        return int(token if ids is None else ids[token])
+
+    def _biased_top_k(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The logit biases added (in a buffer of its own), then the top k kept: (logits, their token ids, or
+        None when all are kept)."""
         if self._biased is not None:
             np.copyto(self._biased, logits)
             self._biased[self._bias_ids] += self._bias_values
@@ -113,8 +120,7 @@ class NucleusSampler:
             ids = np.argpartition(logits, -self.top_k)[-self.top_k :]
             ids.sort()  # ties keep token-id order, as everywhere else
             logits = logits[ids]
-        token = _Step(self, logits).sample()
-        return int(token if ids is None else ids[token])
+        return logits, ids
 
     def distribution(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The kept tokens and their probabilities, explicitly: (ids, float64 probabilities summing to 1),
@@ -123,15 +129,7 @@ class NucleusSampler:
 
         Only the tokens the nucleus can hold are sorted: the first set of tokens above a cut (``z >= -7``,
         then 10, 14, 20, everything) whose weight reaches ``top_p`` of the total."""
-        if self._biased is not None:
-            np.copyto(self._biased, logits)
-            self._biased[self._bias_ids] += self._bias_values
-            logits = self._biased
-        top_ids = None
-        if self.top_k:
-            top_ids = np.argpartition(logits, -self.top_k)[-self.top_k :]
-            top_ids.sort()
-            logits = logits[top_ids]
+        logits, top_ids = self._biased_top_k(logits)
         peak = logits.max() if len(logits) else np.float32(-np.inf)
         if not np.isfinite(peak):
             raise EngineError(
