@@ -21,7 +21,7 @@ from localr1.engine.batching import BatchedEngine
 from localr1.engine.draft_model import DraftModel, check_compatible
 from localr1.engine.llama_cpp import LlamaCppEngine
 from localr1.errors import UsageError
-from localr1.events import collect
+from localr1.events import Answer, collect
 from localr1.text.prompt import Prompt, render, user_turn
 from localr1.text.sampling import Sampling
 
@@ -217,3 +217,22 @@ def test_batched_streams_speculating_together_get_the_tokens_they_get_alone(smol
     assert sum(done.timings.speculative.accepted for _, done in together) > 0  # the repeating ones drafted
     for want, got in zip(alone, sequences, strict=True):
         _agree(plain, want, got, greedy=True)  # (even without speculation: other streams change batch shapes)
+
+
+def test_a_stop_string_inside_an_accepted_run_ends_the_answer_where_plain_decoding_ends(engines):
+    """serve's stop strings cut the answer's text (server/service.py), whatever run of tokens it came in."""
+    import asyncio
+
+    from localr1.server.protocol import Generation
+    from localr1.server.service import Service
+
+    plain, spec = engines
+    prompt = _chat(QUESTIONS[0])
+
+    async def answer(engine) -> tuple[str, str]:
+        gen = Generation(model=None, sampling=Sampling(temperature=0, max_tokens=80), stop=("spiral stairs",))
+        events = [e async for e in Service(engine, "m").generate(gen, prompt)]
+        return "".join(e.text for e in events if isinstance(e, Answer)), events[-1].finish_reason
+
+    want, got = asyncio.run(answer(plain)), asyncio.run(answer(spec))
+    assert want == got and got[1] == "stop" and got[0].endswith("climbed the ")
