@@ -20,6 +20,32 @@ from localr1.server.settings import Settings
 
 # Imported inside the functions that use them: starlette (heavy to import, and not needed by every command).
 
+# What a reasoning model served here cannot do, and what to run instead: a JSON error in the caller's API's
+# shape (501), where a bare 404 left a client (or its user) guessing.
+_NO_EMBEDDINGS = (
+    "localr1 serves a reasoning model, which makes no embeddings: use an embedding model's server for them "
+    "(llama-server --embedding, Ollama with an embedding model)"
+)
+UNSUPPORTED = {
+    "/api/embed": _NO_EMBEDDINGS,
+    "/api/embeddings": _NO_EMBEDDINGS,
+    "/v1/embeddings": _NO_EMBEDDINGS,
+    "/api/pull": "models are downloaded on the server's machine: run `localr1 pull NAME` there",
+    "/api/push": "localr1 does not upload models",
+    "/api/delete": "models are deleted on the server's machine: run `localr1 rm NAME` there",
+    "/api/copy": "localr1 serves the one model it was started with: start `localr1 serve` with another",
+    "/api/create": "models are made on the server's machine: `localr1 quantize` or `localr1 convert`, then "
+    "`localr1 serve FILE.gguf`",
+}
+
+
+def _unsupported(message: str):
+    async def endpoint(request: Request) -> Response:
+        raise RequestError(message, status=501, code="not_supported")
+
+    return endpoint
+
+
 ROUTES = [
     Route("/", openai.root, methods=["GET", "HEAD"]),
     Route("/health", openai.health, methods=["GET"]),
@@ -34,6 +60,7 @@ ROUTES = [
     Route("/api/show", ollama.api_show, methods=["POST"]),
     Route("/api/version", ollama.api_version, methods=["GET"]),
     Route("/api/ps", ollama.api_ps, methods=["GET"]),
+    *(Route(path, _unsupported(message), methods=["POST", "DELETE"]) for path, message in UNSUPPORTED.items()),
 ]
 
 

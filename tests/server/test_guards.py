@@ -163,3 +163,28 @@ def test_tokenize_and_show(server):
     show = post(server, "/api/show", {"model": "fake-r1"}).json()
     assert show["model_info"]["localr1.text.reasoning"] is True and "thinking" in show["capabilities"]
     assert httpx.get(server.url + "/api/version").json()["version"]
+
+
+@pytest.mark.parametrize(
+    "path, says",
+    [
+        ("/api/embed", "makes no embeddings"),
+        ("/api/embeddings", "makes no embeddings"),
+        ("/v1/embeddings", "makes no embeddings"),
+        ("/api/pull", "localr1 pull NAME"),
+        ("/api/delete", "localr1 rm NAME"),
+        ("/api/create", "localr1 quantize"),
+        ("/api/copy", "serves the one model"),
+        ("/api/push", "does not upload"),
+    ],
+)
+def test_what_a_reasoning_model_here_cannot_do_is_a_json_error_saying_what_to_run(server, path, says):
+    reply = post(server, path, {"model": "fake-r1", "input": "hello", "name": "x"})
+    assert reply.status_code == 501
+    body = reply.json()
+    message = body["error"] if path.startswith("/api/") else body["error"]["message"]
+    assert says in message
+    if path.startswith("/v1/"):
+        assert body["error"]["code"] == "not_supported" and body["error"]["type"] == "server_error"
+    assert httpx.request("DELETE", server.url + "/api/delete", json={"model": "x"}, timeout=10).status_code == 501
+    still_serving(server)
