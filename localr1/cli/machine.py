@@ -305,13 +305,57 @@ def plan(
         (chosen.placement, None) if chosen.placement else _placement(chosen, machine_info, offload, gpu_experts)
     )
     machines = _machines(chosen, machine_info, remote)
+    draft = _draft(chosen)
     if json_out:
         out = _plan_json(chosen, machine_info, machines, placement)
+        if draft is not None:
+            out["draft"] = draft
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
         return
     lines = plan_lines(chosen, explain=explain, hw=machine_info)
     lines += _offload_lines(chosen, placement, why_not, offload) + _machine_lines(chosen, machines)
+    lines += _draft_lines(draft)
     sys.stdout.write("\n".join(lines) + "\n")
+
+
+def _draft(plan) -> dict | None:
+    """The catalog's draft model for the planned one (speculative decoding) and where it would go beside the
+    plan (fit/draft.py), or None when the catalog names none."""
+    from localr1.fit.candidates import from_catalog
+    from localr1.fit.draft import place_draft
+    from localr1.models.catalog import load_catalog, split_name
+    from localr1.models.resolve import find_catalog_file
+
+    catalog = load_catalog()
+    target = catalog.get(split_name(plan.candidate.name)[0]) if plan.candidate.name else None
+    if target is None or target.draft is None or target.draft not in catalog:
+        return None
+    model = catalog[target.draft]
+    candidate = next(
+        c for c in from_catalog({model.name: model}, include_local=False) if c.quant == model.default_quant
+    )
+    placed, why = place_draft(
+        candidate, n_ctx=plan.n_ctx, budget=plan.budget, gpu_used=plan.memory.gpu_total,
+        ram_used=plan.memory.cpu_total, kv_type=plan.kv_type,
+    )  # fmt: skip
+    return {
+        "model": candidate.label,
+        "downloaded": find_catalog_file(model, model.default_quant) is not None,
+        "device": placed.device if placed else None,
+        "bytes": placed.bytes if placed else None,
+        "used_by_auto": placed is not None and placed.device == "GPU",
+        "left_out": why or None,
+    }
+
+
+def _draft_lines(draft: dict | None) -> list[str]:
+    if draft is None:
+        return []
+    if draft["device"] is None:
+        return [f"Draft model {draft['model']}: left out, {draft['left_out']} (n-grams still draft)."]
+    where = "on the GPU" if draft["device"] == "GPU" else "in RAM (used with --speculate draft)"
+    pull = "" if draft["downloaded"] else f"; localr1 pull {draft['model']} to use it"
+    return [f"Draft model {draft['model']}: {gib(draft['bytes'])} {where}, beside the plan{pull}."]
 
 
 def _plan_json(chosen, machine_info, machines: list[dict], placement) -> dict:

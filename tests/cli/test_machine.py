@@ -227,3 +227,13 @@ def test_dash_m_names_the_same_model_as_the_argument(runner, monkeypatch):
     assert by_argument.exit_code == by_option.exit_code == 0 and by_argument.stdout == by_option.stdout
     both = runner.invoke(app, ["plan", "r1:7b", "-m", "r1:8b"])
     assert both.exit_code == 2 and "two models named" in both.stderr
+
+
+def test_plan_says_where_the_catalogs_draft_model_would_go(runner):
+    data = json.loads(runner.invoke(app, ["plan", "r1:14b", "--vram", "24GiB", "--ram", "64GiB", "--json"]).stdout)
+    draft = data["draft"]
+    assert draft["model"] == "r1:1.5b:Q4_K_M" and draft["device"] == "GPU" and draft["used_by_auto"]
+    assert data["memory_bytes"]["gpu"] + draft["bytes"] <= data["budget_bytes"]["gpu"]
+    text = runner.invoke(app, ["plan", "r1:14b", "--gpu", "none", "--ram", "12GiB"]).stdout
+    assert "Draft model r1:1.5b:Q4_K_M: left out" in text or "in RAM (used with --speculate draft)" in text
+    assert "draft" not in json.loads(runner.invoke(app, ["plan", "r1:1.5b", "--gpu", "none", "--json"]).stdout)
