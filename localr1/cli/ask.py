@@ -32,7 +32,28 @@ $ localr1 ask "prove that sqrt(2) is irrational" --show-thinking
 $ localr1 ask "what is 3^5 mod 7?" --math --model r1:7b
 $ cat question.txt | localr1 ask - --json > result.json
 $ cat paper.txt | localr1 ask "what is the main result?"      # the file, then the question
+$ localr1 ask "name three primes" --json-schema primes.schema.json   # the answer is JSON; the thinking is free
 """
+
+
+def answer_grammar(path: str | None) -> str | None:
+    """--json-schema FILE: the GBNF grammar of the schema in FILE ("json": any JSON object), for the answer."""
+    if path is None:
+        return None
+    import json
+
+    from localr1.engine.structured import json_grammar, schema_grammar
+
+    if path == "json":
+        return json_grammar()
+    try:
+        with open(path, encoding="utf-8") as f:
+            schema = json.load(f)
+    except OSError as exc:
+        raise UsageError(f"--json-schema {path}: {exc.strerror}", hint="Give a JSON schema file, or json.") from None
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(f"--json-schema {path} is not valid JSON: {str(exc)[:120]}") from None
+    return schema_grammar(schema, f"schema in {path}")
 
 
 def read_question(question: str | None) -> str:
@@ -127,6 +148,13 @@ def ask(
     top_p: float = typer.Option(DEFAULT_TOP_P, "--top-p", help="Nucleus sampling threshold."),
     seed: int | None = typer.Option(None, "--seed", help="Random seed, for repeatable answers."),
     max_tokens: int | None = typer.Option(None, "--max-tokens", help="Stop after this many tokens."),
+    json_schema: str | None = typer.Option(
+        None,
+        "--json-schema",
+        help="Make the answer JSON that follows the JSON schema in this file ('json': any JSON object); the "
+        "thinking stays free.",
+        show_default=False,
+    ),
     think_budget: opt.ThinkBudgetOpt = None,
     think_min: opt.ThinkMinOpt = None,
     ctx: opt.CtxOpt = None,
@@ -150,7 +178,7 @@ def ask(
     text = read_question(question)  # before anything slow: an empty question fails at once
     sampling = Sampling(
         temperature=temperature, top_p=top_p, seed=seed, max_tokens=max_tokens, think_budget=think_budget,
-        think_min=think_min,
+        think_min=think_min, answer_grammar=answer_grammar(json_schema),
     ).validate()  # fmt: skip
     request = opt.load_request(
         model, ctx=ctx, gpu_layers=gpu_layers, threads=threads, offline=offline, offload=offload_mode,

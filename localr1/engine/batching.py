@@ -213,7 +213,7 @@ class BatchedEngine:
                 job.prompt, job.sampling, room=self.n_ctx_slot - len(job.tokens),
                 close_token=engine.think_close_token, interval=engine.stream_interval_s,
             )  # fmt: skip
-            job.chain, job.sample = engine.token_chooser(job.sampling)
+            job.chain, job.sample = engine.token_chooser(job.sampling, job.gen)
             if self.speculate != "off":
                 job.spec = Speculator("ngram", lengths=engine.draft_lengths)
         except LocalR1Error as exc:

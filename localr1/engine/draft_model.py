@@ -101,7 +101,7 @@ class DraftModel:
     def _nucleus(self, sampling: Any):
         """The draft's sampler at the request's settings, or None to draft argmaxes (greedy requests and
         grammars: the target then checks point masses)."""
-        if sampling is None or sampling.temperature <= 0 or sampling.grammar:
+        if sampling is None or sampling.temperature <= 0 or sampling.grammar or sampling.answer_grammar:
             return None
         if self._sampler_for is not sampling:
             from localr1.engine.nucleus import NucleusSampler

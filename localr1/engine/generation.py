@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from localr1.engine.base import EventAssembler
 from localr1.events import Event, FinishReason, Timings
 from localr1.text.prompt import Prompt
+from localr1.text.reasoning import THINK_CLOSE
 from localr1.text.sampling import Sampling
 from localr1.text.thinking import TRANSITION, WAIT
 
@@ -61,7 +62,10 @@ class Generation:
         token's id, asked for only when a thinking budget applies (a model without one cannot have one)."""
         self.assembler = EventAssembler(opened=prompt.opens_thinking)
         self.control = sampling.thinking_control(opened=prompt.opens_thinking)
-        self.close_id = close_token() if self.control is not None and close_token is not None else None
+        needs_close = self.control is not None or sampling.answer_grammar is not None
+        self.close_id = close_token() if needs_close and close_token is not None else None
+        # past the end of the thinking: an answer grammar applies from here (engine/structured.py)
+        self.answering = not prompt.opens_thinking
         self.budget = room if sampling.max_tokens is None else min(room, sampling.max_tokens)
         self.generated = 0  # tokens the model wrote and tokens appended for it
         self.interval, self.clock = interval, clock
@@ -81,6 +85,8 @@ class Generation:
         action = control.step(token == self.close_id) if control is not None and control.thinking else "accept"
         if action == "suppress":  # an early end of thinking: dropped, and "Wait" appended instead
             return Step(self.flush(), append=WAIT)
+        if token == self.close_id:
+            self.answering = True
         self.generated += 1
         self.t_last = now = self.clock()
         self.held.append(piece)
@@ -100,6 +106,8 @@ class Generation:
             return None
         self.control.forced_tokens += len(pieces)
         self.generated += len(pieces)
+        if THINK_CLOSE.encode() in pieces:  # a budget's transition ends the thinking
+            self.answering = True
         return self.assembler.feed_forced(pieces)
 
     def flush(self) -> list[Event]:

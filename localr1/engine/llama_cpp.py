@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Generator, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -503,7 +504,7 @@ class LlamaCppEngine:
             prompt, sampling, room=self.n_ctx - len(tokens), close_token=self.think_close_token,
             interval=self.stream_interval_s,
         )  # fmt: skip
-        chain, sample = self.token_chooser(sampling)
+        chain, sample = self.token_chooser(sampling, gen)
         spec = Speculator(self.speculate, model=self.draft, sampling=sampling, lengths=self.draft_lengths)
         try:
             lib.llama_perf_context_reset(ctx)
@@ -660,11 +661,17 @@ class LlamaCppEngine:
         ids = self.tokenize(text, add_bos=False)
         return ids, gen.append([self.token_piece(t) for t in ids])
 
-    def token_chooser(self, sampling: Sampling) -> tuple[Any, Any]:
+    def token_chooser(self, sampling: Sampling, gen: Generation | None = None) -> tuple[Any, Any]:
         """How tokens are chosen for these settings, for one generation: (llama.cpp sampler chain, or None;
         ``sample(chain, ctx, idx)`` -> token). Without a grammar no chain is needed: llama_sampler_sample fills
         a candidate array for the whole vocabulary every token (and its top-p sorts it); an argmax, or
-        localr1.engine.nucleus, reads llama.cpp's logits in place instead. The caller frees the chain."""
+        localr1.engine.nucleus, reads llama.cpp's logits in place instead. The caller frees the chain.
+        With an answer grammar, ``gen`` says when the thinking ended: the grammar's chain chooses from then on
+        (engine/structured.py)."""
+        if sampling.answer_grammar:
+            free = replace(sampling, answer_grammar=None)
+            chain = self._sampler(replace(free, grammar=sampling.answer_grammar))
+            return chain, _AfterThinking(gen, self.token_chooser(free)[1], self._constrained())
         if sampling.grammar:
             return self._sampler(sampling), self._constrained()
         if sampling.temperature <= 0:
@@ -873,6 +880,21 @@ def _speculation(mode: str, draft: Any) -> tuple[str, Any]:
     if mode == "draft" and draft is None:
         raise UsageError("--speculate draft needs a draft model", hint="Give --draft MODEL, or use --speculate ngram.")
     return mode, draft
+
+
+class _AfterThinking:
+    """``sample(chain, ctx, idx)`` that draws freely while the generation thinks and through the grammar's chain
+    once it answers (``Generation.answering``)."""
+
+    __slots__ = ("gen", "free", "constrained")
+
+    def __init__(self, gen: Generation | None, free: Any, constrained: Any) -> None:
+        self.gen, self.free, self.constrained = gen, free, constrained
+
+    def __call__(self, chain: Any, ctx: Any, idx: int) -> int:
+        if self.gen is None or self.gen.answering:
+            return self.constrained(chain, ctx, idx)
+        return self.free(None, ctx, idx)
 
 
 class _NucleusChoice:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from localr1 import limits
@@ -251,6 +251,57 @@ def _content(value: Any, where: str) -> str:
     raise RequestError(f"'{where}' must be a string or a list of text parts", param=where)
 
 
+# --- structured output: a grammar for the answer, after the thinking (engine/structured.py) ---------------
+def _grammar_of(schema: Any, param: str) -> str:
+    from localr1.engine.structured import schema_grammar
+    from localr1.errors import UsageError
+
+    try:
+        return schema_grammar(schema, f"'{param}'")
+    except UsageError as exc:
+        raise RequestError(exc.message, param=param) from None
+
+
+def _response_format(value: Any) -> str | None:
+    """OpenAI's response_format: text (nothing), json_object (any JSON object) or json_schema."""
+    from localr1.engine.structured import json_grammar
+
+    if value is None or value == {"type": "text"}:
+        return None
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "json_object":
+        return json_grammar()
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+            raise RequestError(
+                "'response_format.json_schema.schema' must be a JSON schema object", param="response_format"
+            )
+        return _grammar_of(spec["schema"], "response_format.json_schema.schema")
+    raise RequestError("'response_format.type' must be text, json_object or json_schema", param="response_format")
+
+
+def _ollama_format(value: Any) -> str | None:
+    """Ollama's format: "json" or a JSON schema."""
+    from localr1.engine.structured import json_grammar
+
+    if value in (None, ""):
+        return None
+    if value == "json":
+        return json_grammar()
+    if isinstance(value, dict):
+        return _grammar_of(value, "format")
+    raise RequestError("'format' must be \"json\" or a JSON schema object", param="format")
+
+
+def _with_answer_grammar(sampling: Sampling, grammar: str | None, param: str) -> Sampling:
+    if grammar is None:
+        return sampling
+    if sampling.grammar:
+        raise RequestError(f"'grammar' and '{param}' cannot both be given", param=param)
+    return replace(sampling, answer_grammar=grammar)
+
+
 # --- OpenAI --------------------------------------------------------------------------------------------
 _OPENAI_COMMON = {
     "model", "stream", "stream_options", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "n",
@@ -294,9 +345,7 @@ def openai_chat(body: dict) -> Generation:
     _refuse(body, "modalities", (["text"], None))
     for name in ("audio", "prediction", "web_search_options"):
         _refuse(body, name)
-    response_format = body.get("response_format")
-    if response_format is not None and response_format != {"type": "text"}:
-        raise RequestError('\'response_format\' may only be {"type": "text"}', param="response_format")
+    answer_grammar = _response_format(body.get("response_format"))
     effort = body.get("reasoning_effort")
     effort_budget = None if effort is None else _effort(effort, "reasoning_effort")
     max_tokens = _integer(body, "max_completion_tokens", 1, MAX_TOKENS)
@@ -306,8 +355,10 @@ def openai_chat(body: dict) -> Generation:
     return Generation(
         model=common["model"],
         messages=_messages(body.get("messages")),
-        sampling=_sampling(
-            body, max_tokens=max_tokens, seed=None if seed is None else seed % 2**32, effort=effort_budget
+        sampling=_with_answer_grammar(
+            _sampling(body, max_tokens=max_tokens, seed=None if seed is None else seed % 2**32, effort=effort_budget),
+            answer_grammar,
+            "response_format",
         ),
         stream=common["stream"],
         stop=common["stop"],
@@ -384,6 +435,7 @@ def _ollama_options(body: dict, n_ctx_slot: int) -> tuple[Sampling, tuple[str, .
         seed=None if seed is None or seed < 0 else seed % 2**32,
         effort=_effort(think, "think") if isinstance(think, str) else None,
     )
+    sampling = _with_answer_grammar(sampling, _ollama_format(body.get("format")), "format")
     return sampling, _stops(options.get("stop"), "options.stop")
 
 
@@ -400,8 +452,6 @@ _OLLAMA_COMMON = {"model", "stream", "options", "keep_alive", "think", "format",
 
 
 def _ollama_refusals(body: dict) -> None:
-    if body.get("format") not in (None, ""):
-        raise RequestError("'format' (structured output) is not supported by localr1", param="format")
     for name in ("tools", "images", "context"):
         if body.get(name):
             raise RequestError(f"'{name}' is not supported by localr1", param=name)

@@ -25,6 +25,8 @@ class Sampling:
     # llama.cpp GBNF grammar and per-token biases: used to steer output (scripts, tests).
     grammar: str | None = None
     logit_bias: dict[int, float] = field(default_factory=dict)
+    # a GBNF grammar for the answer only: the thinking before </think> is free (a JSON schema's, json_schema)
+    answer_grammar: str | None = None
     # thinking budgets (localr1.text.thinking): end the reasoning after this many tokens / refuse to end it before
     think_budget: int | None = None
     think_min: int | None = None
@@ -40,6 +42,8 @@ class Sampling:
             raise UsageError(f"min-p {self.min_p} is out of range", hint="Use a value in [0, 1).")
         if self.max_tokens is not None and self.max_tokens <= 0:
             raise UsageError(f"--max-tokens must be positive, not {self.max_tokens}")
+        if self.grammar and self.answer_grammar:
+            raise UsageError("a grammar for the whole reply and one for the answer cannot both be given")
         if self.seed is not None and not 0 <= self.seed < 2**32:
             raise UsageError(f"seed {self.seed} is out of range", hint="Use 0 to 4294967295.")
         from localr1.text.thinking import check_budget

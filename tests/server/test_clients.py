@@ -185,3 +185,63 @@ def test_llm_cli_with_an_openai_compatible_model(server, tmp_path):
         lines = [line for line in logged if "/v1/chat/completions" in line]
         assert len(lines) == 1, logged
         assert "POST /v1/chat/completions 200" in lines[0] and "completion=8 reasoning=8" in lines[0], lines
+
+
+def _answer_model():
+    pydantic = pytest.importorskip("pydantic")
+
+    class Answer(pydantic.BaseModel):
+        answer: int
+        unit: str = pydantic.Field(max_length=12)
+
+    return Answer
+
+
+def test_openai_structured_output_constrains_the_answer_and_not_the_thinking(openai_client):
+    """The random model writes noise, yet its answer after the thinking (cut by a budget) parses, and its
+    thinking is not JSON."""
+    import json
+
+    Answer = _answer_model()
+    schema = {"name": "answer", "schema": Answer.model_json_schema(), "strict": True}
+    for stream in (False, True):
+        kwargs = dict(
+            model="tiny-r1",
+            messages=[{"role": "user", "content": "What is 6*7?"}],
+            response_format={"type": "json_schema", "json_schema": schema},
+            extra_body={"thinking_budget": 16},
+            max_tokens=300,
+            seed=3,
+        )
+        if stream:
+            parts = list(openai_client.chat.completions.create(stream=True, **kwargs))
+            content = "".join(c.choices[0].delta.content or "" for c in parts if c.choices)
+            thinking = "".join(getattr(c.choices[0].delta, "reasoning_content", "") or "" for c in parts if c.choices)
+        else:
+            message = openai_client.chat.completions.create(**kwargs).choices[0].message
+            content, thinking = message.content, message.reasoning_content
+        value = Answer.model_validate(json.loads(content))
+        assert isinstance(value.answer, int)
+        assert thinking and not thinking.lstrip().startswith("{")
+    parse = getattr(openai_client.chat.completions, "parse", None) or openai_client.beta.chat.completions.parse
+    parsed = parse(
+        model="tiny-r1", messages=[{"role": "user", "content": "6*7?"}], response_format=Answer,
+        extra_body={"thinking_budget": 16}, max_tokens=300, seed=5,
+    ).choices[0].message.parsed  # fmt: skip
+    assert isinstance(parsed, Answer)
+    json_mode = openai_client.chat.completions.create(
+        model="tiny-r1", messages=[{"role": "user", "content": "hi"}], response_format={"type": "json_object"},
+        extra_body={"thinking_budget": 8}, max_tokens=400, seed=1,
+    )  # fmt: skip
+    if json_mode.choices[0].finish_reason == "stop":  # any JSON object: it may run past max_tokens
+        assert isinstance(json.loads(json_mode.choices[0].message.content), dict)
+
+
+def test_ollama_client_format_schema(server):
+    ollama = pytest.importorskip("ollama")
+    Answer = _answer_model()
+    reply = ollama.Client(host=server.url).chat(
+        model="tiny-r1", messages=[{"role": "user", "content": "6*7?"}], format=Answer.model_json_schema(),
+        options={"thinking_budget": 16, "num_predict": 300, "seed": 2},
+    )  # fmt: skip
+    assert Answer.model_validate_json(reply.message.content) and reply.message.thinking

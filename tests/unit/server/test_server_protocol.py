@@ -79,7 +79,7 @@ def test_wrong_types_and_ranges_name_the_parameter(body, param):
         ({"logprobs": True}, "logprobs"),
         ({"top_logprobs": 3}, "top_logprobs"),
         ({"presence_penalty": 0.5}, "presence_penalty"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"response_format": {"type": "grammar"}}, "response_format"),
         ({"audio": {"voice": "x"}}, "audio"),
         ({"made_up_option": 1}, "made_up_option"),
     ],
@@ -165,7 +165,8 @@ def test_ollama_chat():
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [
-        ({"format": "json"}, "format"),
+        ({"format": "yaml"}, "format"),
+        ({"format": {"type": "strange"}}, "format"),
         ({"tools": [{}]}, "tools"),
         ({"think": "maybe"}, "think"),
         ({"options": {"num_ctx": 999999}}, "num_ctx"),
@@ -201,3 +202,56 @@ def test_bad_json_is_a_request_error(body):
     else:  # a huge exponent parses (to inf): the field readers refuse it
         with pytest.raises(RequestError):
             protocol.openai_chat({"messages": USER, "temperature": value["a"]})
+
+
+SCHEMA = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
+
+
+def test_structured_output_is_a_grammar_for_the_answer_only():
+    """response_format and Ollama's format become Sampling.answer_grammar: the thinking stays free."""
+    json_mode = chat(response_format={"type": "json_object"}).sampling
+    assert json_mode.answer_grammar and json_mode.grammar is None and "object" in json_mode.answer_grammar
+    strict = chat(
+        response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA, "strict": True}}
+    )
+    assert '"\\"answer\\""' in strict.sampling.answer_grammar  # the key, quoted, in the GBNF
+    ollama = protocol.ollama_chat({"messages": USER, "format": SCHEMA}, 4096).sampling
+    assert ollama.answer_grammar == strict.sampling.answer_grammar
+    assert (
+        protocol.ollama_chat({"messages": USER, "format": "json"}, 4096).sampling.answer_grammar
+        == json_mode.answer_grammar
+    )
+
+
+@pytest.mark.parametrize(
+    "value, fragment",
+    [
+        ({"type": "json_schema"}, "json_schema.schema"),
+        ({"type": "json_schema", "json_schema": {"schema": {"$ref": "#/nowhere"}}}, "not supported"),
+        (
+            {
+                "type": "json_schema",
+                "json_schema": {"schema": {"type": "object", "properties": {"x": {"type": "weird"}}}},
+            },
+            "not supported",
+        ),
+        ({"type": "json_schema", "json_schema": {"schema": {"a": "x" * (70 << 10)}}}, "larger than"),
+        (None, None),
+    ],
+)
+def test_a_schema_the_converter_cannot_take_is_a_400_naming_it(value, fragment):
+    if fragment is None:  # deeply nested: built here
+        deep: dict = {"type": "object"}
+        for _ in range(40):
+            deep = {"type": "array", "items": deep}
+        value = {"type": "json_schema", "json_schema": {"schema": deep}}
+        fragment = "nests deeper"
+    with pytest.raises(RequestError) as info:
+        protocol.openai_chat({"messages": USER, "response_format": value})
+    assert info.value.status == 400 and info.value.param.startswith("response_format")
+    assert fragment in info.value.message and "\n" not in info.value.message
+
+
+def test_a_grammar_and_a_schema_together_are_refused():
+    body = {"messages": USER, "grammar": 'root ::= "a"', "response_format": {"type": "json_object"}}
+    refused(protocol.openai_chat, body, "response_format")
