@@ -88,7 +88,7 @@ def run_bare_loop(engine: LlamaCppEngine, n_tokens: int, setting: dict, *, nativ
     sampling = Sampling(max_tokens=n_tokens, logit_bias=no_stop_bias(engine), **setting)
     chain = engine._sampler(sampling)
     try:
-        engine._prefill(tokens)
+        engine.prefill(tokens)
         buf = (lib.llama_token * 1)()
         if native_chain:
             sample = lib.llama_sampler_sample

@@ -18,7 +18,7 @@ from localr1.engine.base import Engine
 from localr1.engine.rpc import add_workers, guard_links, worker_peers
 from localr1.errors import DownloadError, InvalidModelFileError, ModelTooBigError, OutOfMemoryError, UsageError
 from localr1.fit import candidates as cands
-from localr1.fit.draft import place_draft
+from localr1.fit.draft import place_beside
 from localr1.fit.memory import kv_type_fits
 from localr1.fit.planner import DEFAULT_CTX, Fallbacks, NoPlanError, Plan, PlanOptions, choose, plan_candidate
 from localr1.fit.request import DEFAULT_SPECULATE, LoadRequest
@@ -368,21 +368,15 @@ def draft_for(request: LoadRequest, config: Config, plan: Plan | None, label: st
         off = offline_mode(request.offline)
         quant = split_name(spec)[1] or catalog[name].default_quant
         path = pull(resolve_target(f"{name}:{quant}", offline=off), offline=off, show_progress=False)
-    local = resolve_model(str(path), config)
     if plan is None:  # context and GPU layers given: the draft goes where the target's layers go
         on_gpu = (request.gpu_layers or 0) != 0
         return (path, -1 if on_gpu else 0) if on_gpu or mode == "draft" else (None, 0)
-    candidate = cands.from_file(local.path, local=local)
-    placed, why = place_draft(
-        candidate, n_ctx=plan.n_ctx, budget=plan.budget, gpu_used=plan.memory.gpu_total,
-        ram_used=plan.memory.cpu_total, kv_type=plan.kv_type,
-    )  # fmt: skip
+    local = resolve_model(str(path), config)
+    placed, why = place_beside(cands.from_file(local.path, local=local), plan)
     if placed is None:
         say(f"Not drafting with {spec}: {why} (speculating with n-grams only).")
         return None, 0
-    if mode == "auto" and placed.device != "GPU":
-        # on a CPU a verifying batch costs about as many one-token steps as it holds tokens over two, and
-        # a draft model on top did not pay (docs/performance.md): auto drafts with a model on a GPU only
+    if mode == "auto" and not placed.for_auto:
         return None, 0
     return path, placed.n_gpu_layers
 

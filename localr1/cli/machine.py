@@ -322,7 +322,7 @@ def _draft(plan) -> dict | None:
     """The catalog's draft model for the planned one (speculative decoding) and where it would go beside the
     plan (fit/draft.py), or None when the catalog names none."""
     from localr1.fit.candidates import from_catalog
-    from localr1.fit.draft import place_draft
+    from localr1.fit.draft import place_beside
     from localr1.models.catalog import load_catalog, split_name
     from localr1.models.resolve import find_catalog_file
 
@@ -334,16 +334,13 @@ def _draft(plan) -> dict | None:
     candidate = next(
         c for c in from_catalog({model.name: model}, include_local=False) if c.quant == model.default_quant
     )
-    placed, why = place_draft(
-        candidate, n_ctx=plan.n_ctx, budget=plan.budget, gpu_used=plan.memory.gpu_total,
-        ram_used=plan.memory.cpu_total, kv_type=plan.kv_type,
-    )  # fmt: skip
+    placed, why = place_beside(candidate, plan)
     return {
         "model": candidate.label,
         "downloaded": find_catalog_file(model, model.default_quant) is not None,
         "device": placed.device if placed else None,
         "bytes": placed.bytes if placed else None,
-        "used_by_auto": placed is not None and placed.device == "GPU",
+        "used_by_auto": placed is not None and placed.for_auto,
         "left_out": why or None,
     }
 

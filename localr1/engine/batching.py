@@ -28,6 +28,7 @@ from typing import Any
 from localr1.engine.backend import _LOG
 from localr1.engine.base import common_prefix
 from localr1.engine.generation import Generation
+from localr1.engine.llama_cpp import put_token
 from localr1.engine.speculative import MAX_DRAFT, Speculator
 from localr1.errors import ContextOverflowError, EngineError, LocalR1Error
 from localr1.events import Done, Event, FinishReason, Timings
@@ -215,7 +216,7 @@ class BatchedEngine:
             )  # fmt: skip
             job.chain, job.sample = engine.token_chooser(job.sampling, job.gen)
             if self.speculate != "off":
-                job.spec = Speculator("ngram", lengths=engine.draft_lengths)
+                job.spec = Speculator("ngram", costs=engine.draft_costs)
         except LocalR1Error as exc:
             job.out.put(exc)
             return
@@ -242,7 +243,7 @@ class BatchedEngine:
             spare -= len(job.drafted)
             rows = []
             for j, token in enumerate((job.last_token, *job.drafted)):
-                _put(batch, n, token, job.n_past + j, job.slot, True)
+                put_token(batch, n, token, job.n_past + j, job.slot, True)
                 rows.append(n)
                 n += 1
             outputs.append((rows, job))
@@ -251,7 +252,9 @@ class BatchedEngine:
                 take = min(len(job.tokens) - job.n_past, self.n_batch - n)
                 last = job.n_past + take == len(job.tokens)
                 for i in range(take):
-                    _put(batch, n + i, job.tokens[job.n_past + i], job.n_past + i, job.slot, last and i == take - 1)
+                    put_token(
+                        batch, n + i, job.tokens[job.n_past + i], job.n_past + i, job.slot, last and i == take - 1
+                    )
                 if last:
                     outputs.append(([n + take - 1], job))
                 prefill.append((job, take))
@@ -383,11 +386,3 @@ class BatchedEngine:
                 self._finish(job, "cancelled" if error is None else None, error)
             self._active.clear()
             self._pending.clear()
-
-
-def _put(batch: Any, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
-    batch.token[i] = token
-    batch.pos[i] = pos
-    batch.n_seq_id[i] = 1
-    batch.seq_id[i][0] = seq
-    batch.logits[i] = logits

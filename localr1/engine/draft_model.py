@@ -15,10 +15,8 @@ text for every token both have: :func:`check_compatible`, llama.cpp's own test
 
 from __future__ import annotations
 
-import ctypes
 from typing import Any
 
-from localr1.engine.base import common_prefix
 from localr1.errors import EngineError, UsageError
 
 # Imported inside the functions that use them: numpy (heavy), localr1.engine.nucleus (numpy).
@@ -54,19 +52,15 @@ def check_compatible(target: Any, draft: Any) -> None:
 
 class DraftModel:
     """Proposes tokens for a target with the same vocabulary (``propose``, as ``speculative.Speculator``
-    asks); owns its engine."""
+    asks); owns its engine, whose KV cache follows the target's context (``LlamaCppEngine.prefill``)."""
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         self.info = engine.info
-        lib = engine.lib
-        self._lib, self._ctx, self._mem = lib, engine.context, engine.memory
-        self._cached: list[int] = []  # tokens in this model's KV cache
-        self._buf = (lib.llama_token * 1)()
+        self._ctx = engine.context
         self._read = engine.logits_reader()
         self._sampler: Any = None
         self._sampler_for: Any = None
-        self.decode_calls = 0
 
     def propose(self, tokens: list[int], k: int, sampling: Any) -> tuple[list[int], list | None]:
         """Up to ``k`` tokens to follow ``tokens`` (the target's context, ending with the token it is about to
@@ -77,25 +71,29 @@ class DraftModel:
         k = min(k, room)
         if k <= 0:
             return [], None
-        self._catch_up(tokens)
-        sampler = self._nucleus(sampling)
-        drafts: list[int] = []
-        dists: list | None = [] if sampler is not None else None
-        for i in range(k):
-            logits = self._read(self._ctx, -1)
-            if sampler is None:
-                token = int(logits.argmax())
-            else:
-                ids, probs = sampler.distribution(logits)
-                at = min(int(np.searchsorted(np.cumsum(probs), sampler.rng.random(), side="right")), len(ids) - 1)
-                token = int(ids[at])
-                dists.append((ids, probs))
-            drafts.append(token)
-            if (
-                self.engine.piece(token) is None or i == k - 1
-            ):  # an end of text ends the draft; the last needs no decode
-                break
-            self._decode([token])
+        try:
+            if self.engine.prefill(tokens) < 0:  # the engine is closing
+                return [], None
+            sampler = self._nucleus(sampling)
+            drafts: list[int] = []
+            dists: list | None = [] if sampler is not None else None
+            for i in range(k):
+                logits = self._read(self._ctx, -1)
+                if sampler is None:
+                    token = int(logits.argmax())
+                else:
+                    ids, probs = sampler.distribution(logits)
+                    at = min(int(np.searchsorted(np.cumsum(probs), sampler.rng.random(), side="right")), len(ids) - 1)
+                    token = int(ids[at])
+                    dists.append((ids, probs))
+                drafts.append(token)
+                # an end of text ends the draft; the last draft needs no decode
+                if self.engine.piece(token) is None or i == k - 1:
+                    break
+                self.engine.decode_one(token)
+        except EngineError as exc:
+            self.engine.reset()
+            raise EngineError(f"the draft model failed: {exc.message}", hint="Run with --speculate ngram.") from None
         return drafts, dists
 
     def _nucleus(self, sampling: Any):
@@ -106,47 +104,13 @@ class DraftModel:
         if self._sampler_for is not sampling:
             from localr1.engine.nucleus import NucleusSampler
 
-            seed = None if sampling.seed is None else (sampling.seed + 1) % 2**32
-            self._sampler = NucleusSampler(
-                self.engine.n_vocab, temperature=sampling.temperature, top_p=sampling.top_p, min_p=sampling.min_p,
-                top_k=sampling.top_k, seed=seed, logit_bias=sampling.logit_bias,
-            )  # fmt: skip
+            seed = None if sampling.seed is None else (sampling.seed + 1) % 2**32  # not the target's draws
+            self._sampler = NucleusSampler.for_sampling(self.engine.n_vocab, sampling, seed=seed)
             self._sampler_for = sampling
         return self._sampler
 
-    def _catch_up(self, tokens: list[int]) -> None:
-        """Decode what this model has not seen of ``tokens`` after the prefix its cache shares with them."""
-        lib = self._lib
-        keep = min(common_prefix(self._cached, tokens), len(tokens) - 1)
-        if keep < len(self._cached):
-            if not lib.llama_memory_seq_rm(self._mem, 0, keep, -1):
-                lib.llama_memory_clear(self._mem, True)
-                keep = 0
-            del self._cached[keep:]
-        todo = tokens[keep:]
-        step = self.engine.n_batch
-        for start in range(0, len(todo), step):
-            self._decode(todo[start : start + step])
-
-    def _decode(self, ids: list[int]) -> None:
-        lib = self._lib
-        if len(ids) == 1:
-            self._buf[0] = ids[0]
-            arr = self._buf
-        else:
-            arr = (lib.llama_token * len(ids))(*ids)
-        ptr = ctypes.cast(arr, ctypes.POINTER(lib.llama_token))
-        rc = lib.llama_decode(self._ctx, lib.llama_batch_get_one(ptr, len(ids)))
-        self.decode_calls += 1
-        if rc != 0:
-            self._cached = []
-            lib.llama_memory_clear(self._mem, True)
-            raise EngineError(f"the draft model failed to decode (code {rc})", hint="Run with --speculate ngram.")
-        self._cached.extend(ids)
-
     def reset(self) -> None:
-        self._lib.llama_memory_clear(self._mem, True)
-        self._cached = []
+        self.engine.reset()
 
     def close(self) -> None:
         self.engine.close()

@@ -36,7 +36,7 @@ from localr1.engine.backend import (
 from localr1.engine.base import ModelInfo, common_prefix
 from localr1.engine.devices import buffer_type, cpu_buffer_type, list_devices, tensor_split
 from localr1.engine.generation import STREAM_INTERVAL_S, Generation
-from localr1.engine.speculative import MAX_DRAFT, MODES, Speculator, accept, draft_lengths
+from localr1.engine.speculative import MAX_DRAFT, MODES, Speculator, accept, draft_costs
 from localr1.engine.threadpool import CpuThreadpool
 from localr1.errors import ContextOverflowError, EngineError, ModelLoadError, OutOfMemoryError, UsageError
 from localr1.events import Event, FinishReason, Timings
@@ -246,7 +246,7 @@ class LlamaCppEngine:
         self._piece_buf = ctypes.create_string_buffer(256)
         self._token_buf = (lib.llama_token * 1)()
         self._draft_batch = lib.llama_batch_init(MAX_DRAFT + 1, 0, 1) if speculate != "off" else None
-        self.draft_lengths = draft_lengths()  # what drafting measured here, kept across generations
+        self.draft_costs = draft_costs()  # what a drafted token costs here, kept across generations
         self._sample_s = 0.0
         self._pieces: dict[int, bytes | None] = {}  # token -> its text, None for end-of-generation tokens
         self.info = ModelInfo(
@@ -449,8 +449,9 @@ class LlamaCppEngine:
         add(chain, lib.llama_sampler_init_dist(seed))
         return chain
 
-    def _prefill(self, tokens: list[int]) -> int:
-        """Decode ``tokens`` after the longest prefix already in the KV cache. Returns tokens decoded."""
+    def prefill(self, tokens: list[int]) -> int:
+        """Decode ``tokens`` after the longest prefix already in the KV cache. Returns tokens decoded (-1: the
+        abort callback stopped it). A prompt, and a draft model catching up with its target."""
         lib = self._lib
         keep = min(common_prefix(self._cached, tokens), len(tokens) - 1)  # the last one: decoded for its logits
         if not lib.llama_memory_seq_rm(self._mem, 0, keep, -1):
@@ -505,11 +506,11 @@ class LlamaCppEngine:
             interval=self.stream_interval_s,
         )  # fmt: skip
         chain, sample = self.token_chooser(sampling, gen)
-        spec = Speculator(self.speculate, model=self.draft, sampling=sampling, lengths=self.draft_lengths)
+        spec = Speculator(self.speculate, model=self.draft, sampling=sampling, costs=self.draft_costs)
         try:
             lib.llama_perf_context_reset(ctx)
             t0 = time.perf_counter()
-            decoded = self._prefill(tokens)
+            decoded = self.prefill(tokens)
             t1 = gen.t_last = time.perf_counter()
             self._sample_s = 0.0
             finish: FinishReason = "cancelled"
@@ -617,20 +618,24 @@ class LlamaCppEngine:
 
     def _decode_drafts(self, token: int, drafts: list[int], pos: int) -> int:
         """Decode ``token`` at ``pos`` and the drafts after it, every row's logits kept; llama_decode's code."""
-        lib, batch = self._lib, self._draft_batch
+        batch = self._draft_batch
         for j, t in enumerate((token, *drafts)):
-            batch.token[j] = t
-            batch.pos[j] = pos + j
-            batch.n_seq_id[j] = 1
-            batch.seq_id[j][0] = 0
-            batch.logits[j] = True
+            put_token(batch, j, t, pos + j, 0, True)
         batch.n_tokens = len(drafts) + 1
-        return lib.llama_decode(self._ctx, batch)
+        return self._lib.llama_decode(self._ctx, batch)
 
     def _accept_sampled(self, ctx: Any, row: int, q: Any, draft: int, sample: Any) -> int:
         """The token at ``row`` for a draft the draft model sampled from ``q``: the standard acceptance rule
         over the target's nucleus distribution (engine/speculative.py)."""
         return accept(sample.distribution(ctx, row), q, draft, sample.rng)[1]
+
+    def decode_one(self, token: int) -> None:
+        """Decode one token after the cache (a draft model's drafts; the decode loop inlines this)."""
+        self._token_buf[0] = token
+        rc = self._lib.llama_decode(self._ctx, self._lib.llama_batch_get_one(self._token_buf, 1))
+        if rc != 0:
+            raise EngineError(f"llama.cpp failed while generating (code {rc}): {_LOG.tail(2)}")
+        self._cached.append(token)
 
     def think_close_token(self) -> int:
         """The end-of-thinking token, which a thinking budget needs to see and to write."""
@@ -808,16 +813,7 @@ class LlamaCppEngine:
         (with ``distribution(ctx, idx)`` and ``rng`` for speculative decoding's acceptance rule)."""
         from localr1.engine.nucleus import NucleusSampler
 
-        sampler = NucleusSampler(
-            self.n_vocab,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            min_p=sampling.min_p,
-            top_k=sampling.top_k,
-            seed=sampling.seed,
-            logit_bias=sampling.logit_bias,
-        )
-        return _NucleusChoice(sampler, self.logits_reader())
+        return _NucleusChoice(NucleusSampler.for_sampling(self.n_vocab, sampling), self.logits_reader())
 
     def end_tokens(self) -> list[int]:
         """End-of-sequence and end-of-turn tokens (to bias off where a fixed length is wanted)."""
@@ -880,6 +876,15 @@ def _speculation(mode: str, draft: Any) -> tuple[str, Any]:
     if mode == "draft" and draft is None:
         raise UsageError("--speculate draft needs a draft model", hint="Give --draft MODEL, or use --speculate ngram.")
     return mode, draft
+
+
+def put_token(batch: Any, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
+    """Row ``i`` of a ``llama_batch``: ``token`` at ``pos`` of sequence ``seq``, its logits kept or not."""
+    batch.token[i] = token
+    batch.pos[i] = pos
+    batch.n_seq_id[i] = 1
+    batch.seq_id[i][0] = seq
+    batch.logits[i] = logits
 
 
 class _AfterThinking:

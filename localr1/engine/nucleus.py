@@ -102,6 +102,19 @@ class NucleusSampler:
         self.draws = 0  # draws made in all (a rejection costs one more): for benchmarks and tests
         self.tails = 0  # tails computed in all: for benchmarks and tests
 
+    @classmethod
+    def for_sampling(cls, n_vocab: int, sampling, *, seed: int | None = None) -> NucleusSampler:
+        """The sampler of a request's ``Sampling`` (its seed, unless another is given)."""
+        return cls(
+            n_vocab,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            min_p=sampling.min_p,
+            top_k=sampling.top_k,
+            seed=sampling.seed if seed is None else seed,
+            logit_bias=sampling.logit_bias,
+        )
+
     def __call__(self, logits: np.ndarray) -> int:
         """One token id from ``logits`` (``n_vocab`` float32 values; read, never written)."""
         logits, ids = self._biased_top_k(logits)

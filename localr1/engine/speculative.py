@@ -128,38 +128,66 @@ class DraftStats:
         return {"mode": self.mode, "drafted": self.drafted, "accepted": self.accepted, "acceptance": round(rate, 4)}
 
 
-class DraftLength:
-    """How many tokens to draft next, from what drafting measured: the acceptance and the cost.
+class DraftCost:
+    """What a drafted token costs here, measured: ``t1``, a one-token decode (from the plain steps), and
+    ``extra``, what each drafted token adds to a step (drafting and the verifying decode). Running averages
+    of the machine and the model, so an engine keeps one per drafter across generations and requests."""
 
-    Two running averages decide it. ``rho``: the share of drafted positions the target accepted (a step that
-    accepted ``a`` of ``k`` tested ``a + 1`` positions, or ``k`` when all passed). ``extra``: what each drafted
-    token adds to a step's time (drafting and the verifying decode), against ``t1``, a one-token decode (from
-    the plain steps). A draft of ``k`` then yields ``1 + rho + ... + rho**k`` tokens in ``t1 + k * extra``
-    seconds: ``k`` is the length that yields most per second. Where even the best length would not be 5%
-    faster than plain decoding, drafting stops for a while (16 tokens, doubling up to 1,024 while it keeps losing)
-    and then tries again. On a GPU a drafted token costs a few percent of a step and long drafts pay; on a
-    small CPU a batch of five costs about three one-token steps (measured: docs/performance.md) and only
-    well-predicted text is drafted. Until a plain step has been timed nothing is drafted (a cold start
-    decides nothing)."""
+    SMOOTHING = 0.3
+
+    def __init__(self) -> None:
+        self.t1: float | None = None
+        self.extra: float | None = None
+
+    def plain(self, seconds: float) -> None:
+        """A one-token decode took ``seconds``."""
+        if seconds <= 0:
+            return
+        a = self.SMOOTHING
+        self.t1 = seconds if self.t1 is None else (1 - a) * self.t1 + a * seconds
+
+    def drafting(self, drafted: int, seconds: float) -> bool:
+        """A step with ``drafted`` tokens took ``seconds``; whether it could be costed (a plain step was timed)."""
+        if self.t1 is None or seconds <= 0:
+            return False
+        a = self.SMOOTHING
+        extra = max(seconds - self.t1, 0.0) / drafted
+        self.extra = extra if self.extra is None else (1 - a) * self.extra + a * extra
+        return True
+
+
+class DraftLength:
+    """How many tokens to draft next in one generation, from what drafting measured: the acceptance (its
+    own) and the cost (a :class:`DraftCost`, shared).
+
+    ``rho`` is a running average of the share of drafted positions the target accepted (a step that accepted
+    ``a`` of ``k`` tested ``a + 1`` positions, or ``k`` when all passed). A draft of ``k`` then yields
+    ``1 + rho + ... + rho**k`` tokens in ``t1 + k * extra`` seconds: ``k`` is the length that yields most per
+    second. Where even the best length would not be 5% faster than plain decoding, drafting stops for a
+    while (16 tokens, doubling up to 1,024 while it keeps losing) and then tries again. On a GPU a drafted
+    token costs a few percent of a step and long drafts pay; on a small CPU a batch of five costs about three
+    one-token steps (measured: docs/performance.md) and only well-predicted text is drafted. Until a plain
+    step has been timed nothing is drafted (a cold start decides nothing)."""
 
     SMOOTHING = 0.3
     FIRST_PAUSE, LONGEST_PAUSE = 16, 1024
     MARGIN = 1.05  # draft only where the estimate promises at least this speed-up (it is itself measured)
 
-    def __init__(self, longest: int = MAX_DRAFT, start: int = 4) -> None:
+    def __init__(self, longest: int = MAX_DRAFT, start: int = 4, cost: DraftCost | None = None) -> None:
         self.longest = longest
         self.start = self.k = min(start, longest)
-        self.t1: float | None = None  # seconds per one-token decode (running average)
-        self.extra: float | None = None  # seconds each drafted token adds to a step (running average)
+        self.cost = cost if cost is not None else DraftCost()
         self._hits = self._tries = 0.0  # accepted / tested positions (running averages): rho
         self.pause = 0  # tokens left without drafting
         self.next_pause = self.FIRST_PAUSE
 
-    def start_generation(self) -> None:
-        """A new reply: its text may be predictable where the last one was not. The costs stay."""
-        self._hits = self._tries = 0.0
-        self.k = self.start
-        self.pause, self.next_pause = 0, self.FIRST_PAUSE
+    @property
+    def t1(self) -> float | None:
+        return self.cost.t1
+
+    @property
+    def extra(self) -> float | None:
+        return self.cost.extra
 
     @property
     def rho(self) -> float:
@@ -176,10 +204,7 @@ class DraftLength:
 
     def plain(self, seconds: float) -> None:
         """A one-token decode took ``seconds``."""
-        if seconds <= 0:
-            return
-        a = self.SMOOTHING
-        self.t1 = seconds if self.t1 is None else (1 - a) * self.t1 + a * seconds
+        self.cost.plain(seconds)
 
     def speed_up(self, k: int) -> float:
         """The expected tokens per second of drafting ``k``, over plain decoding's."""
@@ -196,10 +221,8 @@ class DraftLength:
         tested = accepted + (accepted < drafted)
         self._hits = (1 - a) * self._hits + a * accepted
         self._tries = (1 - a) * self._tries + a * tested
-        if self.t1 is None or seconds <= 0:
+        if not self.cost.drafting(drafted, seconds):
             return
-        extra = max(seconds - self.t1, 0.0) / drafted
-        self.extra = extra if self.extra is None else (1 - a) * self.extra + a * extra
         best = max(range(1, self.longest + 1), key=self.speed_up)
         self.k = best
         if self.speed_up(best) < self.MARGIN:
@@ -208,25 +231,24 @@ class DraftLength:
             self.next_pause = self.FIRST_PAUSE
 
 
-def draft_lengths() -> dict[str, DraftLength]:
-    """A :class:`DraftLength` per drafter, for an engine to keep across generations: the cost of a drafted
-    token is the machine's and the model's; the acceptance starts afresh with each reply."""
-    return {"ngram": DraftLength(), "draft": DraftLength()}
+def draft_costs() -> dict[str, DraftCost]:
+    """A :class:`DraftCost` per drafter, for an engine to keep across generations (and, in serve, across
+    the requests decoding together); each generation measures its own acceptance."""
+    return {"ngram": DraftCost(), "draft": DraftCost()}
 
 
 class Speculator:
     """One generation's drafting: the n-gram drafter and/or a draft model (``propose(tokens, k, sampling)``
-    -> (drafts, their distributions or None)), each with its :class:`DraftLength` (the engine's, kept across
-    generations, or fresh ones), and the counts."""
+    -> (drafts, their distributions or None)), each with its own :class:`DraftLength` over the engine's
+    :class:`DraftCost` (or fresh ones), and the counts."""
 
-    def __init__(self, mode: str, *, model=None, sampling=None, lengths: dict[str, DraftLength] | None = None) -> None:
+    def __init__(self, mode: str, *, model=None, sampling=None, costs: dict[str, DraftCost] | None = None) -> None:
         self.stats = DraftStats(mode=mode)
         self.ngram = NgramDrafter() if mode in ("ngram", "auto") else None
         self.model = model if mode in ("draft", "auto") else None
         self.sampling = sampling
-        self._lengths = lengths if lengths is not None else draft_lengths()
-        for length in self._lengths.values():
-            length.start_generation()
+        costs = costs if costs is not None else draft_costs()
+        self._lengths = {name: DraftLength(cost=cost) for name, cost in costs.items()}
         self._source: str | None = None  # who drafted the tokens being verified
 
     @property
@@ -241,7 +263,7 @@ class Speculator:
             return [], None
         if self.ngram is not None:
             k = min(self._lengths["ngram"].length(), room)
-            drafts = self.ngram.propose(tokens, k) if k else self.ngram.propose(tokens, 0)
+            drafts = self.ngram.propose(tokens, k)  # (k = 0 still indexes the new tokens)
             if drafts:
                 self._source = "ngram"
                 return drafts, None

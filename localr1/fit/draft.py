@@ -9,10 +9,14 @@ the reason: a draft never costs the target a GPU layer or a token of context.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from localr1.fit.capacity import Budget, Candidate
 from localr1.fit.memory import estimate
 from localr1.units import gib
+
+if TYPE_CHECKING:
+    from localr1.fit.planner import Plan
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,20 @@ class DraftPlacement:
     n_gpu_layers: int  # -1: all on the GPU; 0: on the CPU
     bytes: int  # what it takes there: weights, KV cache, compute buffer
     device: str  # "GPU" or "RAM"
+
+    @property
+    def for_auto(self) -> bool:
+        """Whether ``--speculate auto`` drafts with it: on a GPU only (on a CPU a drafted token costs 0.35-0.5
+        of a step to check, and a draft model on top did not pay: docs/performance.md)."""
+        return self.device == "GPU"
+
+
+def place_beside(draft: Candidate, plan: Plan) -> tuple[DraftPlacement | None, str]:
+    """``place_draft`` beside a planner's ``Plan`` (what it takes on the GPU and in RAM, its context)."""
+    return place_draft(
+        draft, n_ctx=plan.n_ctx, budget=plan.budget, gpu_used=plan.memory.gpu_total,
+        ram_used=plan.memory.cpu_total, kv_type=plan.kv_type,
+    )  # fmt: skip
 
 
 def place_draft(

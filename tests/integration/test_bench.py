@@ -73,7 +73,7 @@ def _llama_cpp_greedy_tokens(engine, prompt, n: int, logit_bias: dict[int, float
     """llama_sampler_sample with llama.cpp's own logit-bias and greedy samplers, on the same context."""
     lib = engine._lib
     engine.reset()
-    engine._prefill(engine.tokenize(prompt.text, add_bos=prompt.add_bos))
+    engine.prefill(engine.tokenize(prompt.text, add_bos=prompt.add_bos))
     chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
     if logit_bias:
         items = [lib.llama_logit_bias(t, b) for t, b in logit_bias.items()]

@@ -64,8 +64,8 @@ def test_greedy_is_repeatable_and_the_prefix_cache_changes_nothing(smol, monkeyp
     prompt = render(user_turn("Name three colours."), smol.info.chat_format)
     first = _texts(list(smol.stream(prompt, Sampling(temperature=0, max_tokens=20))))[1]
     decoded: list[int] = []
-    prefill = smol._prefill
-    monkeypatch.setattr(smol, "_prefill", lambda tokens: decoded.append(prefill(tokens)) or decoded[-1])
+    prefill = smol.prefill
+    monkeypatch.setattr(smol, "prefill", lambda tokens: decoded.append(prefill(tokens)) or decoded[-1])
     second_events = list(smol.stream(prompt, Sampling(temperature=0, max_tokens=20)))
     assert _texts(second_events)[1] == first
     # the second run reused the cached prompt: only the last prompt token was decoded again (counted, not

@@ -177,7 +177,7 @@ def _tie_gap(engine, want: list[int], got: list[int]) -> tuple[float, list[str]]
     which stays out of the cache), the best end token stands for it."""
     j = next((j for j, (x, y) in enumerate(zip(want, got)) if x != y), min(len(want), len(got)))
     engine.reset()
-    engine._prefill(want[:j])
+    engine.prefill(want[:j])
     logits = engine.logits_reader()(engine.context, -1)
     end = max(engine.end_tokens(), key=lambda t: logits[t])
     a, b = (want[j] if j < len(want) else end), (got[j] if j < len(got) else end)

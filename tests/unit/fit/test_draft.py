@@ -7,7 +7,7 @@ import pytest
 
 from localr1.errors import CatalogError
 from localr1.fit.candidates import from_catalog
-from localr1.fit.draft import place_draft
+from localr1.fit.draft import place_beside
 from localr1.fit.memory import estimate
 from localr1.fit.planner import choose, plan_candidate
 from localr1.machine.hardware import Simulation, machine
@@ -27,10 +27,7 @@ def _beside(target: str, sim: Simulation, ctx: int = 16384):
     hw = machine(sim)
     plan = plan_candidate(BUILDS[target], hw, min_tps=0.0, want_ctx=ctx)
     draft = BUILDS["r1:1.5b:Q4_K_M"]
-    placed, why = place_draft(
-        draft, n_ctx=plan.n_ctx, budget=plan.budget, gpu_used=plan.memory.gpu_total,
-        ram_used=plan.memory.cpu_total, kv_type=plan.kv_type,
-    )  # fmt: skip
+    placed, why = place_beside(draft, plan)
     return plan, placed, why, draft
 
 
