@@ -40,6 +40,16 @@ class Answer:
     tokens: int = 1
 
 
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function call the model made in its answer (localr1.text.tools reads it out of the answer's text):
+    the call's id, the function's name and its arguments as a JSON object's text."""
+
+    id: str
+    name: str
+    arguments: str
+
+
 @dataclass(frozen=True)
 class Usage:
     prompt_tokens: int = 0
