@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,11 +24,14 @@ from datetime import datetime
 from typing import Any, Literal
 
 from localr1.errors import TemplateError
+from localr1.events import ToolCall
+from localr1.text import tools as tool_format
 from localr1.text.reasoning import THINK_CLOSE, THINK_OPEN, strip_reasoning
+from localr1.text.tools import Tool
 
 # Imported inside the functions that use them: jinja2 (heavy to import, and not needed by every command).
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
 
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -37,6 +41,8 @@ class Message:
     role: Role
     content: str
     reasoning: str | None = None  # kept for display; never sent back to the model
+    tool_calls: tuple[ToolCall, ...] = ()  # the assistant's calls (after its content)
+    name: str | None = None  # a tool result's function
 
 
 @dataclass(frozen=True)
@@ -126,9 +132,21 @@ def user_turn(question: str, *, system: str | None = None, math: bool = False) -
     return messages
 
 
-def _history_for_model(messages: Sequence[Message], fold_system: bool) -> list[dict[str, str]]:
+def renders_tools(template: str) -> bool:
+    """Whether a chat template describes the ``tools`` it is given itself (the distills' templates do not)."""
+    return re.search(r"\btools\b", template) is not None
+
+
+def _history_for_model(
+    messages: Sequence[Message], fold_system: bool, tools: Sequence[Tool] = (), template: str = ""
+) -> list[dict[str, Any]]:
     system_parts = [m.content for m in messages if m.role == "system" and m.content.strip()]
-    out: list[dict[str, str]] = []
+    description = tool_format.describe(tools) if tools and not renders_tools(template) else None
+    if description and fold_system:
+        system_parts.append(description)
+    # DeepSeek's templates render tool results in their own tokens; with others they go in a user turn
+    native_results = tool_format.OUTPUT_BEGIN in template
+    out: list[dict[str, Any]] = []
     for m in messages:
         if m.role == "system":
             if not fold_system:
@@ -138,7 +156,18 @@ def _history_for_model(messages: Sequence[Message], fold_system: bool) -> list[d
         if m.role == "assistant":
             # Earlier thinking is not sent back (DeepSeek's advice): only the answer stays.
             content = strip_reasoning(content) if THINK_CLOSE in content else content
+            if m.tool_calls:  # as the model wrote them (the templates' own tool_calls branch drops the end)
+                content += tool_format.calls_text(m.tool_calls)
+        if m.role == "tool" and not native_results:
+            if out and out[-1].get("tool_results") is not None:
+                out[-1]["tool_results"].append(content)
+                out[-1]["content"] = tool_format.outputs_text(out[-1]["tool_results"])
+                continue
+            out.append({"role": "user", "content": tool_format.outputs_text([content]), "tool_results": [content]})
+            continue
         out.append({"role": m.role, "content": content})
+    for entry in out:
+        entry.pop("tool_results", None)
     if fold_system and system_parts:
         system_text = "\n\n".join(system_parts)
         for entry in out:
@@ -147,6 +176,12 @@ def _history_for_model(messages: Sequence[Message], fold_system: bool) -> list[d
                 break
         else:
             out.insert(0, {"role": "user", "content": system_text})
+    elif description:
+        first = next((e for e in out if e["role"] == "system"), None)
+        if first is None:
+            out.insert(0, {"role": "system", "content": description})
+        else:
+            first["content"] = f"{first['content']}\n\n{description}"
     return out
 
 
@@ -240,14 +275,16 @@ def _render_bounded(compiled: Any, **context: Any) -> str:
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), None)  # one not delivered yet: dropped
 
 
-def render(messages: Sequence[Message], fmt: ChatFormat, *, force_thinking: bool = True) -> Prompt:
-    """Render the conversation into the text the model continues."""
+def render(
+    messages: Sequence[Message], fmt: ChatFormat, *, force_thinking: bool = True, tools: Sequence[Tool] = ()
+) -> Prompt:
+    """Render the conversation into the text the model continues; ``tools``: the functions it may call."""
     from jinja2.exceptions import SecurityError
     from jinja2.exceptions import TemplateError as JinjaTemplateError
 
-    history = _history_for_model(messages, fold_system=fmt.reasoning)
-    if not history or history[-1]["role"] != "user":
-        raise TemplateError("a prompt must end with a user message")
+    history = _history_for_model(messages, fold_system=fmt.reasoning, tools=tools, template=fmt.template)
+    if not history or history[-1]["role"] not in ("user", "tool"):
+        raise TemplateError("a prompt must end with a user message (or a tool's result)")
     compiled = _compile(fmt.template)
     try:
         text = _render_bounded(
@@ -256,6 +293,7 @@ def render(messages: Sequence[Message], fmt: ChatFormat, *, force_thinking: bool
             add_generation_prompt=True,
             bos_token=fmt.bos_token,
             eos_token=fmt.eos_token,
+            **({"tools": [_tool_json(t) for t in tools]} if tools and renders_tools(fmt.template) else {}),
         )
     except _RenderTimeout:
         raise TemplateError(
@@ -293,7 +331,14 @@ def render(messages: Sequence[Message], fmt: ChatFormat, *, force_thinking: bool
     return Prompt(text=text, opens_thinking=opens, add_bos=add_bos)
 
 
-def continue_reply(messages: Sequence[Message], fmt: ChatFormat) -> Prompt:
+def _tool_json(tool: Tool) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {"name": tool.name, "description": tool.description, "parameters": tool.schema},
+    }
+
+
+def continue_reply(messages: Sequence[Message], fmt: ChatFormat, *, tools: Sequence[Tool] = ()) -> Prompt:
     """A conversation whose last message is the assistant's start of a reply (a prefill, as OpenAI-style and
     Ollama clients send it): the text the model continues from that start.
 
@@ -301,7 +346,7 @@ def continue_reply(messages: Sequence[Message], fmt: ChatFormat) -> Prompt:
     thinking (or, with its ``</think>``, the answer after it); one without the tags is the start of an answer,
     so the model writes no thinking before it."""
     *history, start = messages
-    base = render(history, fmt, force_thinking=False)
+    base = render(history, fmt, force_thinking=False, tools=tools)
     text = base.text
     if fmt.reasoning and text.rstrip().endswith(THINK_OPEN):  # the template opened the thinking itself
         text = text[: text.rstrip().rindex(THINK_OPEN)]

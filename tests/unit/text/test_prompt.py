@@ -125,3 +125,47 @@ def test_broken_templates_are_template_errors():
 def test_prompt_must_end_with_a_user_turn(r1):
     with pytest.raises(TemplateError):
         render([Message("user", "a"), Message("assistant", "b")], r1)
+
+
+# --- tools: described in the user turn, calls and results in DeepSeek's tokens ---------------------------
+def _tool_conversation():
+    from localr1.events import ToolCall
+
+    return [
+        Message("user", "Weather in Paris?"),
+        Message("assistant", "", tool_calls=(ToolCall("call_1", "get_weather", '{"city": "Paris"}'),)),
+        Message("tool", '{"temp": 21}', name="get_weather"),
+    ]
+
+
+def test_tools_are_described_in_the_first_user_turn(r1):
+    from localr1.text.tools import CALLS_BEGIN, Tool, describe
+
+    tools = [Tool("get_weather", "The weather in a city", {"type": "object"})]
+    prompt = render(user_turn("Weather in Paris?", system="Be brief."), r1, tools=tools)
+    assert prompt.text == f"<｜User｜>Be brief.\n\n{describe(tools)}\n\nWeather in Paris?<｜Assistant｜><think>\n"
+    assert CALLS_BEGIN in prompt.text
+
+
+def test_calls_and_results_render_through_the_r1_template(r1):
+    """The assistant's call ends its block (the template's own tool_calls branch leaves a single call open),
+    the result goes in the template's tool-output tokens, and the model thinks again after it."""
+    text = render(_tool_conversation(), r1).text
+    assert text == (
+        "<｜User｜>Weather in Paris?<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>"
+        f'get_weather\n```json\n{{"city": "Paris"}}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>{EOS}'
+        '<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>{"temp": 21}<｜tool▁output▁end｜><｜tool▁outputs▁end｜>'
+        "<think>\n"
+    )
+
+
+def test_results_go_in_a_user_turn_where_the_template_has_no_tool_tokens():
+    from localr1.text.prompt import FALLBACK_TEMPLATES
+    from localr1.text.tools import outputs_text
+
+    fmt = chat_format_for(FALLBACK_TEMPLATES["chatml"], name="chat")
+    conversation = [*_tool_conversation(), Message("tool", "second result")]
+    text = render(conversation, fmt).text
+    results = outputs_text(['{"temp": 21}', "second result"])
+    assert f"<|im_start|>user\n{results}<|im_end|>" in text
+    assert text.endswith("<|im_start|>assistant\n")
