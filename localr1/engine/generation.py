@@ -62,7 +62,9 @@ class Generation:
         token's id, asked for only when a thinking budget applies (a model without one cannot have one)."""
         self.assembler = EventAssembler(opened=prompt.opens_thinking)
         self.control = sampling.thinking_control(opened=prompt.opens_thinking)
-        needs_close = self.control is not None or sampling.answer_grammar is not None
+        # an answer grammar needs the end of the thinking only where the prompt opened one (a model that does
+        # not think answers from its first token)
+        needs_close = self.control is not None or (sampling.answer_grammar is not None and prompt.opens_thinking)
         self.close_id = close_token() if needs_close and close_token is not None else None
         # past the end of the thinking: an answer grammar applies from here (engine/structured.py)
         self.answering = not prompt.opens_thinking
