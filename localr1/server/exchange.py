@@ -14,10 +14,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from localr1.errors import ContextOverflowError, LocalR1Error, TemplateError, UsageError
-from localr1.events import Answer, Done, Event, Reasoning
+from localr1.events import Answer, Done, Reasoning, ToolCall
 from localr1.server import protocol
 from localr1.server.protocol import Generation, RequestError
-from localr1.server.service import Busy, Service
+from localr1.server.service import Busy, Served, Service
 
 RETRY_AFTER_S = 2
 
@@ -72,7 +72,7 @@ async def disconnected(request: Request) -> None:
             return
 
 
-async def first_or_gone(request: Request, events: AsyncIterator[Event]) -> Event | None:
+async def first_or_gone(request: Request, events: AsyncIterator[Served]) -> Served | None:
     """The first event (after waiting in line and the prompt), or None if the client left meanwhile."""
     first = asyncio.ensure_future(events.__anext__())
     gone = asyncio.ensure_future(disconnected(request))
@@ -87,7 +87,7 @@ async def first_or_gone(request: Request, events: AsyncIterator[Event]) -> Event
     return None
 
 
-async def until_gone(request: Request, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+async def until_gone(request: Request, events: AsyncIterator[Served]) -> AsyncIterator[Served]:
     """The rest of the events, stopping (and cancelling the generation) if the client disconnects."""
     gone = asyncio.ensure_future(disconnected(request))
     try:
@@ -114,13 +114,16 @@ class Run:
     def __init__(self) -> None:
         self.reasoning: list[str] = []
         self.answer: list[str] = []
+        self.tool_calls: list[ToolCall] = []
         self.done: Done | None = None
 
-    def add(self, event: Event) -> None:
+    def add(self, event: Served) -> None:
         if isinstance(event, Reasoning):
             self.reasoning.append(event.text)
         elif isinstance(event, Answer):
             self.answer.append(event.text)
+        elif isinstance(event, ToolCall):
+            self.tool_calls.append(event)
         elif isinstance(event, Done):
             self.done = event
 
@@ -129,8 +132,10 @@ def inline_reasoning(reasoning: str, answer: str) -> str:
     return f"<think>\n{reasoning.strip()}\n</think>\n\n{answer.lstrip()}" if reasoning else answer
 
 
-def finish_reason(done: Done | None) -> str:
-    return "length" if done is not None and done.finish_reason == "length" else "stop"
+def finish_reason(done: Done | None, tool_calls: bool = False) -> str:
+    if done is not None and done.finish_reason == "length":
+        return "length"
+    return "tool_calls" if tool_calls else "stop"
 
 
 def usage_json(done: Done | None) -> dict[str, Any]:
@@ -158,7 +163,7 @@ def busy_response(request: Request) -> Response:
     return error_response(request, error, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
-async def start(request: Request, gen: Generation) -> tuple[AsyncIterator[Event], Event] | Response | None:
+async def start(request: Request, gen: Generation) -> tuple[AsyncIterator[Served], Served] | Response | None:
     """Check the model, build the prompt and wait for the first event; an error response, or None if the
     client left while waiting."""
     service: Service = request.app.state.service
@@ -185,7 +190,7 @@ def note(request: Request, run: Run) -> None:
         request.scope.setdefault("state", {})["localr1_done"] = run.done
 
 
-async def collect(request: Request, events: AsyncIterator[Event], first: Event) -> Run:
+async def collect(request: Request, events: AsyncIterator[Served], first: Served) -> Run:
     """A non-streaming reply: every event, unless the client leaves first (then the generation stops)."""
     run = Run()
     run.add(first)

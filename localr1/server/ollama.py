@@ -12,11 +12,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from localr1 import __version__
 from localr1.errors import LocalR1Error
-from localr1.events import Answer, Done, Event, Reasoning
+from localr1.events import Answer, Done, Reasoning, ToolCall
 from localr1.server import protocol
 from localr1.server.exchange import Run, collect, finish_reason, model_time, note, read_json, start
 from localr1.server.protocol import RequestError
-from localr1.server.service import Service
+from localr1.server.service import Served, Service
 from localr1.server.settings import Settings
 
 OLLAMA_VERSION = "0.12.0"  # the Ollama API version these routes follow (clients compare against it)
@@ -38,7 +38,9 @@ async def ollama_generate(request: Request, chat: bool) -> Response:
     if not gen.stream:
         run = await collect(request, events, first)
         thinking = "".join(run.reasoning) if shape.thinking else ""
-        return JSONResponse(shape.final(shape.piece(thinking, "".join(run.answer), done=True), run.done))
+        return JSONResponse(
+            shape.final(shape.piece(thinking, "".join(run.answer), done=True, calls=run.tool_calls), run.done)
+        )
     return StreamingResponse(ndjson(request, events, first, shape), media_type="application/x-ndjson")
 
 
@@ -48,13 +50,19 @@ class _Shape:
     def __init__(self, model: str, chat: bool, thinking: bool) -> None:
         self.model, self.chat, self.thinking = model, chat, thinking
 
-    def piece(self, thinking: str, content: str, done: bool = False) -> dict[str, Any]:
+    def piece(
+        self, thinking: str, content: str, done: bool = False, calls: list[ToolCall] | None = None
+    ) -> dict[str, Any]:
         now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         out: dict[str, Any] = {"model": self.model, "created_at": now}
         if self.chat:
             message: dict[str, Any] = {"role": "assistant", "content": content}
             if thinking:
                 message["thinking"] = thinking
+            if calls:  # Ollama's shape: the arguments as an object
+                message["tool_calls"] = [
+                    {"function": {"name": c.name, "arguments": json.loads(c.arguments)}} for c in calls
+                ]
             out["message"] = message
         else:
             out["response"] = content
@@ -77,7 +85,7 @@ class _Shape:
         )
         return out
 
-    def split(self, event: Event) -> tuple[str, str]:
+    def split(self, event: Served) -> tuple[str, str]:
         if isinstance(event, Reasoning):
             return (event.text, "") if self.thinking else ("", "")
         if isinstance(event, Answer):
@@ -85,16 +93,18 @@ class _Shape:
         return "", ""
 
 
-async def ndjson(request: Request, events: AsyncIterator[Event], first: Event, shape: _Shape) -> AsyncIterator[bytes]:
+async def ndjson(request: Request, events: AsyncIterator[Served], first: Served, shape: _Shape) -> AsyncIterator[bytes]:
     """A streaming reply: one JSON line per event, then the final object with the counts and durations."""
     run = Run()
     try:
-        event: Event = first
+        event: Served = first
         while True:
             run.add(event)
             thinking, content = shape.split(event)
             if thinking or content:
                 yield json.dumps(shape.piece(thinking, content), ensure_ascii=False).encode() + b"\n"
+            elif isinstance(event, ToolCall):
+                yield json.dumps(shape.piece("", "", calls=[event]), ensure_ascii=False).encode() + b"\n"
             if isinstance(event, Done):
                 break
             try:
@@ -173,7 +183,8 @@ async def api_show(request: Request) -> Response:
                 "localr1.template_source": fmt.source,
                 "localr1.quant": info.quant,
             },
-            "capabilities": ["completion", "thinking"] if fmt.reasoning else ["completion"],
+            # tools: described to any model in DeepSeek's format, their calls read out of the answer
+            "capabilities": ["completion", "tools", "thinking"] if fmt.reasoning else ["completion", "tools"],
             "modified_at": modified(service),
         }
     )

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 
 from localr1 import __version__
 from localr1.errors import LocalR1Error
-from localr1.events import Answer, Done, Event, Reasoning
+from localr1.events import Answer, Done, Reasoning, ToolCall
 from localr1.server import protocol
 from localr1.server.exchange import (
     Run,
@@ -29,7 +29,7 @@ from localr1.server.exchange import (
     usage_json,
 )
 from localr1.server.protocol import Generation, RequestError
-from localr1.server.service import Busy, Service
+from localr1.server.service import Busy, Served, Service
 from localr1.server.settings import Settings
 
 
@@ -72,7 +72,11 @@ def reply(run: Run, gen: Generation, chat: bool, common: dict[str, Any]) -> dict
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if reasoning_content is not None:
             message["reasoning_content"] = reasoning_content
-        choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish_reason(run.done)}
+        if run.tool_calls:  # OpenAI's content is null beside calls, unless the model wrote text too
+            message["tool_calls"] = [call_json(c) for c in run.tool_calls]
+            message["content"] = content if content.strip() else None
+        reason = finish_reason(run.done, bool(run.tool_calls))
+        choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": reason}
     else:
         choice = {"index": 0, "text": content, "finish_reason": finish_reason(run.done), "logprobs": None}
         if reasoning_content is not None:
@@ -85,8 +89,14 @@ def reply(run: Run, gen: Generation, chat: bool, common: dict[str, Any]) -> dict
     return payload
 
 
+def call_json(call: ToolCall, index: int | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {} if index is None else {"index": index}
+    out.update(id=call.id, type="function", function={"name": call.name, "arguments": call.arguments})
+    return out
+
+
 async def sse(
-    request: Request, events: AsyncIterator[Event], first: Event, gen: Generation, chat: bool, common: dict[str, Any]
+    request: Request, events: AsyncIterator[Served], first: Served, gen: Generation, chat: bool, common: dict[str, Any]
 ) -> AsyncIterator[bytes]:
     """A streaming reply: one SSE chunk per event, the reasoning where the request asked for it."""
     run = Run()
@@ -107,7 +117,7 @@ async def sse(
     try:
         if chat:
             yield chunk({"role": "assistant", "content": ""})
-        event: Event | None = first
+        event: Served | None = first
         pending = [first]
         while True:
             for event in pending:
@@ -123,6 +133,11 @@ async def sse(
                     if inline_open:
                         text, inline_open = "\n</think>\n\n" + text.lstrip(), False
                     yield chunk({"content": text})
+                elif isinstance(event, ToolCall):  # each call whole, once the model has finished writing it
+                    if inline_open:
+                        yield chunk({"content": "\n</think>\n\n"})
+                        inline_open = False
+                    yield chunk({"tool_calls": [call_json(event, len(run.tool_calls) - 1)]})
             if isinstance(event, Done):
                 break
             try:
@@ -138,7 +153,7 @@ async def sse(
             extra["thinking_budget"] = run.done.thinking.to_dict()
         if inline_open:
             yield chunk({"content": "\n</think>\n\n"})
-        yield chunk({}, finish_reason(run.done), **extra)
+        yield chunk({}, finish_reason(run.done, bool(run.tool_calls)), **extra)
         if gen.include_usage:
             data = {**common, "object": obj, "choices": [], "usage": usage_json(run.done)}
             yield b"data: " + json.dumps(data).encode() + b"\n\n"

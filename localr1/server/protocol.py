@@ -1,7 +1,7 @@
 """The OpenAI and Ollama request bodies, checked and turned into one ``Generation``.
 
 Pure logic, no web framework: every field a client may send is named here, with its type and range. A
-field that asks for something localr1 does not do (tools, n > 1, logprobs, JSON mode) is refused with a
+field that asks for something localr1 does not do (n > 1, logprobs, images, audio) is refused with a
 ``RequestError`` naming it, as OpenAI refuses an argument it does not recognise; nothing is ignored
 silently except fields that change nothing (``user``, ``metadata``, ``keep_alive``).
 """
@@ -14,9 +14,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from localr1 import limits
+from localr1.events import ToolCall
 from localr1.text.prompt import Message
 from localr1.text.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Sampling
 from localr1.text.thinking import EFFORT_BUDGETS
+from localr1.text.tools import NAME_PATTERN, Tool, new_call_id
 
 MAX_BODY_BYTES = 8 << 20  # a 128k-token conversation is ~0.5 MB of text
 MAX_MESSAGES = 4096
@@ -24,6 +26,12 @@ MAX_STOPS = 8
 MAX_STOP_CHARS = 256
 MAX_TOKENS = limits.MAX_CTX
 MAX_GRAMMAR_CHARS = 64 << 10
+MAX_TOOLS = 128  # OpenAI's own limit
+MAX_TOOL_CALLS = 128  # in one assistant message of the history
+MAX_DESCRIPTION_CHARS = 8 << 10
+MAX_ID_CHARS = 256
+
+ToolChoice = Literal["auto", "none", "required"]
 
 ReasoningFormat = Literal["separate", "inline", "hidden"]
 REASONING_FORMATS = ("separate", "inline", "hidden")
@@ -51,6 +59,9 @@ class Generation:
     reasoning: ReasoningFormat = "separate"
     include_usage: bool = False  # OpenAI stream_options.include_usage
     load_only: bool = False  # Ollama's preload: no prompt (generate) or no messages (chat), answered "load"
+    tools: tuple[Tool, ...] = ()  # the functions the model is told of (none with tool_choice "none")
+    tool_choice: ToolChoice = "none"  # "required": the answer is a call (of ``tools``: one, for a named one)
+    parallel_tool_calls: bool = True  # False: one call at most
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
@@ -202,7 +213,7 @@ def _sampling(body: dict, *, max_tokens: int | None, seed: int | None, effort: i
     )
 
 
-def _messages(value: Any) -> tuple[Message, ...]:
+def _messages(value: Any, *, ollama: bool = False) -> tuple[Message, ...]:
     if not isinstance(value, list) or not value:
         raise RequestError("'messages' must be a non-empty list", param="messages")
     if len(value) > MAX_MESSAGES:
@@ -215,24 +226,146 @@ def _messages(value: Any) -> tuple[Message, ...]:
         role = m.get("role")
         if role == "developer":  # OpenAI's newer name for the system role
             role = "system"
-        if role not in ("system", "user", "assistant"):
-            hint = " (tool calls are not supported)" if role in ("tool", "function") else ""
-            raise RequestError(f"'{where}.role' must be system, user or assistant{hint}", param=f"{where}.role")
-        if m.get("tool_calls") or m.get("images"):
-            what = "tool_calls" if m.get("tool_calls") else "images"
-            raise RequestError(f"'{where}.{what}' is not supported by localr1", param=f"{where}.{what}")
-        out.append(Message(role, _content(m.get("content"), f"{where}.content")))
-    # the last message is the user's, or the assistant's start of its reply (a prefill: the model continues
-    # it), after a user's
+        if role not in ("system", "user", "assistant", "tool"):
+            hint = (
+                " ('function' messages are the old form: use tools and 'tool' messages)" if role == "function" else ""
+            )
+            raise RequestError(f"'{where}.role' must be system, user, assistant or tool{hint}", param=f"{where}.role")
+        if m.get("images"):
+            raise RequestError(f"'{where}.images' is not supported by localr1", param=f"{where}.images")
+        calls = _history_calls(m.get("tool_calls"), f"{where}.tool_calls", ollama) if role == "assistant" else ()
+        if role != "assistant" and m.get("tool_calls"):
+            raise RequestError(f"'{where}.tool_calls' belongs in an assistant message", param=f"{where}.tool_calls")
+        name = None
+        if role == "tool":
+            for key in ("tool_call_id", "tool_name", "name"):
+                if key in m and (not isinstance(m[key], str) or len(m[key]) > MAX_ID_CHARS):
+                    raise RequestError(
+                        f"'{where}.{key}' must be a string of at most {MAX_ID_CHARS} characters",
+                        param=f"{where}.{key}",
+                    )
+            name = m.get("tool_name") or m.get("name")
+            if not out or not (out[-1].tool_calls or out[-1].role == "tool"):
+                raise RequestError(
+                    f"'{where}' is a tool's result without an assistant's tool_calls before it", param=f"{where}.role"
+                )
+        out.append(Message(role, _content(m.get("content"), f"{where}.content"), tool_calls=calls, name=name))
+    # the last message is the user's or a tool's result, or the assistant's start of its reply (a prefill: the
+    # model continues it), after a user's
     last = len(out) - 1
-    if out[-1].role == "assistant" and last > 0 and out[-2].role == "user":
+    if out[-1].role == "assistant" and last > 0 and out[-2].role == "user" and not out[-1].tool_calls:
         return tuple(out)
-    if out[-1].role != "user":
+    if out[-1].role not in ("user", "tool"):
         raise RequestError(
-            "the last message must be the user's (or the assistant's start of a reply, after the user's)",
+            "the last message must be the user's or a tool's result (or the assistant's start of a reply, after "
+            "the user's)",
             param=f"messages[{last}].role",
         )
     return tuple(out)
+
+
+def _history_calls(value: Any, where: str, ollama: bool) -> tuple[ToolCall, ...]:
+    """An assistant message's earlier tool calls (OpenAI: arguments as JSON text; Ollama: as an object)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_TOOL_CALLS:
+        raise RequestError(f"'{where}' must be a list of at most {MAX_TOOL_CALLS} calls", param=where)
+    calls = []
+    for j, call in enumerate(value):
+        here = f"{where}[{j}]"
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or call.get("type", "function") != "function":
+            raise RequestError(f'\'{here}\' must be a function call: {{"function": {{"name": ...}}}}', param=here)
+        name = function.get("name")
+        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+            raise RequestError(f"'{here}.function.name' must be 1 to 64 letters, digits, _ or -", param=here)
+        arguments = function.get("arguments", {} if ollama else "{}")
+        if isinstance(arguments, dict):
+            arguments = json.dumps(arguments, ensure_ascii=False)
+        if not isinstance(arguments, str):
+            raise RequestError(f"'{here}.function.arguments' must be a JSON object's text", param=here)
+        ident = call.get("id") or new_call_id()
+        if not isinstance(ident, str) or len(ident) > MAX_ID_CHARS:
+            raise RequestError(f"'{here}.id' must be a string of at most {MAX_ID_CHARS} characters", param=here)
+        calls.append(ToolCall(ident, name, arguments))
+    return tuple(calls)
+
+
+def _tools(value: Any, param: str = "tools") -> tuple[Tool, ...]:
+    """The functions a request offers (OpenAI's and Ollama's shape: {"type": "function", "function": {...}})."""
+    if value is None or value == []:
+        return ()
+    if not isinstance(value, list):
+        raise RequestError(f"'{param}' must be a list of tools", param=param)
+    if len(value) > MAX_TOOLS:
+        raise RequestError(f"'{param}' holds at most {MAX_TOOLS} tools", param=param)
+    from localr1.engine.structured import check_schema
+    from localr1.errors import UsageError
+
+    tools: list[Tool] = []
+    for i, item in enumerate(value):
+        where = f"{param}[{i}]"
+        if not isinstance(item, dict) or item.get("type", "function") != "function":
+            raise RequestError(f"'{where}' must be a function tool (type \"function\")", param=where)
+        function = item.get("function")
+        if not isinstance(function, dict):
+            raise RequestError(f"'{where}.function' must be an object", param=where)
+        name = function.get("name")
+        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+            raise RequestError(f"'{where}.function.name' must be 1 to 64 letters, digits, _ or -", param=where)
+        if any(t.name == name for t in tools):
+            raise RequestError(f"'{param}' names the function {name!r} twice", param=where)
+        description = function.get("description") or ""
+        if not isinstance(description, str) or len(description) > MAX_DESCRIPTION_CHARS:
+            raise RequestError(
+                f"'{where}.function.description' must be a string of at most {MAX_DESCRIPTION_CHARS:,} characters",
+                param=where,
+            )
+        parameters = function.get("parameters")
+        if parameters is not None:
+            try:
+                check_schema(parameters, f"'{where}.function.parameters'")
+            except UsageError as exc:
+                raise RequestError(exc.message, param=where) from None
+        tools.append(Tool(name, description, parameters or None))
+    return tuple(tools)
+
+
+def _tool_choice(value: Any, tools: tuple[Tool, ...]) -> tuple[ToolChoice, tuple[Tool, ...]]:
+    """OpenAI's tool_choice: none, auto, required or a named function; the choice and the tools it allows."""
+    if value is None:
+        return ("auto" if tools else "none"), tools
+    if value in ("none", "auto", "required"):
+        if value == "required" and not tools:
+            raise RequestError("'tool_choice' is required but no 'tools' are given", param="tool_choice")
+        return value, tools if value != "none" else ()
+    function = value.get("function") if isinstance(value, dict) and value.get("type") == "function" else None
+    name = function.get("name") if isinstance(function, dict) else None
+    if not isinstance(name, str):
+        raise RequestError(
+            '\'tool_choice\' must be none, auto, required or {"type": "function", "function": {"name": ...}}',
+            param="tool_choice",
+        )
+    chosen = tuple(t for t in tools if t.name == name)
+    if not chosen:
+        raise RequestError(f"'tool_choice' names {name!r}, which is not among the 'tools'", param="tool_choice")
+    return "required", chosen
+
+
+def _tool_grammar(
+    choice: ToolChoice, tools: tuple[Tool, ...], parallel: bool, answer_schema: dict[str, Any] | None
+) -> str | None:
+    """The grammar of the answer after the thinking: a call where one is required; with auto and a response
+    format, a call or the format's JSON."""
+    if choice == "none" or (choice == "auto" and answer_schema is None):
+        return None
+    from localr1.engine.structured import tool_call_grammar
+    from localr1.errors import UsageError
+
+    try:
+        return tool_call_grammar(tools, parallel=parallel, or_answer=answer_schema if choice == "auto" else None)
+    except UsageError as exc:
+        raise RequestError(exc.message, param="tools") from None
 
 
 def _content(value: Any, where: str) -> str:
@@ -262,7 +395,10 @@ def _grammar_of(schema: Any, param: str) -> str:
         raise RequestError(exc.message, param=param) from None
 
 
-def _response_format(value: Any) -> str | None:
+AnswerFormat = tuple[str, dict[str, Any]] | None  # a grammar for the answer, and the schema it came from
+
+
+def _response_format(value: Any) -> AnswerFormat:
     """OpenAI's response_format: text (nothing), json_object (any JSON object) or json_schema."""
     from localr1.engine.structured import json_grammar
 
@@ -270,28 +406,38 @@ def _response_format(value: Any) -> str | None:
         return None
     kind = value.get("type") if isinstance(value, dict) else None
     if kind == "json_object":
-        return json_grammar()
+        return json_grammar(), {"type": "object"}
     if kind == "json_schema":
         spec = value.get("json_schema")
         if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
             raise RequestError(
                 "'response_format.json_schema.schema' must be a JSON schema object", param="response_format"
             )
-        return _grammar_of(spec["schema"], "response_format.json_schema.schema")
+        return _grammar_of(spec["schema"], "response_format.json_schema.schema"), spec["schema"]
     raise RequestError("'response_format.type' must be text, json_object or json_schema", param="response_format")
 
 
-def _ollama_format(value: Any) -> str | None:
+def _ollama_format(value: Any) -> AnswerFormat:
     """Ollama's format: "json" or a JSON schema."""
     from localr1.engine.structured import json_grammar
 
     if value in (None, ""):
         return None
     if value == "json":
-        return json_grammar()
+        return json_grammar(), {"type": "object"}
     if isinstance(value, dict):
-        return _grammar_of(value, "format")
+        return _grammar_of(value, "format"), value
     raise RequestError("'format' must be \"json\" or a JSON schema object", param="format")
+
+
+def _answer_grammar(
+    answer_format: AnswerFormat, choice: ToolChoice, tools: tuple[Tool, ...], parallel: bool
+) -> str | None:
+    """The answer's grammar: a tool call where one is required; with auto and a format, a call or the
+    format's JSON; else the format's, if any."""
+    if choice == "required" or (choice == "auto" and answer_format is not None):
+        return _tool_grammar(choice, tools, parallel, answer_format[1] if answer_format else None)
+    return answer_format[0] if answer_format else None
 
 
 def _with_answer_grammar(sampling: Sampling, grammar: str | None, param: str) -> Sampling:
@@ -337,15 +483,17 @@ def _openai_common(body: dict) -> dict[str, Any]:
 def openai_chat(body: dict) -> Generation:
     _unknown(body, _OPENAI_CHAT)
     common = _openai_common(body)
-    for name in ("tools", "functions"):
-        if body.get(name):
-            raise RequestError(f"'{name}' is not supported by localr1 (no tool calling)", param=name)
-    _refuse(body, "tool_choice", ("none", None))
-    _refuse(body, "function_call", ("none", None))
+    if body.get("functions"):
+        raise RequestError("'functions' is the old form of tool calling: send 'tools'", param="functions")
+    _refuse(body, "function_call", ("none", None), " (the old form of tool calling: send 'tool_choice')")
+    tools = _tools(body.get("tools"))
+    choice, offered = _tool_choice(body.get("tool_choice"), tools)
+    named = isinstance(body.get("tool_choice"), dict)
+    parallel = _boolean(body, "parallel_tool_calls", True) and not named
     _refuse(body, "modalities", (["text"], None))
     for name in ("audio", "prediction", "web_search_options"):
         _refuse(body, name)
-    answer_grammar = _response_format(body.get("response_format"))
+    answer_grammar = _answer_grammar(_response_format(body.get("response_format")), choice, offered, parallel)
     effort = body.get("reasoning_effort")
     effort_budget = None if effort is None else _effort(effort, "reasoning_effort")
     max_tokens = _integer(body, "max_completion_tokens", 1, MAX_TOKENS)
@@ -358,12 +506,15 @@ def openai_chat(body: dict) -> Generation:
         sampling=_with_answer_grammar(
             _sampling(body, max_tokens=max_tokens, seed=None if seed is None else seed % 2**32, effort=effort_budget),
             answer_grammar,
-            "response_format",
+            "response_format" if choice != "required" else "tool_choice",
         ),
         stream=common["stream"],
         stop=common["stop"],
         reasoning=_reasoning_format(body, "separate"),
         include_usage=common["include_usage"],
+        tools=tools if choice != "none" else (),
+        tool_choice=choice,
+        parallel_tool_calls=parallel,
     )
 
 
@@ -406,7 +557,7 @@ _OLLAMA_OPTIONS = {
 }  # fmt: skip
 
 
-def _ollama_options(body: dict, n_ctx_slot: int) -> tuple[Sampling, tuple[str, ...]]:
+def _ollama_options(body: dict, n_ctx_slot: int, tools: tuple[Tool, ...] = ()) -> tuple[Sampling, tuple[str, ...]]:
     options = body.get("options")
     if options is None:
         options = {}
@@ -435,7 +586,8 @@ def _ollama_options(body: dict, n_ctx_slot: int) -> tuple[Sampling, tuple[str, .
         seed=None if seed is None or seed < 0 else seed % 2**32,
         effort=_effort(think, "think") if isinstance(think, str) else None,
     )
-    sampling = _with_answer_grammar(sampling, _ollama_format(body.get("format")), "format")
+    grammar = _answer_grammar(_ollama_format(body.get("format")), "auto" if tools else "none", tools, True)
+    sampling = _with_answer_grammar(sampling, grammar, "format")
     return sampling, _stops(options.get("stop"), "options.stop")
 
 
@@ -452,7 +604,7 @@ _OLLAMA_COMMON = {"model", "stream", "options", "keep_alive", "think", "format",
 
 
 def _ollama_refusals(body: dict) -> None:
-    for name in ("tools", "images", "context"):
+    for name in ("images", "context"):
         if body.get(name):
             raise RequestError(f"'{name}' is not supported by localr1", param=name)
 
@@ -460,22 +612,27 @@ def _ollama_refusals(body: dict) -> None:
 def ollama_chat(body: dict, n_ctx_slot: int) -> Generation:
     _unknown(body, _OLLAMA_COMMON | {"messages"})
     _ollama_refusals(body)
-    sampling, stops = _ollama_options(body, n_ctx_slot)
+    tools = _tools(body.get("tools"))
+    sampling, stops = _ollama_options(body, n_ctx_slot, tools)
     if body.get("messages") in (None, []):  # Ollama's way to load a model before the first question
         return Generation(model=_string(body, "model"), stream=_boolean(body, "stream", True), load_only=True)
     return Generation(
         model=_string(body, "model"),
-        messages=_messages(body.get("messages")),
+        messages=_messages(body.get("messages"), ollama=True),
         sampling=sampling,
         stream=_boolean(body, "stream", True),  # Ollama streams unless told not to
         stop=stops,
         reasoning=_think(body),
+        tools=tools,
+        tool_choice="auto" if tools else "none",
     )
 
 
 def ollama_generate(body: dict, n_ctx_slot: int) -> Generation:
     _unknown(body, _OLLAMA_COMMON | {"prompt", "system", "raw", "suffix", "template"})
     _ollama_refusals(body)
+    if body.get("tools"):  # as Ollama: tools are for /api/chat, where their results can come back
+        raise RequestError("'tools' is for /api/chat", param="tools")
     _refuse(body, "suffix", "")
     _refuse(body, "template", "")
     sampling, stops = _ollama_options(body, n_ctx_slot)

@@ -14,13 +14,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-from localr1.events import Answer, Done, Event, Reasoning
+from localr1.events import Answer, Done, Event, Reasoning, ToolCall
 from localr1.server.protocol import Generation, RequestError
 from localr1.text.prompt import Message, Prompt, continue_reply, render
 from localr1.text.reasoning import THINK_OPEN
 from localr1.text.stops import StopScanner
+from localr1.text.tools import ToolCallParser
 
 _END = object()
+
+Served = Event | ToolCall  # what a generation hands the routes: the engine's events, and the answer's tool calls
 
 
 class Busy(Exception):
@@ -88,8 +91,8 @@ class Service:
         if gen.system:
             messages.insert(0, Message("system", gen.system))
         if messages[-1].role == "assistant":  # the start of the reply, for the model to continue
-            return continue_reply(messages, fmt)
-        return render(messages, fmt)
+            return continue_reply(messages, fmt, tools=gen.tools)
+        return render(messages, fmt, tools=gen.tools)
 
     async def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
         """The token ids of ``text``, admitted like a generation (Busy when the line is full) and one at a time:
@@ -102,12 +105,16 @@ class Service:
         finally:
             self.admission.leave()
 
-    async def generate(self, gen: Generation, prompt: Prompt) -> AsyncIterator[Event]:
-        """The events of one generation; stop strings applied. Closing the iterator cancels it."""
+    async def generate(self, gen: Generation, prompt: Prompt) -> AsyncIterator[Served]:
+        """The events of one generation; stop strings applied, and where the request offers tools, the calls
+        in the answer read out of it (``ToolCall``s between its ``Answer``s). Closing the iterator cancels it."""
         self.admission.enter()  # Busy when the line is full
         try:
             async with self.admission._running:
-                async for event in self._events(gen, prompt):
+                events = self._events(gen, prompt)
+                if gen.tool_choice != "none":
+                    events = _tool_calls(events, ToolCallParser(None if gen.parallel_tool_calls else 1))
+                async for event in events:
                     yield event
         finally:
             self.admission.leave()
@@ -162,3 +169,20 @@ class Service:
                 yield item
         finally:
             cancel.set()  # a client that went away: the engine frees its slot at the next step
+
+
+async def _tool_calls(events: AsyncIterator[Event], parser: ToolCallParser) -> AsyncIterator[Served]:
+    """The answer's tool calls as ``ToolCall`` events, the rest of its text as ``Answer``s."""
+    try:
+        async for event in events:
+            if isinstance(event, Answer | Done):
+                parts = parser.feed(event.text) if isinstance(event, Answer) else parser.finish()
+                tokens = event.tokens if isinstance(event, Answer) else 0
+                for part in parts:
+                    yield Answer(part, tokens) if isinstance(part, str) else part
+                    tokens = 0
+                if isinstance(event, Answer):
+                    continue
+            yield event
+    finally:
+        await events.aclose()

@@ -69,3 +69,15 @@ def test_batched_requests_each_keep_their_own_grammar(tiny_r1):
     for _, answer, _ in (replies[1], replies[3]):  # no grammar: the model's own noise
         with pytest.raises(ValueError):
             json.loads(answer)
+
+
+def test_a_model_that_does_not_think_answers_in_json_from_its_first_token(smollm2):
+    """No <think> to wait for (SmolLM2's ChatML): the grammar applies at once, and no </think> is asked for."""
+    with LlamaCppEngine(smollm2, n_ctx=1024) as engine:
+        prompt = render(user_turn("Give the answer to 6*7 and its unit."), engine.info.chat_format)
+        assert not prompt.opens_thinking
+        thinking, answer, done = collect(
+            engine.stream(prompt, Sampling(seed=1, max_tokens=200, answer_grammar=schema_grammar(SCHEMA)))
+        )
+    value = json.loads(answer)
+    assert thinking == "" and set(value) == {"answer", "unit"} and done.finish_reason == "stop"

@@ -120,11 +120,12 @@ def test_openai_errors_are_raised_by_the_client(openai_client):
         openai_client.chat.completions.create(model="/etc/passwd", messages=[{"role": "user", "content": "q"}])
     with pytest.raises(openai.BadRequestError, match="'n'"):
         openai_client.chat.completions.create(model="tiny-r1", messages=[{"role": "user", "content": "q"}], n=2)
-    with pytest.raises(openai.BadRequestError, match="tools"):
+    with pytest.raises(openai.BadRequestError, match="tool_choice"):
         openai_client.chat.completions.create(
             model="tiny-r1",
             messages=[{"role": "user", "content": "q"}],
             tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+            tool_choice={"type": "function", "function": {"name": "g"}},
         )
     with pytest.raises(openai.BadRequestError, match="grammar"):
         openai_client.chat.completions.create(

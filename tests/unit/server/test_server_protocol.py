@@ -74,8 +74,9 @@ def test_wrong_types_and_ranges_name_the_parameter(body, param):
     ("body", "param"),
     [
         ({"n": 2}, "n"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"tool_choice": "auto"}, "tool_choice"),
+        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"function_call": "auto"}, "function_call"),
+        ({"tool_choice": "required"}, "tool_choice"),  # with no tools to call
         ({"logprobs": True}, "logprobs"),
         ({"top_logprobs": 3}, "top_logprobs"),
         ({"presence_penalty": 0.5}, "presence_penalty"),
@@ -255,3 +256,56 @@ def test_a_schema_the_converter_cannot_take_is_a_400_naming_it(value, fragment):
 def test_a_grammar_and_a_schema_together_are_refused():
     body = {"messages": USER, "grammar": 'root ::= "a"', "response_format": {"type": "json_object"}}
     refused(protocol.openai_chat, body, "response_format")
+
+
+# --- tools ---------------------------------------------------------------------------------------------
+TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+OTHER = {"type": "function", "function": {"name": "get_time"}}
+
+
+def test_tool_choice_decides_what_is_described_and_constrained():
+    auto = chat(tools=[TOOL, OTHER])
+    assert auto.tool_choice == "auto" and [t.name for t in auto.tools] == ["get_weather", "get_time"]
+    assert auto.sampling.answer_grammar is None  # the model decides
+    none = chat(tools=[TOOL], tool_choice="none")
+    assert none.tools == () and none.tool_choice == "none" and none.sampling.answer_grammar is None
+    required = chat(tools=[TOOL, OTHER], tool_choice="required")
+    grammar = required.sampling.answer_grammar
+    assert required.parallel_tool_calls and "get_weather" in grammar and "get_time" in grammar
+    named = chat(tools=[TOOL, OTHER], tool_choice={"type": "function", "function": {"name": "get_time"}})
+    assert named.tool_choice == "required" and not named.parallel_tool_calls
+    assert "get_time" in named.sampling.answer_grammar and "get_weather" not in named.sampling.answer_grammar
+    assert [t.name for t in named.tools] == ["get_weather", "get_time"]  # all described, one allowed
+    # auto with a response format: a call, or the format's JSON
+    both = chat(tools=[TOOL], response_format={"type": "json_object"})
+    assert "<｜tool▁calls▁begin｜>" in both.sampling.answer_grammar and "answer ::=" in both.sampling.answer_grammar
+    assert chat(tools=[TOOL], parallel_tool_calls=False).parallel_tool_calls is False
+
+
+def test_history_calls_and_results_are_read_in_both_shapes():
+    call = {"id": "call_9", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+    gen = chat(messages=[*USER, {"role": "assistant", "content": None, "tool_calls": [call]},
+                         {"role": "tool", "tool_call_id": "call_9", "content": "rain"}])  # fmt: skip
+    assistant, result = gen.messages[1:]
+    assert assistant.tool_calls[0].arguments == '{"city": "Oslo"}' and assistant.content == ""
+    assert result.role == "tool" and result.content == "rain"
+    ollama_call = {"function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}
+    gen = protocol.ollama_chat(
+        {"messages": [*USER, {"role": "assistant", "content": "", "tool_calls": [ollama_call]},
+                      {"role": "tool", "content": "rain", "tool_name": "get_weather"}], "tools": [TOOL]}, 4096,
+    )  # fmt: skip
+    assert gen.messages[1].tool_calls[0].arguments == '{"city": "Oslo"}' and gen.messages[2].name == "get_weather"
+    assert gen.tool_choice == "auto" and gen.tools[0].name == "get_weather"
+
+
+def test_the_schema_grammar_refuses_raw_control_characters_in_strings():
+    """llama-cpp-python's converter let a newline into a JSON string; json.loads then refused the reply."""
+    from localr1.engine.structured import schema_grammar, tool_call_grammar
+    from localr1.text.tools import Tool
+
+    for grammar in (
+        schema_grammar({"type": "object", "properties": {"a": {"type": "string"}}}),
+        tool_call_grammar([Tool("f", "", {"type": "object", "properties": {"a": {"type": "string"}}})]),
+    ):
+        [char] = [line for line in grammar.splitlines() if line.startswith("char ::=")]
+        assert "\\x00-\\x1F" in char
