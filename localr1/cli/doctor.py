@@ -162,18 +162,48 @@ class _BuildProgress:
             sys.stderr.write("\r\x1b[2K")
 
 
+def _cuda_plan(archs: str, version: int):
+    """The CUDA build's plan for this machine: its driver, its toolkit parts, NVIDIA's wheels for the rest."""
+    import shutil
+    from pathlib import Path
+
+    from localr1.errors import UsageError
+    from localr1.machine.cuda_toolkit import WHEEL_ROOTS, driver_info, driver_library, find_parts, plan_cuda
+    from localr1.machine.cuda_toolkit import toolkit_roots as roots
+    from localr1.paths import data_dir
+
+    if version and version not in WHEEL_ROOTS:
+        raise UsageError(f"--cuda-version must be one of {', '.join(map(str, sorted(WHEEL_ROOTS)))}")
+    wanted = [a.strip() for a in archs.split(",") if a.strip()]
+    if any(not a.replace(".", "").isdigit() for a in wanted):
+        raise UsageError(f"--cuda-arch takes compute capabilities such as 9.0,8.6, not {archs!r}")
+    driver = driver_info()
+    base = data_dir() / "cuda-toolkit"
+    major = version or (driver.cuda[0] if driver.cuda else None)
+    wheel_roots = [base / f"cu{m}" / r for m in WHEEL_ROOTS for r in sorted(set(WHEEL_ROOTS[m].values()))]
+    found = find_parts(
+        [*roots(), *(r for r in wheel_roots if r.is_dir())], Path(shutil.which("nvcc") or "/nonexistent")
+    )
+    probe_major = major or (found["nvcc"].major if "nvcc" in found else None) or 13
+    return plan_cuda(driver, found, base / f"cu{probe_major}", archs=wanted, major=major, driver_lib=driver_library())
+
+
 @backend_app.command(
     "install",
     help=command_help(
         """Rebuild llama-cpp-python with a GPU backend (or back to the CPU only), in the environment localr1
         runs in (pipx or a venv), with a progress display; the build log is kept. Refuses, naming the missing
-        piece and how to get it, when the toolchain for that backend is not installed. Takes 5-20 minutes.
+        piece and how to get it, when the toolchain for that backend is not installed. Takes 5-20 minutes
+        (CUDA: longer). CUDA needs only the NVIDIA driver: the compiler, runtime, cuBLAS and CCCL it lacks (or
+        has for another CUDA version than the driver's) come from NVIDIA's wheels on PyPI, and the build loads
+        its CUDA backend at run time, so it still starts, on the CPU, where the driver or the GPU is missing.
 
         Examples:
         $ localr1 backend install cuda
         $ localr1 backend install vulkan --rpc      # also the RPC backend, for workers on other machines
         $ localr1 backend install cpu
-        $ localr1 backend install cuda --dry-run    # print the pip command only
+        $ localr1 backend install cuda --dry-run    # the plan only: NVIDIA's wheels, pip and CMake
+        $ localr1 backend install cuda --cuda-arch 9.0,8.6   # no GPU here: build for these
         """
     ),
 )
@@ -181,32 +211,50 @@ class _BuildProgress:
 def install(
     backend: BackendArg,
     rpc: bool = typer.Option(False, "--rpc", help="Also build ggml's RPC backend (for `localr1 worker`)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the pip command and do nothing."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (wheels, pip and CMake) and do nothing."),
     force: bool = typer.Option(False, "--force", help="Build even where a toolchain piece seems missing."),
+    cuda_arch: str = typer.Option(
+        "", "--cuda-arch", help="CUDA: compute capabilities to build for, e.g. 9.0,8.6 (default: the GPUs here)."
+    ),
+    cuda_version: int = typer.Option(
+        0, "--cuda-version", help="CUDA: the major version to build with, 12 or 13 (default: what the driver runs)."
+    ),
 ) -> None:
     from localr1.errors import BackendBuildError
     from localr1.machine.builds import (
+        InstallPlan,
         build_failure,
         describe,
         find_toolchain,
         fix_for,
         install_plan,
+        installed_lib_folder,
+        pip_command,
         run_install,
         this_environment,
         verify_backend,
     )
-    from localr1.machine.hardware import probe
+    from localr1.machine.cuda_toolkit import write_record
     from localr1.paths import cache_dir
 
     backend = backend.value
-    gpus = probe(backends=False).gpus if backend == "cuda" else ()
-    plan = install_plan(backend, rpc=rpc, cuda_archs=[g.compute_capability for g in gpus if g.compute_capability])
     env = this_environment()
+    cuda = None
+    if backend == "cuda":
+        cuda = _cuda_plan(cuda_arch, cuda_version)
+        plan = install_plan(backend, rpc=rpc, cmake=cuda.cmake)
+    else:
+        plan = install_plan(backend, rpc=rpc)
     command_line = f"CMAKE_ARGS={plan.env['CMAKE_ARGS']!r} {' '.join(plan.argv)}"
     if dry_run:
+        if cuda is not None:
+            for part, why in cuda.reasons.items():
+                sys.stdout.write(f"# {part}: {why}\n")
+            if cuda.wheels:
+                sys.stdout.write(" ".join(cuda.pip_argv(pip_command(env.python))) + "\n")
         sys.stdout.write(command_line + "\n")
         return
-    missing = find_toolchain().missing(backend)
+    missing = [] if cuda is not None else find_toolchain().missing(backend)  # CUDA: the wheels fill the gaps
     if missing and not force:
         piece = missing[0]
         raise BackendBuildError(
@@ -223,6 +271,15 @@ def install(
     sys.stderr.write(f"Log: {log}\n")
     progress = _BuildProgress()
     try:
+        if cuda is not None and cuda.wheels:
+            sys.stderr.write(f"Fetching NVIDIA's CUDA {cuda.major} parts: {', '.join(cuda.wheels)}\n")
+            argv = tuple(cuda.pip_argv(pip_command(env.python)))
+            wheels = InstallPlan("cuda-wheels", False, argv, {"CMAKE_ARGS": ""}, "")
+            if (code := run_install(wheels, log.with_suffix(".wheels.log"), on_line=progress)) != 0:
+                raise BackendBuildError(
+                    f"pip could not install {', '.join(cuda.wheels)} (exit code {code})",
+                    hint=f"The log is in {log.with_suffix('.wheels.log')}; PyPI must be reachable.",
+                )
         code = run_install(plan, log, on_line=progress)
     finally:
         progress.end()
@@ -232,7 +289,12 @@ def install(
             f"the {backend} build failed{': ' + why[:240] if why else f' (pip exit code {code})'}",
             hint=f"The whole log is in {log}; `localr1 doctor` checks the toolchain.",
         )
-    ok, devices = verify_backend(env.python, backend)
+    if cuda is not None:
+        write_record(installed_lib_folder(env.python), cuda)
+    ok, devices, skipped = verify_backend(env.python, backend)
+    if not ok and skipped and devices:  # built; this machine cannot run it (no driver or GPU here)
+        sys.stderr.write(f"Done: the {backend} build is installed; on this machine {skipped}.\n")
+        return
     if not ok:
         raise BackendBuildError(
             f"llama-cpp-python was rebuilt, but llama.cpp lists no {backend} device ({', '.join(devices) or 'none'})",

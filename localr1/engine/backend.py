@@ -6,13 +6,15 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from localr1.engine import bindings
-from localr1.engine.bindings import load_bindings
+from localr1.engine.bindings import load_bindings, load_submodule
 from localr1.errors import BackendMissingError, EngineError
 
 _LOG_LINES = 200
@@ -99,7 +101,8 @@ _BACKEND_READY = False
 
 
 def init_backend(*, debug: bool = False) -> Any:
-    """Load the native library once, with its log captured."""
+    """Load the native library once, with its log captured, and its backends where they are loaded at run
+    time (a build with GGML_BACKEND_DL: localr1's CUDA build)."""
     global _BACKEND_READY
     lib = _lib()
     _LOG.echo = debug
@@ -107,7 +110,77 @@ def init_backend(*, debug: bool = False) -> Any:
         _LOG.install(lib)
         lib.llama_backend_init()
         _BACKEND_READY = True
+        load_dynamic_backends()
     return lib
+
+
+# --- dynamic backends (GGML_BACKEND_DL) ----------------------------------------------------------------------
+CUDA_RECORD = "localr1-cuda.json"  # written beside the libraries by `backend install cuda` (machine/cuda_toolkit)
+_SKIPPED: dict[str, str] = {}
+
+
+def skipped_backends() -> dict[str, str]:
+    """The backends this build has but did not load, and why, in one line each ("cuda": "no NVIDIA driver")."""
+    return dict(_SKIPPED)
+
+
+def load_dynamic_backends() -> None:
+    """A build with dynamic backends registers none until they are loaded: load them from llama-cpp-python's
+    library folder (the CPU variant that suits this CPU, and the GPU backends). The CUDA libraries the build
+    was made against (NVIDIA's wheels, or the system's) are loaded first, from the folders its record names;
+    where the CUDA backend cannot run here (no driver, no GPU, a driver too old for the build) it is noted in
+    ``skipped_backends`` and everything else runs as before, on the CPU."""
+    libggml = load_submodule("_ggml").libggml
+    libggml.ggml_backend_reg_count.restype = ctypes.c_size_t
+    if libggml.ggml_backend_reg_count() > 0:  # backends built into the library: nothing to load
+        return
+    folder = Path(load_submodule("_ctypes_extensions").__file__).parent / "lib"
+    if next(folder.glob("libggml-cuda.*"), None) is not None and (problem := cuda_problem(folder)):
+        _SKIPPED["cuda"] = f"the CUDA backend is skipped: {problem}; running on the CPU"
+    libggml.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
+    libggml.ggml_backend_load_all_from_path(str(folder).encode())
+
+
+def _open(name: str) -> Any:
+    return ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
+
+
+def cuda_problem(folder: Path, open_library: Callable[[str], Any] = _open) -> str | None:
+    """Why the CUDA backend in ``folder`` cannot run here (None: it can), after loading the CUDA libraries it
+    was built against so that it finds them."""
+    try:
+        record = json.loads((folder / CUDA_RECORD).read_text())
+    except (OSError, ValueError):
+        record = {}
+    built_for = record.get("cuda") if isinstance(record, dict) else None
+    lib_dirs = [Path(d) for d in record.get("lib_dirs", [])] if isinstance(record, dict) else []
+    for stem in ("libcudart", "libcublasLt", "libcublas") if lib_dirs else ():
+        found = [f for d in lib_dirs for f in sorted(d.glob(f"{stem}.so.*"))]
+        if not found:
+            where = ", ".join(map(str, lib_dirs))
+            return f"{stem} is missing from {where} (run `localr1 backend install cuda` again)"
+        try:
+            open_library(str(found[0]))
+        except OSError as exc:
+            return f"{found[0].name} does not load ({exc})"
+    try:
+        cuda = open_library("libcuda.so.1")
+    except OSError:
+        return "no NVIDIA driver (libcuda.so.1 is not installed)"
+    version = ctypes.c_int(0)
+    got = cuda.cuDriverGetVersion(ctypes.byref(version)) == 0
+    if got and isinstance(built_for, int) and version.value // 1000 < built_for:
+        return (
+            f"the NVIDIA driver runs CUDA {version.value // 1000}.{version.value % 1000 // 10}, and this build "
+            f"needs CUDA {built_for} (update the driver, or `localr1 backend install cuda --cuda-version "
+            f"{version.value // 1000}`)"
+        )
+    if cuda.cuInit(0) != 0:
+        return "no NVIDIA GPU is visible (the driver found none: a container without --gpus, or the GPU off)"
+    count = ctypes.c_int(0)
+    if cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value == 0:
+        return "no NVIDIA GPU is visible"
+    return None
 
 
 def weight_repacking(lib: Any) -> bool:

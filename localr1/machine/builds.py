@@ -250,10 +250,9 @@ def pip_command(python: str) -> list[str]:
 
 
 def install_plan(backend: str, *, rpc: bool = False, env: Environment | None = None,
-                 version: str | None = None, cuda_archs: list[str] | None = None) -> InstallPlan:  # fmt: skip
-    """The pip command that rebuilds llama-cpp-python for ``backend``. ``cuda_archs``: the compute capabilities
-    of the machine's NVIDIA GPUs ("8.9"): CUDA code is built for those only (llama.cpp's default, "native",
-    fails where no GPU is visible, and a build for every architecture takes several times longer)."""
+                 version: str | None = None, cmake: tuple[str, ...] | None = None) -> InstallPlan:  # fmt: skip
+    """The pip command that rebuilds llama-cpp-python for ``backend``. ``cmake``: the backend's CMake flags
+    where a plan made them (CUDA: machine/cuda_toolkit.py, with the parts and architectures found here)."""
     if backend not in SPECS:
         raise BackendBuildError(f"unknown backend {backend!r}", hint=f"Choose one of: {', '.join(BACKENDS)}.")
     env = env or this_environment()
@@ -263,11 +262,7 @@ def install_plan(backend: str, *, rpc: bool = False, env: Environment | None = N
             "llama-cpp-python is not installed in localr1's environment",
             hint=f"Reinstall localr1 (pipx reinstall localr1), or: {env.python} -m pip install llama-cpp-python",
         )
-    flags = list(SPECS[backend].cmake)
-    if backend == "cuda":
-        archs = sorted({a.replace(".", "") for a in cuda_archs or [] if a})
-        # no GPU visible: the architectures of every NVIDIA generation llama.cpp's releases build for
-        flags.append(f"-DCMAKE_CUDA_ARCHITECTURES={';'.join(archs) if archs else '61;70;75;80;86;89;90'}")
+    flags = list(cmake if cmake is not None else SPECS[backend].cmake)
     if rpc:
         flags.append("-DGGML_RPC=on")
     argv = [
@@ -282,7 +277,17 @@ def install_plan(backend: str, *, rpc: bool = False, env: Environment | None = N
         "--verbose",  # CMake's and the compiler's output, for the progress display and the kept log
         f"llama-cpp-python=={version}",
     ]
-    return InstallPlan(backend, rpc, tuple(argv), {"CMAKE_ARGS": " ".join(flags), "FORCE_CMAKE": "1"}, version)
+    # scikit-build-core splits CMAKE_ARGS as a shell would: a flag with spaces in it (CUDA's include folders)
+    # is quoted
+    cmake_args = " ".join(shlex.quote(f) if any(c.isspace() for c in f) else f for f in flags)
+    return InstallPlan(backend, rpc, tuple(argv), {"CMAKE_ARGS": cmake_args, "FORCE_CMAKE": "1"}, version)
+
+
+def installed_lib_folder(python: str) -> Path:
+    """llama-cpp-python's folder of native libraries in the environment of ``python``."""
+    code = "import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec('llama_cpp').origin).parent)"
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60)
+    return Path(out.stdout.strip()) / "lib"
 
 
 def build_progress(line: str) -> tuple[int, int] | None:
@@ -336,13 +341,21 @@ def run_install(plan: InstallPlan, log_path: Path, on_line=None) -> int:
         return proc.wait()
 
 
-def verify_backend(python: str, backend: str, timeout: float = 120) -> tuple[bool, list[str]]:
-    """Ask a fresh interpreter (the new library cannot be reloaded into this one) which devices it has."""
-    code = "from localr1.engine.devices import list_devices\nprint('\\n'.join(d.name for d in list_devices()))\n"
+def verify_backend(python: str, backend: str, timeout: float = 120) -> tuple[bool, list[str], str | None]:
+    """Ask a fresh interpreter (the new library cannot be reloaded into this one) which devices it has: whether
+    the backend's devices are among them, their names, and why the backend was skipped at load, if it was
+    (a CUDA build on a machine without the driver or the GPU: built, and running on the CPU)."""
+    code = (
+        "from localr1.engine.devices import list_devices\nfrom localr1.engine.backend import skipped_backends\n"
+        "print('\\n'.join(d.name for d in list_devices()))\n"
+        "print('\\n'.join('skipped:' + k + ':' + v for k, v in skipped_backends().items()))\n"
+    )
     try:
         out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.SubprocessError):
-        return False, []
-    names = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+        return False, [], None
+    lines = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+    names = [line for line in lines if not line.startswith("skipped:")]
+    skipped = {k: v for k, _, v in (line[8:].partition(":") for line in lines if line.startswith("skipped:"))}
     has = backend in built_backends(names) if backend != "cpu" else bool(names)
-    return out.returncode == 0 and has, names
+    return out.returncode == 0 and has, names, skipped.get(backend)

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from localr1 import __version__
 from localr1.config import load_config
+from localr1.engine.backend import skipped_backends
 from localr1.engine.devices import Device, list_devices, rpc_available
 from localr1.errors import LocalR1Error
 from localr1.machine.builds import (
@@ -143,7 +144,13 @@ def _check_gpus(report: Report, hw, devices: list, toolchain) -> object:
         report.gpus.append(
             {"name": g.name, "vendor": g.vendor, "memory_total": g.total, "memory_free": g.free, "usable": usable}
         )
-    if hw.gpus and devices and not any(can_use(g.vendor, built) for g in hw.gpus):
+    skipped = skipped_backends()
+    for name, why in skipped.items():  # built, but it cannot run here: no driver, no GPU, a driver too old
+        fix = (
+            "install or update the NVIDIA driver (nvidia-smi must list the GPU)" if name == "cuda" else "see why above"
+        )
+        report.problems.append(Problem("warning", why, fix))
+    if hw.gpus and devices and not skipped and not any(can_use(g.vendor, built) for g in hw.gpus):
         gpu = hw.gpus[0]
         report.problems.append(
             Problem(
@@ -206,8 +213,13 @@ def _check_models_and_config(report: Report) -> None:
 
 
 def idle_gpu_warning(hw) -> str | None:
-    """One line when a usable GPU sits idle because this llama.cpp build is CPU-only, naming the fix."""
-    if hw.simulated or not hw.gpus or hw.gpu_offload_built or not hw.backends:
+    """One line when a usable GPU sits idle because this llama.cpp build is CPU-only, naming the fix, or
+    because the build's GPU backend cannot run here (skipped at load, saying why)."""
+    if hw.simulated:
+        return None
+    if skipped := skipped_backends():
+        return next(iter(skipped.values()))
+    if not hw.gpus or hw.gpu_offload_built or not hw.backends:
         return None
     gpu = hw.gpus[0]
     want = recommended_backend([g.vendor for g in hw.gpus])

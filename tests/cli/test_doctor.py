@@ -14,6 +14,7 @@ from localr1 import loader as loader_module
 from localr1.cli.app import app
 from localr1.engine.fake import FakeEngine
 from localr1.machine import builds as backends
+from localr1.machine import cuda_toolkit
 from localr1.machine.builds import Toolchain
 from localr1.machine.hardware import GPU, Hardware
 from localr1.units import GiB
@@ -50,7 +51,9 @@ def fake_pip(tmp_path, monkeypatch):
     )
     monkeypatch.setenv("LOCALR1_PIP", f"{sys.executable} {script}")
     monkeypatch.setattr(backends, "find_toolchain", lambda: FULL)
-    monkeypatch.setattr(backends, "verify_backend", lambda python, backend: (True, ["CPU", f"{backend.upper()}0"]))
+    monkeypatch.setattr(
+        backends, "verify_backend", lambda python, backend: (True, ["CPU", f"{backend.upper()}0"], None)
+    )
 
     def calls():
         return [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
@@ -60,12 +63,21 @@ def fake_pip(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(("backend", "flag"), [("cuda", "-DGGML_CUDA=on"), ("vulkan", "-DGGML_VULKAN=on"),
                                                 ("metal", "-DGGML_METAL=on"), ("cpu", "-DGGML_CUDA=off")])  # fmt: skip
-def test_backend_install_runs_pip_with_the_backends_flags(runner, fake_pip, backend, flag, monkeypatch):
-    if backend == "cuda":  # the fixture's toolchain says macOS (for metal); CUDA wants another system
-        monkeypatch.setattr(backends, "find_toolchain", lambda: Toolchain({**FULL.found}, system="Linux"))
+def test_backend_install_runs_pip_with_the_backends_flags(runner, fake_pip, backend, flag, monkeypatch, tmp_path):
+    if backend == "cuda":  # a driver-only machine: NVIDIA's wheels first (fake pip too), then the build
+        monkeypatch.setattr(cuda_toolkit, "driver_info", lambda: cuda_toolkit.DriverInfo((13, 0), ("9.0",)))
+        monkeypatch.setattr(cuda_toolkit, "find_parts", lambda roots, nvcc=None: {})
+        monkeypatch.setattr(backends, "installed_lib_folder", lambda python: tmp_path)
     result = runner.invoke(app, ["backend", "install", backend, "--rpc"])
     assert result.exit_code == 0, result.output
-    (call,) = fake_pip()
+    if backend == "cuda":
+        wheels, call = fake_pip()
+        assert wheels["argv"][:2] == ["install", "--no-deps"] and "nvidia-cublas" in wheels["argv"]
+        assert "-DGGML_BACKEND_DL=on" in call["cmake_args"] and "-DCMAKE_CUDA_ARCHITECTURES=90" in call["cmake_args"]
+        record = json.loads((tmp_path / "localr1-cuda.json").read_text())  # for the run time
+        assert record["cuda"] == 13 and record["lib_dirs"][0].endswith("cu13/nvidia/cu13/lib")
+    else:
+        (call,) = fake_pip()
     assert flag in call["cmake_args"] and "-DGGML_RPC=on" in call["cmake_args"]
     assert call["argv"][:4] == ["install", "--force-reinstall", "--no-deps", "--no-cache-dir"]
     assert call["argv"][-1].startswith("llama-cpp-python==")
@@ -77,11 +89,9 @@ def test_backend_install_runs_pip_with_the_backends_flags(runner, fake_pip, back
 
 def test_backend_install_refuses_without_the_toolchain(runner, fake_pip, monkeypatch):
     monkeypatch.setattr(backends, "find_toolchain", lambda: Toolchain({"compiler": "c++"}, system="Linux"))
-    result = runner.invoke(app, ["backend", "install", "cuda"])
+    result = runner.invoke(app, ["backend", "install", "vulkan"])
     assert result.exit_code == 1
-    assert (
-        "it needs the CUDA compiler (nvcc), which is not found" in result.stderr and "cuda-downloads" in result.stderr
-    )
+    assert "it needs the Vulkan headers, 1.3.272 or newer, which is not found" in result.stderr
     assert "Traceback" not in result.output and fake_pip() == []  # nothing was run
     result = runner.invoke(app, ["backend", "install", "metal"])
     assert "it needs macOS" in result.stderr
@@ -93,6 +103,28 @@ def test_backend_install_failure_names_the_cause_and_the_log(runner, fake_pip, m
     assert result.exit_code == 1
     assert "the vulkan build failed: " in result.stderr and "Could NOT find Vulkan" in result.stderr
     assert "The whole log is in " in result.stderr and "Traceback" not in result.output
+
+
+def test_backend_install_cuda_dry_run_prints_the_whole_plan(runner, fake_pip, monkeypatch):
+    """This machine's case: nvcc 13 and its runtime, no cuBLAS, no driver; an architecture asked for."""
+    nvcc = cuda_toolkit.Part(13, Path("/usr/local/cuda-13.0"), binary=Path("/usr/local/cuda-13.0/bin/nvcc"))
+    runtime = cuda_toolkit.Part(13, nvcc.root, nvcc.root / "include", (nvcc.root / "lib64" / "libcudart.so.13",))
+    monkeypatch.setattr(cuda_toolkit, "driver_info", lambda: cuda_toolkit.DriverInfo())
+    monkeypatch.setattr(cuda_toolkit, "find_parts", lambda roots, nvcc_=None: {"nvcc": nvcc, "runtime": runtime})
+    monkeypatch.setattr(cuda_toolkit, "driver_library", lambda: None)
+    result = runner.invoke(app, ["backend", "install", "cuda", "--dry-run", "--cuda-arch", "9.0,8.6"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "# nvcc: found at /usr/local/cuda-13.0/bin/nvcc" in lines
+    assert "# cublas: missing: from nvidia-cublas" in lines and "# cccl: missing: from nvidia-cuda-cccl" in lines
+    assert " install --no-deps --upgrade --target " in lines[-2] and lines[-2].endswith(
+        "nvidia-cublas nvidia-cuda-cccl"
+    )
+    assert "-DCMAKE_CUDA_ARCHITECTURES=86;90" in lines[-1] and "-DGGML_CUDA_NO_VMM=on" in lines[-1]
+    assert "-DCMAKE_CUDA_FLAGS=-I" in lines[-1] and "cuda-toolkit/cu13/nvidia/cu13/include" in lines[-1]
+    assert fake_pip() == []  # nothing was run
+    bad = runner.invoke(app, ["backend", "install", "cuda", "--dry-run", "--cuda-arch", "sm_90"])
+    assert bad.exit_code == 2 and "--cuda-arch takes compute capabilities" in bad.stderr
 
 
 def test_backend_install_dry_run_and_bad_name(runner, fake_pip):

@@ -28,7 +28,7 @@ ENV = Environment("/opt/localr1/bin/python", "/opt/localr1", "pipx")
 @pytest.mark.parametrize(
     ("backend", "flags"),
     [
-        ("cuda", "-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=61;70;75;80;86;89;90"),
+        ("cuda", "-DGGML_CUDA=on"),  # the CUDA plan (machine/cuda_toolkit.py) adds the rest
         ("vulkan", "-DGGML_VULKAN=on"),
         ("metal", "-DGGML_METAL=on"),
         ("cpu", "-DGGML_CUDA=off -DGGML_METAL=off -DGGML_VULKAN=off"),
@@ -45,9 +45,13 @@ def test_install_plan_per_backend(backend, flags, monkeypatch):
     assert "-DGGML_RPC=on" in install_plan(backend, env=ENV, version="0.3.36", rpc=True).env["CMAKE_ARGS"]
 
 
-def test_cuda_builds_for_the_gpus_it_finds():
-    plan = install_plan("cuda", env=ENV, version="0.3.36", cuda_archs=["8.9", "8.6", "8.9"])
-    assert "-DCMAKE_CUDA_ARCHITECTURES=86;89" in plan.env["CMAKE_ARGS"]
+def test_a_cuda_plans_flags_reach_the_build():
+    import shlex
+
+    flags = ("-DGGML_CUDA=on", "-DCMAKE_CUDA_ARCHITECTURES=86;89", "-DCMAKE_CUDA_FLAGS=-I/a b -I/c")
+    plan = install_plan("cuda", env=ENV, version="0.3.36", cmake=flags)
+    # scikit-build-core splits CMAKE_ARGS as a shell does: the flag with spaces comes back whole
+    assert shlex.split(plan.env["CMAKE_ARGS"]) == list(flags)
 
 
 def test_unknown_backend_and_missing_binding():
