@@ -155,24 +155,34 @@ def scripted(r1_template):
     return start
 
 
-def test_llm_cli_runs_a_tool_and_answers_with_its_result(scripted, tmp_path):
+@pytest.fixture
+def llm() -> Path:
+    path = Path(sys.executable).with_name("llm")
+    if not path.exists():
+        pytest.skip("the llm CLI is not installed")
+    return path
+
+
+def _run_llm(llm: Path, server, folder: Path, supports: str, *args: str) -> subprocess.CompletedProcess:
+    """simonw's `llm` against the server, configured as its docs say for an OpenAI-compatible one."""
+    (folder / "extra-openai-models.yaml").write_text(
+        f"- model_id: localr1\n  model_name: scripted-r1\n  api_base: {server.url}/v1\n  {supports}: true\n",
+        encoding="utf-8",
+    )
+    env = {**os.environ, "LLM_USER_PATH": str(folder), "OPENAI_API_KEY": "unused"}
+    cmd = [str(llm), "-m", "localr1", *args, "--no-log"]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_llm_cli_runs_a_tool_and_answers_with_its_result(scripted, llm, tmp_path):
     """`llm -T llm_version`: the call is parsed, llm runs the tool and sends its result, and the result
     reaches the prompt in the template's tool-output tokens."""
-    llm = Path(sys.executable).with_name("llm")
-    if not llm.exists():
-        pytest.skip("the llm CLI is not installed")
     engine, server_cm = scripted(
         ["<think>\n", "I should ask the tool.", "</think>", "\n\n", CALLS_BEGIN, _call("llm_version", {}), CALLS_END],
         ["<think>\n", "The tool said it.", "</think>", "\n\n", "It is the version the tool gave."],
     )
     with server_cm as server:
-        (tmp_path / "extra-openai-models.yaml").write_text(
-            f"- model_id: localr1\n  model_name: scripted-r1\n  api_base: {server.url}/v1\n  supports_tools: true\n",
-            encoding="utf-8",
-        )
-        env = {**os.environ, "LLM_USER_PATH": str(tmp_path), "OPENAI_API_KEY": "unused"}
-        cmd = [str(llm), "-m", "localr1", "-T", "llm_version", "--no-log", "Which llm version is this?"]
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        out = _run_llm(llm, server, tmp_path, "supports_tools", "-T", "llm_version", "Which llm version is this?")
     assert out.returncode == 0, out.stderr
     assert "It is the version the tool gave." in out.stdout
     first, second = (p.text for p in engine.prompts)
@@ -181,19 +191,10 @@ def test_llm_cli_runs_a_tool_and_answers_with_its_result(scripted, tmp_path):
     assert f"{OUTPUT_BEGIN}{version}" in second and CALLS_END in second
 
 
-def test_llm_cli_schema_reaches_the_answer_grammar(scripted, tmp_path):
-    llm = Path(sys.executable).with_name("llm")
-    if not llm.exists():
-        pytest.skip("the llm CLI is not installed")
+def test_llm_cli_schema_reaches_the_answer_grammar(scripted, llm, tmp_path):
     engine, server_cm = scripted(["<think>\n", "Hmm.", "</think>", "\n\n", '{"answer": 42}'])
     with server_cm as server:
-        (tmp_path / "extra-openai-models.yaml").write_text(
-            f"- model_id: localr1\n  model_name: scripted-r1\n  api_base: {server.url}/v1\n  supports_schema: true\n",
-            encoding="utf-8",
-        )
-        env = {**os.environ, "LLM_USER_PATH": str(tmp_path), "OPENAI_API_KEY": "unused"}
-        cmd = [str(llm), "-m", "localr1", "--schema", "answer int", "--no-log", "What is 6*7?"]
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        out = _run_llm(llm, server, tmp_path, "supports_schema", "--schema", "answer int", "What is 6*7?")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"answer": 42}
     [sampling] = engine.samplings
