@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from tui_support import R1_REPLY
+from tui_support import R1_REPLY, until
 
 from localr1.engine.fake import FakeEngine
 from localr1.events import Timings
 from localr1.text.conversations import ConversationStore
 from localr1.tui.app import make_app
 from localr1.tui.screens import PickerEntry
+from localr1.tui.widgets import PromptInput
 
 SIZE = (100, 30)
 TIMINGS = Timings(decode_s=1.0, decode_tokens=41, prompt_tokens=12)  # 40 tokens/s
@@ -34,17 +35,25 @@ def app_with_reply(tmp_path):
     )
 
 
+async def ready(pilot):
+    """The model loaded, its toast gone, and the prompt's cursor steady: a blinking cursor is drawn or not
+    depending on the instant of the snapshot (what failed CI once)."""
+    await until(pilot, lambda: pilot.app.engine is not None, "the model to load")
+    pilot.app.query_one(PromptInput).cursor_blink = False
+    await pilot.pause(0.1)
+    pilot.app.clear_notifications()
+
+
 async def ask(pilot, text="What is 2+2?"):
-    await pilot.pause(0.3)
+    app = pilot.app
+    await ready(pilot)
     for ch in text:
         await pilot.press("space" if ch == " " else ch)
     await pilot.press("enter")
-    for _ in range(100):
-        await pilot.pause(0.02)
-        if not pilot.app.generating:
-            break
+    await until(pilot, lambda: app.conversation.turns and app.conversation.turns[-1].finish_reason, "the reply")
+    await app.workers.wait_for_complete()
     await pilot.pause(0.3)
-    pilot.app.clear_notifications()
+    app.clear_notifications()
     await pilot.pause(0.1)
 
 
@@ -63,8 +72,7 @@ def test_thinking_expanded(snap_compare, tmp_path):
 
 def test_model_picker(snap_compare, tmp_path):
     async def run_before(pilot):
-        await pilot.pause(0.3)
-        pilot.app.clear_notifications()
+        await ready(pilot)
         await pilot.press("ctrl+l")
         await pilot.pause(0.2)
 
@@ -73,8 +81,7 @@ def test_model_picker(snap_compare, tmp_path):
 
 def test_help_screen(snap_compare, tmp_path):
     async def run_before(pilot):
-        await pilot.pause(0.3)
-        pilot.app.clear_notifications()
+        await ready(pilot)
         await pilot.press("f1")
         await pilot.pause(0.2)
 

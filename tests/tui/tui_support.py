@@ -11,3 +11,16 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+async def until(pilot, condition, what: str, timeout: float = 20.0) -> None:
+    """Let the app run until ``condition()`` holds: a loaded CI machine takes longer than any fixed pause, and a
+    snapshot taken early shows a half-drawn screen instead of saying what it waited for."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not condition():
+        if loop.time() > end:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        await pilot.pause(0.02)
