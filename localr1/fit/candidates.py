@@ -10,6 +10,7 @@ from localr1.fit.arch import SUPPORTED, Architecture
 from localr1.fit.capacity import Candidate
 from localr1.fit.memory import WeightLayout
 from localr1.fit.planner import NoPlanError, choose
+from localr1.fit.quant_rules import has_rules
 from localr1.fit.quant_types import BITS_PER_WEIGHT, QUANT_QUALITY
 from localr1.models.catalog import CatalogModel
 from localr1.models.gguf_info import GGUFInfo, inspect_model
@@ -48,7 +49,7 @@ def from_catalog(catalog: dict[str, CatalogModel], *, include_local: bool = True
                     continue
                 except InvalidModelFileError:
                     pass  # a broken download: plan as if it were not there
-            if quant.upper() not in BITS_PER_WEIGHT:
+            if not has_rules(quant) and quant.upper() not in BITS_PER_WEIGHT:
                 continue
             weights = WeightLayout.from_arch(model.arch, quant)
             listed = quant in model.sizes

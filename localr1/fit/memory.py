@@ -1,7 +1,8 @@
 """How much memory a (model, quant, context, GPU layers) choice takes, per device, as llama.cpp allocates it.
 
 Weights come from the GGUF header's tensor sizes when the file is on disk, otherwise from the
-architecture's tensor shapes and the quant's bits per weight. The KV cache, output and compute buffers
+architecture's tensor shapes at the types llama.cpp's quantizer gives them (``quant_rules``: exact for the
+standard quants) or, for a publisher's own mix, the quant's measured bits per weight. The KV cache, output and compute buffers
 follow llama.cpp's own allocation (checked against llama.cpp's ``no_alloc`` accounting in the tests):
 
 * KV cache: per layer and token, K and V rows in f16; MLA (deepseek2) keeps only the compressed latent
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 
 from localr1.errors import UsageError
 from localr1.fit.arch import Architecture
+from localr1.fit.quant_rules import has_rules, planned_types, tensor_bytes
 from localr1.fit.quant_types import BITS_PER_WEIGHT
 
 # MLA's working set beside the attention, in floats per token of a micro-batch: an upper envelope of
@@ -55,14 +57,20 @@ class WeightLayout:
 
     @classmethod
     def from_arch(cls, arch: Architecture, quant: str) -> WeightLayout:
+        """Exact for every standard quant: each tensor at the type llama.cpp's quantizer gives it (quant_rules).
+        A publisher's own mix (UD-*) by its measured bits per weight, to be scaled to its listed size."""
+        types = planned_types(arch, quant) if has_rules(quant) else None
         bpw = BITS_PER_WEIGHT.get(quant.upper())
-        if bpw is None:
+        if types is None and bpw is None:
             raise ValueError(f"unknown quant {quant}")
         layers = [0] * arch.n_layer
         experts = [0] * arch.n_layer
         embd = output = 0
         for t in arch.tensors():
-            nbytes = t.n_elements * 4 if len(t.shape) == 1 else int(t.n_elements * bpw / 8)
+            if types is not None:
+                nbytes = tensor_bytes(types[t.name], t.shape)
+            else:
+                nbytes = t.n_elements * 4 if len(t.shape) == 1 else int(t.n_elements * bpw / 8)
             if t.layer is not None:
                 layers[t.layer] += nbytes
                 if t.role == "exps":

@@ -2,9 +2,11 @@
 keeps, and whether it needs an importance matrix. The planner, the memory model, the header reader and
 ``quantize`` all read their figures from here.
 
-Bits per weight: ``measured`` ones come from llama-quantize's own size figures (Llama-3-8B) and, for the
-dynamic MoE quants, the published file sizes of DeepSeek-R1 (671B); the planner plans only for those.
-The others are llama.cpp's nominal figures, good enough to list and to estimate a quantize run's output.
+Bits per weight are for listing and for a publisher's own mixes: the planner sizes every standard quant
+exactly, tensor by tensor, with llama.cpp's quantizer rules (``quant_rules``), and uses bits per weight only
+for the dynamic MoE quants (``UD-*``, measured from the published file sizes of DeepSeek-R1 671B). The other
+``measured`` figures come from llama-quantize's own size figures (Llama-3-8B); the rest are llama.cpp's
+nominal figures.
 Quality: the expected share of the original weights' benchmark score (llama.cpp's perplexity figures;
 the "UD" dynamic quants keep the sensitive layers at higher precision); None where not known.
 """

@@ -22,7 +22,7 @@ from localr1.engine.backend import init_backend, set_fields
 from localr1.engine.bindings import load_bindings
 from localr1.errors import InvalidModelFileError, LocalR1Error, UsageError
 from localr1.fit.quant_types import BY_NAME, FILE_TYPE_NAMES, NEEDS_IMATRIX
-from localr1.models.gguf_info import inspect_model
+from localr1.models.gguf_info import ggml_type_name, inspect_model
 from localr1.output_file import check_new_output, partial_file
 
 # Imported inside the functions that use them: gguf, numpy (heavy to import, and not needed by every command).
@@ -34,6 +34,21 @@ _PROGRESS = re.compile(r"\[\s*(\d+)/\s*(\d+)\]")
 
 def bits_per_weight(name: str) -> float:
     return BY_NAME[name].bpw if name in BY_NAME else 8.0
+
+
+def output_estimate(info, to: str) -> int:
+    """Bytes the quantized file will take: each tensor at the type llama.cpp's rules give it (exact for the
+    architectures localr1 knows), else the type's bits per weight."""
+    from localr1.fit.arch import Architecture
+    from localr1.fit.quant_rules import ModelFacts, quantized_types, tensor_bytes
+
+    try:
+        facts = ModelFacts.of(Architecture.from_gguf(info.metadata))
+        tensors = [(t.name, t.shape, ggml_type_name(t.ggml_type)) for t in info.tensors]
+        types = quantized_types(tensors, facts, to)
+        return sum(tensor_bytes(types[t.name], t.shape) for t in info.tensors) + info.data_offset
+    except (ValueError, KeyError, TypeError, ZeroDivisionError):  # a header the rules cannot read
+        return int(info.n_params * bits_per_weight(to) / 8) + info.data_offset
 
 
 @dataclass(frozen=True)
@@ -166,7 +181,7 @@ def quantize(
                 f"{imatrix.name} holds no tensor of {source.name}: it was computed for another model",
                 hint="Use the importance matrix of this model.",
             )
-    estimate = int(info.n_params * bits_per_weight(to) / 8) + info.data_offset
+    estimate = output_estimate(info, to)
     check_new_output(
         output, estimate, free_bytes, what=f"the {to} file", hint="Free some space, or write elsewhere with -o."
     )

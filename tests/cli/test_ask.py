@@ -167,7 +167,7 @@ def test_cancelled_generation_exits_130(runner, engine, small_gguf):
         (["ask", "q", "-m", "/no/such/model.gguf"], 1, "no such file"),
         (["ask", "q", "-m", "r1:99b"], 1, "unknown model 'r1:99b'"),
         (["ask", "q", "-m", "r1:7b"], 1, "r1:7b:Q4_K_M is not downloaded and localr1 is offline"),
-        (["ask", "q"], 1, "r1-0528:8b:Q4_K_M (the best fit for this machine) is not downloaded and localr1 is offline"),
+        (["ask", "q"], 1, "r1-0528:8b:Q3_K_M (the best fit for this machine) is not downloaded and localr1 is offline"),
         (["ask", "q", "--temperature", "-1"], 2, "temperature -1.0 is out of range"),
         (["ask", "q", "--ctx", "0"], 2, "--ctx must be from 16 to"),
         (["ask", "q", "--max-tokens", "0"], 2, "--max-tokens must be positive, not 0"),
@@ -187,7 +187,7 @@ def test_a_model_that_cannot_be_downloaded_is_named(runner, engine, monkeypatch)
     result = runner.invoke(app, ["ask", "q"])
     assert result.exit_code == 1
     first, hint = result.stderr.strip().splitlines()
-    assert first.startswith("Error: could not download r1-0528:8b:Q4_K_M (the best fit for this machine): ")
+    assert first.startswith("Error: could not download r1-0528:8b:Q3_K_M (the best fit for this machine): ")
     assert "could not reach the Hugging Face Hub at http://127.0.0.1:9" in first
     assert hint.startswith("Hint: Check the connection")
 
