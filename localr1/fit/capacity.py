@@ -3,6 +3,7 @@ memory bandwidth. Below both the planner and the MoE offload placement, which ea
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,13 @@ RAM_MARGIN = 0.90
 DEFAULT_LINK_GBS = 0.125  # a worker's link when not measured: 1 Gbit/s Ethernet
 GPU_EFFICIENCY = 0.61  # share of memory bandwidth llama.cpp decoding reaches: calibrated, see docs/performance.md
 CPU_EFFICIENCY = 0.60
+# Apple silicon (Metal), fitted to published llama-bench decode figures of the r1:8b and r1:70b shapes
+# (docs/performance.md lists each with its source): a token pays a fixed time per layer on the GPU (Metal's
+# dispatch of the layer's kernels: one M2 Ultra's 8B and 70B figures separate it from the bandwidth term),
+# and each chip generation reaches its own share of its peak bandwidth.
+METAL_LAYER_S = 0.16e-3
+METAL_SHARE = {1: 0.57, 2: 0.785, 3: 0.776, 4: 0.93}
+METAL_SHARE_UNKNOWN = 0.776  # an Apple GPU whose generation is not known: the middle of the table
 
 
 @dataclass(frozen=True)
@@ -73,19 +81,29 @@ def placement_tps(
     gpu_kv: float = 0.0,
     cpu_kv: float = 0.0,
     quant: str = "",
+    gpu_layers: int = 0,
 ) -> float:
     """Decode tokens/s for a placement: the one speed model for plain layer offload and MoE offload alike.
 
     Each token reads every dense weight (attention, shared experts, dense FFNs, the output matrix) where it
     lies, only the active share (``n_expert_used / n_expert``) of the routed experts in each tier, and on
     average a quarter of the KV cache. The token embeddings are not counted: a token reads one row of them.
-    Callers pass weights without the embeddings."""
+    Callers pass weights without the embeddings; ``gpu_layers``: the layers that run on the GPU (each costs a
+    token a fixed time there, see layer_overhead_s)."""
     active = arch.n_expert_used / arch.n_expert if arch.is_moe and arch.n_expert else 1.0
     gpu_read = gpu_dense + active * gpu_experts + gpu_kv / 4
     cpu_read = cpu_dense + active * cpu_experts + cpu_kv / 4
     if not hw.gpus:  # nothing is on a GPU: every byte comes from RAM
-        gpu_read, cpu_read = 0.0, gpu_read + cpu_read
-    return tokens_per_s(hw, gpu_read, cpu_read, active * disk_experts, quant=quant, hop_bytes=activation_bytes(arch))
+        gpu_read, cpu_read, gpu_layers = 0.0, gpu_read + cpu_read, 0
+    return tokens_per_s(
+        hw,
+        gpu_read,
+        cpu_read,
+        active * disk_experts,
+        quant=quant,
+        hop_bytes=activation_bytes(arch),
+        gpu_layers=gpu_layers,
+    )
 
 
 def cpu_rate(hw: Hardware, quant: str = "") -> float:
@@ -96,6 +114,27 @@ def cpu_rate(hw: Hardware, quant: str = "") -> float:
         if measured:
             return measured * 1e9
     return hw.ram_bandwidth_gbs * 1e9 * CPU_EFFICIENCY
+
+
+def gpu_efficiency(g: GPU) -> float:
+    """The share of its peak memory bandwidth llama.cpp's decoding reaches on this GPU."""
+    if g.vendor != "apple":
+        return GPU_EFFICIENCY
+    m = re.search(r"\bM(\d+)\b", g.name)
+    if m is None:
+        return METAL_SHARE_UNKNOWN
+    gen = int(m.group(1))
+    return METAL_SHARE.get(gen, METAL_SHARE[max(METAL_SHARE)] if gen > max(METAL_SHARE) else METAL_SHARE_UNKNOWN)
+
+
+def effective_bandwidth(g: GPU) -> float:
+    """Bytes/s of weights a decode step reads on this GPU."""
+    return g.bandwidth_gbs * 1e9 * gpu_efficiency(g)
+
+
+def layer_overhead_s(gpus: Sequence[GPU]) -> float:
+    """Seconds each layer on these GPUs adds to a token beyond its bytes (Metal's kernel dispatch)."""
+    return max((METAL_LAYER_S if g.vendor == "apple" else 0.0 for g in gpus), default=0.0)
 
 
 def activation_bytes(arch: Architecture) -> int:
@@ -112,7 +151,14 @@ def round_trip_s(g: GPU, hop_bytes: float) -> float:
 
 
 def tokens_per_s(
-    hw: Hardware, gpu_read: float, cpu_read: float, disk_read: float, *, quant: str = "", hop_bytes: float = 0.0
+    hw: Hardware,
+    gpu_read: float,
+    cpu_read: float,
+    disk_read: float,
+    *,
+    quant: str = "",
+    hop_bytes: float = 0.0,
+    gpu_layers: int = 0,
 ) -> float:
     """Decode speed when each token reads these bytes from the GPU, RAM and disk tiers (``hop_bytes``: what
     crosses to a remote device and back, see activation_bytes)."""
@@ -120,7 +166,14 @@ def tokens_per_s(
     # costs one visit per token: the activations go there and back
     hops = sum(round_trip_s(g, hop_bytes) for g in hw.gpus) if gpu_read > 0 else 0.0
     return spread_tps(
-        hw, main=hw.gpus, main_read=gpu_read, cpu_read=cpu_read, disk_read=disk_read, hops_s=hops, quant=quant
+        hw,
+        main=hw.gpus,
+        main_read=gpu_read,
+        cpu_read=cpu_read,
+        disk_read=disk_read,
+        hops_s=hops,
+        quant=quant,
+        gpu_layers=gpu_layers,
     )
 
 
@@ -128,7 +181,7 @@ def gpu_seconds(gpus, read: float) -> float:
     """Seconds for ``read`` bytes spread over these GPUs as llama.cpp splits layers (by free memory): a token
     visits each in turn and each reads its share at its own speed."""
     free = sum(max(g.free, 1) for g in gpus)
-    return sum(read * max(g.free, 1) / free / (g.bandwidth_gbs * 1e9 * GPU_EFFICIENCY) for g in gpus)
+    return sum(read * max(g.free, 1) / free / effective_bandwidth(g) for g in gpus)
 
 
 def spread_tps(
@@ -141,13 +194,16 @@ def spread_tps(
     disk_read: float = 0.0,
     hops_s: float = 0.0,
     quant: str = "",
+    gpu_layers: int = 0,
 ) -> float:
     """Decode tokens/s when the layers sit on ``main`` (split by free memory) and other devices hold only
     routed experts: bytes each token reads from each tier, plus ``hops_s`` of network visits (the caller
     counts them: a worker holding a run of layers costs one, a worker's experts one per layer)."""
     seconds = gpu_seconds(main, main_read) if main_read > 0 and main else 0.0
+    if seconds:
+        seconds += gpu_layers * layer_overhead_s(main)
     for device, read in device_reads:
-        seconds += read / (device.bandwidth_gbs * 1e9 * GPU_EFFICIENCY)
+        seconds += read / effective_bandwidth(device)
     if cpu_read > 0:
         seconds += cpu_read / cpu_rate(hw, quant)
     if disk_read > 0:

@@ -16,12 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from localr1.fit.capacity import (
-    GPU_EFFICIENCY,
     Budget,
     Candidate,
     activation_bytes,
     cpu_rate,
     device_room,
+    effective_bandwidth,
     placement_tps,
     round_trip_s,
     spread_tps,
@@ -259,6 +259,7 @@ def plan_offload(
         gpu_kv=full.gpu_kv,
         cpu_kv=full.cpu_kv,
         quant=c.quant,
+        gpu_layers=c.arch.n_layer,  # every layer's dense part is on the GPU
     )
     cpu_layers = tuple(sorted(in_ram + on_disk))
     rules = ((expert_rule(cpu_layers), "CPU"),) if cpu_layers else ()
@@ -289,11 +290,11 @@ class _Tier:
 def _tiers(hw, c, main, remote, main_room, ram_room, layer_bytes, main_trip, device_compute, act) -> list:
     """Where routed experts can go, each with its room and what a layer's experts there cost a token: the
     main device, the other workers' devices (a round trip each way), this machine's RAM, the disk."""
-    main_bw = min(g.bandwidth_gbs for g in main) * 1e9 * GPU_EFFICIENCY
+    main_bw = min(effective_bandwidth(g) for g in main)
     tiers = [_Tier("main", main_room, layer_bytes / main_bw)]
     for g in remote:
         if g not in main:
-            cost = layer_bytes / (g.bandwidth_gbs * 1e9 * GPU_EFFICIENCY) + main_trip + round_trip_s(g, act)
+            cost = layer_bytes / effective_bandwidth(g) + main_trip + round_trip_s(g, act)
             tiers.append(_Tier(g.name, device_room(g) - device_compute, cost, g))
     tiers.append(_Tier("RAM", ram_room, layer_bytes / cpu_rate(hw, c.quant) + main_trip))
     # memory-mapped from disk: as much as it takes, and before a worker whose link costs more than the disk
@@ -417,6 +418,7 @@ def _plan_across(
         disk_read=active * disk_bytes,
         hops_s=hops,
         quant=c.quant,
+        gpu_layers=c.arch.n_layer,
     )
     rules = tuple((expert_rule(tuple(sorted(t.layers))), t.name.partition("[")[0]) for t in helpers)
     if cpu_layers:

@@ -126,6 +126,7 @@ def decode_speed(c: Candidate, est: MemoryEstimate, hw: Hardware, disk_bytes: in
         gpu_kv=est.gpu_kv,
         cpu_kv=est.cpu_kv,
         quant=c.quant,
+        gpu_layers=on_gpu,
     )
 
 
