@@ -24,11 +24,13 @@ from typing import Any
 from localr1.engine.devices import ggml_base_library
 from localr1.paths import cache_dir
 
-# ggml type ids of the families the planner tells apart (their kernels differ in cost per byte)
-FAMILIES = {"q4_k": 12, "q6_k": 14, "q8_0": 8}
+# ggml type ids of the families the planner tells apart (their kernels differ in cost per byte); f16: the
+# KV cache, which attention reads for every token of the context
+FAMILIES = {"q4_k": 12, "q6_k": 14, "q8_0": 8, "f16": 1}
 _F32 = 0
 MATRIX_BYTES = 96 << 20  # beyond the last-level cache of desktop CPUs
-VERSION = 1
+SYNC_NODES = 512  # the chain of tiny operations whose cost per node is the threads' hand-off
+VERSION = 2
 
 
 class _InitParams(ctypes.Structure):
@@ -36,9 +38,11 @@ class _InitParams(ctypes.Structure):
 
 
 def family(quant: str) -> str:
-    """The measured family whose kernel cost a quant type is closest to."""
+    """The measured family whose kernel cost a quant (or tensor) type is closest to."""
     q = quant.upper()
-    if q.startswith(("Q8", "F16", "BF16", "F32")):
+    if q in ("F16", "BF16", "F32"):
+        return "f16"
+    if q.startswith("Q8"):
         return "q8_0"
     if q.startswith(("Q5", "Q6")):
         return "q6_k"
@@ -66,6 +70,8 @@ def _bind(base: Any, cpu: Any) -> None:
     base.ggml_init.argtypes, base.ggml_init.restype = [_InitParams], vp
     base.ggml_new_tensor_2d.argtypes = [vp, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     base.ggml_new_tensor_2d.restype = vp
+    base.ggml_new_tensor_1d.argtypes, base.ggml_new_tensor_1d.restype = [vp, ctypes.c_int, ctypes.c_int64], vp
+    base.ggml_add.argtypes, base.ggml_add.restype = [vp, vp, vp], vp
     base.ggml_mul_mat.argtypes, base.ggml_mul_mat.restype = [vp, vp, vp], vp
     base.ggml_new_graph.argtypes, base.ggml_new_graph.restype = [vp], vp
     base.ggml_build_forward_expand.argtypes, base.ggml_build_forward_expand.restype = [vp, vp], None
@@ -103,15 +109,42 @@ def _measure_one(base: Any, cpu: Any, ggml_type: int, threads: int, reps: int) -
         base.ggml_free(ctx)
 
 
+def _measure_sync(base: Any, cpu: Any, threads: int, reps: int) -> float:
+    """Microseconds a graph node costs beyond its arithmetic: a chain of tiny additions, each of which the
+    threads split and then wait for one another on (a decode step has ~30 such nodes per layer)."""
+    ctx = base.ggml_init(_InitParams(16 << 20, None, False))
+    if not ctx:
+        raise MemoryError("ggml_init failed")
+    try:
+        x = base.ggml_new_tensor_1d(ctx, _F32, 64)
+        ctypes.memset(base.ggml_get_data(x), 0, base.ggml_nbytes(x))
+        y = x
+        for _ in range(SYNC_NODES):
+            y = base.ggml_add(ctx, y, x)
+        graph = base.ggml_new_graph(ctx)
+        base.ggml_build_forward_expand(graph, y)
+        cpu.ggml_graph_compute_with_ctx(ctx, graph, threads)
+        best = float("inf")
+        for _ in range(reps):
+            started = time.perf_counter()
+            cpu.ggml_graph_compute_with_ctx(ctx, graph, threads)
+            best = min(best, time.perf_counter() - started)
+        return best / SYNC_NODES * 1e6
+    finally:
+        base.ggml_free(ctx)
+
+
 def measure(threads: int, *, reps: int = 8) -> dict[str, float] | None:
-    """GB/s of weights each family's matrix-vector kernel gets through with ``threads``; None when this
-    llama.cpp build offers no CPU library to measure with."""
+    """GB/s of weights each family's matrix-vector kernel gets through with ``threads``, and ``sync_us``
+    (see _measure_sync); None when this llama.cpp build offers no CPU library to measure with."""
     libs = _libraries()
     if libs is None:
         return None
     base, cpu = libs
     _bind(base, cpu)
-    return {name: round(_measure_one(base, cpu, t, threads, reps), 3) for name, t in FAMILIES.items()}
+    rates = {name: round(_measure_one(base, cpu, t, threads, reps), 3) for name, t in FAMILIES.items()}
+    rates["sync_us"] = round(_measure_sync(base, cpu, threads, reps), 3)
+    return rates
 
 
 def cpu_speed(cpu_name: str, threads: int, *, cache: Path | None = None) -> dict[str, float] | None:
@@ -127,8 +160,9 @@ def cpu_speed(cpu_name: str, threads: int, *, cache: Path | None = None) -> dict
     with contextlib.suppress(OSError, ValueError):
         stored = json.loads(path.read_text(encoding="utf-8"))
     entry = stored.get(key) if isinstance(stored, dict) else None
-    if isinstance(entry, dict) and all(isinstance(entry.get(f), int | float) and entry[f] > 0 for f in FAMILIES):
-        return {f: float(entry[f]) for f in FAMILIES}
+    keys = (*FAMILIES, "sync_us")
+    if isinstance(entry, dict) and all(isinstance(entry.get(f), int | float) and entry[f] > 0 for f in keys):
+        return {f: float(entry[f]) for f in keys}
     try:
         rates = measure(threads)
     except (OSError, MemoryError, AttributeError):

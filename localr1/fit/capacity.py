@@ -29,6 +29,12 @@ CPU_EFFICIENCY = 0.60
 METAL_LAYER_S = 0.16e-3
 METAL_SHARE = {1: 0.57, 2: 0.785, 3: 0.776, 4: 0.93}
 METAL_SHARE_UNKNOWN = 0.776  # an Apple GPU whose generation is not known: the middle of the table
+# graph nodes per layer of a decode step (llama.cpp's qwen2 graph with flash attention: 34, views included)
+NODES_PER_LAYER = 34
+# The share of the isolated kernels' speed (engine/cpu_speed.py) a whole CPU decode step sustains, the
+# matrix products interleaved with the layers' other work: 0.83 (r1:1.5b) and 0.92 (r1:7b) against
+# llama-bench on the 2-core VM localr1 is developed on (docs/performance.md); fitted, one machine.
+CPU_STEP_SHARE = 0.875
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,7 @@ def placement_tps(
     cpu_kv: float = 0.0,
     quant: str = "",
     gpu_layers: int = 0,
+    mix: tuple[tuple[str, int], ...] = (),
 ) -> float:
     """Decode tokens/s for a placement: the one speed model for plain layer offload and MoE offload alike.
 
@@ -89,12 +96,15 @@ def placement_tps(
     lies, only the active share (``n_expert_used / n_expert``) of the routed experts in each tier, and on
     average a quarter of the KV cache. The token embeddings are not counted: a token reads one row of them.
     Callers pass weights without the embeddings; ``gpu_layers``: the layers that run on the GPU (each costs a
-    token a fixed time there, see layer_overhead_s)."""
+    token a fixed time there, see layer_overhead_s); ``mix``: the weights' bytes per tensor type (their CPU
+    kernels differ in speed). On the CPU the KV cache is read at the f16 kernels' speed, and each layer there
+    costs its graph's thread hand-offs (cpu_seconds)."""
     active = arch.n_expert_used / arch.n_expert if arch.is_moe and arch.n_expert else 1.0
-    gpu_read = gpu_dense + active * gpu_experts + gpu_kv / 4
-    cpu_read = cpu_dense + active * cpu_experts + cpu_kv / 4
+    gpu_weights = gpu_dense + active * gpu_experts
+    cpu_read = cpu_dense + active * cpu_experts
+    gpu_read, cpu_kv_read = gpu_weights + gpu_kv / 4, cpu_kv / 4
     if not hw.gpus:  # nothing is on a GPU: every byte comes from RAM
-        gpu_read, cpu_read, gpu_layers = 0.0, gpu_read + cpu_read, 0
+        gpu_read, cpu_read, cpu_kv_read, gpu_layers = 0.0, cpu_read + gpu_weights, cpu_kv_read + gpu_kv / 4, 0
     return tokens_per_s(
         hw,
         gpu_read,
@@ -103,17 +113,49 @@ def placement_tps(
         quant=quant,
         hop_bytes=activation_bytes(arch),
         gpu_layers=gpu_layers,
+        mix=mix,
+        cpu_kv_read=cpu_kv_read,
+        cpu_layers=max(arch.n_layer - gpu_layers, 0) if cpu_read > 0 else 0,
+        gqa=query_heads_per_kv(arch),
     )
 
 
-def cpu_rate(hw: Hardware, quant: str = "") -> float:
+def query_heads_per_kv(arch: Architecture) -> int:
+    """Query heads that read each cached KV head (MLA: every head reads the one compressed latent)."""
+    return arch.n_head if arch.is_mla else max(arch.n_head // max(arch.n_head_kv, 1), 1)
+
+
+def cpu_rate(hw: Hardware, quant: str = "", mix: tuple[tuple[str, int], ...] = ()) -> float:
     """Bytes/s the CPU gets through when it computes with weights in RAM: its measured kernel speed for the
-    quant's family where measured, else the RAM bandwidth times an efficiency."""
-    if hw.cpu_decode_gbs:
-        measured = hw.cpu_decode_gbs.get(family(quant) if quant else "q4_k")
+    quant's family where measured — for a ``mix`` of tensor types, each type's share at its own family's
+    speed — else the RAM bandwidth times an efficiency."""
+    rates = hw.cpu_decode_gbs
+    if rates and mix:
+        total = sum(b for _, b in mix)
+        if total and all(rates.get(family(t)) for t, _ in mix):
+            return total / sum(b / (rates[family(t)] * 1e9) for t, b in mix)
+    if rates:
+        measured = rates.get(family(quant) if quant else "q4_k")
         if measured:
             return measured * 1e9
     return hw.ram_bandwidth_gbs * 1e9 * CPU_EFFICIENCY
+
+
+def cpu_seconds(
+    hw: Hardware, read: float, *, quant: str = "", mix=(), kv_read: float = 0.0, layers: int = 0, gqa: int = 1
+) -> float:
+    """Seconds a token spends on the CPU: its weights at the kernels' speed; the KV cache it attends over,
+    once per query head (llama.cpp's CPU flash attention walks a KV head's rows for each of the ``gqa``
+    query heads that share it), at the f16 kernels' speed; and the thread hand-offs of the layers' graph
+    nodes (NODES_PER_LAYER each, at the measured cost of one); all over CPU_STEP_SHARE where the kernels
+    were measured."""
+    rates = hw.cpu_decode_gbs
+    seconds = read / cpu_rate(hw, quant, mix) if read > 0 else 0.0
+    if kv_read > 0:
+        f16 = rates.get("f16") if rates else None
+        seconds += kv_read * max(gqa, 1) / (f16 * 1e9 if f16 else cpu_rate(hw, quant, mix))
+    seconds += layers * NODES_PER_LAYER * hw.cpu_sync_us * 1e-6
+    return seconds / CPU_STEP_SHARE if rates else seconds
 
 
 def gpu_efficiency(g: GPU) -> float:
@@ -159,6 +201,10 @@ def tokens_per_s(
     quant: str = "",
     hop_bytes: float = 0.0,
     gpu_layers: int = 0,
+    mix=(),
+    cpu_kv_read: float = 0.0,
+    cpu_layers: int = 0,
+    gqa: int = 1,
 ) -> float:
     """Decode speed when each token reads these bytes from the GPU, RAM and disk tiers (``hop_bytes``: what
     crosses to a remote device and back, see activation_bytes)."""
@@ -174,6 +220,10 @@ def tokens_per_s(
         hops_s=hops,
         quant=quant,
         gpu_layers=gpu_layers,
+        mix=mix,
+        cpu_kv_read=cpu_kv_read,
+        cpu_layers=cpu_layers,
+        gqa=gqa,
     )
 
 
@@ -195,6 +245,10 @@ def spread_tps(
     hops_s: float = 0.0,
     quant: str = "",
     gpu_layers: int = 0,
+    mix=(),
+    cpu_kv_read: float = 0.0,
+    cpu_layers: int = 0,
+    gqa: int = 1,
 ) -> float:
     """Decode tokens/s when the layers sit on ``main`` (split by free memory) and other devices hold only
     routed experts: bytes each token reads from each tier, plus ``hops_s`` of network visits (the caller
@@ -204,8 +258,8 @@ def spread_tps(
         seconds += gpu_layers * layer_overhead_s(main)
     for device, read in device_reads:
         seconds += read / effective_bandwidth(device)
-    if cpu_read > 0:
-        seconds += cpu_read / cpu_rate(hw, quant)
+    if cpu_read > 0 or cpu_kv_read > 0:
+        seconds += cpu_seconds(hw, cpu_read, quant=quant, mix=mix, kv_read=cpu_kv_read, layers=cpu_layers, gqa=gqa)
     if disk_read > 0:
         seconds += disk_read / (hw.disk_bandwidth_gbs * 1e9)
     seconds += hops_s

@@ -26,6 +26,7 @@ from localr1.errors import UsageError
 from localr1.fit.arch import Architecture
 from localr1.fit.quant_rules import has_rules, planned_types, tensor_bytes
 from localr1.fit.quant_types import BITS_PER_WEIGHT
+from localr1.models.gguf_info import ggml_type_name
 
 # MLA's working set beside the attention, in floats per token of a micro-batch: an upper envelope of
 # llama.cpp's no_alloc compute buffers over 40 deepseek2 shapes (8-128 heads, n_embd 1024-7168; CPU backend,
@@ -50,6 +51,9 @@ class WeightLayout:
     embd: int
     output: int  # output.weight + output_norm (0 when tied to the embeddings ... then embd is duplicated)
     expert_layers: tuple[int, ...] = ()  # per layer, the routed-expert part of ``layers`` (MoE)
+    # bytes per tensor type of everything but the token embeddings (a token reads one row of those): the CPU
+    # kernels' speed differs per type (engine/cpu_speed.py), so a Q4_K_M file's Q6_K share runs at Q6_K's
+    mix: tuple[tuple[str, int], ...] = ()
 
     @property
     def total(self) -> int:
@@ -66,11 +70,15 @@ class WeightLayout:
         layers = [0] * arch.n_layer
         experts = [0] * arch.n_layer
         embd = output = 0
+        mix: dict[str, int] = {}
         for t in arch.tensors():
             if types is not None:
                 nbytes = tensor_bytes(types[t.name], t.shape)
             else:
                 nbytes = t.n_elements * 4 if len(t.shape) == 1 else int(t.n_elements * bpw / 8)
+            if t.role != "embd":
+                kind = types[t.name] if types is not None else quant.upper()
+                mix[kind] = mix.get(kind, 0) + nbytes
             if t.layer is not None:
                 layers[t.layer] += nbytes
                 if t.role == "exps":
@@ -81,7 +89,7 @@ class WeightLayout:
                 output += nbytes
         if arch.tied_embeddings:
             output += embd  # llama.cpp duplicates the embeddings as the output matrix on the GPU
-        return cls(tuple(layers), embd, output, tuple(experts))
+        return cls(tuple(layers), embd, output, tuple(experts), tuple(sorted(mix.items())))
 
     def scaled_to(self, total: int) -> WeightLayout:
         """The same layout with every part scaled so that the whole is ``total`` bytes (a size the Hub
@@ -94,6 +102,7 @@ class WeightLayout:
             int(self.embd * f),
             int(self.output * f),
             tuple(int(b * f) for b in self.expert_layers),
+            tuple((k, int(b * f)) for k, b in self.mix),
         )
 
     @classmethod
@@ -103,8 +112,12 @@ class WeightLayout:
         experts = [0] * n_layer
         embd = output = 0
         tied = True
+        mix: dict[str, int] = {}
         for t in tensors:
             name = t.name
+            if not name.startswith("token_embd."):
+                kind = ggml_type_name(t.ggml_type)
+                mix[kind] = mix.get(kind, 0) + t.nbytes
             if name.startswith("blk."):
                 idx = int(name.split(".")[1])
                 if idx < n_layer:  # (extra blocks, e.g. multi-token prediction, are not loaded)
@@ -118,7 +131,7 @@ class WeightLayout:
                 tied = tied and name != "output.weight"
         if tied:
             output += embd
-        return cls(tuple(layers), embd, output, tuple(experts))
+        return cls(tuple(layers), embd, output, tuple(experts), tuple(sorted(mix.items())))
 
 
 @dataclass(frozen=True)

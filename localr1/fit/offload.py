@@ -23,6 +23,7 @@ from localr1.fit.capacity import (
     device_room,
     effective_bandwidth,
     placement_tps,
+    query_heads_per_kv,
     round_trip_s,
     spread_tps,
 )
@@ -260,6 +261,7 @@ def plan_offload(
         cpu_kv=full.cpu_kv,
         quant=c.quant,
         gpu_layers=c.arch.n_layer,  # every layer's dense part is on the GPU
+        mix=w.mix,
     )
     cpu_layers = tuple(sorted(in_ram + on_disk))
     rules = ((expert_rule(cpu_layers), "CPU"),) if cpu_layers else ()
@@ -296,7 +298,7 @@ def _tiers(hw, c, main, remote, main_room, ram_room, layer_bytes, main_trip, dev
         if g not in main:
             cost = layer_bytes / effective_bandwidth(g) + main_trip + round_trip_s(g, act)
             tiers.append(_Tier(g.name, device_room(g) - device_compute, cost, g))
-    tiers.append(_Tier("RAM", ram_room, layer_bytes / cpu_rate(hw, c.quant) + main_trip))
+    tiers.append(_Tier("RAM", ram_room, layer_bytes / cpu_rate(hw, c.quant, c.weights.mix) + main_trip))
     # memory-mapped from disk: as much as it takes, and before a worker whose link costs more than the disk
     tiers.append(_Tier("disk", float("inf"), layer_bytes / (hw.disk_bandwidth_gbs * 1e9) + main_trip))
     return tiers
@@ -414,11 +416,15 @@ def _plan_across(
         main=main,
         main_read=full.gpu_weights - sum(experts) + active * sum(experts[i] for i in main_layers) + full.gpu_kv / 4,
         device_reads=[(t.device, active * sum(experts[i] for i in t.layers)) for t in helpers],
-        cpu_read=max(full.cpu_weights - w.embd, 0) + active * sum(experts[i] for i in in_ram) + full.cpu_kv / 4,
+        cpu_read=max(full.cpu_weights - w.embd, 0) + active * sum(experts[i] for i in in_ram),
+        cpu_kv_read=full.cpu_kv / 4,
+        cpu_layers=len(cpu_layers),
+        gqa=query_heads_per_kv(c.arch),
         disk_read=active * disk_bytes,
         hops_s=hops,
         quant=c.quant,
         gpu_layers=c.arch.n_layer,
+        mix=w.mix,
     )
     rules = tuple((expert_rule(tuple(sorted(t.layers))), t.name.partition("[")[0]) for t in helpers)
     if cpu_layers:

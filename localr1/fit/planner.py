@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from localr1.fit.capacity import Budget, Candidate, placement_tps
-from localr1.fit.memory import MemoryEstimate, estimate, gpu_repeating_layers, kv_type_fits
+from localr1.fit.memory import MemoryEstimate, estimate, gpu_repeating_layers, kv_cache_bytes, kv_type_fits
 from localr1.fit.offload import OffloadError, plan_offload
 from localr1.machine.hardware import Hardware
 from localr1.units import GiB
@@ -127,7 +127,19 @@ def decode_speed(c: Candidate, est: MemoryEstimate, hw: Hardware, disk_bytes: in
         cpu_kv=est.cpu_kv,
         quant=c.quant,
         gpu_layers=on_gpu,
+        mix=w.mix,
     )
+
+
+def decode_speed_at(c: Candidate, hw: Hardware, depth: int, kv_type: str = "f16") -> float:
+    """Tokens/s of ``c`` held whole on the CPU with ``depth`` tokens already in the context (what llama-bench
+    tg at ``-d depth`` measures; benchmarks/cpu_estimate.py compares the two)."""
+    cpu_only = replace(hw, gpus=())
+    kv = kv_cache_bytes(c.arch, max(depth, 1), kv_type=kv_type)
+    return placement_tps(
+        cpu_only, c.arch, gpu_dense=0.0, cpu_dense=c.weights.total - c.weights.embd, cpu_kv=4 * kv, quant=c.quant,
+        mix=c.weights.mix,
+    )  # fmt: skip
 
 
 def _fits(est: MemoryEstimate, budget: Budget, c: Candidate, allow_disk: bool) -> tuple[bool, str, int]:

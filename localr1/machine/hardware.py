@@ -154,6 +154,7 @@ class Hardware:
     # GB/s of weights llama.cpp's CPU kernels get through per quant family (q4_k, q6_k, q8_0), measured on
     # this machine (engine/cpu_speed.py); empty: unknown, the RAM bandwidth model applies
     cpu_decode_gbs: dict = field(default_factory=dict)
+    cpu_sync_us: float = 0.0  # what one graph node costs the CPU's threads beyond its arithmetic (measured)
 
     @property
     def has_workers(self) -> bool:
@@ -416,7 +417,9 @@ def probe(*, disk_path: Path | None = None, backends: bool = True) -> Hardware:
         notes=tuple(notes),
     )
     if backends:  # llama.cpp is loaded anyway: measure (once per machine) how fast its CPU kernels run
-        hw = replace(hw, cpu_decode_gbs=probe_cpu_speed(cpu, notes), notes=tuple(notes))
+        speed = probe_cpu_speed(cpu, notes)
+        sync = speed.pop("sync_us", 0.0)
+        hw = replace(hw, cpu_decode_gbs=speed, cpu_sync_us=sync, notes=tuple(notes))
     return hw
 
 

@@ -166,7 +166,7 @@ def test_cancelled_generation_exits_130(runner, engine, small_gguf):
         (["ask", "   \n"], 2, "the question is empty"),
         (["ask", "q", "-m", "/no/such/model.gguf"], 1, "no such file"),
         (["ask", "q", "-m", "r1:99b"], 1, "unknown model 'r1:99b'"),
-        (["ask", "q", "-m", "r1:7b"], 1, "r1:7b:Q4_K_M is not downloaded and localr1 is offline"),
+        (["ask", "q", "-m", "r1:7b"], 1, "r1:7b:Q3_K_M is not downloaded and localr1 is offline"),
         (["ask", "q"], 1, "r1-0528:8b:Q3_K_M (the best fit for this machine) is not downloaded and localr1 is offline"),
         (["ask", "q", "--temperature", "-1"], 2, "temperature -1.0 is out of range"),
         (["ask", "q", "--ctx", "0"], 2, "--ctx must be from 16 to"),

@@ -10,11 +10,14 @@ from localr1.engine import cpu_speed
 from localr1.machine.hardware import Simulation, machine
 from localr1.units import GiB
 
+RATES = {"q4_k": 10.0, "q6_k": 12.0, "q8_0": 14.0, "f16": 16.0, "sync_us": 2.0}
+
 
 def test_quant_families():
     assert [cpu_speed.family(q) for q in ("Q4_K_M", "IQ2_XXS", "Q3_K_M", "Q4_0", "UD-IQ1_S")] == ["q4_k"] * 5
     assert [cpu_speed.family(q) for q in ("Q5_K_M", "Q6_K")] == ["q6_k"] * 2
-    assert [cpu_speed.family(q) for q in ("Q8_0", "F16", "BF16")] == ["q8_0"] * 3
+    assert cpu_speed.family("Q8_0") == "q8_0"
+    assert [cpu_speed.family(q) for q in ("F16", "BF16", "F32")] == ["f16"] * 3
 
 
 def test_measured_once_then_read_from_the_cache(tmp_path, monkeypatch):
@@ -22,11 +25,11 @@ def test_measured_once_then_read_from_the_cache(tmp_path, monkeypatch):
 
     def fake_measure(threads):
         calls.append(threads)
-        return {"q4_k": 10.0, "q6_k": 12.0, "q8_0": 14.0}
+        return dict(RATES)
 
     monkeypatch.setattr(cpu_speed, "measure", fake_measure)
     cache = tmp_path / "cpu-speed.json"
-    assert cpu_speed.cpu_speed("Some CPU", 4, cache=cache) == {"q4_k": 10.0, "q6_k": 12.0, "q8_0": 14.0}
+    assert cpu_speed.cpu_speed("Some CPU", 4, cache=cache) == RATES
     assert cpu_speed.cpu_speed("Some CPU", 4, cache=cache)["q8_0"] == 14.0
     assert calls == [4]  # the second time from the cache
     cpu_speed.cpu_speed("Some CPU", 2, cache=cache)  # another thread count is measured on its own
@@ -42,6 +45,7 @@ def test_planner_uses_the_measured_speed_for_weights_in_ram():
     from dataclasses import replace
 
     from localr1.fit.candidates import from_catalog
+    from localr1.fit.capacity import CPU_STEP_SHARE, NODES_PER_LAYER
     from localr1.fit.planner import plan_candidate
     from localr1.models.catalog import load_catalog
 
@@ -50,20 +54,27 @@ def test_planner_uses_the_measured_speed_for_weights_in_ram():
     )
     hw = machine(Simulation(gpu="none", ram=32 * GiB, disk=1024 * GiB))
     generic = plan_candidate(c, hw, want_ctx=8192, min_tps=0)
-    slow = plan_candidate(
-        c, replace(hw, cpu_decode_gbs={"q4_k": 5.0, "q6_k": 6.0, "q8_0": 7.0}), want_ctx=8192, min_tps=0
-    )
+    rates = {"q4_k": 5.0, "q6_k": 6.0, "q8_0": 7.0, "f16": 8.0}
+    slow = plan_candidate(c, replace(hw, cpu_decode_gbs=rates, cpu_sync_us=3.0), want_ctx=8192, min_tps=0)
     fast = plan_candidate(
-        c, replace(hw, cpu_decode_gbs={"q4_k": 20.0, "q6_k": 6.0, "q8_0": 7.0}), want_ctx=8192, min_tps=0
+        c, replace(hw, cpu_decode_gbs={k: 4 * v for k, v in rates.items()}, cpu_sync_us=0.75), want_ctx=8192, min_tps=0
     )
-    assert fast.decode_tps == pytest.approx(4 * slow.decode_tps, rel=1e-6)  # bytes per token / measured rate
-    read = 5e9 / slow.decode_tps  # bytes a token reads: the weights but the embeddings, a quarter of the KV
-    assert read == pytest.approx(c.weights.total - c.weights.embd + slow.memory.kv_total / 4, rel=1e-6)
+    assert fast.decode_tps == pytest.approx(4 * slow.decode_tps, rel=1e-6)
+    # a token's time: each tensor type's bytes at its own kernel's speed (a Q4_K_M file holds Q6_K and F32
+    # tensors too), a quarter of the KV cache at the f16 kernel's once per query head (7 share a KV head),
+    # and the graph nodes' hand-offs, over the share of the kernels' speed a whole step sustains
+    mix = dict(c.weights.mix)
+    assert set(mix) == {"Q4_K", "Q6_K", "F32"} and sum(mix.values()) == c.weights.total - c.weights.embd
+    weights_s = (mix["Q4_K"] / 5.0 + mix["Q6_K"] / 6.0 + mix["F32"] / 8.0) / 1e9
+    kv_s = slow.memory.kv_total / 4 * (c.arch.n_head // c.arch.n_head_kv) / 8e9
+    sync_s = c.arch.n_layer * NODES_PER_LAYER * 3.0e-6
+    assert 1 / slow.decode_tps == pytest.approx((weights_s + kv_s + sync_s) / CPU_STEP_SHARE, rel=1e-9)
     assert generic.decode_tps != slow.decode_tps
 
 
 @pytest.mark.integration
 def test_the_real_kernels_are_measured():
     rates = cpu_speed.measure(1, reps=2)
-    assert rates is not None and set(rates) == {"q4_k", "q6_k", "q8_0"}
-    assert all(0.1 < r < 1000 for r in rates.values())
+    assert rates is not None and set(rates) == {"q4_k", "q6_k", "q8_0", "f16", "sync_us"}
+    assert all(0.1 < r < 1000 for k, r in rates.items() if k != "sync_us")
+    assert 0 < rates["sync_us"] < 1000
