@@ -85,6 +85,17 @@ def _bind(base: Any, cpu: Any) -> None:
         cpu.ggml_cpu_init()
 
 
+def _best_seconds(cpu: Any, ctx: Any, graph: Any, threads: int, reps: int) -> float:
+    """The fastest of ``reps`` computations of ``graph``, after one warm-up (pages touched, threads started)."""
+    cpu.ggml_graph_compute_with_ctx(ctx, graph, threads)
+    best = float("inf")
+    for _ in range(reps):
+        started = time.perf_counter()
+        cpu.ggml_graph_compute_with_ctx(ctx, graph, threads)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
 def _measure_one(base: Any, cpu: Any, ggml_type: int, threads: int, reps: int) -> float:
     cols = 4096
     rows = max(256, MATRIX_BYTES // base.ggml_row_size(ggml_type, cols))
@@ -98,13 +109,7 @@ def _measure_one(base: Any, cpu: Any, ggml_type: int, threads: int, reps: int) -
         ctypes.memset(base.ggml_get_data(x), 0, base.ggml_nbytes(x))
         graph = base.ggml_new_graph(ctx)
         base.ggml_build_forward_expand(graph, base.ggml_mul_mat(ctx, a, x))
-        cpu.ggml_graph_compute_with_ctx(ctx, graph, threads)  # warm-up: pages touched, threads started
-        best = float("inf")
-        for _ in range(reps):
-            started = time.perf_counter()
-            cpu.ggml_graph_compute_with_ctx(ctx, graph, threads)
-            best = min(best, time.perf_counter() - started)
-        return base.ggml_nbytes(a) / best / 1e9
+        return base.ggml_nbytes(a) / _best_seconds(cpu, ctx, graph, threads, reps) / 1e9
     finally:
         base.ggml_free(ctx)
 
@@ -123,13 +128,7 @@ def _measure_sync(base: Any, cpu: Any, threads: int, reps: int) -> float:
             y = base.ggml_add(ctx, y, x)
         graph = base.ggml_new_graph(ctx)
         base.ggml_build_forward_expand(graph, y)
-        cpu.ggml_graph_compute_with_ctx(ctx, graph, threads)
-        best = float("inf")
-        for _ in range(reps):
-            started = time.perf_counter()
-            cpu.ggml_graph_compute_with_ctx(ctx, graph, threads)
-            best = min(best, time.perf_counter() - started)
-        return best / SYNC_NODES * 1e6
+        return _best_seconds(cpu, ctx, graph, threads, reps) / SYNC_NODES * 1e6
     finally:
         base.ggml_free(ctx)
 

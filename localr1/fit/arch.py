@@ -63,6 +63,12 @@ class Architecture:
     def is_mla(self) -> bool:
         return self.kv_lora_rank > 0
 
+    @property
+    def query_heads_per_kv(self) -> int:
+        """Query heads that share each cached KV head, as llama.cpp's hparams.n_gqa() (an MLA file stores one
+        compressed KV head, which every query head reads)."""
+        return max(self.n_head // (1 if self.is_mla else max(self.n_head_kv, 1)), 1)
+
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str) -> Architecture:
         names = {f.name: f for f in fields(cls)}

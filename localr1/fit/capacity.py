@@ -116,13 +116,8 @@ def placement_tps(
         mix=mix,
         cpu_kv_read=cpu_kv_read,
         cpu_layers=max(arch.n_layer - gpu_layers, 0) if cpu_read > 0 else 0,
-        gqa=query_heads_per_kv(arch),
+        gqa=arch.query_heads_per_kv,
     )
-
-
-def query_heads_per_kv(arch: Architecture) -> int:
-    """Query heads that read each cached KV head (MLA: every head reads the one compressed latent)."""
-    return arch.n_head if arch.is_mla else max(arch.n_head // max(arch.n_head_kv, 1), 1)
 
 
 def cpu_rate(hw: Hardware, quant: str = "", mix: tuple[tuple[str, int], ...] = ()) -> float:

@@ -23,7 +23,6 @@ from localr1.fit.capacity import (
     device_room,
     effective_bandwidth,
     placement_tps,
-    query_heads_per_kv,
     round_trip_s,
     spread_tps,
 )
@@ -419,7 +418,7 @@ def _plan_across(
         cpu_read=max(full.cpu_weights - w.embd, 0) + active * sum(experts[i] for i in in_ram),
         cpu_kv_read=full.cpu_kv / 4,
         cpu_layers=len(cpu_layers),
-        gqa=query_heads_per_kv(c.arch),
+        gqa=c.arch.query_heads_per_kv,
         disk_read=active * disk_bytes,
         hops_s=hops,
         quant=c.quant,

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from localr1.fit.arch import Architecture, TensorSpec
-from localr1.models.gguf_info import GGML_TYPES
+from localr1.models.gguf_info import GGML_TYPES, tensor_nbytes
 
 TYPE_IDS: dict[str, int] = {name: tid for tid, (name, _, _) in GGML_TYPES.items()}
 
@@ -54,11 +54,7 @@ def block_size(type_name: str) -> int:
 
 def tensor_bytes(type_name: str, shape: tuple[int, ...]) -> int:
     """ggml_nbytes of a tensor of this type (shape in GGUF order, the row length first)."""
-    _, block, size = GGML_TYPES[TYPE_IDS[type_name]]
-    n = 1
-    for d in shape:
-        n *= d
-    return n // block * size
+    return tensor_nbytes(TYPE_IDS[type_name], shape)
 
 
 def source_type(spec: TensorSpec) -> str:
@@ -78,12 +74,10 @@ class ModelFacts:
 
     @classmethod
     def of(cls, arch: Architecture) -> ModelFacts:
-        # an MLA file (deepseek2) stores one compressed KV head
-        n_head_kv = 1 if arch.is_mla else max(arch.n_head_kv, 1)
         is_70b = arch.n_layer == 80 and (
             (arch.arch == "llama" and arch.n_head != arch.n_head_kv) or arch.arch == "qwen2"
         )
-        return cls(arch.arch, arch.n_layer, arch.n_expert, arch.n_head // n_head_kv, is_70b)
+        return cls(arch.arch, arch.n_layer, arch.n_expert, arch.query_heads_per_kv, is_70b)
 
 
 def _layer_order(name: str) -> tuple[int, str]:
