@@ -5,13 +5,18 @@
 #   - `localr1 bench --compare` (R1 sampling, prefill and decode) against llama-bench built with CUDA from the
 #     same llama.cpp source, per model;
 #   - the planner's estimate (`localr1 plan --json`: VRAM and decode tokens/s) against what ran: the bench's
-#     measured decode rate, and the GPU memory nvidia-smi saw in use while it ran.
-# Not in it yet: serve --parallel 4 against llama-server, and the MoE placement against --n-cpu-moe.
+#     measured decode rate, and the GPU memory nvidia-smi saw in use while it ran;
+#   - per device, the bytes the planner counts against llama.cpp's own buffers (its log of the real load:
+#     weights, KV cache, compute) and what nvidia-smi saw the load take (benchmarks/placement_check.py);
+#   - `serve --parallel 4` against llama-server with 4 slots from the same source (benchmarks/serve.py);
+#   - offload mode's MoE placement against llama.cpp's --n-cpu-moe at the same GPU memory, on a random
+#     deepseek2 MoE planned for a GPU smaller than it (--vram), both decoded the same way.
 #
 #   bash benchmarks/gpu_check.sh --prepare DIR   # here, with internet: DIR gets the wheels and the sdist
 #   bash benchmarks/gpu_check.sh [--wheels DIR] [--out FILE] [--models "r1:1.5b r1:7b"] [--arch 9.0]
 #   bash benchmarks/gpu_check.sh --dry-run       # on the CPU here: the same steps, with the tiny R1 model,
-#                                                # the installed build and llama-bench for the CPU
+#                                                # the installed build and llama-bench for the CPU; the
+#                                                # placement checks on Vulkan (lavapipe) where its build is
 # Within 10 minutes on the device machine: the CUDA build is the long part (-j of every core).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -25,7 +30,7 @@ while [ $# -gt 0 ]; do
     --models) models="$2"; shift ;;
     --arch) arch="$2"; shift ;;
     --prepare) prepare="$2"; shift ;;
-    -h|--help) sed -n 2,16p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,21p "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown option $1 (--help)" >&2; exit 2 ;;
   esac
   shift
@@ -65,21 +70,47 @@ else
   build_s=$((SECONDS - build_start))
 fi
 
-# llama-bench from the same llama.cpp source, for the same backend
+# llama-bench, llama-server and llama-batched-bench from the same llama.cpp source, for the same backend. On
+# the GPU they are built with dynamic backends and no CUDA of their own, and load the CUDA backend localr1
+# just built (the same source, flags and library): compiling CUDA's kernels a second time would take a
+# third of the 10 minutes.
 bench_flags=""
-[ "$dry" = 1 ] || bench_flags="-DGGML_CUDA=on ${arch:+-DCMAKE_CUDA_ARCHITECTURES=${arch/./}}"
-log "llama-bench ($((SECONDS - start)) s)"
+[ "$dry" = 1 ] || bench_flags="-DGGML_BACKEND_DL=on -DGGML_NATIVE=off -DGGML_CUDA=off"
+log "llama-bench and llama-server ($((SECONDS - start)) s)"
 llama_bench="$(CMAKE_ARGS="$bench_flags" bash "$here/build_llama_bench.sh" "$py")"
+llama_server="$(CMAKE_ARGS="$bench_flags" bash "$here/build_llama_bench.sh" "$py" llama-server)"
+CMAKE_ARGS="$bench_flags" bash "$here/build_llama_bench.sh" "$py" llama-batched-bench >/dev/null
+if [ "$dry" != 1 ]; then  # the CUDA backend beside the tools (ggml looks there), its CUDA libraries on the path
+  lib="$("$py" -c 'import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec("llama_cpp").origin).parent / "lib")')"
+  ln -sf "$lib/libggml-cuda.so" "$(dirname "$llama_bench")/libggml-cuda.so"
+  cuda_dirs="$("$py" -c 'import json, sys; print(":".join(json.load(open(sys.argv[1]))["lib_dirs"]))' "$lib/localr1-cuda.json")"
+  export LD_LIBRARY_PATH="$cuda_dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+
+# where the placement checks run: this build, or in the dry mode the Vulkan build on lavapipe if it is made
+# (tests/build_vulkan_backend.sh), so that a GPU device's code paths run before a GPU is lent
+place_env=(env)
+vk_site="${LOCALR1_VULKAN_DIR:-$HOME/.cache/localr1-test-models/vulkan}/site"
+if [ "$dry" = 1 ] && compgen -G "$vk_site/.built-*-vulkan-rpc" >/dev/null; then
+  place_env=(env "PYTHONPATH=$vk_site" GGML_VK_VISIBLE_DEVICES=0)
+fi
+place_bench=()
+[ "$dry" = 1 ] || place_bench=(--llama-bench "$llama_bench")
+model_path() {  # a catalog shape with random weights, or one of the test models (tests/model_factory.py)
+  case "$1" in
+    tiny) "$py" -c "import sys; sys.path.insert(0, '$root/tests'); import model_factory; print(model_factory.tiny_r1_path())" ;;
+    moe) "$py" -c "import sys; sys.path.insert(0, '$root/tests'); import model_factory; print(model_factory.big_moe_path())" ;;
+    *) "$py" "$here/random_model.py" "$1" --out "$work/models" ;;
+  esac
+}
 
 results="$work/results.jsonl"
 : > "$results"
+first=""
 for model in $models; do
-  if [ "$model" = tiny ]; then
-    path="$("$py" -c "import sys; sys.path.insert(0, '$root/tests'); import model_factory; print(model_factory.tiny_r1_path())")"
-  else
-    log "random $model ($((SECONDS - start)) s)"
-    path="$("$py" "$here/random_model.py" "$model" --out "$work/models")"
-  fi
+  log "model $model ($((SECONDS - start)) s)"
+  path="$(model_path "$model")"
+  first="${first:-$path}"
   log "plan and bench $model ($((SECONDS - start)) s)"
   plan="$("$localr1" plan "$path" --json 2>/dev/null || echo null)"
   smi_log="$work/smi-$$.txt"
@@ -91,19 +122,38 @@ for model in $models; do
   bench="$("$localr1" bench "$path" --compare --llama-bench "$llama_bench" --prompt 512 --gen 128 --reps 3 --json)"
   [ -n "${smi_pid:-}" ] && kill "$smi_pid" 2>/dev/null && wait "$smi_pid" 2>/dev/null || true
   peak="$(sort -n "$smi_log" | tail -1)"
-  "$py" - "$model" "$path" "$peak" "$plan" "$bench" >> "$results" <<'EOF'
+  log "placement $model ($((SECONDS - start)) s)"
+  placement="$("${place_env[@]}" "$py" "$here/placement_check.py" "$path" --json "${place_bench[@]}")"
+  "$py" - "$model" "$path" "$peak" "$plan" "$bench" "$placement" >> "$results" <<'EOF'
 import json, sys
-model, path, peak, plan, bench = sys.argv[1:6]
+model, path, peak, plan, bench, placement = sys.argv[1:7]
 plan = json.loads(plan) if plan.strip() not in ("", "null") else None
-bench = json.loads(bench)
-print(json.dumps({"model": model, "file": path, "plan": plan, "bench": bench,
+print(json.dumps({"model": model, "file": path, "plan": plan, "bench": json.loads(bench),
+                  "placement": json.loads(placement),
                   "nvidia_smi_peak_mib": int(peak) if peak.strip().isdigit() else None}))
 EOF
 done
 
-"$py" - "$results" "$out" "$dry" "${build_s:-}" "$SECONDS" <<'EOF'
+# serve --parallel 4 against llama-server with 4 slots (the first model: the one most users run)
+log "serve --parallel 4 against llama-server ($((SECONDS - start)) s)"
+tokens=128
+[ "$dry" = 1 ] && tokens=32
+"$py" "$here/serve.py" "$first" --streams 4 --tokens "$tokens" --reps 1 --llama-server "$llama_server" --json \
+  > "$work/serve.json"
+
+# offload mode's MoE placement against --n-cpu-moe on a GPU capped at 1200 MiB: the planner's 600 MiB reserve,
+# the hot tensors and KV cache (0.4 GiB: the compute buffer of R1's 152k-token output), 2 of 7 layers' experts
+log "MoE placement against --n-cpu-moe ($((SECONDS - start)) s)"
+moe="$(model_path moe)"
+moe_fa=auto  # on lavapipe, flash attention with this model's small MLA heads (48/32) crashes llama.cpp's decode
+[ "${#place_env[@]}" -gt 1 ] && moe_fa=off
+"${place_env[@]}" "$py" "$here/placement_check.py" "$moe" --vram 1200MiB --ctx 4096 --flash-attn "$moe_fa" --json \
+  "${place_bench[@]}" \
+  > "$work/moe.json"
+
+"$py" - "$results" "$out" "$dry" "${build_s:-}" "$SECONDS" "$work/serve.json" "$work/moe.json" <<'EOF'
 import json, platform, subprocess, sys
-results, out, dry, build_s, total_s = sys.argv[1:6]
+results, out, dry, build_s, total_s, serve, moe = sys.argv[1:8]
 rows = [json.loads(line) for line in open(results) if line.strip()]
 try:
     smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
@@ -111,7 +161,8 @@ try:
 except OSError:
     smi = None
 doc = {"dry_run": dry == "1", "machine": platform.node(), "gpu": smi or None,
-       "cuda_build_s": int(build_s) if build_s else None, "total_s": int(total_s), "models": rows}
+       "cuda_build_s": int(build_s) if build_s else None, "total_s": int(total_s), "models": rows,
+       "serve": json.load(open(serve)), "moe_offload": json.load(open(moe))}
 with open(out, "w") as f:
     json.dump(doc, f, indent=2)
 print(out)

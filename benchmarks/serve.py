@@ -16,7 +16,7 @@ min-p), a fixed number of generated tokens (end of stream banned), the same mode
 
 Usage::
 
-    python benchmarks/serve.py MODEL.gguf [--tokens 128] [--streams 4] [--threads N] [--reps 2] [--json]
+    python benchmarks/serve.py MODEL.gguf [--tokens 128] [--streams 4] [--threads N] [--gpu-layers N] [--reps 2] [--json]
 """
 
 from __future__ import annotations
@@ -46,14 +46,14 @@ PROMPTS = [
 ]
 
 
-def ask_decode_tps(model: Path, tokens: int, threads: int, ctx: int) -> float:
+def ask_decode_tps(model: Path, tokens: int, threads: int, ctx: int, gpu_layers: int) -> float:
     """Decode tokens/s of one generation through the engine `ask` uses, R1 sampling, EOS banned."""
     from localr1.engine.llama_cpp import LlamaCppEngine
     from localr1.events import Done
     from localr1.text.prompt import render, user_turn
     from localr1.text.sampling import Sampling
 
-    with LlamaCppEngine(model, n_ctx=ctx, n_threads=threads) as engine:
+    with LlamaCppEngine(model, n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers) as engine:
         bias = {t: float("-inf") for t in engine.end_tokens()}
         prompt = render(user_turn(PROMPTS[0]), engine.info.chat_format)
         done = [e for e in engine.stream(prompt, Sampling(seed=1, max_tokens=tokens, logit_bias=bias))][-1]
@@ -159,15 +159,24 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--prompt-ctx", type=int, default=512, help="context per slot beyond the generated tokens")
     ap.add_argument("--llama-server", type=Path, default=None, help="llama-server binary (default: build it)")
+    ap.add_argument(
+        "--gpu-layers",
+        type=int,
+        default=None,
+        help="layers on the GPU for every side (-1: all; default: all where the build has a GPU)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
     from localr1.engine.backend import init_backend, weight_repacking
+    from localr1.engine.devices import list_devices
     from localr1.machine.cpu import physical_cores
 
     threads = args.threads or physical_cores()
     ctx = args.prompt_ctx + args.tokens
     n = args.streams
+    layers = args.gpu_layers if args.gpu_layers is not None else (-1 if any(d.is_gpu for d in list_devices()) else 0)
+    ngl = str(999 if layers < 0 else layers)
     eos = end_tokens(args.model)
     ban = {"logit_bias": {str(t): -100 for t in eos}}
     results: dict[str, list[float]] = {}
@@ -178,11 +187,11 @@ def main() -> int:
 
     print(f"{args.model.name}: {args.tokens} tokens per stream, {threads} threads", file=sys.stderr)
     for _ in range(args.reps):
-        record("ask decode tok/s", ask_decode_tps(args.model, args.tokens, threads, ctx))
+        record("ask decode tok/s", ask_decode_tps(args.model, args.tokens, threads, ctx, layers))
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "localr1", "serve", str(args.model), "--port", "0", "--ctx", str(ctx),
-           "--parallel", str(n), "--threads", str(threads)]  # fmt: skip
+           "--parallel", str(n), "--threads", str(threads), "--gpu-layers", str(layers)]  # fmt: skip
     proc, url = start(cmd, re.compile(r"at (?P<url>http://\S+)"), env)
     try:
         for _ in range(args.reps):
@@ -199,7 +208,7 @@ def main() -> int:
                                      capture_output=True, text=True).stdout.strip().splitlines()[-1])  # fmt: skip
     port = free_port()
     cmd = [str(binary), "-m", str(args.model), "-t", str(threads), "-tb", str(threads), "-c", str(ctx * n),
-           "-np", str(n), "--port", str(port), "--host", "127.0.0.1", "-fa", "auto", "--no-webui"]  # fmt: skip
+           "-np", str(n), "--port", str(port), "--host", "127.0.0.1", "-fa", "auto", "--no-webui", "-ngl", ngl]  # fmt: skip
     if not weight_repacking(init_backend()):
         cmd.append("--no-repack")
     proc, _ = start(cmd, re.compile(r"(?P<url>listening on \S+)"))
@@ -231,7 +240,7 @@ def main() -> int:
         build = ROOT / "benchmarks" / "build_llama_bench.sh"
         subprocess.run(["bash", str(build), sys.executable, "llama-batched-bench"], check=True, capture_output=True)
     cmd = [str(batched), "-m", str(args.model), "-c", str(ctx * n), "-b", "512", "-ub", "512", "-npp", "32",
-           "-ntg", str(args.tokens), "-npl", f"1,{n}", "-t", str(threads), "-fa", "auto"]  # fmt: skip
+           "-ntg", str(args.tokens), "-npl", f"1,{n}", "-t", str(threads), "-fa", "auto", "-ngl", ngl]  # fmt: skip
     if not weight_repacking(init_backend()):
         cmd.append("--no-repack")
     for _ in range(args.reps):
@@ -249,6 +258,7 @@ def main() -> int:
         "tokens": args.tokens,
         "streams": n,
         "threads": threads,
+        "gpu_layers": layers,
         "runs": results,
         "best": best,
         "serve_1_vs_ask": one / ask,
