@@ -39,8 +39,8 @@ def fresh_kernels(hw, threads: int):
     from localr1.engine.cpu_speed import measure
 
     rates = measure(threads) or {}
-    sync = rates.pop("sync_us", 0.0)
-    return replace(hw, cpu_decode_gbs=rates, cpu_sync_us=sync)
+    sync, step = rates.pop("sync_us", 0.0), rates.pop("step_s", 0.0)
+    return replace(hw, cpu_decode_gbs=rates, cpu_sync_us=sync, cpu_step_probe_s=step)
 
 
 def main() -> int:
@@ -55,6 +55,7 @@ def main() -> int:
 
     from localr1.engine.bench import find_llama_bench
     from localr1.fit.candidates import from_file
+    from localr1.fit.capacity import step_share
     from localr1.fit.planner import decode_speed_at
     from localr1.machine.hardware import physical_cores, probe
 
@@ -69,12 +70,13 @@ def main() -> int:
             measured = llama_bench_tg(binary, path, depth, args.tokens, args.reps, threads)
             rows.append(
                 {"model": path.name, "depth": depth, "estimate": round(estimate, 3), "llama_bench_tg": round(measured, 3),
-                 "error": round(estimate / measured - 1, 4), "kernels_gbs": hw.cpu_decode_gbs}
+                 "error": round(estimate / measured - 1, 4), "kernels_gbs": hw.cpu_decode_gbs,
+                 "step_share": round(step_share(hw), 4)}
             )  # fmt: skip
             if not args.json:
                 r = rows[-1]
                 print(f"{r['model']:40s} depth {depth:6d}  estimate {estimate:6.2f}  llama-bench {measured:6.2f}  "
-                      f"error {r['error'] * 100:+.1f}%", flush=True)  # fmt: skip
+                      f"error {r['error'] * 100:+.1f}%  (step share {r['step_share']:.3f})", flush=True)  # fmt: skip
     if args.json:
         print(json.dumps({"cpu": hw.cpu, "threads": threads, "rows": rows}, indent=1))
     return 0

@@ -29,13 +29,19 @@ from localr1.units import gib
 
 
 def hardware_lines(hw) -> list[str]:
+    from localr1.fit.capacity import step_share
+
     lines = [
         f"{'Machine':12} {hw.os} · {hw.cpu} ({hw.physical_cores} cores{', ' + ' '.join(hw.simd) if hw.simd else ''})"
     ]
     lines.append(f"{'RAM':12} {gib(hw.ram_total)} total, {gib(hw.ram_available)} available")
     if hw.cpu_decode_gbs:
-        rates = ", ".join(f"{k.upper()} {v:.1f}" for k, v in hw.cpu_decode_gbs.items())
+        rates = ", ".join(f"{k.upper()} {v:.1f}" for k, v in hw.cpu_decode_gbs.items() if k != "attn")
         lines.append(f"{'CPU kernels':12} {rates} GB/s of weights (measured with {hw.physical_cores} threads)")
+        if hw.cpu_decode_gbs.get("attn"):
+            lines.append(f"{'':12} flash attention {hw.cpu_decode_gbs['attn']:.1f} GB/s of KV cache per query head")
+        how = "measured: one decode step of a probe model" if hw.cpu_step_probe_s > 0 else "not measured: assumed"
+        lines.append(f"{'':12} a whole decode step reaches {step_share(hw):.0%} of that ({how})")
     if not hw.gpus:
         lines.append(f"{'GPU':12} none")
     for i, g in enumerate(hw.gpus):
@@ -73,6 +79,8 @@ def fit_mark(plan) -> str:
 
 
 def plan_lines(plan, *, explain: bool, hw=None) -> list[str]:
+    from localr1.fit.capacity import step_share
+
     c, m, b = plan.candidate, plan.memory, plan.budget
     n_layer = c.arch.n_layer
     layers = (
@@ -115,7 +123,8 @@ def plan_lines(plan, *, explain: bool, hw=None) -> list[str]:
         if hw is not None:
             gpus = ", ".join(f"{g.name} ({g.bandwidth_gbs:.0f} GB/s)" for g in hw.gpus) or "none"
             cpu = (
-                f"CPU kernels {hw.cpu_decode_gbs.get('q4_k', 0):.1f} GB/s (Q4_K, measured)"
+                f"CPU kernels {hw.cpu_decode_gbs.get('q4_k', 0):.1f} GB/s (Q4_K, measured), {step_share(hw):.0%} of it "
+                "in a whole step"
                 if hw.cpu_decode_gbs
                 else f"RAM {hw.ram_bandwidth_gbs:.0f} GB/s"
             )
@@ -153,6 +162,7 @@ def _placement(plan, hw, mode: str, gpu_experts: int | None):
         $ localr1 hw --json
         $ localr1 hw --vram 12GiB --ram 32GiB      # simulate another machine
         $ localr1 hw --known-gpus                  # the GPU models --gpu accepts by name
+        $ localr1 hw --measure                     # time this CPU's kernels again (on a quiet machine)
         """
     )
 )
@@ -163,8 +173,12 @@ def hw(
     known_gpus: bool = typer.Option(
         False, "--known-gpus", help="List the GPUs localr1 knows by name (memory, bandwidth), for --gpu."
     ),
+    measure: bool = typer.Option(
+        False, "--measure", help="Time the CPU's kernels and a decode step again, replacing the cached figures."
+    ),
     simulate=None,  # the simulation flags, as one Simulation (see options.simulated)
 ) -> None:
+    from localr1.engine.cpu_speed import forget_cpu_speed
     from localr1.machine.hardware import KNOWN_GPUS, machine
 
     if known_gpus:
@@ -175,6 +189,8 @@ def hw(
             memory = f"{g.memory_gib:g} GB" if g.memory_gib else "unified"
             sys.stdout.write(f"{g.vendor:7} {g.name:20} {memory:>9}  {g.bandwidth_gbs:6.0f} GB/s\n")
         return
+    if measure:  # the planner's CPU figures are measured once and cached; a busy moment skews them
+        forget_cpu_speed()
     machine_info = machine(simulate)
     if json_out:
         sys.stdout.write(json.dumps(machine_info.to_dict(), indent=2) + "\n")

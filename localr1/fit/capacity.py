@@ -3,12 +3,14 @@ memory bandwidth. Below both the planner and the MoE offload placement, which ea
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from localr1.engine.cpu_speed import family
+from localr1.engine.step_probe import PROBE, step_read
 from localr1.fit.arch import Architecture
 from localr1.fit.memory import WeightLayout
 from localr1.machine.hardware import GPU, Hardware
@@ -31,10 +33,12 @@ METAL_SHARE = {1: 0.57, 2: 0.785, 3: 0.776, 4: 0.93}
 METAL_SHARE_UNKNOWN = 0.776  # an Apple GPU whose generation is not known: the middle of the table
 # graph nodes per layer of a decode step (llama.cpp's qwen2 graph with flash attention: 34, views included)
 NODES_PER_LAYER = 34
-# The share of the isolated kernels' speed (engine/cpu_speed.py) a whole CPU decode step sustains, the
-# matrix products interleaved with the layers' other work: 0.83 (r1:1.5b) and 0.92 (r1:7b) against
-# llama-bench on the 2-core VM localr1 is developed on (docs/performance.md); fitted, one machine.
-CPU_STEP_SHARE = 0.875
+# The share of the isolated kernels' speed (engine/cpu_speed.py) a whole CPU decode step keeps, the matrix
+# products interleaved with the layers' other work: measured on each machine by timing a decode step of
+# engine/step_probe.py's model (step_share). Where that could not run: the share measured on the 2-core VM
+# localr1 was first developed on (0.83 for r1:1.5b and 0.92 for r1:7b against llama-bench there).
+DEFAULT_STEP_SHARE = 0.875
+STEP_SHARE_RANGE = (0.2, 2.5)  # a probe outside it measured something else (a machine busy elsewhere)
 
 
 @dataclass(frozen=True)
@@ -141,16 +145,35 @@ def cpu_seconds(
 ) -> float:
     """Seconds a token spends on the CPU: its weights at the kernels' speed; the KV cache it attends over,
     once per query head (llama.cpp's CPU flash attention walks a KV head's rows for each of the ``gqa``
-    query heads that share it), at the f16 kernels' speed; and the thread hand-offs of the layers' graph
-    nodes (NODES_PER_LAYER each, at the measured cost of one); all over CPU_STEP_SHARE where the kernels
-    were measured."""
+    query heads that share it), at the speed measured for flash attention (an older cache of measurements:
+    the f16 matrix-vector kernel's); and the thread hand-offs of the layers' graph
+    nodes (NODES_PER_LAYER each, at the measured cost of one); all over the share of those speeds a whole
+    step keeps on this machine (step_share) where the kernels were measured."""
     rates = hw.cpu_decode_gbs
     seconds = read / cpu_rate(hw, quant, mix) if read > 0 else 0.0
     if kv_read > 0:
-        f16 = rates.get("f16") if rates else None
-        seconds += kv_read * max(gqa, 1) / (f16 * 1e9 if f16 else cpu_rate(hw, quant, mix))
+        attn = (rates.get("attn") or rates.get("f16")) if rates else None
+        seconds += kv_read * max(gqa, 1) / (attn * 1e9 if attn else cpu_rate(hw, quant, mix))
     seconds += layers * NODES_PER_LAYER * hw.cpu_sync_us * 1e-6
-    return seconds / CPU_STEP_SHARE if rates else seconds
+    return seconds / step_share(hw) if rates else seconds
+
+
+@functools.lru_cache(maxsize=1)
+def _probe_read() -> tuple[tuple[str, int], ...]:
+    return tuple(sorted(step_read().items()))
+
+
+def step_share(hw: Hardware) -> float:
+    """The share of the kernels' measured speed a whole decode step keeps on this machine: the step probe's
+    model (engine/step_probe.py) estimated by the same terms as every model (its tensor types at their
+    kernels' speeds, its layers' graph nodes), over the time one of its decode steps took."""
+    if not hw.cpu_decode_gbs or hw.cpu_step_probe_s <= 0:
+        return DEFAULT_STEP_SHARE
+    mix = _probe_read()
+    kernels = sum(b for _, b in mix) / cpu_rate(hw, mix=mix) + PROBE.n_layer * NODES_PER_LAYER * hw.cpu_sync_us * 1e-6
+    share = kernels / hw.cpu_step_probe_s
+    lo, hi = STEP_SHARE_RANGE
+    return share if lo <= share <= hi else DEFAULT_STEP_SHARE
 
 
 def gpu_efficiency(g: GPU) -> float:

@@ -155,6 +155,7 @@ class Hardware:
     # this machine (engine/cpu_speed.py); empty: unknown, the RAM bandwidth model applies
     cpu_decode_gbs: dict = field(default_factory=dict)
     cpu_sync_us: float = 0.0  # what one graph node costs the CPU's threads beyond its arithmetic (measured)
+    cpu_step_probe_s: float = 0.0  # one decode step of engine/step_probe.py's model (measured; 0: not measured)
 
     @property
     def has_workers(self) -> bool:
@@ -418,8 +419,8 @@ def probe(*, disk_path: Path | None = None, backends: bool = True) -> Hardware:
     )
     if backends:  # llama.cpp is loaded anyway: measure (once per machine) how fast its CPU kernels run
         speed = probe_cpu_speed(cpu, notes)
-        sync = speed.pop("sync_us", 0.0)
-        hw = replace(hw, cpu_decode_gbs=speed, cpu_sync_us=sync, notes=tuple(notes))
+        sync, step = speed.pop("sync_us", 0.0), speed.pop("step_s", 0.0)
+        hw = replace(hw, cpu_decode_gbs=speed, cpu_sync_us=sync, cpu_step_probe_s=step, notes=tuple(notes))
     return hw
 
 

@@ -35,6 +35,27 @@ def test_hw_real_machine_does_not_crash(runner, monkeypatch):
     assert result.exit_code == 0 and "RAM" in result.stdout and "llama.cpp" in result.stdout
 
 
+def test_hw_measure_times_the_cpu_again_instead_of_reading_the_cache(runner, monkeypatch):
+    from localr1.engine import cpu_speed
+
+    monkeypatch.delenv("LOCALR1_HW")
+    calls = []
+
+    def fake_measure(threads):
+        calls.append(threads)
+        rates = {"q4_k": 10.0 + len(calls), "q6_k": 12.0, "q8_0": 14.0, "f16": 16.0, "attn": 9.0}
+        return {**rates, "sync_us": 1.0, "step_s": 0.1}
+
+    monkeypatch.setattr(cpu_speed, "measure", fake_measure)
+    first = runner.invoke(app, ["hw"])
+    again = runner.invoke(app, ["hw"])
+    measured = runner.invoke(app, ["hw", "--measure"])
+    assert first.exit_code == again.exit_code == measured.exit_code == 0, measured.output
+    assert len(calls) == 2  # the plain second run read the cache
+    assert "Q4_K 11.0" in first.stdout and "Q4_K 11.0" in again.stdout and "Q4_K 12.0" in measured.stdout
+    assert "(measured: one decode step of a probe model)" in measured.stdout
+
+
 def test_models_marks_what_fits(runner):
     result = runner.invoke(app, ["models", *SIM])
     assert result.exit_code == 0
