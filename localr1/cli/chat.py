@@ -172,12 +172,21 @@ def terminal_restorer():
     import os
     import termios
 
+    from localr1.engine.rpc import report_losses_to
+
     fd = sys.stdin.fileno()
     saved = termios.tcgetattr(fd)
 
     def restore() -> None:
+        # The app's writer thread goes on writing frames to standard error while this runs: point that at
+        # /dev/null first (a frame written after the escape below was drawn on the normal screen), and say
+        # the error through a copy of the terminal's descriptor.
+        err = sys.__stderr__.fileno()
+        tty = os.dup(err)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), err)
+        report_losses_to(tty)
         # leave the alternate screen, show the cursor, stop mouse and bracketed-paste reporting
-        os.write(sys.__stdout__.fileno(), b"\x1b[?1000l\x1b[?1003l\x1b[?1006l\x1b[?2004l\x1b[?25h\x1b[?1049l")
+        os.write(tty, b"\x1b[?1000l\x1b[?1003l\x1b[?1006l\x1b[?2004l\x1b[?25h\x1b[?1049l")
         termios.tcsetattr(fd, termios.TCSANOW, saved)
 
     return restore

@@ -308,12 +308,19 @@ def choose_devices(kind: str) -> list:
 _ABORT_FN = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
 _abort_handler: Any = None
 _last_words: list = []  # callables run before a lost worker ends the process (chat: save, restore the terminal)
+_report_fd = [2]
 
 
 def at_worker_loss(fn) -> None:
     """Run ``fn()`` when a lost worker is about to end the process (llama.cpp cannot go on): what must not be
     lost with it. Runs on llama.cpp's thread while the rest of the process waits; errors in it are ignored."""
     _last_words.append(fn)
+
+
+def report_losses_to(fd: int) -> None:
+    """Where ``on_worker_loss`` writes its line (standard error until a last word, the terminal restorer of
+    chat, silences that for the full-screen app's own writer and hands over the terminal)."""
+    _report_fd[0] = fd
 
 
 def on_worker_loss(message: bytes | None) -> None:
@@ -336,7 +343,7 @@ def on_worker_loss(message: bytes | None) -> None:
         else:
             said = f"\nError: llama.cpp stopped: {text}\nHint: run again with --debug, and report it.\n"
         with contextlib.suppress(Exception):
-            os.write(2, said.encode("utf-8", "replace"))
+            os.write(_report_fd[0], said.encode("utf-8", "replace"))
     finally:
         os._exit(3)
 
