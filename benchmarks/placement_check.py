@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -37,7 +36,6 @@ sys.path.insert(0, str(ROOT))
 MiB = 1 << 20
 # llama.cpp's --n-cpu-moe rule for layer i (common/common.h: llm_ffn_block_regex(i, LLM_FFN_EXPS_REGEX))
 N_CPU_MOE = r"blk\.{i}\.ffn_(up|down|gate|gate_up)_(ch|)exps"
-_BUFFER = re.compile(r"(?P<dev>\S+)\s+(?P<what>compute|output|model|KV) buffer size =\s*(?P<mib>[\d.]+) MiB")
 
 
 def plan_of(model: Path, ctx: int, vram: str | None, gpus: bool) -> dict:
@@ -63,23 +61,25 @@ def smi_used_mib() -> int | None:
     return sum(values) if out.returncode == 0 and values else None
 
 
+def load(model: Path, *, ctx: int, n_gpu_layers: int, rules: list, flash_attn: bool | None) -> tuple:
+    """The engine with this placement, and llama.cpp's buffers per device as its log of the load gives them."""
+    from localr1.engine.llama_cpp import _LOG, LlamaCppEngine, buffer_sizes
+
+    with _LOG.capture() as lines:
+        engine = LlamaCppEngine(
+            model, n_ctx=ctx, n_gpu_layers=n_gpu_layers, tensor_overrides=rules, flash_attn=flash_attn
+        )
+    return engine, {k: round(v, 2) for k, v in buffer_sizes(lines).items()}
+
+
 def load_and_decode(
     model: Path, *, ctx: int, n_gpu_layers: int, rules: list, tokens: int, reps: int, flash_attn: bool | None
 ) -> dict:
     """Load with this placement, read llama.cpp's buffers per device, and measure decode as `bench` does."""
     from localr1.engine.bench import run
-    from localr1.engine.llama_cpp import _LOG, LlamaCppEngine
 
     before = smi_used_mib()
-    with _LOG.capture() as lines:
-        engine = LlamaCppEngine(
-            model, n_ctx=ctx, n_gpu_layers=n_gpu_layers, tensor_overrides=rules, flash_attn=flash_attn
-        )
-    buffers: dict[str, float] = {}
-    for line in lines:
-        if m := _BUFFER.search(line):
-            key = f"{m['what'].lower()}:{m['dev']}"
-            buffers[key] = round(buffers.get(key, 0.0) + float(m["mib"]), 2)
+    engine, buffers = load(model, ctx=ctx, n_gpu_layers=n_gpu_layers, rules=rules, flash_attn=flash_attn)
     with engine:
         after = smi_used_mib()
         result = run(engine, n_prompt=min(512, ctx // 2), n_gen=tokens, reps=reps)
@@ -116,19 +116,10 @@ def fit_n_cpu_moe(
 ) -> tuple[int, dict] | None:
     """The smallest N whose --n-cpu-moe placement's GPU buffers (weights, KV, compute: llama.cpp's own log of
     a real load) fit ``cap_mib``, found by bisection; None if not even every layer's experts in RAM fit."""
-    from localr1.engine.llama_cpp import _LOG, LlamaCppEngine
 
     def gpu_mib(n: int) -> tuple[float, dict]:
-        with _LOG.capture() as lines:
-            engine = LlamaCppEngine(
-                model, n_ctx=ctx, n_gpu_layers=-1, tensor_overrides=n_cpu_moe_rules(n), flash_attn=flash_attn
-            )
+        engine, buffers = load(model, ctx=ctx, n_gpu_layers=-1, rules=n_cpu_moe_rules(n), flash_attn=flash_attn)
         engine.close()
-        buffers: dict[str, float] = {}
-        for line in lines:
-            if m := _BUFFER.search(line):
-                key = f"{m['what'].lower()}:{m['dev']}"
-                buffers[key] = buffers.get(key, 0.0) + float(m["mib"])
         return device_mib(buffers, gpu=True), buffers
 
     lo, hi = 0, n_layer

@@ -5,10 +5,10 @@ memory bandwidth or, on a few cores, by the dequantize-and-multiply arithmetic, 
 CPU kernels get through weight bytes is what sets the speed. This measures it directly: ggml multiplies
 a ~96 MiB matrix of each quant family (zeros: the kernels' speed does not depend on the values) by a vector
 with the threads the engine would use, a few times, keeping the best, in three rounds (the families in
-turn), and keeps each family's median round. It takes well under a second and
-is cached per CPU, thread count and llama.cpp version (``cache_dir()/cpu-speed.json``), with the time of
-one whole decode step of a probe model (engine/step_probe.py), from which the planner takes the share of
-these speeds a real step keeps.
+turn), and keeps each family's median round; likewise llama.cpp's flash attention over a KV cache, what a
+graph node costs the threads, and one whole decode step of a probe model (engine/step_probe.py), from which
+the planner takes the share of these speeds a real step keeps. It takes about three seconds and is cached
+per CPU, thread count and llama.cpp version (``cache_dir()/cpu-speed.json``).
 
 Kernels with repacked weights (llama.cpp's CPU_REPACK buffers, used where the engine allows repacking)
 can be faster than the plain tensors measured here: on such CPUs the estimate errs on the slow side.
@@ -201,8 +201,9 @@ def _step_probe(threads: int) -> Iterator[Any]:
 
 def measure(threads: int, *, reps: int = 4, rounds: int = ROUNDS, step: bool = True) -> dict[str, float] | None:
     """GB/s of weights each family's matrix-vector kernel gets through with ``threads``, ``attn`` (GB/s of
-    KV cache per query head through flash attention), ``sync_us`` (see _measure_sync) and ``step_s``, the seconds of one decode step of engine/step_probe.py's model (0 where it
-    could not run, or ``step`` is off); None when this llama.cpp build offers no CPU library to measure with."""
+    KV cache per query head through flash attention), ``sync_us`` (see _measure_sync) and ``step_s``, the
+    seconds of one decode step of engine/step_probe.py's model (0 where it could not run, or ``step`` is
+    off); None when this llama.cpp build offers no CPU library to measure with."""
     libs = _libraries()
     if libs is None:
         return None

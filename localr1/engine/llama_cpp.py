@@ -105,7 +105,7 @@ def _override_array(rules: Sequence[tuple[str, str]]) -> Any:
 
 
 _KV_LINE = re.compile(r"llama_kv_cache: size =\s*(?P<mib>[\d.]+) MiB")
-_DEV_LINE = re.compile(r"(?P<dev>[\w-]+)\s+(?P<what>compute|output|model|KV) buffer size =\s*(?P<mib>[\d.]+) MiB")
+_DEV_LINE = re.compile(r"(?P<dev>\S+)\s+(?P<what>compute|output|model|KV) buffer size =\s*(?P<mib>[\d.]+) MiB")
 
 
 def measure_allocation(
@@ -151,11 +151,19 @@ def measure_allocation(
             lib.llama_free(ctx)
         finally:
             lib.llama_model_free(model)
-    out: dict[str, float] = {}
+    out = buffer_sizes(lines)
     for line in lines:
         if m := _KV_LINE.search(line):
             out["kv"] = float(m["mib"])
-        elif m := _DEV_LINE.search(line):
+    return out
+
+
+def buffer_sizes(lines: Sequence[str]) -> dict[str, float]:
+    """llama.cpp's buffers from its log, in MiB: ``model:<device>``, ``KV`` as ``kv:<device>``,
+    ``compute:<device>``, ``output:<device>`` (a device's buffers of one kind summed)."""
+    out: dict[str, float] = {}
+    for line in lines:
+        if m := _DEV_LINE.search(line):
             key = f"{m['what'].lower()}:{m['dev']}"
             out[key] = out.get(key, 0.0) + float(m["mib"])
     return out

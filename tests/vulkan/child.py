@@ -7,7 +7,6 @@ import json
 import re
 import sys
 
-_BUFFER = re.compile(r"(?P<dev>\S+)\s+(?P<what>compute|output|model|KV) buffer size =\s*(?P<mib>[\d.]+) MiB")
 _LAYER = re.compile(r"layer\s+(?P<i>\d+) assigned to device (?P<dev>\S+),")
 
 
@@ -38,7 +37,7 @@ def generate(path: str, n_gpu_layers: int, n_ctx: int, rules: list, prompt: str,
              flash_attn: bool | None = None, n_batch: int = 512, workers: list | None = None) -> dict:  # fmt: skip
     """Greedy tokens and llama.cpp's own buffer and placement log (``workers``: `localr1 worker`s added
     first, as --workers does)."""
-    from localr1.engine.llama_cpp import _LOG, LlamaCppEngine
+    from localr1.engine.llama_cpp import _LOG, LlamaCppEngine, buffer_sizes
 
     if workers:
         from localr1.engine.rpc import add_workers
@@ -49,14 +48,8 @@ def generate(path: str, n_gpu_layers: int, n_ctx: int, rules: list, prompt: str,
         engine = LlamaCppEngine(path, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, use_mmap=False, flash_attn=flash_attn,
                                 n_batch=n_batch, tensor_overrides=[tuple(r) for r in rules])  # fmt: skip
     tokens, placements = _greedy(engine, prompt, max_tokens)
-    buffers: dict[str, float] = {}
-    layers: dict[str, str] = {}
-    for line in lines:
-        if m := _BUFFER.search(line):
-            key = f"{m['what'].lower()}:{m['dev']}"
-            buffers[key] = buffers.get(key, 0.0) + float(m["mib"])
-        elif m := _LAYER.search(line):
-            layers[m["i"]] = m["dev"]
+    buffers = buffer_sizes(lines)
+    layers = {m["i"]: m["dev"] for line in lines if (m := _LAYER.search(line))}
     return {"tokens": tokens, "placements": placements, "buffers": buffers, "layers": layers}
 
 
