@@ -78,9 +78,11 @@ def test_ask_runs_on_the_cpu_and_says_why_in_one_line(cuda_venv, tiny_r1, tmp_pa
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     said = [line for line in out.stderr.splitlines() if "CUDA backend is skipped" in line]
-    assert said == ["the CUDA backend is skipped: no NVIDIA driver (libcuda.so.1 is not installed); running on the CPU"]
+    assert said == [
+        "Warning: the CUDA backend is skipped: no NVIDIA driver (libcuda.so.1 is not installed); running on the CPU"
+    ]
     reply = json.loads(out.stdout)
-    assert reply["timings"]["completion_tokens"] > 0, reply
+    assert reply["usage"]["completion_tokens"] == 8 and reply["model"]["n_gpu_layers"] == 0, reply
 
 
 def test_doctor_and_hw_say_the_cuda_backend_is_skipped(cuda_venv, tmp_path):
