@@ -34,13 +34,10 @@ def llama_bench_tg(binary: str, model: Path, depth: int, tokens: int, reps: int,
 
 def fresh_kernels(hw, threads: int):
     """``hw`` with its CPU kernel speeds measured now (the cached ones may be from a quieter hour)."""
-    from dataclasses import replace
-
     from localr1.engine.cpu_speed import measure
+    from localr1.machine.hardware import with_cpu_speed
 
-    rates = measure(threads) or {}
-    sync, step = rates.pop("sync_us", 0.0), rates.pop("step_s", 0.0)
-    return replace(hw, cpu_decode_gbs=rates, cpu_sync_us=sync, cpu_step_probe_s=step)
+    return with_cpu_speed(hw, measure(threads) or {})
 
 
 def main() -> int:

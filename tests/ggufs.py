@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from localr1.models.gguf_layout import add_metadata  # noqa: F401 - the tests' writers use it from here
+
 
 def write_gguf(path: Path, *, arch: str = "llama", template: str | None = None, n_tensors: int = 2) -> Path:
     """A small valid GGUF file (a header and a few f32 tensors)."""
@@ -23,16 +25,3 @@ def write_gguf(path: Path, *, arch: str = "llama", template: str | None = None, 
     writer.write_tensors_to_file()
     writer.close()
     return path
-
-
-def add_metadata(writer, metadata: dict) -> None:
-    """Architecture keys into a GGUFWriter, each with the GGUF type its Python value implies."""
-    for key, value in metadata.items():
-        if isinstance(value, bool):
-            writer.add_bool(key, value)
-        elif isinstance(value, float):
-            writer.add_float32(key, value)
-        elif isinstance(value, str):
-            writer.add_string(key, value)
-        else:
-            writer.add_uint32(key, value)

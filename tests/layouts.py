@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ggufs import add_metadata
-
 from localr1.fit.arch import Architecture
+from localr1.models import gguf_layout
+from localr1.models.gguf_info import GGML_TYPES
 
 F32, F16, Q8_0, Q4_K = 0, 1, 8, 12
 
@@ -25,37 +25,8 @@ def weight_type(shape: tuple[int, ...], quant: int) -> int:
 
 
 def write_layout(arch: Architecture, path: Path, *, quant: int = Q4_K, name: str = "layout") -> Path:
-    import gguf
-    import numpy as np
-
-    from localr1.models.gguf_info import tensor_nbytes
-
-    writer = gguf.GGUFWriter(str(path), arch.arch)
-    writer.add_name(name)
-    add_metadata(writer, arch.gguf_metadata())
-    writer.add_tokenizer_model("none")
-    total = 0
-    for spec in arch.tensors():
-        ggml_type = weight_type(spec.shape, quant)
-        nbytes = tensor_nbytes(ggml_type, spec.shape)
-        writer.add_tensor_info(
-            spec.name,
-            tuple(reversed(spec.shape)),
-            np.dtype(np.float32),
-            nbytes,
-            raw_dtype=gguf.GGMLQuantizationType(ggml_type),
-        )
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    writer.close()
-    from localr1.models.gguf_info import read_gguf
-
-    info = read_gguf(path, check_data=False)
-    total = max(t.offset + t.nbytes for t in info.tensors)
-    with open(path, "r+b") as fh:
-        fh.truncate(info.data_offset + total)
-    return path
+    types = {spec.name: GGML_TYPES[weight_type(spec.shape, quant)][0] for spec in arch.tensors()}
+    return gguf_layout.write_layout(arch, path, types, name=name)
 
 
 def sparse_size(path: Path) -> int:

@@ -6,10 +6,11 @@ between them, through the engine's own path (its thread pool, repacked weights w
 flash attention): how much of the kernels' speed survives that differs from machine to machine (0.83-0.92
 on the VM localr1 was first developed on, about 1.0 on another). This runs it: a model in a distill's shape
 (qwen2, grouped-query attention, Q4_K_M's tensor types by llama.cpp's own rules) with every weight zero,
-written as a sparse file (a few KB on disk) and read into memory (``use_mmap`` off, so every byte is really
-there), decoded one token at a time through ``LlamaCppEngine``. Its size, ~0.5 GiB of weights, is beyond the
-last-level cache of the CPUs localr1 runs on, as every real model is. It takes about a second and a half,
-once per CPU (cached with the kernel speeds).
+written as a sparse file (a few KB on disk, removed once loaded) and read into memory (no mmap, so every byte
+is really there), decoded one token at a time through llama.cpp's C API (it has no tokenizer for the
+engine's chat format) with the engine's thread pool and weight repacking. Its size, ~0.5 GiB of weights, is
+beyond the last-level cache of the CPUs localr1 runs on, as every real model is. engine/cpu_speed.py decodes
+it in bursts between its rounds of kernel measurements, once per CPU (cached with the kernel speeds).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from localr1.engine.backend import _LOG, LOAD_MODE_NONE, init_backend, set_field
 from localr1.engine.threadpool import CpuThreadpool
 from localr1.errors import EngineError
 from localr1.fit.arch import Architecture
-from localr1.fit.quant_rules import TYPE_IDS, planned_types, tensor_bytes
-from localr1.models.gguf_info import read_gguf
+from localr1.fit.quant_rules import planned_types, tensor_bytes
+from localr1.models.gguf_layout import write_layout
 
 # A qwen2 shape between r1:1.5b and r1:7b (their head size and KV heads), 16 layers: 514 MiB of weights, a
 # small vocabulary (the output layer is measured by the kernels' rate like every other matrix).
@@ -52,32 +53,7 @@ def probe_types() -> dict[str, str]:
 
 def write_probe_model(path: Path) -> Path:
     """The probe model: a real GGUF header and tensor table, the data a hole of zeros (sparse)."""
-    import gguf
-    import numpy as np
-
-    types = probe_types()
-    writer = gguf.GGUFWriter(str(path), PROBE.arch)
-    writer.add_name("localr1 CPU step probe (zero weights)")
-    for key, value in PROBE.gguf_metadata().items():
-        if isinstance(value, float):
-            writer.add_float32(key, value)
-        elif isinstance(value, str):
-            writer.add_string(key, value)
-        elif not isinstance(value, bool):
-            writer.add_uint32(key, value)
-    writer.add_tokenizer_model("none")
-    for spec in PROBE.tensors():
-        name = types[spec.name]  # (F32 for the 1-D tensors)
-        writer.add_tensor_info(spec.name, tuple(reversed(spec.shape)), np.dtype(np.float32),
-                               tensor_bytes(name, spec.shape), raw_dtype=gguf.GGMLQuantizationType(TYPE_IDS[name]))  # fmt: skip
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    writer.close()
-    info = read_gguf(path, check_data=False)  # where the data would start and end: a hole up to there
-    with open(path, "r+b") as fh:
-        fh.truncate(info.data_offset + max(t.offset + t.nbytes for t in info.tensors))
-    return path
+    return write_layout(PROBE, path, probe_types(), name="localr1 CPU step probe (zero weights)")
 
 
 def step_read() -> dict[str, int]:

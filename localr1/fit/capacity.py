@@ -149,13 +149,18 @@ def cpu_seconds(
     the f16 matrix-vector kernel's); and the thread hand-offs of the layers' graph
     nodes (NODES_PER_LAYER each, at the measured cost of one); all over the share of those speeds a whole
     step keeps on this machine (step_share) where the kernels were measured."""
+    seconds = _kernel_seconds(hw, read, quant=quant, mix=mix, kv_read=kv_read, layers=layers, gqa=gqa)
+    return seconds / step_share(hw) if hw.cpu_decode_gbs else seconds
+
+
+def _kernel_seconds(hw: Hardware, read: float, *, quant: str = "", mix=(), kv_read=0.0, layers=0, gqa=1) -> float:
+    """cpu_seconds before the step share: the terms the isolated measurements give."""
     rates = hw.cpu_decode_gbs
     seconds = read / cpu_rate(hw, quant, mix) if read > 0 else 0.0
     if kv_read > 0:
         attn = (rates.get("attn") or rates.get("f16")) if rates else None
         seconds += kv_read * max(gqa, 1) / (attn * 1e9 if attn else cpu_rate(hw, quant, mix))
-    seconds += layers * NODES_PER_LAYER * hw.cpu_sync_us * 1e-6
-    return seconds / step_share(hw) if rates else seconds
+    return seconds + layers * NODES_PER_LAYER * hw.cpu_sync_us * 1e-6
 
 
 @functools.lru_cache(maxsize=1)
@@ -170,8 +175,7 @@ def step_share(hw: Hardware) -> float:
     if not hw.cpu_decode_gbs or hw.cpu_step_probe_s <= 0:
         return DEFAULT_STEP_SHARE
     mix = _probe_read()
-    kernels = sum(b for _, b in mix) / cpu_rate(hw, mix=mix) + PROBE.n_layer * NODES_PER_LAYER * hw.cpu_sync_us * 1e-6
-    share = kernels / hw.cpu_step_probe_s
+    share = _kernel_seconds(hw, sum(b for _, b in mix), mix=mix, layers=PROBE.n_layer) / hw.cpu_step_probe_s
     lo, hi = STEP_SHARE_RANGE
     return share if lo <= share <= hi else DEFAULT_STEP_SHARE
 

@@ -419,9 +419,16 @@ def probe(*, disk_path: Path | None = None, backends: bool = True) -> Hardware:
     )
     if backends:  # llama.cpp is loaded anyway: measure (once per machine) how fast its CPU kernels run
         speed = probe_cpu_speed(cpu, notes)
-        sync, step = speed.pop("sync_us", 0.0), speed.pop("step_s", 0.0)
-        hw = replace(hw, cpu_decode_gbs=speed, cpu_sync_us=sync, cpu_step_probe_s=step, notes=tuple(notes))
+        hw = replace(with_cpu_speed(hw, speed), notes=tuple(notes))
     return hw
+
+
+def with_cpu_speed(hw: Hardware, measured: dict[str, float]) -> Hardware:
+    """``hw`` with engine/cpu_speed.py's figures: the kernels' rates, and apart from them what a graph node
+    costs and the step probe's decode step."""
+    rates = dict(measured)
+    sync, step = rates.pop("sync_us", 0.0), rates.pop("step_s", 0.0)
+    return replace(hw, cpu_decode_gbs=rates, cpu_sync_us=sync, cpu_step_probe_s=step)
 
 
 def measure_disk_read(path: Path, *, size: int = 256 << 20, chunk: int = 8 << 20) -> float:
